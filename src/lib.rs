@@ -1,0 +1,14 @@
+//! Inkstone: text-to-image generation with diffusers-format models on burn, natively and in
+//! the browser (WebGPU). See `docs/architecture.md` for the module map.
+
+pub mod config;
+pub mod error;
+pub mod nn;
+pub mod schedulers;
+pub mod source;
+pub mod text;
+pub mod unet;
+pub mod vae;
+pub mod weights;
+
+pub use error::{Error, Result};

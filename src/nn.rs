@@ -1,0 +1,135 @@
+//! The handful of layers the models are made of, loaded from stored tensors.
+//!
+//! Plain structs over burn's functional ops rather than `burn::nn` modules: those initialise
+//! random parameters first (wasteful for a 0.4B model on a GPU) and keep PyTorch-incompatible
+//! layouts; here every field is created once, from the checkpoint, under its upstream key.
+
+use burn::tensor::module::{conv2d, embedding, layer_norm, linear};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Int, Tensor};
+
+use crate::error::Result;
+use crate::weights::VarBuilder;
+
+/// `torch.nn.Linear`. The weight is kept as `[in, out]` (burn's layout), transposed once at load.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor<2>,
+    pub bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    pub fn load(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get("weight", [d_out, d_in])?.transpose();
+        let bias = if bias { Some(vb.get("bias", [d_out])?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.clone(), self.bias.clone())
+    }
+}
+
+/// `torch.nn.Conv2d` with symmetric padding.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    pub weight: Tensor<4>,
+    pub bias: Option<Tensor<1>>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Conv2dConfig {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub bias: bool,
+}
+
+impl Conv2dConfig {
+    /// A "same" convolution: k×k, stride 1, padding k/2, with bias.
+    pub fn same(kernel: usize) -> Self {
+        Self { kernel, stride: 1, padding: kernel / 2, bias: true }
+    }
+}
+
+impl Conv2d {
+    pub fn load(vb: &VarBuilder, c_in: usize, c_out: usize, cfg: Conv2dConfig) -> Result<Self> {
+        let k = cfg.kernel;
+        let weight = vb.get("weight", [c_out, c_in, k, k])?;
+        let bias = if cfg.bias { Some(vb.get("bias", [c_out])?) } else { None };
+        Ok(Self { weight, bias, stride: cfg.stride, padding: cfg.padding })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+        conv2d(x, self.weight.clone(), self.bias.clone(), options)
+    }
+}
+
+/// `torch.nn.GroupNorm` over NCHW (or N, C, L) inputs.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    pub weight: Tensor<1>,
+    pub bias: Tensor<1>,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+impl GroupNorm {
+    pub fn load(vb: &VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: vb.get("weight", [channels])?, bias: vb.get("bias", [channels])?, groups, eps })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dims = x.dims();
+        let (n, c) = (dims[0], dims[1]);
+        let grouped: Tensor<3> = x.reshape([n as i64, self.groups as i64, -1]);
+        // Biased variance, as PyTorch; mean of squares of the centred values keeps f32 error low.
+        let mean = grouped.clone().mean_dim(2);
+        let centred = grouped - mean;
+        let var = centred.clone().square().mean_dim(2);
+        let normed = centred / (var + self.eps).sqrt();
+        let mut affine_shape = [1usize; D];
+        affine_shape[1] = c;
+        let normed: Tensor<D> = normed.reshape(dims);
+        normed * self.weight.clone().reshape(affine_shape) + self.bias.clone().reshape(affine_shape)
+    }
+}
+
+/// `torch.nn.LayerNorm` over the last dimension.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor<1>,
+    pub bias: Option<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(vb: &VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        let bias = if vb.contains("bias") { Some(vb.get("bias", [dim])?) } else { None };
+        Ok(Self { weight: vb.get("weight", [dim])?, bias, eps })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        layer_norm(x, self.weight.clone(), self.bias.clone(), self.eps)
+    }
+}
+
+/// `torch.nn.Embedding`.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    pub weight: Tensor<2>,
+}
+
+impl Embedding {
+    pub fn load(vb: &VarBuilder, count: usize, dim: usize) -> Result<Self> {
+        Ok(Self { weight: vb.get("weight", [count, dim])? })
+    }
+
+    /// `[batch, seq]` ids → `[batch, seq, dim]`.
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        embedding(self.weight.clone(), ids)
+    }
+}

@@ -1,0 +1,158 @@
+//! Where a diffusers-format model folder's files come from: a local directory natively, a map
+//! of byte buffers in the browser (files picked by the user or read back from IndexedDB), and
+//! how a component's weight files are found in it (single file, `.fp16` variant, or shards
+//! listed by an `*.index.json`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::tensor::Device;
+
+use crate::error::{Error, Result};
+use crate::weights::{SafetensorsFile, Weights};
+
+/// Read access to the files of a model folder, by `/`-separated relative path.
+pub trait ModelSource {
+    fn read(&self, path: &str) -> Result<Arc<[u8]>>;
+    fn exists(&self, path: &str) -> bool;
+    /// Entries of a sub-folder (file names only), for finding weight files.
+    fn list(&self, dir: &str) -> Vec<String>;
+    /// How to name the whole source in messages.
+    fn describe(&self) -> String;
+}
+
+/// A model folder on disk.
+pub struct DirSource {
+    pub root: PathBuf,
+}
+
+impl DirSource {
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        if !root.is_dir() {
+            return Err(Error::MissingFile {
+                path: root.display().to_string(),
+                hint: Some("expected a diffusers-format model folder".into()),
+            });
+        }
+        Ok(Self { root })
+    }
+}
+
+impl ModelSource for DirSource {
+    fn read(&self, path: &str) -> Result<Arc<[u8]>> {
+        let full = self.root.join(path);
+        std::fs::read(&full).map(Arc::from).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::MissingFile { path: full.display().to_string(), hint: None },
+            _ => Error::io(&full, e),
+        })
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.root.join(path).is_file()
+    }
+
+    fn list(&self, dir: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.root.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+/// A model folder held in memory, keyed by relative path.
+#[derive(Default, Clone)]
+pub struct MemorySource {
+    pub name: String,
+    pub files: BTreeMap<String, Arc<[u8]>>,
+}
+
+impl ModelSource for MemorySource {
+    fn read(&self, path: &str) -> Result<Arc<[u8]>> {
+        self.files.get(path).cloned().ok_or_else(|| Error::MissingFile {
+            path: format!("{}/{path}", self.name),
+            hint: None,
+        })
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.files.contains_key(path)
+    }
+
+    fn list(&self, dir: &str) -> Vec<String> {
+        let prefix = format!("{dir}/");
+        self.files
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter(|rest| !rest.contains('/'))
+            .map(String::from)
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// Weight file stems in order of preference: diffusers, then transformers naming.
+const STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
+
+/// Which files hold a component's weights: full-precision names first, then the `.fp16`
+/// variant, each as a single file or as shards listed by `<name>.safetensors.index.json`.
+pub fn weight_files(src: &dyn ModelSource, component: &str) -> Result<Vec<String>> {
+    for variant in ["", ".fp16"] {
+        for stem in STEMS {
+            let single = format!("{component}/{stem}{variant}.safetensors");
+            if src.exists(&single) {
+                return Ok(vec![single]);
+            }
+            let index = format!("{single}.index.json");
+            if src.exists(&index) {
+                return shard_files(src, component, &index);
+            }
+        }
+    }
+    Err(Error::MissingFile {
+        path: format!("{}/{component}", src.describe()),
+        hint: Some(format!(
+            "no {} (.safetensors, .fp16.safetensors or .safetensors.index.json)",
+            STEMS.join(" / ")
+        )),
+    })
+}
+
+/// The distinct shard files named by an `*.index.json` `weight_map`, in first-use order.
+fn shard_files(src: &dyn ModelSource, component: &str, index: &str) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let parsed: Index = crate::config::from_json(index, &src.read(index)?)?;
+    let mut files: Vec<String> = Vec::new();
+    for shard in parsed.weight_map.values() {
+        let path = format!("{component}/{shard}");
+        if !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// Reads and validates every weight file of `component` into one [`Weights`].
+pub fn load_weights(src: &dyn ModelSource, component: &str, device: &Device) -> Result<Weights> {
+    let files = weight_files(src, component)?
+        .into_iter()
+        .map(|path| SafetensorsFile::from_bytes(path.clone(), src.read(&path)?))
+        .collect::<Result<Vec<_>>>()?;
+    Weights::new(files, device)
+}

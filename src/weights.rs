@@ -1,0 +1,380 @@
+//! safetensors → burn tensors, from bytes (the browser has no file paths).
+//!
+//! The header is parsed and validated here rather than by the `safetensors` crate because we
+//! need two things it does not give: parsing a header from the first bytes of a file that is
+//! still on its way (IndexedDB chunks, HTTP ranges) so tensors can be streamed to the GPU one by
+//! one, and errors that name the file and the tensor.
+//!
+//! Modules are built candle-style: a [`VarBuilder`] walks the state-dict key space
+//! (`down_blocks.0.resnets.1.conv1.weight`), every parameter is created from a stored tensor
+//! (never randomly initialised), and [`Weights::finish`] rejects leftovers, so a loaded
+//! module has full coverage by construction.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+
+/// Headers above this size are rejected before any allocation: real ones are a few hundred KiB
+/// (the `safetensors` crate uses the same 100 MB bound).
+pub const MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// Storage dtypes we convert to floats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredDtype {
+    F32,
+    F16,
+    BF16,
+    /// Any other dtype is kept so the error can name it when (and only if) the tensor is used.
+    Other(&'static str, usize),
+}
+
+impl StoredDtype {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "F32" => Self::F32,
+            "F16" => Self::F16,
+            "BF16" => Self::BF16,
+            "F64" => Self::Other("F64", 8),
+            "I64" => Self::Other("I64", 8),
+            "U64" => Self::Other("U64", 8),
+            "I32" => Self::Other("I32", 4),
+            "U32" => Self::Other("U32", 4),
+            "I16" => Self::Other("I16", 2),
+            "U16" => Self::Other("U16", 2),
+            "I8" => Self::Other("I8", 1),
+            "U8" => Self::Other("U8", 1),
+            "BOOL" => Self::Other("BOOL", 1),
+            "F8_E4M3" => Self::Other("F8_E4M3", 1),
+            "F8_E5M2" => Self::Other("F8_E5M2", 1),
+            _ => return None,
+        })
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+            Self::Other(_, n) => n,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::BF16 => "BF16",
+            Self::Other(n, _) => n,
+        }
+    }
+}
+
+/// One tensor entry of a safetensors header. Offsets are absolute positions in the file.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub dtype: StoredDtype,
+    pub shape: Vec<usize>,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// A validated safetensors header.
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub tensors: BTreeMap<String, TensorInfo>,
+    /// Absolute offset of the data section (8 + header length).
+    pub data_start: usize,
+}
+
+impl Header {
+    /// Bytes needed from the start of the file to parse the header; `None` if `prefix` is too
+    /// short to tell (fewer than 8 bytes).
+    pub fn needed_len(prefix: &[u8]) -> Option<u64> {
+        let n = u64::from_le_bytes(prefix.get(..8)?.try_into().ok()?);
+        Some(8u64.saturating_add(n))
+    }
+
+    /// Parses and validates the header at the start of `prefix`, for a file of `file_len` bytes.
+    ///
+    /// Checks: header length within bounds and within the file, UTF-8 JSON object, known
+    /// dtypes, `end - start == numel * dtype size`, every range inside the data section, and
+    /// ranges neither overlapping nor leaving the file shorter than the data they describe.
+    pub fn parse(file: &str, prefix: &[u8], file_len: u64) -> Result<Self> {
+        let corrupt = |reason: String| Error::CorruptSafetensors { file: file.to_string(), reason };
+        if file_len < 8 || prefix.len() < 8 {
+            return Err(corrupt(format!("file is {file_len} bytes, too short for a header")));
+        }
+        let n = u64::from_le_bytes(prefix[..8].try_into().unwrap());
+        if n > MAX_HEADER_LEN {
+            return Err(corrupt(format!("header length {n} exceeds the {MAX_HEADER_LEN} byte limit")));
+        }
+        if 8 + n > file_len {
+            return Err(corrupt(format!(
+                "header length {n} runs past the end of the file ({file_len} bytes); truncated?"
+            )));
+        }
+        let data_start = 8 + n as usize;
+        let json = prefix
+            .get(8..data_start)
+            .ok_or_else(|| corrupt(format!("need {data_start} bytes to read the header")))?;
+        let json = std::str::from_utf8(json).map_err(|e| corrupt(format!("header is not UTF-8: {e}")))?;
+        let raw: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(json).map_err(|e| corrupt(format!("header is not a JSON object: {e}")))?;
+
+        let data_len = (file_len - 8 - n) as usize;
+        let mut tensors = BTreeMap::new();
+        for (key, value) in raw {
+            if key == "__metadata__" {
+                continue;
+            }
+            let entry: RawEntry = serde_json::from_value(value)
+                .map_err(|e| corrupt(format!("tensor `{key}`: bad header entry: {e}")))?;
+            let dtype = StoredDtype::parse(&entry.dtype)
+                .ok_or_else(|| corrupt(format!("tensor `{key}`: unknown dtype {}", entry.dtype)))?;
+            let [start, end] = entry.data_offsets;
+            let numel = entry.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            let bytes = numel.and_then(|n| n.checked_mul(dtype.size()));
+            if start > end || end > data_len {
+                return Err(corrupt(format!(
+                    "tensor `{key}`: data offsets [{start}, {end}] outside the data section of {data_len} bytes; truncated?"
+                )));
+            }
+            if bytes != Some(end - start) {
+                return Err(corrupt(format!(
+                    "tensor `{key}`: {} bytes for shape {:?} of {}, header says {}",
+                    bytes.map(|b| b.to_string()).unwrap_or_else(|| "overflowing".into()),
+                    entry.shape,
+                    dtype.name(),
+                    end - start
+                )));
+            }
+            tensors.insert(
+                key,
+                TensorInfo { dtype, shape: entry.shape, start: data_start + start, end: data_start + end },
+            );
+        }
+
+        let mut ranges: Vec<(&str, usize, usize)> =
+            tensors.iter().map(|(k, t)| (k.as_str(), t.start, t.end)).collect();
+        ranges.sort_by_key(|r| (r.1, r.2));
+        for pair in ranges.windows(2) {
+            let ((a, _, a_end), (b, b_start, _)) = (pair[0], pair[1]);
+            if b_start < a_end {
+                return Err(corrupt(format!("tensors `{a}` and `{b}` overlap")));
+            }
+        }
+        Ok(Header { tensors, data_start })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RawEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [usize; 2],
+}
+
+/// One safetensors file held in memory.
+#[derive(Clone)]
+pub struct SafetensorsFile {
+    pub name: String,
+    pub header: Header,
+    bytes: Arc<[u8]>,
+}
+
+impl SafetensorsFile {
+    /// Validates `bytes` as a complete safetensors file named `name` (used in errors).
+    pub fn from_bytes(name: impl Into<String>, bytes: impl Into<Arc<[u8]>>) -> Result<Self> {
+        let name = name.into();
+        let bytes = bytes.into();
+        let header = Header::parse(&name, &bytes, bytes.len() as u64)?;
+        Ok(Self { name, header, bytes })
+    }
+
+    /// The raw stored bytes of a tensor.
+    pub fn raw(&self, info: &TensorInfo) -> &[u8] {
+        &self.bytes[info.start..info.end]
+    }
+}
+
+/// Converts stored bytes to f32 values.
+pub fn to_f32(file: &str, key: &str, dtype: StoredDtype, raw: &[u8]) -> Result<Vec<f32>> {
+    let words = |n: usize| raw.chunks_exact(n);
+    Ok(match dtype {
+        StoredDtype::F32 => words(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        StoredDtype::F16 => {
+            words(2).map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect()
+        }
+        StoredDtype::BF16 => {
+            words(2).map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect()
+        }
+        StoredDtype::Other(name, _) => {
+            return Err(Error::UnsupportedDtype {
+                file: file.to_string(),
+                key: key.to_string(),
+                dtype: name.to_string(),
+            });
+        }
+    })
+}
+
+/// All weight files of one component (one file, or the shards of an `*.index.json`), with the
+/// keys used so far, so that leftovers can be reported.
+pub struct Weights {
+    /// What errors call the component, e.g. `unet/diffusion_pytorch_model.safetensors`.
+    pub name: String,
+    files: Vec<SafetensorsFile>,
+    /// key → (file index, stored key); stored keys may differ by a stripped prefix.
+    index: BTreeMap<String, (usize, String)>,
+    used: RefCell<BTreeSet<String>>,
+    device: Device,
+    dtype: DType,
+}
+
+impl Weights {
+    /// Builds the key index over one or more files; a key present in two shards is an error.
+    pub fn new(files: Vec<SafetensorsFile>, device: &Device) -> Result<Self> {
+        let name = files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ");
+        let mut index = BTreeMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for key in f.header.tensors.keys() {
+                if let Some((j, _)) = index.insert(key.clone(), (i, key.clone())) {
+                    return Err(Error::CorruptSafetensors {
+                        file: f.name.clone(),
+                        reason: format!("tensor `{key}` is also in {}", files[j].name),
+                    });
+                }
+            }
+        }
+        Ok(Self { name, files, index, used: RefCell::default(), device: device.clone(), dtype: DType::F32 })
+    }
+
+    /// Convenience for a single file held in memory.
+    pub fn from_bytes(name: &str, bytes: impl Into<Arc<[u8]>>, device: &Device) -> Result<Self> {
+        Self::new(vec![SafetensorsFile::from_bytes(name, bytes)?], device)
+    }
+
+    /// The float dtype tensors are created with (F32 by default; F16 on `shader-f16` GPUs).
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Makes keys reachable without `prefix` (e.g. `text_model.`): hub CLIP checkpoints carry
+    /// it, transformers 5 `save_pretrained` drops it. Keys lacking the prefix stay as they are.
+    pub fn strip_prefix(mut self, prefix: &str) -> Self {
+        self.index = std::mem::take(&mut self.index)
+            .into_iter()
+            .map(|(k, v)| (k.strip_prefix(prefix).map(str::to_string).unwrap_or(k), v))
+            .collect();
+        self
+    }
+
+    /// Renames keys before lookup, for alternative checkpoint layouts (e.g. original TAESD).
+    pub fn rename(mut self, f: impl Fn(&str) -> String) -> Self {
+        self.index = std::mem::take(&mut self.index).into_iter().map(|(k, v)| (f(&k), v)).collect();
+        self
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.index.contains_key(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// Shape of a stored tensor, if present (used to infer sizes the config leaves implicit).
+    pub fn shape(&self, key: &str) -> Option<&[usize]> {
+        let (i, stored) = self.index.get(key)?;
+        Some(&self.files[*i].header.tensors[stored].shape)
+    }
+
+    /// Loads `key` as a float tensor of exactly `shape`.
+    pub fn tensor<const D: usize>(&self, key: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        let (i, stored) = self.index.get(key).ok_or_else(|| Error::MissingTensor {
+            file: self.name.clone(),
+            key: key.to_string(),
+        })?;
+        let file = &self.files[*i];
+        let info = &file.header.tensors[stored];
+        if info.shape != shape {
+            return Err(Error::ShapeMismatch {
+                file: file.name.clone(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        let values = to_f32(&file.name, key, info.dtype, file.raw(info))?;
+        self.used.borrow_mut().insert(key.to_string());
+        let data = TensorData::new(values, shape);
+        Ok(Tensor::from_data(data, (&self.device, self.dtype)))
+    }
+
+    /// Fails with every key that no module asked for: the checkpoint is not the model the
+    /// config describes, and silently dropping weights would produce a wrong image.
+    pub fn finish(&self) -> Result<()> {
+        let used = self.used.borrow();
+        let left: Vec<String> = self.index.keys().filter(|k| !used.contains(*k)).cloned().collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::UnexpectedTensors { file: self.name.clone(), keys: left })
+        }
+    }
+
+    /// Root builder over the whole key space.
+    pub fn root(&self) -> VarBuilder<'_> {
+        VarBuilder { weights: self, prefix: String::new() }
+    }
+}
+
+/// A position in the state-dict key space, as candle's `VarBuilder`.
+#[derive(Clone)]
+pub struct VarBuilder<'a> {
+    weights: &'a Weights,
+    prefix: String,
+}
+
+impl<'a> VarBuilder<'a> {
+    /// Descends into a sub-module: `vb.pp("resnets").pp(0)` → `resnets.0.`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        Self { weights: self.weights, prefix: self.key(&name.to_string()) }
+    }
+
+    /// The full key for `name` under this prefix.
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+    }
+
+    pub fn get<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        self.weights.tensor(&self.key(name), shape)
+    }
+
+    /// Whether `name` exists under this prefix (for optional parameters such as biases).
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.contains(&self.key(name))
+    }
+
+    /// Whether any key starts with this prefix (for optional sub-modules).
+    pub fn has_prefix(&self) -> bool {
+        let p = format!("{}.", self.prefix);
+        self.weights.index.range(p.clone()..).next().is_some_and(|(k, _)| k.starts_with(&p))
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&'a [usize]> {
+        self.weights.shape(&self.key(name))
+    }
+
+    pub fn device(&self) -> &'a Device {
+        &self.weights.device
+    }
+}

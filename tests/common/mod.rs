@@ -1,0 +1,90 @@
+//! Helpers shared by the parity tests: fixture paths, reference tensors written by
+//! tools/reference (f32, or I64 for token ids), and max-abs-error assertions.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use inkstone::source::DirSource;
+use inkstone::weights::{SafetensorsFile, StoredDtype, to_f32};
+
+/// Native tests run on burn's pure-Rust CPU backend.
+pub fn device() -> Device {
+    Device::flex()
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+/// The diffusers-format tiny StableDiffusionPipeline folder.
+pub fn tiny_sd() -> DirSource {
+    DirSource::new(fixture("tiny-sd")).unwrap()
+}
+
+/// Tensors of one reference case, `tests/fixtures/ref/<name>.safetensors`.
+pub struct RefTensors {
+    file: SafetensorsFile,
+}
+
+pub fn reference(name: &str) -> RefTensors {
+    let path = fixture(&format!("ref/{name}.safetensors"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    RefTensors { file: SafetensorsFile::from_bytes(path.display().to_string(), bytes).unwrap() }
+}
+
+impl RefTensors {
+    pub fn shape(&self, key: &str) -> Vec<usize> {
+        self.info(key).shape.clone()
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.file.header.tensors.contains_key(key)
+    }
+
+    pub fn f32s(&self, key: &str) -> Vec<f32> {
+        let info = self.info(key);
+        to_f32(&self.file.name, key, info.dtype, self.file.raw(info)).unwrap()
+    }
+
+    pub fn tensor<const D: usize>(&self, key: &str) -> Tensor<D> {
+        let shape: [usize; D] = self.shape(key).try_into().unwrap_or_else(|s| panic!("{key}: rank of {s:?} != {D}"));
+        Tensor::from_data(TensorData::new(self.f32s(key), shape), &device())
+    }
+
+    /// Integer tensors (token ids, masks) stored as I64 or I32.
+    pub fn i64s(&self, key: &str) -> Vec<i64> {
+        let info = self.info(key);
+        let raw = self.file.raw(info);
+        match info.dtype {
+            StoredDtype::Other("I64", _) => raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
+            StoredDtype::Other("I32", _) => raw.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64).collect(),
+            d => panic!("{key}: {d:?} is not an integer dtype"),
+        }
+    }
+
+    pub fn int_tensor<const D: usize>(&self, key: &str) -> Tensor<D, Int> {
+        let shape: [usize; D] = self.shape(key).try_into().unwrap();
+        Tensor::from_data(TensorData::new(self.i64s(key), shape), &device())
+    }
+
+    fn info(&self, key: &str) -> &inkstone::weights::TensorInfo {
+        self.file.header.tensors.get(key).unwrap_or_else(|| panic!("{}: no tensor `{key}`", self.file.name))
+    }
+}
+
+/// Max |a - b| after checking the shapes agree.
+pub fn max_abs_diff<const D: usize>(got: Tensor<D>, want: Tensor<D>) -> f32 {
+    assert_eq!(got.dims(), want.dims(), "shape mismatch");
+    let a = got.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let b = want.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
+}
+
+/// Asserts max abs error ≤ `tol` and prints the figure (tests are run with --nocapture in CI
+/// logs, so the measured error is visible, not just pass/fail).
+pub fn assert_close<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>, tol: f32) {
+    let err = max_abs_diff(got, want);
+    println!("{what}: max abs error {err:.3e} (tolerance {tol:.0e})");
+    assert!(err <= tol, "{what}: max abs error {err:e} > {tol:e}");
+}
