@@ -133,3 +133,30 @@ impl Embedding {
         embedding(self.weight.clone(), ids)
     }
 }
+
+/// Upper bound on the elements of one attention score block. WebGPU's default
+/// `maxStorageBufferBindingSize` is 128 MiB; one f32 score matrix of a single head at a 64×64
+/// latent (4096² tokens) is already 64 MiB, so scores are computed in query blocks of at most
+/// 8M elements (32 MiB in f32). The same code path runs natively and in the browser.
+pub const ATTENTION_SCORE_BUDGET: usize = 8 << 20;
+
+/// softmax(q kᵀ · scale) v over `[batch, heads, tokens, head_dim]`, computed in query blocks so
+/// that no score tensor exceeds [`ATTENTION_SCORE_BUDGET`] elements.
+pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    let [b, h, n_q, _] = q.dims();
+    let n_kv = k.dims()[2];
+    let k_t = k.swap_dims(2, 3);
+    let rows = (ATTENTION_SCORE_BUDGET / (b * h * n_kv).max(1)).clamp(1, n_q);
+    let block = |q: Tensor<4>| {
+        let scores = q.matmul(k_t.clone()) * scale;
+        burn::tensor::activation::softmax(scores, 3).matmul(v.clone())
+    };
+    if rows >= n_q {
+        return block(q);
+    }
+    let outs: Vec<Tensor<4>> = (0..n_q)
+        .step_by(rows)
+        .map(|start| block(q.clone().slice([0..b, 0..h, start..(start + rows).min(n_q)])))
+        .collect();
+    Tensor::cat(outs, 2)
+}

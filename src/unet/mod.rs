@@ -1,1 +1,3 @@
-//! (in progress)
+//! The SD-family `UNet2DConditionModel` and its blocks, one file per block kind as in diffusers.
+
+pub mod resnet;

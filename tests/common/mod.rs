@@ -76,8 +76,8 @@ impl RefTensors {
 /// Max |a - b| after checking the shapes agree.
 pub fn max_abs_diff<const D: usize>(got: Tensor<D>, want: Tensor<D>) -> f32 {
     assert_eq!(got.dims(), want.dims(), "shape mismatch");
-    let a = got.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-    let b = want.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let a = got.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let b = want.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
     a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
 }
 

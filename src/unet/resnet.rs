@@ -1,0 +1,112 @@
+//! diffusers `models/resnet.py`: `ResnetBlock2D`, `Upsample2D`, `Downsample2D`. Shared by the
+//! U-Net and the KL decoder (which calls the resnet without a time embedding).
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::silu;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+
+use crate::error::Result;
+use crate::nn::{Conv2d, Conv2dConfig, GroupNorm, Linear};
+use crate::weights::VarBuilder;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ResnetConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Width of the time embedding; `None` for blocks without one (the VAE).
+    pub temb_channels: Option<usize>,
+    pub groups: usize,
+    pub eps: f64,
+    pub output_scale_factor: f64,
+}
+
+/// `ResnetBlock2D` with `time_embedding_norm="default"`: norm → SiLU → conv, plus the projected
+/// time embedding, norm → SiLU → conv, then the (1×1-projected) skip, divided by the scale.
+#[derive(Debug, Clone)]
+pub struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    output_scale_factor: f64,
+}
+
+impl ResnetBlock2D {
+    pub fn load(vb: &VarBuilder, c: ResnetConfig) -> Result<Self> {
+        let (i, o) = (c.in_channels, c.out_channels);
+        let time_emb_proj = match c.temb_channels {
+            Some(t) => Some(Linear::load(&vb.pp("time_emb_proj"), t, o, true)?),
+            None => None,
+        };
+        let conv_shortcut = if i != o {
+            Some(Conv2d::load(&vb.pp("conv_shortcut"), i, o, Conv2dConfig::same(1))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            norm1: GroupNorm::load(&vb.pp("norm1"), c.groups, i, c.eps)?,
+            conv1: Conv2d::load(&vb.pp("conv1"), i, o, Conv2dConfig::same(3))?,
+            time_emb_proj,
+            norm2: GroupNorm::load(&vb.pp("norm2"), c.groups, o, c.eps)?,
+            conv2: Conv2d::load(&vb.pp("conv2"), o, o, Conv2dConfig::same(3))?,
+            conv_shortcut,
+            output_scale_factor: c.output_scale_factor,
+        })
+    }
+
+    /// `temb`: `[batch, temb_channels]`, required iff the block was built with a time embedding.
+    pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
+        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
+            let t: Tensor<2> = proj.forward(silu(temb.clone()));
+            h = h + t.unsqueeze_dims::<4>(&[2, 3]);
+        }
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let skip = match &self.conv_shortcut {
+            Some(conv) => conv.forward(x),
+            None => x,
+        };
+        let out = skip + h;
+        if self.output_scale_factor == 1.0 { out } else { out / self.output_scale_factor }
+    }
+}
+
+/// `Upsample2D(use_conv=True)`: nearest-neighbour ×2 (or to the skip connection's size, which
+/// diffusers passes when a latent side does not halve evenly), then a 3×3 conv.
+#[derive(Debug, Clone)]
+pub struct Upsample2D {
+    conv: Conv2d,
+}
+
+impl Upsample2D {
+    pub fn load(vb: &VarBuilder, channels: usize) -> Result<Self> {
+        Ok(Self { conv: Conv2d::load(&vb.pp("conv"), channels, channels, Conv2dConfig::same(3))? })
+    }
+
+    pub fn forward(&self, x: Tensor<4>, output_size: Option<[usize; 2]>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let size = output_size.unwrap_or([h * 2, w * 2]);
+        let opts = InterpolateOptions::new(InterpolateMode::Nearest).with_align_corners(false).with_output_size(size);
+        self.conv.forward(interpolate(x, opts))
+    }
+}
+
+/// `Downsample2D(use_conv=True)`: a 3×3 stride-2 conv with symmetric `padding`.
+#[derive(Debug, Clone)]
+pub struct Downsample2D {
+    conv: Conv2d,
+}
+
+impl Downsample2D {
+    pub fn load(vb: &VarBuilder, channels: usize, padding: usize) -> Result<Self> {
+        let cfg = Conv2dConfig { kernel: 3, stride: 2, padding, bias: true };
+        Ok(Self { conv: Conv2d::load(&vb.pp("conv"), channels, channels, cfg)? })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x)
+    }
+}
