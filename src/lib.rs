@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod error;
+pub mod image;
+pub mod info;
 pub mod nn;
 pub mod schedulers;
 pub mod source;

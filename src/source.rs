@@ -20,6 +20,20 @@ pub trait ModelSource {
     fn list(&self, dir: &str) -> Vec<String>;
     /// How to name the whole source in messages.
     fn describe(&self) -> String;
+
+    /// Bytes `[start, start + len)` of a file (clamped to its end). Sources that can seek
+    /// override this so that a header can be read without reading the whole file.
+    fn read_range(&self, path: &str, start: u64, len: u64) -> Result<Vec<u8>> {
+        let all = self.read(path)?;
+        let start = (start as usize).min(all.len());
+        let end = start.saturating_add(len as usize).min(all.len());
+        Ok(all[start..end].to_vec())
+    }
+
+    /// Size of a file in bytes.
+    fn size(&self, path: &str) -> Result<u64> {
+        Ok(self.read(path)?.len() as u64)
+    }
 }
 
 /// A model folder on disk.
@@ -67,6 +81,21 @@ impl ModelSource for DirSource {
 
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn read_range(&self, path: &str, start: u64, len: u64) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let full = self.root.join(path);
+        let mut f = std::fs::File::open(&full).map_err(|e| Error::io(&full, e))?;
+        f.seek(SeekFrom::Start(start)).map_err(|e| Error::io(&full, e))?;
+        let mut out = Vec::new();
+        f.take(len).read_to_end(&mut out).map_err(|e| Error::io(&full, e))?;
+        Ok(out)
+    }
+
+    fn size(&self, path: &str) -> Result<u64> {
+        let full = self.root.join(path);
+        std::fs::metadata(&full).map(|m| m.len()).map_err(|e| Error::io(&full, e))
     }
 }
 
@@ -146,6 +175,18 @@ fn shard_files(src: &dyn ModelSource, component: &str, index: &str) -> Result<Ve
         }
     }
     Ok(files)
+}
+
+/// Reads and validates only the header of a safetensors file.
+pub fn read_header(src: &dyn ModelSource, path: &str) -> Result<crate::weights::Header> {
+    let size = src.size(path)?;
+    let first = src.read_range(path, 0, 8)?;
+    let needed = crate::weights::Header::needed_len(&first)
+        .unwrap_or(8)
+        .min(crate::weights::MAX_HEADER_LEN + 8)
+        .min(size);
+    let prefix = src.read_range(path, 0, needed)?;
+    crate::weights::Header::parse(path, &prefix, size)
 }
 
 /// Reads and validates every weight file of `component` into one [`Weights`].
