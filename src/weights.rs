@@ -85,6 +85,8 @@ pub struct TensorInfo {
 #[derive(Debug, Clone)]
 pub struct Header {
     pub tensors: BTreeMap<String, TensorInfo>,
+    /// The free-form `__metadata__` string map.
+    pub metadata: BTreeMap<String, String>,
     /// Absolute offset of the data section (8 + header length).
     pub data_start: usize,
 }
@@ -126,8 +128,11 @@ impl Header {
 
         let data_len = (file_len - 8 - n) as usize;
         let mut tensors = BTreeMap::new();
+        let mut metadata = BTreeMap::new();
         for (key, value) in raw {
             if key == "__metadata__" {
+                metadata = serde_json::from_value(value)
+                    .map_err(|e| corrupt(format!("`__metadata__` is not a string map: {e}")))?;
                 continue;
             }
             let entry: RawEntry = serde_json::from_value(value)
@@ -166,7 +171,7 @@ impl Header {
                 return Err(corrupt(format!("tensors `{a}` and `{b}` overlap")));
             }
         }
-        Ok(Header { tensors, data_start })
+        Ok(Header { tensors, metadata, data_start })
     }
 }
 

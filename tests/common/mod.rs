@@ -38,6 +38,12 @@ impl RefTensors {
         self.info(key).shape.clone()
     }
 
+    /// The reference case's settings, written by tools/reference as JSON under `note`.
+    pub fn note(&self) -> serde_json::Value {
+        let note = self.file.header.metadata.get("note").expect("no `note` metadata");
+        serde_json::from_str(note).expect("note is JSON")
+    }
+
     pub fn has(&self, key: &str) -> bool {
         self.file.header.tensors.contains_key(key)
     }

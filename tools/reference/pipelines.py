@@ -1,6 +1,7 @@
 """End-to-end references: diffusers' own `StableDiffusionPipeline.__call__` run from saved latents.
 
-1. `tiny-sd` (CLIP + UNet + AutoencoderKL + Euler, CFG) → ref/pipeline_sd.safetensors
+1. `tiny-sd` (CLIP + UNet + AutoencoderKL + Euler, CFG) → ref/pipeline_sd.safetensors, and an
+   odd size (latent 9×5) → ref/pipeline_sd_odd.safetensors
 2. `tiny-flow`: a rectified-flow model of the edge kind built here: BERT-Chinese text tower
    (WordPiece vocab.txt), UNet, TAESD-style AutoencoderTiny, FlowMatchEulerDiscreteScheduler with
    shift, 28 steps + CFG → ref/pipeline_flow.safetensors
@@ -19,6 +20,9 @@ FLOW = FIXTURES / "tiny-flow"
 
 SD_CASE = dict(prompt="a photo of a cat", negative_prompt="blurry, low quality", steps=4, guidance=7.5,
                width=64, height=64, seed=42)
+# A latent of 9×5: does not halve evenly through the U-Net levels (diffusers passes skip sizes).
+SD_ODD_CASE = dict(prompt="床前明月光，疑是地上霜 🌙！", negative_prompt="", steps=2, guidance=3.0,
+                   width=72, height=40, seed=3)
 FLOW_CASE = dict(prompt="床前明月光，疑是地上霜", negative_prompt="", steps=28, guidance=4.5,
                  width=64, height=48, seed=7)
 
@@ -42,8 +46,9 @@ def run(pipe, case, latent_channels, scale):
 def sd():
     pipe = sd_pipeline.load()
     pipe.set_progress_bar_config(disable=True)
-    latents, image = run(pipe, SD_CASE, 4, 8)
-    save_tensors(REF / "pipeline_sd.safetensors", {"latents": latents, "image": image}, json.dumps(SD_CASE, ensure_ascii=False))
+    for name, case in [("pipeline_sd", SD_CASE), ("pipeline_sd_odd", SD_ODD_CASE)]:
+        latents, image = run(pipe, case, 4, 8)
+        save_tensors(REF / f"{name}.safetensors", {"latents": latents, "image": image}, json.dumps(case, ensure_ascii=False))
 
 
 def flow_components():
