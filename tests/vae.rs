@@ -1,0 +1,194 @@
+//! Decoder/encoder parity with diffusers (`tools/reference/vae.py`) at f32: `AutoencoderTiny` in
+//! the diffusers layout (default and non-default configs) and the original TAESD key layout, and
+//! `AutoencoderKL` (the tiny SD pipeline's VAE and a variant without quant convs or attention).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{assert_close, device, fixture, reference, tiny_sd};
+use inkstone::Error;
+use inkstone::source::{DirSource, MemorySource, ModelSource};
+use inkstone::vae::{Decoder, Encoded};
+
+const TOL: f32 = 1e-4;
+
+fn fixtures() -> DirSource {
+    DirSource::new(fixture("")).unwrap()
+}
+
+fn load(dir: &str) -> Decoder {
+    Decoder::load(&fixtures(), dir, &device()).unwrap_or_else(|e| panic!("{dir}: {e}"))
+}
+
+/// Decodes the case's latents and, when the encoder is there, encodes its image.
+fn check_tiny(what: &str, vae: &Decoder, case: &str, with_encoder: bool) {
+    let r = reference(case);
+    assert_close(&format!("{what} decode"), vae.decode(r.tensor::<4>("latents")), r.tensor::<4>("decoded"), TOL);
+    match vae.encode(r.tensor::<4>("image")) {
+        Some(Encoded::Latents(latents)) => {
+            assert!(with_encoder, "{what}: unexpected encoder");
+            assert_close(&format!("{what} encode"), latents, r.tensor::<4>("encoded"), TOL);
+        }
+        Some(Encoded::Dist(_)) => panic!("{what}: a tiny encoder returned a distribution"),
+        None => assert!(!with_encoder, "{what}: encoder weights were not loaded"),
+    }
+}
+
+#[test]
+fn taesd_default_layout_matches_diffusers() {
+    let vae = load("tiny-taesd");
+    assert!(matches!(vae, Decoder::Tiny(_)));
+    assert_eq!((vae.scale_factor(), vae.latent_channels()), (8, 4));
+    assert_eq!((vae.scaling_factor(), vae.shift_factor()), (1.0, 0.0));
+    check_tiny("tiny-taesd", &vae, "vae_taesd", true);
+}
+
+#[test]
+fn taesd_non_default_config_matches_diffusers() {
+    // Width 24, blocks (2, 1, 1), ×3 upsampling, 16 latent channels, SD3-style factors.
+    let vae = load("tiny-taesd-alt");
+    assert_eq!((vae.scale_factor(), vae.latent_channels()), (9, 16));
+    assert_eq!((vae.scaling_factor(), vae.shift_factor()), (1.5305, 0.0609));
+    check_tiny("tiny-taesd-alt", &vae, "vae_taesd_alt", true);
+}
+
+#[test]
+fn taesd_original_key_layout_matches_diffusers() {
+    // Only `taesd_decoder.safetensors` (layer 0 = clamp, keys shifted by one); no config.json.
+    let vae = load("tiny-taesd-original");
+    assert_eq!((vae.scale_factor(), vae.latent_channels()), (8, 4));
+    check_tiny("tiny-taesd-original", &vae, "vae_taesd", false);
+}
+
+#[test]
+fn kl_tiny_sd_matches_diffusers() {
+    let vae = Decoder::load(&tiny_sd(), "vae", &device()).unwrap();
+    assert!(matches!(vae, Decoder::Kl(_)));
+    assert_eq!((vae.scale_factor(), vae.latent_channels()), (8, 4));
+    assert_eq!((vae.scaling_factor(), vae.shift_factor()), (0.18215, 0.0));
+    check_kl("tiny-sd/vae", &vae, "vae_kl");
+}
+
+#[test]
+fn kl_without_quant_convs_or_attention_matches_diffusers() {
+    let vae = load("tiny-kl-variant");
+    assert_eq!((vae.scale_factor(), vae.latent_channels()), (2, 16));
+    assert_eq!((vae.scaling_factor(), vae.shift_factor()), (0.3611, 0.1159));
+    check_kl("tiny-kl-variant", &vae, "vae_kl_variant");
+}
+
+fn check_kl(what: &str, vae: &Decoder, case: &str) {
+    let r = reference(case);
+    assert_close(&format!("{what} decode"), vae.decode(r.tensor::<4>("latents")), r.tensor::<4>("decoded"), TOL);
+    let Some(Encoded::Dist(dist)) = vae.encode(r.tensor::<4>("image")) else { panic!("{what}: no KL encoder") };
+    assert_close(&format!("{what} encode mean"), dist.mean.clone(), r.tensor::<4>("mean"), TOL);
+    assert_close(&format!("{what} encode logvar"), dist.logvar.clone(), r.tensor::<4>("logvar"), TOL);
+    // A draw with zero noise is the mean.
+    let zeros = dist.mean.zeros_like();
+    assert_close(&format!("{what} sample(0)"), dist.sample(zeros), r.tensor::<4>("mean"), TOL);
+}
+
+/// A copy of a fixture folder in memory, under `vae/`, with `edit` applied to config.json.
+fn edited(folder: &str, edit: impl Fn(&mut serde_json::Value)) -> MemorySource {
+    let src = fixtures();
+    let mut mem = MemorySource { name: format!("edited {folder}"), ..Default::default() };
+    for name in src.list(folder) {
+        let mut bytes = src.read(&format!("{folder}/{name}")).unwrap();
+        if name == "config.json" {
+            let mut json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            edit(&mut json);
+            bytes = Arc::from(serde_json::to_vec(&json).unwrap());
+        }
+        mem.files.insert(format!("vae/{name}"), bytes);
+    }
+    mem
+}
+
+fn load_err(src: &dyn ModelSource) -> String {
+    match Decoder::load(src, "vae", &device()) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn wrong_taesd_width_names_the_tensor() {
+    let src = edited("tiny-taesd", |c| c["decoder_block_out_channels"] = serde_json::json!([32, 32, 32, 32]));
+    let err = Decoder::load(&src, "vae", &device()).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "vae/diffusion_pytorch_model.safetensors: tensor `decoder.layers.0.weight` has shape [16, 4, 3, 3], expected [32, 4, 3, 3]"
+    );
+}
+
+#[test]
+fn legacy_block_out_channels_key_is_ignored() {
+    // diffusers writes `block_out_channels` (a copy of the decoder widths) and never reads it.
+    let src = edited("tiny-taesd", |c| c["block_out_channels"] = serde_json::json!([7, 7]));
+    let vae = Decoder::load(&src, "vae", &device()).unwrap();
+    check_tiny("tiny-taesd (legacy key edited)", &vae, "vae_taesd", true);
+}
+
+#[test]
+fn unequal_taesd_widths_are_rejected() {
+    let src = edited("tiny-taesd", |c| c["decoder_block_out_channels"] = serde_json::json!([16, 16, 32, 16]));
+    let err = load_err(&src);
+    assert!(err.contains("`decoder_block_out_channels`") && err.contains("[16, 16, 32, 16]"), "{err}");
+}
+
+#[test]
+fn kl_leftover_or_missing_tensors_are_errors() {
+    // Turning the mid-block attention off leaves its weights unused: reported, not dropped.
+    let src = edited("tiny-sd/vae", |c| c["mid_block_add_attention"] = serde_json::json!(false));
+    let err = load_err(&src);
+    assert!(err.contains("unexpected tensors") && err.contains("attentions.0.group_norm.bias"), "{err}");
+    // Asking for a post-quant conv the variant does not have names the missing tensor.
+    let src = edited("tiny-kl-variant", |c| c["use_post_quant_conv"] = serde_json::json!(true));
+    let err = load_err(&src);
+    assert!(err.contains("missing tensor `post_quant_conv.weight`"), "{err}");
+}
+
+#[test]
+fn kl_legacy_attention_names_load() {
+    // Older diffusers VAEs name the mid attention query/key/value/proj_attn.
+    let src = edited("tiny-sd/vae", |_| {});
+    let path = "vae/diffusion_pytorch_model.safetensors";
+    let file = inkstone::weights::SafetensorsFile::from_bytes(path, src.files[path].clone()).unwrap();
+    let renamed = rewrite_keys(&file, |k| {
+        k.replace(".to_q.", ".query.").replace(".to_k.", ".key.").replace(".to_v.", ".value.").replace(".to_out.0.", ".proj_attn.")
+    });
+    let mut src = src;
+    src.files.insert(path.into(), Arc::from(renamed));
+    let vae = Decoder::load(&src, "vae", &device()).unwrap();
+    check_kl("tiny-sd/vae (legacy attention keys)", &vae, "vae_kl");
+}
+
+#[test]
+fn unknown_class_and_missing_files_are_reported() {
+    let src = edited("tiny-taesd", |c| c["_class_name"] = serde_json::json!("VQModel"));
+    let err = load_err(&src);
+    assert!(err.contains("`_class_name`") && err.contains("VQModel"), "{err}");
+    let err = load_err(&MemorySource { name: "empty".into(), ..Default::default() });
+    assert!(err.contains("empty/vae/config.json: not found"), "{err}");
+}
+
+/// Re-serialises a safetensors file with renamed keys (same dtypes, shapes and bytes).
+fn rewrite_keys(file: &inkstone::weights::SafetensorsFile, rename: impl Fn(&str) -> String) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (key, info) in &file.header.tensors {
+        let start = data.len();
+        data.extend_from_slice(file.raw(info));
+        header.insert(
+            rename(key),
+            serde_json::json!({"dtype": info.dtype.name(), "shape": info.shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let header = serde_json::to_string(&header).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&data);
+    out
+}
