@@ -62,6 +62,49 @@ fn taesd_original_key_layout_matches_diffusers() {
 }
 
 #[test]
+fn taesd_original_encoder_and_decoder_pair_matches_diffusers() {
+    // taesd_encoder.safetensors next to the decoder (encoder keys are not shifted).
+    let vae = load("tiny-taesd-original-pair");
+    check_tiny("tiny-taesd-original-pair", &vae, "vae_taesd", true);
+}
+
+#[test]
+fn taesd_original_layout_errors_name_file_and_tensor() {
+    let src = fixtures();
+    let read = |name: &str| {
+        let path = format!("tiny-taesd-original-pair/{name}");
+        inkstone::weights::SafetensorsFile::from_bytes(path.clone(), src.read(&path).unwrap()).unwrap()
+    };
+    let (dec, enc) = (read("taesd_decoder.safetensors"), read("taesd_encoder.safetensors"));
+    let output_conv = |f: &inkstone::weights::SafetensorsFile| {
+        (0..100).rev().find(|i| f.header.tensors.contains_key(&format!("{i}.bias"))).unwrap()
+    };
+    let hide = |f, layer: usize| Arc::from(rewrite_keys(f, |k| if k.starts_with(&format!("{layer}.")) { format!("x{k}") } else { k.into() }));
+    let pair = |dec: Arc<[u8]>, enc: Arc<[u8]>| {
+        let mut mem = MemorySource { name: "orig".into(), ..Default::default() };
+        mem.files.insert("vae/taesd_decoder.safetensors".into(), dec);
+        mem.files.insert("vae/taesd_encoder.safetensors".into(), enc);
+        mem
+    };
+    let whole = |f: &inkstone::weights::SafetensorsFile| Arc::from(rewrite_keys(f, |k| k.into()));
+
+    // Sanity: the untouched pair loads.
+    Decoder::load(&pair(whole(&dec), whole(&enc)), "vae", &device()).unwrap();
+    // Without its output conv the decoder cannot be laid out.
+    let last = output_conv(&dec);
+    let err = load_err(&pair(hide(&dec, last), whole(&enc)));
+    assert_eq!(err, format!("vae/taesd_decoder.safetensors: missing tensor `{last}.bias`"));
+    // An encoder missing its last block: the output conv is one layer late.
+    let last = output_conv(&enc);
+    let err = load_err(&pair(whole(&dec), hide(&enc, last - 1)));
+    assert_eq!(err, format!("vae/taesd_encoder.safetensors: missing tensor `{}.weight`", last - 1));
+    // Errors use the stored names: here `0.bias` (the clamp has no parameters) instead of `1.bias`.
+    let moved = rewrite_keys(&dec, |k| if k == "1.bias" { "0.bias".into() } else { k.into() });
+    let err = load_err(&pair(Arc::from(moved), whole(&enc)));
+    assert_eq!(err, "vae/taesd_decoder.safetensors: missing tensor `1.bias`");
+}
+
+#[test]
 fn kl_tiny_sd_matches_diffusers() {
     let vae = Decoder::load(&tiny_sd(), "vae", &device()).unwrap();
     assert!(matches!(vae, Decoder::Kl(_)));

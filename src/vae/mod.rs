@@ -16,6 +16,8 @@ use crate::weights::{SafetensorsFile, Weights};
 
 /// The original TAESD decoder checkpoint name (madebyollin/taesd and its relatives).
 pub const TAESD_DECODER_FILE: &str = "taesd_decoder.safetensors";
+/// Its encoder, optional next to it.
+pub const TAESD_ENCODER_FILE: &str = "taesd_encoder.safetensors";
 
 /// The image decoder of a pipeline (with its encoder when the checkpoint has one).
 #[derive(Debug, Clone)]
@@ -59,9 +61,8 @@ impl Decoder {
     pub fn load(src: &dyn ModelSource, dir: &str, device: &Device) -> Result<Self> {
         let config_path = join(dir, "config.json");
         if !src.exists(&config_path) {
-            let original = join(dir, TAESD_DECODER_FILE);
-            if src.exists(&original) {
-                return Self::load_original_taesd(SafetensorsFile::from_bytes(&original, src.read(&original)?)?, device);
+            if src.exists(&join(dir, TAESD_DECODER_FILE)) {
+                return Self::load_original_taesd(src, dir, device);
             }
             return Err(Error::MissingFile {
                 path: format!("{}/{config_path}", src.describe()),
@@ -94,12 +95,15 @@ impl Decoder {
         }
     }
 
-    /// An original TAESD `taesd_decoder.safetensors` (keys `1.weight`, `3.conv.0.weight`, ...).
-    pub fn load_original_taesd(file: SafetensorsFile, device: &Device) -> Result<Self> {
-        let weights = Weights::new(vec![file], device)?;
-        let config = taesd::original_decoder_config(&weights)?;
-        let weights = weights.rename(taesd::original_decoder_key);
-        Ok(Self::Tiny(AutoencoderTiny::load(&weights, config)?))
+    /// An original TAESD folder: `taesd_decoder.safetensors` (keys `1.weight`, `3.conv.0.weight`,
+    /// ...) and, when present, `taesd_encoder.safetensors`.
+    pub fn load_original_taesd(src: &dyn ModelSource, dir: &str, device: &Device) -> Result<Self> {
+        let weights = |file: &str| -> Result<Weights> {
+            let path = join(dir, file);
+            Weights::new(vec![SafetensorsFile::from_bytes(&path, src.read(&path)?)?], device)
+        };
+        let encoder = if src.exists(&join(dir, TAESD_ENCODER_FILE)) { Some(weights(TAESD_ENCODER_FILE)?) } else { None };
+        Ok(Self::Tiny(taesd::load_original(weights(TAESD_DECODER_FILE)?, encoder)?))
     }
 
     /// Equivalent of diffusers `vae.decode(z).sample` (pixel range about [-1, 1]); `z` is the

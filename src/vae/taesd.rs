@@ -4,7 +4,7 @@
 //! Both halves are a flat `nn.Sequential` (`decoder.layers.{i}`), so the layers are kept as a
 //! list whose indices are the state-dict indices; parameter-free layers (ReLU, upsample) take an
 //! index too. The original TAESD checkpoints are the same sequential with a leading clamp layer,
-//! which [`original_decoder_config`] and [`original_decoder_key`] map onto this layout.
+//! which [`load_original`] maps onto this layout.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
@@ -224,50 +224,113 @@ impl AutoencoderTiny {
     }
 }
 
-/// Maps an original TAESD decoder key (`3.conv.0.weight`: layer 0 there is the clamp) to the
-/// diffusers one (`decoder.layers.2.conv.0.weight`). Other keys are kept, to be reported.
-pub fn original_decoder_key(key: &str) -> String {
-    match key.split_once('.') {
-        Some((i, rest)) => match i.parse::<usize>() {
-            Ok(i) if i > 0 => format!("decoder.layers.{}.{rest}", i - 1),
-            _ => key.to_string(),
-        },
-        None => key.to_string(),
+/// The original TAESD checkpoints: `taesd_decoder.safetensors` (layer 0 there is the clamp:
+/// `3.conv.0.weight` is diffusers' `decoder.layers.2.conv.0.weight`) and, optionally,
+/// `taesd_encoder.safetensors` (`encoder.layers.{i}` is `{i}`). There is no config: TAESD
+/// defaults, with widths, channels and blocks per level read from the stored shapes (the same
+/// layout exists at other widths, e.g. 80), so only the upsampling factor is assumed (2).
+pub fn load_original(decoder: Weights, encoder: Option<Weights>) -> Result<AutoencoderTiny> {
+    let mut config = AutoencoderTinyConfig::default();
+    original_decoder_config(&decoder, &mut config)?;
+    let decoder = load_original_part(decoder, "decoder", 1, |vb| DecoderTiny::load(vb, &config))?;
+    let encoder = match encoder {
+        Some(weights) => {
+            original_encoder_config(&weights, &mut config)?;
+            Some(load_original_part(weights, "encoder", 0, |vb| EncoderTiny::load(vb, &config))?)
+        }
+        None => None,
+    };
+    config.validate()?;
+    Ok(AutoencoderTiny { config, encoder, decoder })
+}
+
+/// Builds one half from an original-layout file under diffusers names; errors name the keys as
+/// stored in that file.
+fn load_original_part<T>(
+    weights: Weights,
+    part: &str,
+    shift: usize,
+    build: impl FnOnce(&VarBuilder) -> Result<T>,
+) -> Result<T> {
+    let weights = weights.rename(|k| shift_layer_key(k, part, shift));
+    let prefix = format!("{part}.layers.");
+    let stored = |key: String| -> String {
+        key.strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(i, rest)| Some(format!("{}.{rest}", i.parse::<usize>().ok()? + shift)))
+            .unwrap_or(key)
+    };
+    let built = build(&weights.root().pp(part)).and_then(|m| weights.finish().map(|()| m));
+    built.map_err(|e| match e {
+        Error::MissingTensor { file, key } => Error::MissingTensor { file, key: stored(key) },
+        Error::ShapeMismatch { file, key, expected, found } => {
+            Error::ShapeMismatch { file, key: stored(key), expected, found }
+        }
+        Error::UnexpectedTensors { file, keys } => {
+            Error::UnexpectedTensors { file, keys: keys.into_iter().map(stored).collect() }
+        }
+        e => e,
+    })
+}
+
+/// `{i}.rest` → `{part}.layers.{i - shift}.rest`; keys that do not fit are kept, to be reported.
+fn shift_layer_key(key: &str, part: &str, shift: usize) -> String {
+    key.split_once('.')
+        .and_then(|(i, rest)| Some((i.parse::<usize>().ok()?.checked_sub(shift)?, rest)))
+        .map(|(i, rest)| format!("{part}.layers.{i}.{rest}"))
+        .unwrap_or_else(|| key.to_string())
+}
+
+/// Reads `[out, in, ..]` of `key` from an original-layout file.
+fn conv_shape(weights: &Weights, key: &str) -> Result<(usize, usize)> {
+    match weights.shape(key) {
+        Some(&[o, i, ..]) => Ok((o, i)),
+        Some(shape) => Err(Error::unsupported(&weights.name, key, format!("shape {shape:?}"))),
+        None => Err(Error::MissingTensor { file: weights.name.clone(), key: key.to_string() }),
     }
 }
 
-/// The config of an original-layout `taesd_decoder.safetensors`: TAESD defaults, with the width,
-/// latent/output channels and blocks per level read from the stored shapes (the same layout is
-/// used at other widths, e.g. 80), so only the upsampling factor is assumed (2).
-pub fn original_decoder_config(weights: &Weights) -> Result<AutoencoderTinyConfig> {
-    let missing = |key: String| Error::MissingTensor { file: weights.name.clone(), key };
-    let first = weights.shape("1.weight").ok_or_else(|| missing("1.weight".into()))?;
-    let &[width, latent_channels, ..] = first else {
-        return Err(Error::unsupported(&weights.name, "1.weight", format!("shape {first:?}")));
-    };
-    // After conv (1) and ReLU (2): per level, blocks, [upsample,] conv; the last conv has a bias.
-    let mut blocks = Vec::new();
-    let (mut i, mut count) = (3, 0);
-    let out_channels = loop {
+/// Walks layers from `first`: blocks (`{i}.conv.0.weight`) are counted per level, a bias-free
+/// conv closes a level, parameter-free layers (upsample) are skipped, and the conv with a bias
+/// ends the network. Returns the blocks per level (the closing convs split them) and the last
+/// conv's output channels.
+fn walk_levels(weights: &Weights, first: usize) -> Result<(Vec<usize>, usize)> {
+    let (mut levels, mut count) = (Vec::new(), 0);
+    for i in first.. {
         if weights.contains(&format!("{i}.conv.0.weight")) {
             count += 1;
-        } else if let Some(shape) = weights.shape(&format!("{i}.weight")) {
-            blocks.push(count);
+        } else if weights.contains(&format!("{i}.weight")) {
+            levels.push(count);
             count = 0;
             if weights.contains(&format!("{i}.bias")) {
-                break shape[0];
+                return Ok((levels, conv_shape(weights, &format!("{i}.weight"))?.0));
             }
-        } else if !weights.contains(&format!("{}.weight", i + 1)) && !weights.contains(&format!("{}.conv.0.weight", i + 1)) {
-            // Neither a block nor a conv, and no layer follows the would-be upsample.
-            return Err(missing(format!("{i}.weight")));
+        } else if !weights.keys().any(|k| k.split_once('.').and_then(|(j, _)| j.parse::<usize>().ok()) > Some(i)) {
+            // Nothing further: the output conv (with a bias) is missing.
+            return Err(Error::MissingTensor { file: weights.name.clone(), key: format!("{i}.bias") });
         }
-        i += 1;
-    };
-    Ok(AutoencoderTinyConfig {
-        decoder_block_out_channels: vec![width; blocks.len()],
-        num_decoder_blocks: blocks,
-        latent_channels,
-        out_channels,
-        ..AutoencoderTinyConfig::default()
-    })
+    }
+    unreachable!()
+}
+
+fn original_decoder_config(weights: &Weights, config: &mut AutoencoderTinyConfig) -> Result<()> {
+    // 1: conv from the latents, 2: ReLU; then per level blocks, [upsample,] conv.
+    let (width, latent_channels) = conv_shape(weights, "1.weight")?;
+    let (blocks, out_channels) = walk_levels(weights, 3)?;
+    config.decoder_block_out_channels = vec![width; blocks.len()];
+    config.num_decoder_blocks = blocks;
+    config.latent_channels = latent_channels;
+    config.out_channels = out_channels;
+    Ok(())
+}
+
+fn original_encoder_config(weights: &Weights, config: &mut AutoencoderTinyConfig) -> Result<()> {
+    // 0: conv from RGB; then blocks, and a stride-2 bias-free conv opening each further level.
+    let (width, in_channels) = conv_shape(weights, "0.weight")?;
+    // The output conv's width is checked against the decoder's latent channels at load.
+    let (blocks, _) = walk_levels(weights, 1)?;
+    config.encoder_block_out_channels = vec![width; blocks.len()];
+    config.num_encoder_blocks = blocks;
+    config.in_channels = in_channels;
+    Ok(())
 }

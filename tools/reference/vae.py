@@ -8,6 +8,7 @@ Written files:
                                         16 latent channels, SD3-style scaling/shift (F16)
   tests/fixtures/tiny-taesd-original/   taesd_decoder.safetensors only: tiny-taesd's decoder in
                                         the original TAESD layout (layer i -> key `i+1`)
+  tests/fixtures/tiny-taesd-original-pair/  the same plus taesd_encoder.safetensors
   tests/fixtures/tiny-kl-variant/       AutoencoderKL without quant convs or mid-block attention,
                                         16 latent channels, shift_factor (F32)
   tests/fixtures/ref/vae_*.safetensors  inputs and outputs of decode and encode
@@ -72,17 +73,27 @@ def taesd_alt():
 
 
 def write_original_layout(model):
-    """The original TAESD checkpoints (madebyollin/taesd `taesd_decoder.safetensors`) are a bare
-    `nn.Sequential` whose layer 0 is the clamp: diffusers' `decoder.layers.i.*` is `{i+1}.*`."""
-    folder = _fresh(FIXTURES / "tiny-taesd-original")
-    folder.mkdir(parents=True)
-    prefix = "decoder.layers."
-    out = {}
-    for k, v in model.state_dict().items():
-        if k.startswith(prefix):
-            i, rest = k[len(prefix):].split(".", 1)
-            out[f"{int(i) + 1}.{rest}"] = v.half().contiguous()
-    save_file(out, str(folder / "taesd_decoder.safetensors"))
+    """The original TAESD checkpoints (madebyollin/taesd) are bare `nn.Sequential`s. The decoder's
+    layer 0 is the clamp, so diffusers' `decoder.layers.i.*` is `{i+1}.*` in
+    `taesd_decoder.safetensors`; the encoder's `encoder.layers.i.*` is `{i}.*` in
+    `taesd_encoder.safetensors`. tiny-taesd-original has the decoder alone (the common download),
+    tiny-taesd-original-pair both files."""
+    def layers(part, shift):
+        prefix = f"{part}.layers."
+        out = {}
+        for k, v in model.state_dict().items():
+            if k.startswith(prefix):
+                i, rest = k[len(prefix):].split(".", 1)
+                out[f"{int(i) + shift}.{rest}"] = v.half().contiguous()
+        return out
+
+    decoder, encoder = layers("decoder", 1), layers("encoder", 0)
+    for name, files in [("tiny-taesd-original", {"taesd_decoder": decoder}),
+                        ("tiny-taesd-original-pair", {"taesd_decoder": decoder, "taesd_encoder": encoder})]:
+        folder = _fresh(FIXTURES / name)
+        folder.mkdir(parents=True)
+        for stem, tensors in files.items():
+            save_file(tensors, str(folder / f"{stem}.safetensors"))
 
 
 def kl_variant():
