@@ -105,6 +105,43 @@ fn taesd_original_layout_errors_name_file_and_tensor() {
 }
 
 #[test]
+fn taesd_original_relatives_are_found_by_name() {
+    // SDXL/SD3/FLUX variants ship as taesdxl_decoder.safetensors and the like.
+    let src = fixtures();
+    let mut mem = MemorySource { name: "taesdxl".into(), ..Default::default() };
+    for (from, to) in [("taesd_decoder", "taesdxl_decoder"), ("taesd_encoder", "taesdxl_encoder")] {
+        let bytes = src.read(&format!("tiny-taesd-original-pair/{from}.safetensors")).unwrap();
+        mem.files.insert(format!("vae/{to}.safetensors"), bytes);
+    }
+    let vae = Decoder::load(&mem, "vae", &device()).unwrap();
+    check_tiny("taesdxl-named pair", &vae, "vae_taesd", true);
+}
+
+/// A copy of `folder` (diffusers layout) under `vae/` without the tensors whose key starts with
+/// one of `drop`.
+fn without_tensors(folder: &str, drop: &[&str]) -> MemorySource {
+    let mut mem = edited(folder, |_| {});
+    let path = "vae/diffusion_pytorch_model.safetensors";
+    let file = inkstone::weights::SafetensorsFile::from_bytes(path, mem.files[path].clone()).unwrap();
+    let kept = filter_keys(&file, |k| (!drop.iter().any(|d| k.starts_with(d))).then(|| k.to_string()));
+    mem.files.insert(path.into(), Arc::from(kept));
+    mem
+}
+
+#[test]
+fn decoder_only_checkpoints_load_without_encoder() {
+    let vae = Decoder::load(&without_tensors("tiny-sd/vae", &["encoder.", "quant_conv."]), "vae", &device()).unwrap();
+    let r = reference("vae_kl");
+    assert_close("tiny-sd/vae (decoder only) decode", vae.decode(r.tensor::<4>("latents")), r.tensor::<4>("decoded"), TOL);
+    assert!(vae.encode(r.tensor::<4>("image")).is_none());
+    let vae = Decoder::load(&without_tensors("tiny-taesd", &["encoder."]), "vae", &device()).unwrap();
+    check_tiny("tiny-taesd (decoder only)", &vae, "vae_taesd", false);
+    // An encoder without its quant_conv is incomplete, not decoder-only.
+    let err = load_err(&without_tensors("tiny-sd/vae", &["quant_conv."]));
+    assert!(err.ends_with("missing tensor `quant_conv.weight`"), "{err}");
+}
+
+#[test]
 fn kl_tiny_sd_matches_diffusers() {
     let vae = Decoder::load(&tiny_sd(), "vae", &device()).unwrap();
     assert!(matches!(vae, Decoder::Kl(_)));
@@ -219,13 +256,19 @@ fn unknown_class_and_missing_files_are_reported() {
 
 /// Re-serialises a safetensors file with renamed keys (same dtypes, shapes and bytes).
 fn rewrite_keys(file: &inkstone::weights::SafetensorsFile, rename: impl Fn(&str) -> String) -> Vec<u8> {
+    filter_keys(file, |k| Some(rename(k)))
+}
+
+/// As [`rewrite_keys`], dropping the tensors `rename` maps to `None`.
+fn filter_keys(file: &inkstone::weights::SafetensorsFile, rename: impl Fn(&str) -> Option<String>) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
     for (key, info) in &file.header.tensors {
+        let Some(new_key) = rename(key) else { continue };
         let start = data.len();
         data.extend_from_slice(file.raw(info));
         header.insert(
-            rename(key),
+            new_key,
             serde_json::json!({"dtype": info.dtype.name(), "shape": info.shape, "data_offsets": [start, data.len()]}),
         );
     }

@@ -16,8 +16,6 @@ use crate::weights::{SafetensorsFile, Weights};
 
 /// The original TAESD decoder checkpoint name (madebyollin/taesd and its relatives).
 pub const TAESD_DECODER_FILE: &str = "taesd_decoder.safetensors";
-/// Its encoder, optional next to it.
-pub const TAESD_ENCODER_FILE: &str = "taesd_encoder.safetensors";
 
 /// The image decoder of a pipeline (with its encoder when the checkpoint has one).
 #[derive(Debug, Clone)]
@@ -51,18 +49,28 @@ impl Encoded {
     }
 }
 
+/// The original-layout decoder file of a folder without config.json: `taesd_decoder.safetensors`,
+/// else one of its relatives (`taesdxl_decoder`, `taesd3_decoder`, `taef1_decoder`, ...).
+fn original_taesd_decoder(src: &dyn ModelSource, dir: &str) -> Option<String> {
+    if src.exists(&join(dir, TAESD_DECODER_FILE)) {
+        return Some(TAESD_DECODER_FILE.to_string());
+    }
+    src.list(dir).into_iter().find(|f| f.starts_with("tae") && f.ends_with("_decoder.safetensors"))
+}
+
 fn join(dir: &str, file: &str) -> String {
     if dir.is_empty() { file.to_string() } else { format!("{dir}/{file}") }
 }
 
 impl Decoder {
     /// Reads `<dir>/config.json` (`_class_name` AutoencoderTiny / AutoencoderKL), or a folder with
-    /// only `taesd_decoder.safetensors` (original layout, default TAESD config).
+    /// only `taesd_decoder.safetensors` (original layout, default TAESD config; also its
+    /// relatives such as `taesdxl_decoder.safetensors`, and the `*_encoder` file next to it).
     pub fn load(src: &dyn ModelSource, dir: &str, device: &Device) -> Result<Self> {
         let config_path = join(dir, "config.json");
         if !src.exists(&config_path) {
-            if src.exists(&join(dir, TAESD_DECODER_FILE)) {
-                return Self::load_original_taesd(src, dir, device);
+            if let Some(decoder) = original_taesd_decoder(src, dir) {
+                return Self::load_original_taesd(src, dir, &decoder, device);
             }
             return Err(Error::MissingFile {
                 path: format!("{}/{config_path}", src.describe()),
@@ -80,7 +88,7 @@ impl Decoder {
         match class.as_str() {
             "AutoencoderTiny" => {
                 let config: AutoencoderTinyConfig = from_json(&config_path, &bytes)?;
-                Ok(Self::Tiny(AutoencoderTiny::load(&weights, config)?))
+                Ok(Self::Tiny(AutoencoderTiny::load(weights, config)?))
             }
             "AutoencoderKL" => {
                 let config: AutoencoderKLConfig = from_json(&config_path, &bytes)?;
@@ -95,15 +103,16 @@ impl Decoder {
         }
     }
 
-    /// An original TAESD folder: `taesd_decoder.safetensors` (keys `1.weight`, `3.conv.0.weight`,
-    /// ...) and, when present, `taesd_encoder.safetensors`.
-    pub fn load_original_taesd(src: &dyn ModelSource, dir: &str, device: &Device) -> Result<Self> {
+    /// An original TAESD folder: `decoder_file` (e.g. `taesd_decoder.safetensors`, keys `1.weight`,
+    /// `3.conv.0.weight`, ...) and, when present, the matching `*_encoder.safetensors`.
+    pub fn load_original_taesd(src: &dyn ModelSource, dir: &str, decoder_file: &str, device: &Device) -> Result<Self> {
         let weights = |file: &str| -> Result<Weights> {
             let path = join(dir, file);
             Weights::new(vec![SafetensorsFile::from_bytes(&path, src.read(&path)?)?], device)
         };
-        let encoder = if src.exists(&join(dir, TAESD_ENCODER_FILE)) { Some(weights(TAESD_ENCODER_FILE)?) } else { None };
-        Ok(Self::Tiny(taesd::load_original(weights(TAESD_DECODER_FILE)?, encoder)?))
+        let encoder_file = decoder_file.replace("_decoder.", "_encoder.");
+        let encoder = if src.exists(&join(dir, &encoder_file)) { Some(weights(&encoder_file)?) } else { None };
+        Ok(Self::Tiny(taesd::load_original(weights(decoder_file)?, encoder)?))
     }
 
     /// Equivalent of diffusers `vae.decode(z).sample` (pixel range about [-1, 1]); `z` is the

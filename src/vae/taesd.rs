@@ -197,7 +197,7 @@ pub struct AutoencoderTiny {
 impl AutoencoderTiny {
     /// Builds from diffusers-layout weights (`encoder.layers.*`, `decoder.layers.*`) and checks
     /// that no tensor is left over.
-    pub fn load(weights: &Weights, config: AutoencoderTinyConfig) -> Result<Self> {
+    pub fn load(weights: Weights, config: AutoencoderTinyConfig) -> Result<Self> {
         config.validate()?;
         let vb = weights.root();
         let encoder = if vb.pp("encoder").has_prefix() {
