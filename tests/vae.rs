@@ -98,7 +98,7 @@ fn taesd_original_layout_errors_name_file_and_tensor() {
     let last = output_conv(&enc);
     let err = load_err(&pair(whole(&dec), hide(&enc, last - 1)));
     assert_eq!(err, format!("vae/taesd_encoder.safetensors: missing tensor `{}.weight`", last - 1));
-    // Errors use the stored names: here `0.bias` (the clamp has no parameters) instead of `1.bias`.
+    // Errors use the stored names: `1.bias` (stored as `0.bias` here), not `decoder.layers.0.bias`.
     let moved = rewrite_keys(&dec, |k| if k == "1.bias" { "0.bias".into() } else { k.into() });
     let err = load_err(&pair(Arc::from(moved), whole(&enc)));
     assert_eq!(err, "vae/taesd_decoder.safetensors: missing tensor `1.bias`");
@@ -248,6 +248,11 @@ fn kl_legacy_attention_names_load() {
 #[test]
 fn unknown_class_and_missing_files_are_reported() {
     let src = edited("tiny-taesd", |c| c["_class_name"] = serde_json::json!("VQModel"));
+    let err = load_err(&src);
+    assert!(err.contains("`_class_name`") && err.contains("VQModel"), "{err}");
+    // The class is checked before any weight file is looked for.
+    let mut src = src;
+    src.files.retain(|k, _| k.ends_with("config.json"));
     let err = load_err(&src);
     assert!(err.contains("`_class_name`") && err.contains("VQModel"), "{err}");
     let err = load_err(&MemorySource { name: "empty".into(), ..Default::default() });

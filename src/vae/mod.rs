@@ -84,15 +84,14 @@ impl Decoder {
             class_name: Option<String>,
         }
         let class = from_json::<ClassName>(&config_path, &bytes)?.class_name.unwrap_or_default();
-        let weights = load_weights(src, dir, device)?;
         match class.as_str() {
             "AutoencoderTiny" => {
                 let config: AutoencoderTinyConfig = from_json(&config_path, &bytes)?;
-                Ok(Self::Tiny(AutoencoderTiny::load(weights, config)?))
+                Ok(Self::Tiny(AutoencoderTiny::load(load_weights(src, dir, device)?, config)?))
             }
             "AutoencoderKL" => {
                 let config: AutoencoderKLConfig = from_json(&config_path, &bytes)?;
-                Ok(Self::Kl(AutoencoderKL::load(weights, config)?))
+                Ok(Self::Kl(AutoencoderKL::load(load_weights(src, dir, device)?, config)?))
             }
             other => Err(Error::UnsupportedConfig {
                 file: config_path,
