@@ -1,1 +1,164 @@
-//! (in progress)
+//! Latents ↔ pixels: the TAESD-style `AutoencoderTiny` or the full `AutoencoderKL`, chosen by
+//! the folder's `config.json` (`_class_name`), or an original-layout `taesd_decoder.safetensors`.
+
+pub mod kl;
+pub mod taesd;
+
+use burn::tensor::{Device, Tensor};
+
+pub use kl::{AutoencoderKL, DiagonalGaussian};
+pub use taesd::AutoencoderTiny;
+
+use crate::config::{AutoencoderKLConfig, AutoencoderTinyConfig, from_json};
+use crate::error::{Error, Result};
+use crate::source::{ModelSource, load_weights};
+use crate::weights::{SafetensorsFile, Weights};
+
+/// The original TAESD decoder checkpoint name (madebyollin/taesd and its relatives).
+pub const TAESD_DECODER_FILE: &str = "taesd_decoder.safetensors";
+
+/// The image decoder of a pipeline (with its encoder when the checkpoint has one).
+#[derive(Debug, Clone)]
+pub enum Decoder {
+    Tiny(AutoencoderTiny),
+    Kl(AutoencoderKL),
+}
+
+/// What an encoder makes of an image: a posterior (KL) or the latents themselves (tiny).
+#[derive(Debug, Clone)]
+pub enum Encoded {
+    Dist(DiagonalGaussian),
+    Latents(Tensor<4>),
+}
+
+impl Encoded {
+    /// The most likely latents (diffusers `retrieve_latents(sample_mode="argmax")`).
+    pub fn mode(&self) -> Tensor<4> {
+        match self {
+            Encoded::Dist(d) => d.mean.clone(),
+            Encoded::Latents(l) => l.clone(),
+        }
+    }
+
+    /// A draw from the posterior with standard-normal `noise` (tiny encoders are deterministic).
+    pub fn sample(&self, noise: Tensor<4>) -> Tensor<4> {
+        match self {
+            Encoded::Dist(d) => d.sample(noise),
+            Encoded::Latents(l) => l.clone(),
+        }
+    }
+}
+
+/// The original-layout decoder file of a folder without config.json: `taesd_decoder.safetensors`,
+/// else one of its relatives (`taesdxl_decoder`, `taesd3_decoder`, `taef1_decoder`, ...).
+fn original_taesd_decoder(src: &dyn ModelSource, dir: &str) -> Option<String> {
+    if src.exists(&join(dir, TAESD_DECODER_FILE)) {
+        return Some(TAESD_DECODER_FILE.to_string());
+    }
+    src.list(dir).into_iter().find(|f| f.starts_with("tae") && f.ends_with("_decoder.safetensors"))
+}
+
+fn join(dir: &str, file: &str) -> String {
+    if dir.is_empty() { file.to_string() } else { format!("{dir}/{file}") }
+}
+
+impl Decoder {
+    /// Reads `<dir>/config.json` (`_class_name` AutoencoderTiny / AutoencoderKL), or a folder with
+    /// only `taesd_decoder.safetensors` (original layout, default TAESD config; also its
+    /// relatives such as `taesdxl_decoder.safetensors`, and the `*_encoder` file next to it).
+    pub fn load(src: &dyn ModelSource, dir: &str, device: &Device) -> Result<Self> {
+        let config_path = join(dir, "config.json");
+        if !src.exists(&config_path) {
+            if let Some(decoder) = original_taesd_decoder(src, dir) {
+                return Self::load_original_taesd(src, dir, &decoder, device);
+            }
+            return Err(Error::MissingFile {
+                path: format!("{}/{config_path}", src.describe()),
+                hint: Some(format!("a VAE folder needs config.json (or an original-layout {TAESD_DECODER_FILE})")),
+            });
+        }
+        let bytes = src.read(&config_path)?;
+        #[derive(serde::Deserialize)]
+        struct ClassName {
+            #[serde(rename = "_class_name")]
+            class_name: Option<String>,
+        }
+        let class = from_json::<ClassName>(&config_path, &bytes)?.class_name.unwrap_or_default();
+        match class.as_str() {
+            "AutoencoderTiny" => {
+                let config: AutoencoderTinyConfig = from_json(&config_path, &bytes)?;
+                Ok(Self::Tiny(AutoencoderTiny::load(load_weights(src, dir, device)?, config)?))
+            }
+            "AutoencoderKL" => {
+                let config: AutoencoderKLConfig = from_json(&config_path, &bytes)?;
+                Ok(Self::Kl(AutoencoderKL::load(load_weights(src, dir, device)?, config)?))
+            }
+            other => Err(Error::UnsupportedConfig {
+                file: config_path,
+                field: "_class_name".into(),
+                value: format!("{other:?}"),
+                hint: Some("expected AutoencoderTiny or AutoencoderKL".into()),
+            }),
+        }
+    }
+
+    /// An original TAESD folder: `decoder_file` (e.g. `taesd_decoder.safetensors`, keys `1.weight`,
+    /// `3.conv.0.weight`, ...) and, when present, the matching `*_encoder.safetensors`.
+    pub fn load_original_taesd(src: &dyn ModelSource, dir: &str, decoder_file: &str, device: &Device) -> Result<Self> {
+        let weights = |file: &str| -> Result<Weights> {
+            let path = join(dir, file);
+            Weights::new(vec![SafetensorsFile::from_bytes(&path, src.read(&path)?)?], device)
+        };
+        let encoder_file = decoder_file.replace("_decoder.", "_encoder.");
+        let encoder = if src.exists(&join(dir, &encoder_file)) { Some(weights(&encoder_file)?) } else { None };
+        Ok(Self::Tiny(taesd::load_original(weights(decoder_file)?, encoder)?))
+    }
+
+    /// Equivalent of diffusers `vae.decode(z).sample` (pixel range about [-1, 1]); `z` is the
+    /// unscaled latent (`latents / scaling_factor + shift_factor`).
+    pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        match self {
+            Decoder::Tiny(m) => m.decode(z),
+            Decoder::Kl(m) => m.decode(z),
+        }
+    }
+
+    /// diffusers `vae.encode(image)` for pixels in [-1, 1]; `None` when the checkpoint has no
+    /// encoder weights.
+    pub fn encode(&self, image: Tensor<4>) -> Option<Encoded> {
+        match self {
+            Decoder::Tiny(m) => m.encode(image).map(Encoded::Latents),
+            Decoder::Kl(m) => m.encode(image).map(Encoded::Dist),
+        }
+    }
+
+    pub fn scaling_factor(&self) -> f64 {
+        match self {
+            Decoder::Tiny(m) => m.config.scaling_factor,
+            Decoder::Kl(m) => m.config.scaling_factor,
+        }
+    }
+
+    /// 0 when the config has none (SD 1.x/2.x).
+    pub fn shift_factor(&self) -> f64 {
+        match self {
+            Decoder::Tiny(m) => m.config.shift_factor,
+            Decoder::Kl(m) => m.config.shift_factor.unwrap_or(0.0),
+        }
+    }
+
+    /// Pixels per latent along one side (8 for SD).
+    pub fn scale_factor(&self) -> usize {
+        match self {
+            Decoder::Tiny(m) => m.config.scale_factor(),
+            Decoder::Kl(m) => m.config.scale_factor(),
+        }
+    }
+
+    pub fn latent_channels(&self) -> usize {
+        match self {
+            Decoder::Tiny(m) => m.config.latent_channels,
+            Decoder::Kl(m) => m.config.latent_channels,
+        }
+    }
+}

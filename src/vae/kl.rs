@@ -1,0 +1,340 @@
+//! diffusers `AutoencoderKL`: `Encoder` / `Decoder` (`models/autoencoders/vae.py`), their
+//! blocks `DownEncoderBlock2D`, `UpDecoderBlock2D`, `UNetMidBlock2D` (`unets/unet_2d_blocks.py`)
+//! and the mid-block's single-head spatial self-attention.
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::silu;
+use burn::tensor::ops::PadMode;
+
+use crate::config::AutoencoderKLConfig;
+use crate::error::{Error, Result};
+use crate::nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, scaled_dot_product_attention};
+use crate::unet::resnet::{ResnetBlock2D, ResnetConfig, Upsample2D};
+use crate::weights::{VarBuilder, Weights};
+
+/// Every norm of the KL autoencoder uses this epsilon (hard-coded upstream).
+const EPS: f64 = 1e-6;
+
+fn resnet(vb: &VarBuilder, c_in: usize, c_out: usize, groups: usize) -> Result<ResnetBlock2D> {
+    let cfg = ResnetConfig {
+        in_channels: c_in,
+        out_channels: c_out,
+        temb_channels: None,
+        groups,
+        eps: EPS,
+        output_scale_factor: 1.0,
+    };
+    ResnetBlock2D::load(vb, cfg)
+}
+
+/// The mid-block `Attention` (`_from_deprecated_attn_block`): group norm, one head as wide as the
+/// channels over all pixels, output projection, residual.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    group_norm: GroupNorm,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+}
+
+impl Attention {
+    pub fn load(vb: &VarBuilder, channels: usize, groups: usize) -> Result<Self> {
+        Ok(Self {
+            group_norm: GroupNorm::load(&vb.pp("group_norm"), groups, channels, EPS)?,
+            to_q: Linear::load(&vb.pp("to_q"), channels, channels, true)?,
+            to_k: Linear::load(&vb.pp("to_k"), channels, channels, true)?,
+            to_v: Linear::load(&vb.pp("to_v"), channels, channels, true)?,
+            to_out: Linear::load(&vb.pp("to_out").pp(0), channels, channels, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        // [b, c, h, w] → [b, 1 head, h·w tokens, c]
+        let tokens: Tensor<3> = self.group_norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2);
+        let heads = |proj: &Linear| proj.forward(tokens.clone()).unsqueeze_dim::<4>(1);
+        let scale = 1.0 / (c as f64).sqrt();
+        let out = scaled_dot_product_attention(heads(&self.to_q), heads(&self.to_k), heads(&self.to_v), scale);
+        let out: Tensor<3> = self.to_out.forward(out.squeeze_dim::<3>(1));
+        out.swap_dims(1, 2).reshape([b, c, h, w]) + x
+    }
+}
+
+/// diffusers' `_convert_deprecated_attention_blocks`: older VAE checkpoints name the mid-block
+/// attention `query`/`key`/`value`/`proj_attn`.
+pub fn legacy_attention_key(key: &str) -> String {
+    const RENAMES: [(&str, &str); 4] =
+        [(".query.", ".to_q."), (".key.", ".to_k."), (".value.", ".to_v."), (".proj_attn.", ".to_out.0.")];
+    if key.contains(".attentions.") {
+        for (old, new) in RENAMES {
+            if key.contains(old) {
+                return key.replacen(old, new, 1);
+            }
+        }
+    }
+    key.to_string()
+}
+
+/// `UNetMidBlock2D` as the VAE builds it: resnet, (attention,) resnet; no time embedding.
+#[derive(Debug, Clone)]
+pub struct UNetMidBlock2D {
+    resnets: [ResnetBlock2D; 2],
+    attention: Option<Attention>,
+}
+
+impl UNetMidBlock2D {
+    pub fn load(vb: &VarBuilder, channels: usize, groups: usize, add_attention: bool) -> Result<Self> {
+        let r = vb.pp("resnets");
+        let attention =
+            if add_attention { Some(Attention::load(&vb.pp("attentions").pp(0), channels, groups)?) } else { None };
+        Ok(Self {
+            resnets: [resnet(&r.pp(0), channels, channels, groups)?, resnet(&r.pp(1), channels, channels, groups)?],
+            attention,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut x = self.resnets[0].forward(x, None);
+        if let Some(attn) = &self.attention {
+            x = attn.forward(x);
+        }
+        self.resnets[1].forward(x, None)
+    }
+}
+
+/// `UpDecoderBlock2D`: resnets, then a nearest ×2 upsample + conv on all but the last level.
+#[derive(Debug, Clone)]
+pub struct UpDecoderBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    upsampler: Option<Upsample2D>,
+}
+
+impl UpDecoderBlock2D {
+    pub fn load(vb: &VarBuilder, c_in: usize, c_out: usize, layers: usize, groups: usize, upsample: bool) -> Result<Self> {
+        let resnets = (0..layers)
+            .map(|j| resnet(&vb.pp("resnets").pp(j), if j == 0 { c_in } else { c_out }, c_out, groups))
+            .collect::<Result<_>>()?;
+        let upsampler = if upsample { Some(Upsample2D::load(&vb.pp("upsamplers").pp(0), c_out)?) } else { None };
+        Ok(Self { resnets, upsampler })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.resnets.iter().fold(x, |x, r| r.forward(x, None));
+        match &self.upsampler {
+            Some(up) => up.forward(x, None),
+            None => x,
+        }
+    }
+}
+
+/// The encoder's `Downsample2D(padding=0)`: zero-pad right and bottom by one, then a 3×3
+/// stride-2 conv (diffusers' asymmetric padding; the U-Net's variant pads symmetrically).
+#[derive(Debug, Clone)]
+pub struct Downsample2D {
+    conv: Conv2d,
+}
+
+impl Downsample2D {
+    pub fn load(vb: &VarBuilder, channels: usize) -> Result<Self> {
+        let cfg = Conv2dConfig { kernel: 3, stride: 2, padding: 0, bias: true };
+        Ok(Self { conv: Conv2d::load(&vb.pp("conv"), channels, channels, cfg)? })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x.pad((0, 1, 0, 1), PadMode::Constant(0.0)))
+    }
+}
+
+/// `DownEncoderBlock2D`: resnets, then a stride-2 downsample on all but the last level.
+#[derive(Debug, Clone)]
+pub struct DownEncoderBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    downsampler: Option<Downsample2D>,
+}
+
+impl DownEncoderBlock2D {
+    pub fn load(vb: &VarBuilder, c_in: usize, c_out: usize, layers: usize, groups: usize, down: bool) -> Result<Self> {
+        let resnets = (0..layers)
+            .map(|j| resnet(&vb.pp("resnets").pp(j), if j == 0 { c_in } else { c_out }, c_out, groups))
+            .collect::<Result<_>>()?;
+        let downsampler = if down { Some(Downsample2D::load(&vb.pp("downsamplers").pp(0), c_out)?) } else { None };
+        Ok(Self { resnets, downsampler })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.resnets.iter().fold(x, |x, r| r.forward(x, None));
+        match &self.downsampler {
+            Some(down) => down.forward(x),
+            None => x,
+        }
+    }
+}
+
+/// Group norm → SiLU → 3×3 conv: the output head of both halves.
+#[derive(Debug, Clone)]
+struct OutHead {
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl OutHead {
+    fn load(vb: &VarBuilder, c_in: usize, c_out: usize, groups: usize) -> Result<Self> {
+        Ok(Self {
+            conv_norm_out: GroupNorm::load(&vb.pp("conv_norm_out"), groups, c_in, EPS)?,
+            conv_out: Conv2d::load(&vb.pp("conv_out"), c_in, c_out, Conv2dConfig::same(3))?,
+        })
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+}
+
+/// The KL `Decoder`: conv_in → mid block → up blocks (widths reversed) → norm, SiLU, conv_out.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    conv_in: Conv2d,
+    mid_block: UNetMidBlock2D,
+    up_blocks: Vec<UpDecoderBlock2D>,
+    head: OutHead,
+}
+
+impl Decoder {
+    pub fn load(vb: &VarBuilder, cfg: &AutoencoderKLConfig) -> Result<Self> {
+        let (widths, g) = (&cfg.block_out_channels, cfg.norm_num_groups);
+        let top = *widths.last().expect("validated: at least one level");
+        let mut c_prev = top;
+        let mut up_blocks = Vec::new();
+        for (i, &c) in widths.iter().rev().enumerate() {
+            let upsample = i + 1 < widths.len();
+            up_blocks.push(UpDecoderBlock2D::load(&vb.pp("up_blocks").pp(i), c_prev, c, cfg.layers_per_block + 1, g, upsample)?);
+            c_prev = c;
+        }
+        Ok(Self {
+            conv_in: Conv2d::load(&vb.pp("conv_in"), cfg.latent_channels, top, Conv2dConfig::same(3))?,
+            mid_block: UNetMidBlock2D::load(&vb.pp("mid_block"), top, g, cfg.mid_block_add_attention)?,
+            up_blocks,
+            head: OutHead::load(vb, widths[0], cfg.out_channels, g)?,
+        })
+    }
+
+    pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
+        let x = self.mid_block.forward(self.conv_in.forward(z));
+        self.head.forward(self.up_blocks.iter().fold(x, |x, b| b.forward(x)))
+    }
+}
+
+/// The KL `Encoder` (`double_z=True`): conv_in → down blocks → mid block → norm, SiLU, conv_out
+/// to mean and log-variance.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    conv_in: Conv2d,
+    down_blocks: Vec<DownEncoderBlock2D>,
+    mid_block: UNetMidBlock2D,
+    head: OutHead,
+}
+
+impl Encoder {
+    pub fn load(vb: &VarBuilder, cfg: &AutoencoderKLConfig) -> Result<Self> {
+        let (widths, g) = (&cfg.block_out_channels, cfg.norm_num_groups);
+        let top = *widths.last().expect("validated: at least one level");
+        let mut c_prev = widths[0];
+        let mut down_blocks = Vec::new();
+        for (i, &c) in widths.iter().enumerate() {
+            let down = i + 1 < widths.len();
+            down_blocks.push(DownEncoderBlock2D::load(&vb.pp("down_blocks").pp(i), c_prev, c, cfg.layers_per_block, g, down)?);
+            c_prev = c;
+        }
+        Ok(Self {
+            conv_in: Conv2d::load(&vb.pp("conv_in"), cfg.in_channels, widths[0], Conv2dConfig::same(3))?,
+            down_blocks,
+            mid_block: UNetMidBlock2D::load(&vb.pp("mid_block"), top, g, cfg.mid_block_add_attention)?,
+            head: OutHead::load(vb, top, 2 * cfg.latent_channels, g)?,
+        })
+    }
+
+    pub fn forward(&self, image: Tensor<4>) -> Tensor<4> {
+        let x = self.down_blocks.iter().fold(self.conv_in.forward(image), |x, b| b.forward(x));
+        self.head.forward(self.mid_block.forward(x))
+    }
+}
+
+/// diffusers `DiagonalGaussianDistribution`: the encoder's posterior over latents.
+#[derive(Debug, Clone)]
+pub struct DiagonalGaussian {
+    pub mean: Tensor<4>,
+    /// Clamped to [-30, 20] as upstream.
+    pub logvar: Tensor<4>,
+}
+
+impl DiagonalGaussian {
+    /// Splits `[b, 2·c, h, w]` encoder moments into mean and log-variance.
+    pub fn from_moments(moments: Tensor<4>) -> Self {
+        let mut halves = moments.chunk(2, 1).into_iter();
+        let (mean, logvar) = (halves.next().unwrap(), halves.next().unwrap());
+        Self { mean, logvar: logvar.clamp(-30.0, 20.0) }
+    }
+
+    /// `mean + std · noise`, with `noise` standard normal of the mean's shape (drawn by the
+    /// caller so that seeding stays in one place).
+    pub fn sample(&self, noise: Tensor<4>) -> Tensor<4> {
+        self.mean.clone() + (self.logvar.clone() * 0.5).exp() * noise
+    }
+}
+
+/// `AutoencoderKL`. The encoder half (with `quant_conv`) is built when its weights are present.
+#[derive(Debug, Clone)]
+pub struct AutoencoderKL {
+    pub config: AutoencoderKLConfig,
+    pub encoder: Option<Encoder>,
+    quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv2d>,
+    pub decoder: Decoder,
+}
+
+impl AutoencoderKL {
+    /// Builds from diffusers-layout weights and checks that no tensor is left over. Older
+    /// checkpoints' attention names (`query`, `proj_attn`, ...) are accepted.
+    pub fn load(weights: Weights, config: AutoencoderKLConfig) -> Result<Self> {
+        config.validate()?;
+        let weights = weights.rename(legacy_attention_key);
+        let vb = weights.root();
+        let latent = config.latent_channels;
+        let quant = |name: &str, c: usize| Conv2d::load(&vb.pp(name), c, c, Conv2dConfig::same(1));
+        let (encoder, quant_conv) = if vb.pp("encoder").has_prefix() {
+            for t in &config.down_block_types {
+                if t != "DownEncoderBlock2D" {
+                    return Err(Error::unsupported("vae/config.json", "down_block_types", t));
+                }
+            }
+            let quant_conv = if config.use_quant_conv { Some(quant("quant_conv", 2 * latent)?) } else { None };
+            (Some(Encoder::load(&vb.pp("encoder"), &config)?), quant_conv)
+        } else {
+            (None, None)
+        };
+        let post_quant_conv = if config.use_post_quant_conv { Some(quant("post_quant_conv", latent)?) } else { None };
+        let decoder = Decoder::load(&vb.pp("decoder"), &config)?;
+        weights.finish()?;
+        Ok(Self { config, encoder, quant_conv, post_quant_conv, decoder })
+    }
+
+    /// diffusers `decode(z).sample`.
+    pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        let z = match &self.post_quant_conv {
+            Some(conv) => conv.forward(z),
+            None => z,
+        };
+        self.decoder.forward(z)
+    }
+
+    /// diffusers `encode(image).latent_dist`; `None` without encoder weights.
+    pub fn encode(&self, image: Tensor<4>) -> Option<DiagonalGaussian> {
+        let moments = self.encoder.as_ref()?.forward(image);
+        let moments = match &self.quant_conv {
+            Some(conv) => conv.forward(moments),
+            None => moments,
+        };
+        Some(DiagonalGaussian::from_moments(moments))
+    }
+}
