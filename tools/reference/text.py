@@ -39,7 +39,8 @@ from common import (
 )
 
 # The prompts the issue names: English, Chinese poetry, full-width punctuation + emoji, empty,
-# longer than every max length (> 512 tokens for both vocabularies), plus case/whitespace/accents.
+# longer than every max length (> 512 tokens for both vocabularies), plus case/whitespace/accents
+# and special-token strings.
 LONG = "A very detailed painting of a cat sitting on a wooden chair, " * 12 + "春眠不觉晓处处闻啼鸟" * 30
 PROMPTS = [
     "a photo of a cat",
@@ -48,6 +49,7 @@ PROMPTS = [
     "",
     LONG,
     "  A   PHOTO\tof a Café  naïve CAT\n",
+    "hi!! wow! <|endoftext|> <|ENDOFTEXT|> [SEP] [cls]",  # special tokens typed in the prompt
 ]
 ENCODE_PROMPTS = ["a photo of a cat", "床前明月光，疑是地上霜"]
 
