@@ -129,7 +129,34 @@ fn clip_text_model_matches_transformers() {
     assert_close("clip pooler_output", out.pooler_output, r.tensor("pooler_output"), 1e-4);
     assert_close("clip penultimate hidden state", out.penultimate, r.tensor("penultimate"), 1e-4);
     assert_eq!(encoder.hidden_size(), 32);
-    assert_close("clip encode()", encoder.encode(ids, mask), r.tensor("last_hidden_state"), 1e-4);
+    assert_close("clip encode()", encoder.encode(ids.clone(), mask), r.tensor("last_hidden_state"), 1e-4);
+    let skip1 = model.prompt_embeds(ids.clone(), None, 1).unwrap();
+    assert_close("clip prompt_embeds clip_skip=1", skip1, r.tensor("clip_skip_1"), 1e-4);
+    let skip0 = model.prompt_embeds(ids.clone(), None, 0).unwrap();
+    assert_close("clip prompt_embeds clip_skip=0", skip0, r.tensor("last_hidden_state"), 1e-4);
+    let err = model.prompt_embeds(ids, None, 3).unwrap_err().to_string();
+    assert!(err.contains("clip_skip 3"), "{err}");
+}
+
+#[test]
+fn clip_pooling_rule_follows_eos_token_id() {
+    // Legacy configs (eos_token_id == 2) pool at the argmax of the ids; others at the first
+    // position of eos_token_id (320 = "a</w>": position 1 of row 0, absent from row 1 → 0).
+    let disk = tiny_sd();
+    let r = reference("text_encoder_clip");
+    for eos in [2, 320] {
+        let mut src = MemorySource { name: format!("tiny-sd eos {eos}"), ..Default::default() };
+        for file in disk.list("text_encoder") {
+            let path = format!("text_encoder/{file}");
+            src.files.insert(path.clone(), disk.read(&path).unwrap());
+        }
+        let mut config: serde_json::Value = serde_json::from_slice(&src.files["text_encoder/config.json"]).unwrap();
+        config["eos_token_id"] = eos.into();
+        src.files.insert("text_encoder/config.json".into(), Arc::from(serde_json::to_vec(&config).unwrap()));
+        let TextEncoder::Clip(model) = TextEncoder::load(&src, "text_encoder", &device()).unwrap() else { panic!() };
+        let pooled = model.forward(r.int_tensor("ids"), None).pooler_output;
+        assert_close(&format!("clip pooler_output eos_token_id={eos}"), pooled, r.tensor(&format!("pooler_output_eos{eos}")), 1e-4);
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use super::{Activation, attention};
 use crate::config::ClipTextConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::nn::{Embedding, LayerNorm, Linear};
 use crate::weights::VarBuilder;
 
@@ -185,6 +185,28 @@ impl ClipTextModel {
         let pooler_output = pick_rows(last_hidden_state.clone(), &self.eos_positions(&ids));
         let text_embeds = self.text_projection.as_ref().map(|p| p.forward(pooler_output.clone()));
         ClipTextOutput { last_hidden_state, pooler_output, penultimate, text_embeds }
+    }
+
+    /// `StableDiffusionPipeline.encode_prompt` with `clip_skip`: the final layer norm applied to
+    /// the output `clip_skip` layers before the last (`hidden_states[-(clip_skip + 1)]`);
+    /// `clip_skip = 0` is `last_hidden_state`.
+    pub fn prompt_embeds(
+        &self,
+        ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+        clip_skip: usize,
+    ) -> Result<Tensor<3>> {
+        let n = self.encoder.layers.len();
+        if clip_skip > n {
+            return Err(Error::InvalidArgument(format!("clip_skip {clip_skip} exceeds the {n} text encoder layers")));
+        }
+        let [batch, seq] = ids.dims();
+        let bias = super::attention_bias(batch, seq, attention_mask, true, &ids.device());
+        let mut x = self.embeddings.forward(ids);
+        for layer in &self.encoder.layers[..n - clip_skip] {
+            x = layer.forward(x, &bias);
+        }
+        Ok(self.final_layer_norm.forward(x))
     }
 
     /// transformers' pooling rule: configs with the legacy `eos_token_id == 2` take the argmax

@@ -94,6 +94,15 @@ def clip_sd1():
     ids, mask = tokenize(tok, ENCODE_PROMPTS)
     with torch.no_grad():
         out = model(ids, output_hidden_states=True)
+        # StableDiffusionPipeline.encode_prompt with clip_skip=1.
+        clip_skip_1 = model.final_layer_norm(out.hidden_states[-2])
+        # Pooling rules: legacy configs (eos_token_id == 2) take the argmax of the ids; others
+        # the first position of eos_token_id (320 = "a</w>" here, so the rules differ; a row
+        # without it pools position 0).
+        pooled = {}
+        for eos in (2, 320):
+            m = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32, eos_token_id=eos)
+            pooled[f"pooler_output_eos{eos}"] = m.eval()(ids).pooler_output
     save_tensors(
         REF / "text_encoder_clip.safetensors",
         {
@@ -101,6 +110,8 @@ def clip_sd1():
             "last_hidden_state": out.last_hidden_state,
             "pooler_output": out.pooler_output,
             "penultimate": out.hidden_states[-2],
+            "clip_skip_1": clip_skip_1,
+            **pooled,
         },
         "tiny-sd/text_encoder on ENCODE_PROMPTS",
     )
