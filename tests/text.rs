@@ -238,3 +238,15 @@ fn leftover_tensors_other_than_buffers_are_reported() {
     assert!(msg.contains("unexpected tensors") && msg.contains("encoder.layer.1."), "{msg}");
     assert!(!msg.contains("position_ids"), "the position_ids buffer is ignored: {msg}");
 }
+
+#[test]
+fn unusable_model_max_length_is_an_error() {
+    // transformers writes 1e30 for "no limit"; padding to it is impossible.
+    let mut src = bert_in_memory(|_| {});
+    let mut config: serde_json::Value = serde_json::from_slice(&src.files["tokenizer/tokenizer_config.json"]).unwrap();
+    config["model_max_length"] = serde_json::json!(1e30);
+    src.files.insert("tokenizer/tokenizer_config.json".into(), Arc::from(serde_json::to_vec(&config).unwrap()));
+    let msg = PromptTokenizer::load(&src, "tokenizer").unwrap_err().to_string();
+    println!("{msg}");
+    assert!(msg.contains("tokenizer/tokenizer_config.json") && msg.contains("model_max_length"), "{msg}");
+}

@@ -178,7 +178,7 @@ fn max_length(config: &TokenizerConfig, tokenizer: &Tokenizer, dir: &str) -> Res
         Some(n) => Err(Error::UnsupportedConfig {
             file,
             field: "model_max_length".into(),
-            value: n.to_string(),
+            value: format!("{n:?}"),
             hint: Some("prompts are padded to this length; it must be a positive token count".into()),
         }),
         None => tokenizer.get_truncation().map(|t| t.max_length).ok_or_else(|| Error::MissingFile {
