@@ -209,15 +209,11 @@ fn special(named: Option<&str>, default: &str) -> String {
     named.unwrap_or(default).to_string()
 }
 
-/// transformers registers every named special token as an added token (matched verbatim in
-/// the prompt before normalisation, never split), in this order.
+/// transformers registers every named special token as an added token: matched verbatim in
+/// the prompt before normalisation and never split (a repeated token is added once).
 fn add_specials(tokenizer: &mut Tokenizer, tokens: &[&str]) {
-    let mut seen: Vec<&str> = Vec::new();
-    let added: Vec<AddedToken> = tokens
-        .iter()
-        .filter(|t| !seen.contains(t) && { seen.push(t); true })
-        .map(|t| AddedToken::from(t.to_string(), true).normalized(false))
-        .collect();
+    let added: Vec<AddedToken> =
+        tokens.iter().map(|t| AddedToken::from(t.to_string(), true).normalized(false)).collect();
     tokenizer.add_special_tokens(&added);
 }
 
