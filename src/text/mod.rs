@@ -1,1 +1,178 @@
-//! (in progress)
+//! The text side of a pipeline: prompt tokenizers (CLIP BPE, BERT WordPiece) and text encoders
+//! (`CLIPTextModel[WithProjection]`, `BertModel`), matching transformers id for id and to f32
+//! rounding for the hidden states.
+
+pub mod bert;
+pub mod clip;
+pub mod tokenizer;
+
+use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+pub use bert::{BertModel, BertOutput};
+pub use clip::{ClipTextModel, ClipTextOutput};
+pub use tokenizer::{Encoded, PromptTokenizer, TokenizerKind};
+
+use crate::config::{BertConfig, ClipTextConfig, from_json};
+use crate::error::{Error, Result};
+use crate::source::{ModelSource, load_weights};
+use crate::weights::Weights;
+
+/// Non-parameter buffers older checkpoints saved (I64 index tensors). They carry no learned
+/// values (always `arange` / zeros), so they are accepted and ignored rather than reported as
+/// unexpected; every other leftover key is still an error.
+const IGNORED_BUFFERS: [&str; 2] = ["embeddings.position_ids", "embeddings.token_type_ids"];
+
+/// A loaded text tower, as the pipeline's `text_encoder` component.
+#[derive(Debug, Clone)]
+pub enum TextEncoder {
+    Clip(ClipTextModel),
+    Bert(BertModel),
+}
+
+/// The config keys that pick the tower and how diffusers calls it.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct ConfigHead {
+    architectures: Option<Vec<String>>,
+    model_type: Option<String>,
+    use_attention_mask: Option<bool>,
+}
+
+impl TextEncoder {
+    /// Reads `<dir>/config.json` (architectures / model_type picks the kind), validates, loads
+    /// weights with full coverage (`weights.finish()`).
+    pub fn load(src: &dyn ModelSource, dir: &str, device: &Device) -> Result<Self> {
+        let path = format!("{dir}/config.json");
+        let bytes = src.read(&path)?;
+        let head: ConfigHead = from_json(&path, &bytes)?;
+        let arch = head.architectures.as_ref().and_then(|a| a.first()).map(String::as_str);
+        let clip = matches!(arch, Some("CLIPTextModel" | "CLIPTextModelWithProjection"))
+            || (arch.is_none() && head.model_type.as_deref() == Some("clip_text_model"));
+        let bert = arch == Some("BertModel") || (arch.is_none() && head.model_type.as_deref() == Some("bert"));
+        if clip {
+            let config: ClipTextConfig = from_json(&path, &bytes)?;
+            let weights = load_weights(src, dir, device)?.strip_prefix("text_model.");
+            let projection = arch == Some("CLIPTextModelWithProjection") || weights.contains("text_projection.weight");
+            let mut model = ClipTextModel::load(&weights.root(), &config, projection)?;
+            model.use_attention_mask = head.use_attention_mask.unwrap_or(false);
+            finish(&weights)?;
+            Ok(Self::Clip(model))
+        } else if bert {
+            let config: BertConfig = from_json(&path, &bytes)?;
+            let weights = load_weights(src, dir, device)?.strip_prefix("bert.");
+            let model = BertModel::load(&weights.root(), &config)?;
+            finish(&weights)?;
+            Ok(Self::Bert(model))
+        } else {
+            let value = arch.or(head.model_type.as_deref()).unwrap_or("none");
+            Err(Error::UnsupportedConfig {
+                file: path,
+                field: "architectures".into(),
+                value: format!("{value:?}"),
+                hint: Some("text encoders: CLIPTextModel, CLIPTextModelWithProjection, BertModel".into()),
+            })
+        }
+    }
+
+    /// What `StableDiffusionPipeline.encode_prompt` returns as prompt_embeds for a batch:
+    /// [batch, seq, hidden]; the mask is used only if the config says `use_attention_mask`.
+    pub fn encode(&self, ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Tensor<3> {
+        match self {
+            Self::Clip(m) => {
+                let mask = m.use_attention_mask.then_some(attention_mask);
+                m.forward(ids, mask).last_hidden_state
+            }
+            Self::Bert(m) => {
+                let mask = m.config.use_attention_mask.unwrap_or(false).then_some(attention_mask);
+                m.forward(ids, mask).last_hidden_state
+            }
+        }
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Self::Clip(m) => m.hidden_size(),
+            Self::Bert(m) => m.hidden_size(),
+        }
+    }
+}
+
+/// [`Weights::finish`] minus [`IGNORED_BUFFERS`].
+fn finish(weights: &Weights) -> Result<()> {
+    match weights.finish() {
+        Err(Error::UnexpectedTensors { file, keys }) => {
+            let keys: Vec<String> = keys.into_iter().filter(|k| !IGNORED_BUFFERS.contains(&k.as_str())).collect();
+            if keys.is_empty() { Ok(()) } else { Err(Error::UnexpectedTensors { file, keys }) }
+        }
+        other => other,
+    }
+}
+
+/// `hidden_act` of the text configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact (erf) GELU: transformers' `"gelu"`.
+    Gelu,
+    /// tanh approximation: `"gelu_new"`.
+    GeluNew,
+    /// `x * sigmoid(1.702 x)`: OpenAI CLIP's activation.
+    QuickGelu,
+    Relu,
+}
+
+impl Activation {
+    pub fn parse(name: &str, file: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" => Self::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Self::GeluNew,
+            "quick_gelu" => Self::QuickGelu,
+            "relu" => Self::Relu,
+            other => return Err(Error::unsupported(file, "hidden_act", format!("{other:?}"))),
+        })
+    }
+
+    pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::Gelu => gelu(x),
+            Self::GeluNew => gelu_approximate(x),
+            Self::QuickGelu => x.clone() * sigmoid(x * 1.702),
+            Self::Relu => burn::tensor::activation::relu(x),
+        }
+    }
+}
+
+/// Additive attention bias `[batch or 1, 1, seq, seq]`: 0 where a query may see a key,
+/// `f32::MIN` (transformers' `finfo.min`) where the causal mask or a padding key hides it.
+pub(crate) fn attention_bias(
+    batch: usize,
+    seq: usize,
+    attention_mask: Option<Tensor<2, Int>>,
+    causal: bool,
+    device: &Device,
+) -> Tensor<4> {
+    let keys: Option<Vec<i64>> = attention_mask.map(|m| m.into_data().iter::<i64>().collect());
+    let rows = if keys.is_some() { batch } else { 1 };
+    let mut bias = vec![0f32; rows * seq * seq];
+    for b in 0..rows {
+        for q in 0..seq {
+            for k in 0..seq {
+                let padded = keys.as_ref().is_some_and(|m| m[b * seq + k] == 0);
+                if padded || (causal && k > q) {
+                    bias[(b * seq + q) * seq + k] = f32::MIN;
+                }
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(bias, [rows, 1, seq, seq]), device)
+}
+
+/// softmax(q kᵀ / √d + bias) v over `[batch, seq, heads·d]` projections. Text sequences are
+/// short (77–512 tokens), so the whole score matrix is formed at once.
+pub(crate) fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, bias: &Tensor<4>) -> Tensor<3> {
+    let [batch, seq, hidden] = q.dims();
+    let d = hidden / heads;
+    let split = |x: Tensor<3>| x.reshape([batch, seq, heads, d]).swap_dims(1, 2);
+    let scores = split(q).matmul(split(k).swap_dims(2, 3)) * (1.0 / (d as f64).sqrt()) + bias.clone();
+    softmax(scores, 3).matmul(split(v)).swap_dims(1, 2).reshape([batch, seq, hidden])
+}
