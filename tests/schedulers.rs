@@ -82,6 +82,16 @@ fn flow_match_stochastic_4_steps() {
 }
 
 #[test]
+fn flow_match_stochastic_custom_timesteps() {
+    replay("flow_stochastic_custom", 4, Some(&[1000.0, 750.0, 500.0, 250.0]), SAMPLE_TOL);
+}
+
+#[test]
+fn euler_epsilon_custom_timesteps() {
+    replay("euler_eps_custom", 4, Some(&[999.0, 749.5, 499.0, 249.0]), SAMPLE_TOL);
+}
+
+#[test]
 fn euler_epsilon_linspace() {
     replay("euler_eps_linspace", 20, None, SAMPLE_TOL);
 }
@@ -198,26 +208,39 @@ fn err_of(result: inkstone::Result<()>) -> String {
 
 #[test]
 fn invalid_timesteps_are_errors() {
-    for name in ["flow_shift3", "euler_eps_linspace", "ddim_leading"] {
+    for name in ["flow_shift3", "euler_eps_linspace", "ddim_leading", "lcm_default"] {
         let mut s = Scheduler::new(&config(name));
-        let msg = err_of(s.set_timesteps(2, Some(&[999.0, 499.0])));
-        assert!(msg.contains("custom timesteps are not supported"), "{name}: {msg}");
         let msg = err_of(s.set_timesteps(0, None));
         assert!(msg.contains("between 1 and num_train_timesteps (1000), got 0"), "{name}: {msg}");
+        let msg = err_of(s.set_timesteps(1001, None));
+        assert!(msg.contains("got 1001"), "{name}: {msg}");
     }
+    let mut ddim = Scheduler::new(&config("ddim_leading"));
+    let msg = err_of(ddim.set_timesteps(2, Some(&[999.0, 499.0])));
+    assert_eq!(msg, "custom timesteps are not supported by DDIMScheduler");
+    let msg = err_of(ddim.set_timesteps(1000, None));
+    assert!(msg.contains("1000 steps with steps_offset 1 give timestep 1000, outside 0..1000"), "{msg}");
+
     let mut lcm = Scheduler::new(&config("lcm_default"));
     let msg = err_of(lcm.set_timesteps(3, Some(&[999.0, 499.0, 749.0])));
-    assert!(msg.contains("must be strictly descending"), "{msg}");
+    assert_eq!(msg, "LCMScheduler custom timesteps [999.0, 499.0, 749.0]: must be strictly descending");
     let msg = err_of(lcm.set_timesteps(2, Some(&[1000.0, 499.0])));
-    assert!(msg.contains("1000 is not an integer in 0..1000"), "{msg}");
+    assert!(msg.ends_with("1000 is not an integer in 0..=999"), "{msg}");
+    let msg = err_of(lcm.set_timesteps(2, Some(&[999.0, 499.5])));
+    assert!(msg.ends_with("499.5 is not an integer in 0..=999"), "{msg}");
     let msg = err_of(lcm.set_timesteps(4, Some(&[999.0, 499.0])));
-    assert!(msg.contains("2 timesteps for 4 steps"), "{msg}");
+    assert!(msg.ends_with("2 timesteps for 4 steps"), "{msg}");
     let msg = err_of(lcm.set_timesteps(51, None));
     assert!(msg.contains("original_inference_steps (50)"), "{msg}");
 
-    let mut ddim = Scheduler::new(&config("ddim_leading"));
-    let msg = err_of(ddim.set_timesteps(1000, None));
-    assert!(msg.contains("give timestep 1000, outside 0..1000"), "{msg}");
+    let mut flow = Scheduler::new(&config("flow_shift3"));
+    let msg = err_of(flow.set_timesteps(2, Some(&[1000.5, 500.0])));
+    assert!(msg.ends_with("1000.5 is not a number in 0..=1000"), "{msg}");
+    let mut euler = Scheduler::new(&config("euler_eps_linspace"));
+    let msg = err_of(euler.set_timesteps(2, Some(&[500.0, 500.0])));
+    assert!(msg.ends_with("must be strictly descending"), "{msg}");
+    let msg = err_of(euler.set_timesteps(1, Some(&[])));
+    assert!(msg.ends_with(": empty"), "{msg}");
 }
 
 #[test]

@@ -177,6 +177,26 @@ pub(crate) fn check_steps(steps: usize, num_train: usize) -> Result<()> {
     Ok(())
 }
 
+/// User timesteps must be strictly descending values in 0..=`max` (integers where the
+/// scheduler indexes alphas_cumprod with them), one per step.
+pub(crate) fn check_custom(class: &str, ts: &[f64], steps: usize, max: f64, integer: bool) -> Result<()> {
+    let bad = |why: String| Err(Error::InvalidArgument(format!("{class} custom timesteps {ts:?}: {why}")));
+    if ts.is_empty() {
+        return bad("empty".into());
+    }
+    if steps != ts.len() {
+        return bad(format!("{} timesteps for {steps} steps", ts.len()));
+    }
+    let kind = if integer { "an integer" } else { "a number" };
+    if let Some(t) = ts.iter().find(|t| !(0.0..=max).contains(*t) || (integer && t.fract() != 0.0)) {
+        return bad(format!("{t} is not {kind} in 0..={max}"));
+    }
+    if ts.windows(2).any(|w| w[1] >= w[0]) {
+        return bad("must be strictly descending".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,9 +5,9 @@
 use burn::tensor::Tensor;
 
 use crate::config::EulerDiscreteSchedulerConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
-use super::betas::{BetaSchedule, check_steps, f32r, spaced_timesteps};
+use super::betas::{BetaSchedule, check_custom, check_steps, f32r, spaced_timesteps};
 
 #[derive(Debug, Clone)]
 pub struct EulerDiscrete {
@@ -52,14 +52,21 @@ impl EulerDiscrete {
         }
     }
 
+    /// Timesteps per `timestep_spacing`, or the user's (fractional allowed); sigmas are
+    /// interpolated from the training sigmas at them.
     pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
-        if custom.is_some() {
-            return Err(Error::InvalidArgument("custom timesteps are not supported by EulerDiscreteScheduler".into()));
-        }
         let n = self.config.num_train_timesteps;
-        check_steps(steps, n)?;
         let c = &self.config;
-        let timesteps = spaced_timesteps(&c.timestep_spacing, n, steps, c.steps_offset, false)?;
+        let timesteps = match custom {
+            Some(ts) => {
+                check_custom("EulerDiscreteScheduler", ts, steps, (n - 1) as f64, false)?;
+                ts.iter().map(|&t| f32r(t)).collect()
+            }
+            None => {
+                check_steps(steps, n)?;
+                spaced_timesteps(&c.timestep_spacing, n, steps, c.steps_offset, false)?
+            }
+        };
         let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| f32r(self.interp_sigma(t))).collect();
         sigmas.push(0.0);
         let max = sigmas.iter().copied().fold(0.0, f64::max);

@@ -5,9 +5,9 @@
 use burn::tensor::Tensor;
 
 use crate::config::FlowMatchEulerDiscreteSchedulerConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
-use super::betas::{check_steps, f32r, np_linspace};
+use super::betas::{check_custom, check_steps, f32r, np_linspace};
 
 #[derive(Debug, Clone)]
 pub struct FlowMatchEulerDiscrete {
@@ -34,25 +34,38 @@ impl FlowMatchEulerDiscrete {
     }
 
     /// Evenly spaced timesteps between the training schedule's ends, shifted (again, as
-    /// diffusers does: the ends come from the already shifted training sigmas).
+    /// diffusers does: the ends come from the already shifted training sigmas). `custom`
+    /// timesteps reach the model as given while their sigmas t/N are shifted, as in diffusers.
     pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
-        if custom.is_some() {
-            return Err(Error::InvalidArgument(
-                "custom timesteps are not supported by FlowMatchEulerDiscreteScheduler".into(),
-            ));
-        }
         let n = self.config.num_train_timesteps;
-        check_steps(steps, n)?;
-        let shift = self.config.shift;
-        let ts = np_linspace(self.sigma_max * n as f64, self.sigma_min * n as f64, steps, true);
-        let sigmas: Vec<f64> = ts
-            .iter()
-            .map(|t| {
-                let s = t / n as f64;
-                f32r(shift * s / (1.0 + (shift - 1.0) * s))
-            })
-            .collect();
-        self.timesteps = sigmas.iter().map(|&s| (s as f32 * n as f32) as f64).collect();
+        let sigmas: Vec<f64> = match custom {
+            Some(ts) => {
+                check_custom("FlowMatchEulerDiscreteScheduler", ts, steps, n as f64, false)?;
+                self.timesteps = ts.iter().map(|&t| f32r(t)).collect();
+                // numpy float32 arithmetic (the shift is a weak Python scalar).
+                let (shift, shift_m1) = (self.config.shift as f32, (self.config.shift - 1.0) as f32);
+                ts.iter()
+                    .map(|&t| {
+                        let s = t as f32 / n as f32;
+                        (shift * s / (1.0 + shift_m1 * s)) as f64
+                    })
+                    .collect()
+            }
+            None => {
+                check_steps(steps, n)?;
+                let shift = self.config.shift;
+                let ts = np_linspace(self.sigma_max * n as f64, self.sigma_min * n as f64, steps, true);
+                let sigmas: Vec<f64> = ts
+                    .iter()
+                    .map(|t| {
+                        let s = t / n as f64;
+                        f32r(shift * s / (1.0 + (shift - 1.0) * s))
+                    })
+                    .collect();
+                self.timesteps = sigmas.iter().map(|&s| (s as f32 * n as f32) as f64).collect();
+                sigmas
+            }
+        };
         self.sigmas = sigmas;
         self.sigmas.push(0.0);
         Ok(())

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use crate::config::LCMSchedulerConfig;
 use crate::error::{Error, Result};
 
-use super::betas::{BetaSchedule, check_steps, np_linspace};
+use super::betas::{BetaSchedule, check_custom, check_steps, np_linspace};
 
 #[derive(Debug, Clone)]
 pub struct Lcm {
@@ -35,7 +35,7 @@ impl Lcm {
     pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
         let n = self.config.num_train_timesteps;
         if let Some(ts) = custom {
-            check_custom(ts, steps, n)?;
+            check_custom("LCMScheduler", ts, steps, (n - 1) as f64, true)?;
             self.timesteps = ts.to_vec();
             return Ok(());
         }
@@ -99,23 +99,4 @@ impl Lcm {
         let alpha_prev = self.alphas_cumprod[self.timesteps[step + 1] as usize] as f32;
         denoised.mul_scalar(alpha_prev.sqrt()).add(noise.mul_scalar((1.0 - alpha_prev).sqrt()))
     }
-}
-
-/// Custom timesteps must be integer training timesteps, strictly descending (diffusers'
-/// checks); `steps` must agree with their number.
-fn check_custom(ts: &[f64], steps: usize, num_train: usize) -> Result<()> {
-    let bad = |why: String| Err(Error::InvalidArgument(format!("LCMScheduler custom timesteps {ts:?}: {why}")));
-    if ts.is_empty() {
-        return bad("empty".into());
-    }
-    if steps != ts.len() {
-        return bad(format!("{} timesteps for {steps} steps", ts.len()));
-    }
-    if let Some(t) = ts.iter().find(|t| t.fract() != 0.0 || **t < 0.0 || **t >= num_train as f64) {
-        return bad(format!("{t} is not an integer in 0..{num_train}"));
-    }
-    if ts.windows(2).any(|w| w[1] >= w[0]) {
-        return bad("must be strictly descending".into());
-    }
-    Ok(())
 }

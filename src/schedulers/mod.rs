@@ -5,6 +5,17 @@
 //! for stochastic steps is passed in (`needs_noise`) so the pipeline owns the RNG. The schedule
 //! (betas, sigmas, timesteps) is plain `Vec<f64>` arithmetic on the CPU; only the per-step
 //! update touches tensors.
+//!
+//! The denoising loop (classifier-free guidance omitted):
+//! ```text
+//! scheduler.set_timesteps(steps, None)?;
+//! let mut x = noise.mul_scalar(scheduler.init_noise_sigma() as f32);
+//! for (i, &t) in scheduler.timesteps().iter().enumerate() {
+//!     let out = unet.forward(scheduler.scale_model_input(x.clone(), i), t, &context);
+//!     let fresh = scheduler.needs_noise(i).then(|| randn(x.dims()));
+//!     x = scheduler.step(out, i, x, fresh);
+//! }
+//! ```
 
 mod betas;
 mod ddim;
@@ -51,9 +62,9 @@ impl Scheduler {
         })
     }
 
-    /// Like diffusers' `set_timesteps`; `custom` gives the timesteps explicitly (LCMScheduler
-    /// only, e.g. DMD2's `[999, 749, 499, 249]`; `steps` must equal their number), an error
-    /// elsewhere.
+    /// Like diffusers' `set_timesteps`; `custom` gives the timesteps explicitly, strictly
+    /// descending, `steps` of them (e.g. DMD2's `[999, 749, 499, 249]` for LCMScheduler, which
+    /// needs integers; flow-match and Euler take fractional ones; DDIM refuses them).
     pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
         match self {
             Self::FlowMatch(s) => s.set_timesteps(steps, custom),
