@@ -15,6 +15,8 @@ pub struct Ddim {
     /// alphas_cumprod "before" timestep 0, used by the final step.
     final_alpha_cumprod: f64,
     timesteps: Vec<f64>,
+    /// The requested step count; sets the stride back to the previous timestep.
+    steps: usize,
 }
 
 impl Ddim {
@@ -29,7 +31,7 @@ impl Ddim {
         }
         .alphas_cumprod()?;
         let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
-        Ok(Self { config: config.clone(), alphas_cumprod, final_alpha_cumprod, timesteps: vec![] })
+        Ok(Self { config: config.clone(), alphas_cumprod, final_alpha_cumprod, timesteps: vec![], steps: 1 })
     }
 
     pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
@@ -46,6 +48,7 @@ impl Ddim {
             )));
         }
         self.timesteps = ts;
+        self.steps = steps;
         Ok(())
     }
 
@@ -61,7 +64,7 @@ impl Ddim {
     pub fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> Tensor<4> {
         let t = self.timesteps[step] as i64;
         // diffusers steps back by N / steps whatever the spacing.
-        let prev = t - (self.config.num_train_timesteps / self.timesteps.len()) as i64;
+        let prev = t - (self.config.num_train_timesteps / self.steps) as i64;
         let alpha = self.alphas_cumprod[t as usize] as f32;
         let alpha_prev = if prev >= 0 { self.alphas_cumprod[prev as usize] } else { self.final_alpha_cumprod } as f32;
         let beta = 1.0 - alpha;

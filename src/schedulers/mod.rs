@@ -65,6 +65,10 @@ impl Scheduler {
     /// Like diffusers' `set_timesteps`; `custom` gives the timesteps explicitly, strictly
     /// descending, `steps` of them (e.g. DMD2's `[999, 749, 499, 249]` for LCMScheduler, which
     /// needs integers; flow-match and Euler take fractional ones; DDIM refuses them).
+    ///
+    /// Loop over `timesteps()`, not `0..steps`: like diffusers, "trailing" spacing yields one
+    /// extra timestep for some counts (61 gives 62, the last being t = -1: Euler mirrors that,
+    /// DDIM refuses the count).
     pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
         match self {
             Self::FlowMatch(s) => s.set_timesteps(steps, custom),

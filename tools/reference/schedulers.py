@@ -78,7 +78,8 @@ SWEEPS = {
     "ddim_trailing": (DDIMScheduler, dict(SD_BETAS, timestep_spacing="trailing")),
     "lcm_default": (LCMScheduler, dict()),
 }
-SWEEP_STEPS = [1, 2, 3, 4, 6, 7, 9, 10, 25, 28, 50]
+# 61: numpy's float arange gives "trailing" spacing 62 timesteps there (diffusers quirk, mirrored).
+SWEEP_STEPS = [1, 2, 3, 4, 6, 7, 9, 10, 25, 28, 50, 61]
 
 # alphas_cumprod per beta schedule (DDIM keeps them as computed; Euler patches the last one).
 BETAS = {
@@ -152,7 +153,12 @@ def sweeps():
         sched = cls(**config)
         write_config(sched, f"sweep_{name}")
         for n in SWEEP_STEPS:
-            sched.set_timesteps(n)
+            try:
+                sched.set_timesteps(n)
+            except ValueError:  # e.g. LCM beyond original_inference_steps: no keys, Rust must refuse too
+                continue
+            if cls is DDIMScheduler and (sched.timesteps < 0).any():
+                continue  # trailing 61 ends at t = -1, which would index alphas_cumprod[-1]; we refuse
             tensors[f"{name}.{n}.timesteps"] = sched.timesteps.to(torch.float64)
             if hasattr(sched, "sigmas"):
                 tensors[f"{name}.{n}.sigmas"] = sched.sigmas
