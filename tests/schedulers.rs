@@ -52,7 +52,11 @@ fn replay(name: &str, steps: usize, custom: Option<&[f64]>, tol: f32) {
         assert!(rel <= 1e-7, "{name}: sigmas relative error {rel:e}");
     }
     let init = r.f32s("init_noise_sigma")[0];
-    assert!(((s.init_noise_sigma() as f32) - init).abs() <= 1e-6 * init, "{name}: init_noise_sigma {} vs {init}", s.init_noise_sigma());
+    assert!(
+        ((s.init_noise_sigma() as f32) - init).abs() <= 1e-6 * init,
+        "{name}: init_noise_sigma {} vs {init}",
+        s.init_noise_sigma()
+    );
 
     let used = r.i64s("noise_used");
     let mut sample = r.tensor::<4>("latents_noise").mul_scalar(s.init_noise_sigma() as f32);
@@ -249,7 +253,8 @@ fn invalid_timesteps_are_errors() {
 
 #[test]
 fn unsupported_scheduler_configs_are_errors() {
-    let text = br#"{"_class_name": "EulerDiscreteScheduler", "trained_betas": [0.1, 0.2], "num_train_timesteps": 1000}"#;
+    let text =
+        br#"{"_class_name": "EulerDiscreteScheduler", "trained_betas": [0.1, 0.2], "num_train_timesteps": 1000}"#;
     let msg = SchedulerConfig::from_json(text).unwrap_err().to_string();
     assert!(msg.contains("trained_betas") && msg.contains("2 values for num_train_timesteps 1000"), "{msg}");
 }

@@ -23,9 +23,7 @@ fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
         return vec![s];
     }
     let step = (e - s) / (n - 1) as f32;
-    (0..n)
-        .map(|i| if i < n / 2 { step.mul_add(i as f32, s) } else { (-step).mul_add((n - 1 - i) as f32, e) })
-        .collect()
+    (0..n).map(|i| if i < n / 2 { step.mul_add(i as f32, s) } else { (-step).mul_add((n - 1 - i) as f32, e) }).collect()
 }
 
 /// `torch.cumprod` of a float32 tensor: torch accumulates in f64 and rounds each entry.
@@ -93,10 +91,9 @@ impl BetaSchedule<'_> {
             }
             (Some(b), _) => b.iter().map(|&v| v as f32).collect(),
             (None, "linear") => torch_linspace_f32(self.beta_start, self.beta_end, n),
-            (None, "scaled_linear") => torch_linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
-                .into_iter()
-                .map(|b| b * b)
-                .collect(),
+            (None, "scaled_linear") => {
+                torch_linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n).into_iter().map(|b| b * b).collect()
+            }
             (None, "squaredcos_cap_v2") => cosine_betas(n),
             (None, other) => return Err(Error::unsupported(FILE, "beta_schedule", format!("{other:?}"))),
         };

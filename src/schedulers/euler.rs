@@ -37,7 +37,8 @@ impl EulerDiscrete {
         }
         let train_sigmas: Vec<f64> =
             alphas_cumprod.iter().map(|&a| ((1.0 - a as f32) / a as f32).sqrt() as f64).collect();
-        let mut me = Self { config: config.clone(), train_sigmas, sigmas: vec![], timesteps: vec![], init_noise_sigma: 1.0 };
+        let mut me =
+            Self { config: config.clone(), train_sigmas, sigmas: vec![], timesteps: vec![], init_noise_sigma: 1.0 };
         let max = me.train_sigmas.iter().copied().fold(0.0, f64::max);
         me.init_noise_sigma = me.init_sigma_from_max(max);
         Ok(me)

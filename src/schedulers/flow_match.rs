@@ -30,7 +30,13 @@ impl FlowMatchEulerDiscrete {
             let s = t as f32 / n as f32;
             (shift * s / (1.0 + shift_m1 * s)) as f64
         };
-        Self { config: config.clone(), sigmas: vec![], timesteps: vec![], sigma_max: train_sigma(n), sigma_min: train_sigma(1) }
+        Self {
+            config: config.clone(),
+            sigmas: vec![],
+            timesteps: vec![],
+            sigma_max: train_sigma(n),
+            sigma_min: train_sigma(1),
+        }
     }
 
     /// Evenly spaced timesteps between the training schedule's ends, shifted (again, as
