@@ -258,3 +258,24 @@ fn unsupported_scheduler_configs_are_errors() {
     let msg = SchedulerConfig::from_json(text).unwrap_err().to_string();
     assert!(msg.contains("trained_betas") && msg.contains("2 values for num_train_timesteps 1000"), "{msg}");
 }
+
+/// The tiny SD pipeline's own scheduler folder (Euler, linspace, steps_offset 1) builds and
+/// schedules like the SD 1.x Euler config.
+#[test]
+fn tiny_sd_scheduler_config() {
+    let text = std::fs::read(fixture("tiny-sd/scheduler/scheduler_config.json")).unwrap();
+    let mut s = Scheduler::new(&SchedulerConfig::from_json(&text).unwrap());
+    assert!(matches!(s, Scheduler::Euler(_)));
+    assert_eq!(s.default_steps_and_guidance(), (25, 7.5));
+    s.set_timesteps(2, None).unwrap();
+    assert_eq!(s.timesteps(), [999.0, 0.0]);
+    assert!((s.init_noise_sigma() - 14.6146).abs() < 1e-3, "{}", s.init_noise_sigma());
+}
+
+#[test]
+fn try_new_rejects_unvalidated_configs() {
+    let SchedulerConfig::EulerDiscrete(mut c) = config("euler_eps_linspace") else { panic!("not Euler") };
+    c.use_karras_sigmas = true;
+    let msg = Scheduler::try_new(&SchedulerConfig::EulerDiscrete(c)).unwrap_err().to_string();
+    assert_eq!(msg, "scheduler/scheduler_config.json: unsupported value true for `use_karras_sigmas`");
+}
