@@ -16,6 +16,19 @@ fn spacing_ok(s: &str) -> bool {
     matches!(s, "linspace" | "leading" | "trailing")
 }
 
+/// A beta schedule given as values must have one per training timestep (and there must be some).
+fn check_betas(num_train_timesteps: usize, trained_betas: &Option<Vec<f64>>) -> Result<()> {
+    ensure(num_train_timesteps > 0, FILE, "num_train_timesteps", num_train_timesteps)?;
+    match trained_betas {
+        Some(b) if b.len() != num_train_timesteps => Err(Error::unsupported(
+            FILE,
+            "trained_betas",
+            format!("{} values for num_train_timesteps {num_train_timesteps}", b.len()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn prediction_ok(s: &str) -> bool {
     matches!(s, "epsilon" | "v_prediction" | "sample")
 }
@@ -64,6 +77,7 @@ impl Default for EulerDiscreteSchedulerConfig {
 
 impl EulerDiscreteSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
+        check_betas(self.num_train_timesteps, &self.trained_betas)?;
         ensure(beta_schedule_ok(&self.beta_schedule), FILE, "beta_schedule", &self.beta_schedule)?;
         ensure(matches!(self.prediction_type.as_str(), "epsilon" | "v_prediction"), FILE, "prediction_type", &self.prediction_type)?;
         ensure(self.interpolation_type == "linear", FILE, "interpolation_type", &self.interpolation_type)?;
@@ -119,6 +133,7 @@ impl Default for FlowMatchEulerDiscreteSchedulerConfig {
 
 impl FlowMatchEulerDiscreteSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
+        ensure(self.num_train_timesteps > 0, FILE, "num_train_timesteps", self.num_train_timesteps)?;
         ensure(!self.use_dynamic_shifting, FILE, "use_dynamic_shifting", self.use_dynamic_shifting)?;
         ensure(!self.invert_sigmas, FILE, "invert_sigmas", self.invert_sigmas)?;
         ensure(self.shift_terminal.is_none(), FILE, "shift_terminal", self.shift_terminal)?;
@@ -173,6 +188,7 @@ impl Default for LCMSchedulerConfig {
 
 impl LCMSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
+        check_betas(self.num_train_timesteps, &self.trained_betas)?;
         ensure(beta_schedule_ok(&self.beta_schedule), FILE, "beta_schedule", &self.beta_schedule)?;
         ensure(prediction_ok(&self.prediction_type), FILE, "prediction_type", &self.prediction_type)?;
         ensure(!self.thresholding, FILE, "thresholding", self.thresholding)
@@ -219,6 +235,7 @@ impl Default for DDIMSchedulerConfig {
 
 impl DDIMSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
+        check_betas(self.num_train_timesteps, &self.trained_betas)?;
         ensure(beta_schedule_ok(&self.beta_schedule), FILE, "beta_schedule", &self.beta_schedule)?;
         ensure(prediction_ok(&self.prediction_type), FILE, "prediction_type", &self.prediction_type)?;
         ensure(spacing_ok(&self.timestep_spacing), FILE, "timestep_spacing", &self.timestep_spacing)?;

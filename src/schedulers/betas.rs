@@ -1,0 +1,213 @@
+//! The DDPM noise schedule shared by the Euler, LCM and DDIM samplers (betas → alphas_cumprod)
+//! and the numpy/torch spacing helpers their timesteps are built from.
+//!
+//! diffusers keeps these schedules as float32 tensors built by specific torch/numpy routines;
+//! the values here are rounded the same way (f32 where diffusers stores f32, torch's fused
+//! linspace, cumprod accumulated in f64, numpy's half-to-even rounding) so timesteps match
+//! exactly and samples to ~1e-6.
+
+use crate::error::{Error, Result};
+
+use super::FILE;
+
+/// Rounds to the nearest f32: the value diffusers holds in a float32 tensor.
+pub(crate) fn f32r(x: f64) -> f64 {
+    x as f32 as f64
+}
+
+/// `torch.linspace(start, end, n, dtype=float32)`: an f32 step applied with a fused
+/// multiply-add from whichever end is nearer (torch's CPU kernel), not numpy's formula.
+fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
+    let (s, e) = (start as f32, end as f32);
+    if n == 1 {
+        return vec![s];
+    }
+    let step = (e - s) / (n - 1) as f32;
+    (0..n).map(|i| if i < n / 2 { step.mul_add(i as f32, s) } else { (-step).mul_add((n - 1 - i) as f32, e) }).collect()
+}
+
+/// `torch.cumprod` of a float32 tensor: torch accumulates in f64 and rounds each entry.
+fn cumprod_f32(alphas: &[f32]) -> Vec<f32> {
+    let mut acc = 1.0f64;
+    alphas
+        .iter()
+        .map(|&a| {
+            acc *= a as f64;
+            acc as f32
+        })
+        .collect()
+}
+
+/// Glide's cosine schedule (`squaredcos_cap_v2`), computed in f64 like diffusers'
+/// `betas_for_alpha_bar`, then stored as f32.
+fn cosine_betas(n: usize) -> Vec<f32> {
+    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    (0..n)
+        .map(|i| {
+            let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+        })
+        .collect()
+}
+
+/// "Common Diffusion Noise Schedules and Sample Steps are Flawed" (zero terminal SNR), in f32
+/// like diffusers' `rescale_zero_terminal_snr`: shift/scale sqrt(alphas_cumprod) so the last
+/// one is 0 and the first unchanged, then turn it back into betas.
+fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
+    let alphas: Vec<f32> = betas.iter().map(|b| 1.0 - b).collect();
+    let mut sqrt_ab: Vec<f32> = cumprod_f32(&alphas).iter().map(|a| a.sqrt()).collect();
+    let (first, last) = (sqrt_ab[0], sqrt_ab[sqrt_ab.len() - 1]);
+    let scale = first / (first - last);
+    for v in &mut sqrt_ab {
+        *v = (*v - last) * scale;
+    }
+    let ab: Vec<f32> = sqrt_ab.iter().map(|v| v * v).collect();
+    let mut out = Vec::with_capacity(ab.len());
+    out.push(1.0 - ab[0]);
+    out.extend(ab.windows(2).map(|w| 1.0 - w[1] / w[0]));
+    out
+}
+
+/// The config fields that define a DDPM beta schedule.
+pub(crate) struct BetaSchedule<'a> {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: &'a str,
+    pub trained_betas: Option<&'a [f64]>,
+    pub rescale_betas_zero_snr: bool,
+}
+
+impl BetaSchedule<'_> {
+    fn betas(&self) -> Result<Vec<f32>> {
+        let n = self.num_train_timesteps;
+        let betas = match (self.trained_betas, self.beta_schedule) {
+            (Some(b), _) if b.len() != n => {
+                return Err(Error::unsupported(
+                    FILE,
+                    "trained_betas",
+                    format!("{} values for num_train_timesteps {n}", b.len()),
+                ));
+            }
+            (Some(b), _) => b.iter().map(|&v| v as f32).collect(),
+            (None, "linear") => torch_linspace_f32(self.beta_start, self.beta_end, n),
+            (None, "scaled_linear") => {
+                torch_linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n).into_iter().map(|b| b * b).collect()
+            }
+            (None, "squaredcos_cap_v2") => cosine_betas(n),
+            (None, other) => return Err(Error::unsupported(FILE, "beta_schedule", format!("{other:?}"))),
+        };
+        Ok(if self.rescale_betas_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas })
+    }
+
+    /// alphas_cumprod[t] = prod_{s<=t} (1 - beta_s), as the f32 values diffusers holds.
+    pub fn alphas_cumprod(&self) -> Result<Vec<f64>> {
+        if self.num_train_timesteps == 0 {
+            return Err(Error::unsupported(FILE, "num_train_timesteps", 0));
+        }
+        let alphas: Vec<f32> = self.betas()?.iter().map(|b| 1.0 - b).collect();
+        Ok(cumprod_f32(&alphas).into_iter().map(f64::from).collect())
+    }
+}
+
+/// `np.linspace(start, stop, n, endpoint)`: `i * step + start` in f64, the endpoint exact.
+pub(crate) fn np_linspace(start: f64, stop: f64, n: usize, endpoint: bool) -> Vec<f64> {
+    let div = if endpoint { n.saturating_sub(1) } else { n };
+    let step = (stop - start) / div as f64;
+    let mut out: Vec<f64> = (0..n).map(|i| if div > 0 { i as f64 * step + start } else { start }).collect();
+    if endpoint && n > 1 {
+        out[n - 1] = stop;
+    }
+    out
+}
+
+/// `np.arange(start, stop, step)` for floats: numpy's length `ceil((stop - start) / step)`
+/// and its fill rule `start + i * ((start + step) - start)`.
+pub(crate) fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    let len = ((stop - start) / step).ceil().max(0.0) as usize;
+    let delta = (start + step) - start;
+    (0..len).map(|i| if i == 1 { start + step } else { start + i as f64 * delta }).collect()
+}
+
+/// The "linspace" / "leading" / "trailing" timestep spacings of Table 2 in
+/// https://huggingface.co/papers/2305.08891, descending, as numpy produces them before the
+/// scheduler's final cast (`round` is numpy's half-to-even). Euler keeps linspace fractional
+/// (`round_linspace` false); DDIM rounds it to integers.
+pub(crate) fn spaced_timesteps(
+    spacing: &str,
+    num_train: usize,
+    steps: usize,
+    steps_offset: usize,
+    round_linspace: bool,
+) -> Result<Vec<f64>> {
+    let mut ts = match spacing {
+        "linspace" => {
+            let mut ts = np_linspace(0.0, (num_train - 1) as f64, steps, true);
+            if round_linspace {
+                ts.iter_mut().for_each(|t| *t = t.round_ties_even());
+            }
+            ts.reverse();
+            ts
+        }
+        "leading" => {
+            let ratio = num_train / steps;
+            (0..steps).rev().map(|i| (i * ratio + steps_offset) as f64).collect()
+        }
+        "trailing" => {
+            let ratio = num_train as f64 / steps as f64;
+            np_arange(num_train as f64, 0.0, -ratio).into_iter().map(|t| t.round_ties_even() - 1.0).collect()
+        }
+        other => return Err(Error::unsupported(FILE, "timestep_spacing", format!("{other:?}"))),
+    };
+    // Euler casts to float32; integers (DDIM) are unaffected.
+    ts.iter_mut().for_each(|t| *t = f32r(*t));
+    Ok(ts)
+}
+
+/// Rejects a step count diffusers would reject (or silently mishandle).
+pub(crate) fn check_steps(steps: usize, num_train: usize) -> Result<()> {
+    if steps == 0 || steps > num_train {
+        return Err(Error::InvalidArgument(format!(
+            "number of inference steps must be between 1 and num_train_timesteps ({num_train}), got {steps}"
+        )));
+    }
+    Ok(())
+}
+
+/// User timesteps must be strictly descending values in 0..=`max` (integers where the
+/// scheduler indexes alphas_cumprod with them), one per step.
+pub(crate) fn check_custom(class: &str, ts: &[f64], steps: usize, max: f64, integer: bool) -> Result<()> {
+    let bad = |why: String| Err(Error::InvalidArgument(format!("{class} custom timesteps {ts:?}: {why}")));
+    if ts.is_empty() {
+        return bad("empty".into());
+    }
+    if steps != ts.len() {
+        return bad(format!("{} timesteps for {steps} steps", ts.len()));
+    }
+    let kind = if integer { "an integer" } else { "a number" };
+    if let Some(t) = ts.iter().find(|t| !(0.0..=max).contains(*t) || (integer && t.fract() != 0.0)) {
+        return bad(format!("{t} is not {kind} in 0..={max}"));
+    }
+    if ts.windows(2).any(|w| w[1] >= w[0]) {
+        return bad("must be strictly descending".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arange_matches_numpy_lengths() {
+        // np.arange(1000, 0, -1000/3) has 3 entries; np.arange(10, 0, -2.5) has 4.
+        assert_eq!(np_arange(1000.0, 0.0, -1000.0 / 3.0).len(), 3);
+        assert_eq!(np_arange(10.0, 0.0, -2.5), vec![10.0, 7.5, 5.0, 2.5]);
+    }
+
+    #[test]
+    fn linspace_endpoints() {
+        assert_eq!(np_linspace(0.0, 999.0, 1, true), vec![0.0]);
+        assert_eq!(np_linspace(0.0, 50.0, 4, false), vec![0.0, 12.5, 25.0, 37.5]);
+    }
+}

@@ -1,0 +1,89 @@
+//! `DDIMScheduler` with eta = 0: the deterministic DDIM update, x_0 and eps estimated from the
+//! prediction, then recombined at the previous timestep's alphas_cumprod.
+
+use burn::tensor::Tensor;
+
+use crate::config::DDIMSchedulerConfig;
+use crate::error::{Error, Result};
+
+use super::betas::{BetaSchedule, check_steps, spaced_timesteps};
+
+#[derive(Debug, Clone)]
+pub struct Ddim {
+    config: DDIMSchedulerConfig,
+    alphas_cumprod: Vec<f64>,
+    /// alphas_cumprod "before" timestep 0, used by the final step.
+    final_alpha_cumprod: f64,
+    timesteps: Vec<f64>,
+    /// The requested step count; sets the stride back to the previous timestep.
+    steps: usize,
+}
+
+impl Ddim {
+    pub fn new(config: &DDIMSchedulerConfig) -> Result<Self> {
+        let alphas_cumprod = BetaSchedule {
+            num_train_timesteps: config.num_train_timesteps,
+            beta_start: config.beta_start,
+            beta_end: config.beta_end,
+            beta_schedule: &config.beta_schedule,
+            trained_betas: config.trained_betas.as_deref(),
+            rescale_betas_zero_snr: config.rescale_betas_zero_snr,
+        }
+        .alphas_cumprod()?;
+        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        Ok(Self { config: config.clone(), alphas_cumprod, final_alpha_cumprod, timesteps: vec![], steps: 1 })
+    }
+
+    pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
+        if custom.is_some() {
+            return Err(Error::InvalidArgument("custom timesteps are not supported by DDIMScheduler".into()));
+        }
+        let n = self.config.num_train_timesteps;
+        check_steps(steps, n)?;
+        let ts = spaced_timesteps(&self.config.timestep_spacing, n, steps, self.config.steps_offset, true)?;
+        if let Some(t) = ts.iter().find(|&&t| t < 0.0 || t >= n as f64) {
+            return Err(Error::InvalidArgument(format!(
+                "DDIMScheduler: {steps} steps with steps_offset {} give timestep {t}, outside 0..{n}",
+                self.config.steps_offset
+            )));
+        }
+        self.timesteps = ts;
+        self.steps = steps;
+        Ok(())
+    }
+
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// The training noise schedule, per timestep.
+    pub fn alphas_cumprod(&self) -> &[f64] {
+        &self.alphas_cumprod
+    }
+
+    pub fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> Tensor<4> {
+        let t = self.timesteps[step] as i64;
+        // diffusers steps back by N / steps whatever the spacing.
+        let prev = t - (self.config.num_train_timesteps / self.steps) as i64;
+        let alpha = self.alphas_cumprod[t as usize] as f32;
+        let alpha_prev = if prev >= 0 { self.alphas_cumprod[prev as usize] } else { self.final_alpha_cumprod } as f32;
+        let beta = 1.0 - alpha;
+        let (sa, sb) = (alpha.sqrt(), beta.sqrt());
+        let (mut x0, eps) = match self.config.prediction_type.as_str() {
+            "sample" => {
+                let eps = sample.sub(model_output.clone().mul_scalar(sa)).div_scalar(sb);
+                (model_output, eps)
+            }
+            "v_prediction" => (
+                sample.clone().mul_scalar(sa).sub(model_output.clone().mul_scalar(sb)),
+                model_output.mul_scalar(sa).add(sample.mul_scalar(sb)),
+            ),
+            _ => (sample.sub(model_output.clone().mul_scalar(sb)).div_scalar(sa), model_output),
+        };
+        if self.config.clip_sample {
+            let r = self.config.clip_sample_range as f32;
+            x0 = x0.clamp(-r, r);
+        }
+        x0.mul_scalar(alpha_prev.sqrt()).add(eps.mul_scalar((1.0 - alpha_prev).sqrt()))
+    }
+}

@@ -1,0 +1,126 @@
+//! `EulerDiscreteScheduler` (k-diffusion's Euler sampler, no churn): works in sigma space,
+//! x = x_0 + sigma eps, so the model input is scaled by 1/sqrt(sigma^2 + 1) to match the
+//! variance-preserving form the model was trained on.
+
+use burn::tensor::Tensor;
+
+use crate::config::EulerDiscreteSchedulerConfig;
+use crate::error::Result;
+
+use super::betas::{BetaSchedule, check_custom, check_steps, f32r, spaced_timesteps};
+
+#[derive(Debug, Clone)]
+pub struct EulerDiscrete {
+    config: EulerDiscreteSchedulerConfig,
+    /// sigma per training timestep, sqrt((1 - alphas_cumprod) / alphas_cumprod) in f32.
+    train_sigmas: Vec<f64>,
+    /// Per step, then a final 0.
+    sigmas: Vec<f64>,
+    timesteps: Vec<f64>,
+    init_noise_sigma: f64,
+}
+
+impl EulerDiscrete {
+    pub fn new(config: &EulerDiscreteSchedulerConfig) -> Result<Self> {
+        let mut alphas_cumprod = BetaSchedule {
+            num_train_timesteps: config.num_train_timesteps,
+            beta_start: config.beta_start,
+            beta_end: config.beta_end,
+            beta_schedule: &config.beta_schedule,
+            trained_betas: config.trained_betas.as_deref(),
+            rescale_betas_zero_snr: config.rescale_betas_zero_snr,
+        }
+        .alphas_cumprod()?;
+        if config.rescale_betas_zero_snr {
+            // diffusers: close to 0 without being 0, so the first sigma is finite.
+            *alphas_cumprod.last_mut().unwrap() = 2f64.powi(-24);
+        }
+        let train_sigmas: Vec<f64> =
+            alphas_cumprod.iter().map(|&a| ((1.0 - a as f32) / a as f32).sqrt() as f64).collect();
+        let mut me =
+            Self { config: config.clone(), train_sigmas, sigmas: vec![], timesteps: vec![], init_noise_sigma: 1.0 };
+        let max = me.train_sigmas.iter().copied().fold(0.0, f64::max);
+        me.init_noise_sigma = me.init_sigma_from_max(max);
+        Ok(me)
+    }
+
+    /// linspace/trailing schedules start at the top sigma; "leading" starts below it, where
+    /// diffusers scales the initial noise to the full variance sqrt(sigma^2 + 1).
+    fn init_sigma_from_max(&self, max: f64) -> f64 {
+        match self.config.timestep_spacing.as_str() {
+            "linspace" | "trailing" => max,
+            _ => ((max as f32) * (max as f32) + 1.0).sqrt() as f64,
+        }
+    }
+
+    /// Timesteps per `timestep_spacing`, or the user's (fractional allowed); sigmas are
+    /// interpolated from the training sigmas at them.
+    pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
+        let n = self.config.num_train_timesteps;
+        let c = &self.config;
+        let timesteps = match custom {
+            Some(ts) => {
+                check_custom("EulerDiscreteScheduler", ts, steps, (n - 1) as f64, false)?;
+                ts.iter().map(|&t| f32r(t)).collect()
+            }
+            None => {
+                check_steps(steps, n)?;
+                spaced_timesteps(&c.timestep_spacing, n, steps, c.steps_offset, false)?
+            }
+        };
+        let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| f32r(self.interp_sigma(t))).collect();
+        sigmas.push(0.0);
+        let max = sigmas.iter().copied().fold(0.0, f64::max);
+        self.init_noise_sigma = self.init_sigma_from_max(max);
+        self.timesteps = timesteps;
+        self.sigmas = sigmas;
+        Ok(())
+    }
+
+    /// `np.interp(t, arange(N), train_sigmas)`: linear between neighbouring training sigmas,
+    /// clamped at both ends.
+    fn interp_sigma(&self, t: f64) -> f64 {
+        let s = &self.train_sigmas;
+        let last = s.len() - 1;
+        if t <= 0.0 {
+            return s[0];
+        }
+        if t >= last as f64 {
+            return s[last];
+        }
+        let j = t.floor() as usize;
+        if t == j as f64 {
+            return s[j];
+        }
+        (s[j + 1] - s[j]) * (t - j as f64) + s[j]
+    }
+
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    pub fn sigmas(&self) -> &[f64] {
+        &self.sigmas
+    }
+
+    pub fn init_noise_sigma(&self) -> f64 {
+        self.init_noise_sigma
+    }
+
+    pub fn scale_model_input(&self, sample: Tensor<4>, step: usize) -> Tensor<4> {
+        let sigma = self.sigmas[step] as f32;
+        sample.div_scalar((sigma * sigma + 1.0).sqrt())
+    }
+
+    pub fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> Tensor<4> {
+        let (sigma, next) = (self.sigmas[step] as f32, self.sigmas[step + 1] as f32);
+        let var = sigma * sigma + 1.0;
+        // x_0 from the prediction, then the ODE derivative (x - x_0) / sigma, as diffusers does.
+        let x0 = match self.config.prediction_type.as_str() {
+            "v_prediction" => model_output.mul_scalar(-sigma / var.sqrt()).add(sample.clone().div_scalar(var)),
+            _ => sample.clone().sub(model_output.mul_scalar(sigma)),
+        };
+        let derivative = sample.clone().sub(x0).div_scalar(sigma);
+        sample.add(derivative.mul_scalar(next - sigma))
+    }
+}

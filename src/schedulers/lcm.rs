@@ -1,0 +1,102 @@
+//! `LCMScheduler`: consistency-model sampling (LCM, and the eps form of DMD2). Each step maps
+//! the noisy sample to a clean estimate through the boundary-condition scalings c_skip/c_out,
+//! then re-noises it with fresh noise to the next timestep.
+
+use burn::tensor::Tensor;
+
+use crate::config::LCMSchedulerConfig;
+use crate::error::{Error, Result};
+
+use super::betas::{BetaSchedule, check_custom, check_steps, np_linspace};
+
+#[derive(Debug, Clone)]
+pub struct Lcm {
+    config: LCMSchedulerConfig,
+    alphas_cumprod: Vec<f64>,
+    timesteps: Vec<f64>,
+}
+
+impl Lcm {
+    pub fn new(config: &LCMSchedulerConfig) -> Result<Self> {
+        let alphas_cumprod = BetaSchedule {
+            num_train_timesteps: config.num_train_timesteps,
+            beta_start: config.beta_start,
+            beta_end: config.beta_end,
+            beta_schedule: &config.beta_schedule,
+            trained_betas: config.trained_betas.as_deref(),
+            rescale_betas_zero_snr: config.rescale_betas_zero_snr,
+        }
+        .alphas_cumprod()?;
+        Ok(Self { config: config.clone(), alphas_cumprod, timesteps: vec![] })
+    }
+
+    /// `steps` evenly chosen from the distillation schedule (`original_inference_steps`
+    /// timesteps k-1, 2k-1, ..., N-1), or the user's own descending integer timesteps.
+    pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
+        let n = self.config.num_train_timesteps;
+        if let Some(ts) = custom {
+            check_custom("LCMScheduler", ts, steps, (n - 1) as f64, true)?;
+            self.timesteps = ts.to_vec();
+            return Ok(());
+        }
+        check_steps(steps, n)?;
+        let original = self.config.original_inference_steps;
+        if original == 0 || original > n || steps > original {
+            return Err(Error::InvalidArgument(format!(
+                "LCMScheduler: {steps} steps need 1 <= steps <= original_inference_steps ({original}) <= num_train_timesteps ({n})"
+            )));
+        }
+        let k = n / original;
+        // Distillation timesteps, descending; pick floor(linspace(0, len, steps, endpoint=False)).
+        let origin: Vec<usize> = (1..=original).rev().map(|i| i * k - 1).collect();
+        self.timesteps = np_linspace(0.0, original as f64, steps, false)
+            .into_iter()
+            .map(|i| origin[i.floor() as usize] as f64)
+            .collect();
+        Ok(())
+    }
+
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// The training noise schedule, per timestep.
+    pub fn alphas_cumprod(&self) -> &[f64] {
+        &self.alphas_cumprod
+    }
+
+    /// Every step but the last re-noises its clean estimate.
+    pub fn needs_noise(&self, step: usize) -> bool {
+        step + 1 < self.timesteps.len()
+    }
+
+    /// c_skip, c_out of the consistency boundary condition at `t` (sigma_data 0.5), in f32.
+    fn scalings(&self, t: f64) -> (f32, f32) {
+        let scaled = t as f32 * self.config.timestep_scaling as f32;
+        let denom = scaled * scaled + 0.25;
+        (0.25 / denom, scaled / denom.sqrt())
+    }
+
+    pub fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
+        let t = self.timesteps[step];
+        let alpha = self.alphas_cumprod[t as usize] as f32;
+        let beta = 1.0 - alpha;
+        let (c_skip, c_out) = self.scalings(t);
+        let mut x0 = match self.config.prediction_type.as_str() {
+            "sample" => model_output,
+            "v_prediction" => sample.clone().mul_scalar(alpha.sqrt()).sub(model_output.mul_scalar(beta.sqrt())),
+            _ => sample.clone().sub(model_output.mul_scalar(beta.sqrt())).div_scalar(alpha.sqrt()),
+        };
+        if self.config.clip_sample {
+            let r = self.config.clip_sample_range as f32;
+            x0 = x0.clamp(-r, r);
+        }
+        let denoised = x0.mul_scalar(c_out).add(sample.mul_scalar(c_skip));
+        if !self.needs_noise(step) {
+            return denoised;
+        }
+        let noise = noise.unwrap_or_else(|| panic!("LCMScheduler step {step} needs noise"));
+        let alpha_prev = self.alphas_cumprod[self.timesteps[step + 1] as usize] as f32;
+        denoised.mul_scalar(alpha_prev.sqrt()).add(noise.mul_scalar((1.0 - alpha_prev).sqrt()))
+    }
+}

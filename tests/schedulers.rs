@@ -1,0 +1,281 @@
+//! Sampler parity with diffusers: step-by-step traces (tools/reference/schedulers.py) replayed
+//! through our schedulers, the schedule arithmetic over many step counts, and config/argument
+//! errors.
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use common::{RefTensors, assert_close, device, fixture, reference};
+use inkstone::config::SchedulerConfig;
+use inkstone::schedulers::Scheduler;
+
+/// Max abs error allowed on model inputs and samples (f32 arithmetic, ours vs diffusers').
+const SAMPLE_TOL: f32 = 1e-5;
+
+fn config(name: &str) -> SchedulerConfig {
+    let path = fixture(&format!("ref/sched_{name}.scheduler_config.json"));
+    SchedulerConfig::from_json(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// Row `i` of a per-step stack `[steps, b, c, h, w]`.
+fn row(r: &RefTensors, key: &str, i: usize) -> Tensor<4> {
+    let shape = r.shape(key);
+    let per: usize = shape[1..].iter().product();
+    let data = r.f32s(key)[i * per..(i + 1) * per].to_vec();
+    Tensor::from_data(TensorData::new(data, [shape[1], shape[2], shape[3], shape[4]]), &device())
+}
+
+fn max_abs(values: &[f32]) -> f32 {
+    values.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// Max |got - want| over two schedules, asserting equal lengths.
+fn schedule_err(what: &str, got: &[f64], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: {got:?} vs {want:?}");
+    got.iter().zip(want).map(|(g, w)| (g - *w as f64).abs()).fold(0.0, f64::max)
+}
+
+/// Replays a diffusers trace: our scheduler's own sample chain, fed the reference model outputs
+/// and noises, must reproduce every model input and step result.
+fn replay(name: &str, steps: usize, custom: Option<&[f64]>, tol: f32) {
+    let r = reference(&format!("sched_{name}"));
+    let mut s = Scheduler::new(&config(name));
+    s.set_timesteps(steps, custom).unwrap();
+
+    let err = schedule_err(&format!("{name} timesteps"), s.timesteps(), &r.f32s("timesteps"));
+    println!("{name}: timesteps {:?}, max abs error {err:.3e}", s.timesteps());
+    assert_eq!(err, 0.0, "{name}: timesteps differ");
+    if r.has("sigmas") {
+        let want = r.f32s("sigmas");
+        let rel = schedule_err(&format!("{name} sigmas"), s.sigmas().unwrap(), &want) / max_abs(&want) as f64;
+        println!("{name}: sigmas max error {rel:.3e} relative to the largest");
+        assert!(rel <= 1e-7, "{name}: sigmas relative error {rel:e}");
+    }
+    let init = r.f32s("init_noise_sigma")[0];
+    assert!(
+        ((s.init_noise_sigma() as f32) - init).abs() <= 1e-6 * init,
+        "{name}: init_noise_sigma {} vs {init}",
+        s.init_noise_sigma()
+    );
+
+    let used = r.i64s("noise_used");
+    let mut sample = r.tensor::<4>("latents_noise").mul_scalar(s.init_noise_sigma() as f32);
+    for i in 0..steps {
+        let input = s.scale_model_input(sample.clone(), i);
+        assert_close(&format!("{name} step {i} model input"), input, row(&r, "model_input", i), tol);
+        assert_eq!(s.needs_noise(i), used[i] == 1, "{name} step {i}: needs_noise");
+        let noise = s.needs_noise(i).then(|| row(&r, "noise", i));
+        sample = s.step(row(&r, "model_output", i), i, sample, noise);
+        assert_close(&format!("{name} step {i} sample"), sample.clone(), row(&r, "sample", i), tol);
+    }
+}
+
+#[test]
+fn flow_match_shift1_28_steps() {
+    replay("flow_shift1", 28, None, SAMPLE_TOL);
+}
+
+#[test]
+fn flow_match_shift3_28_steps() {
+    replay("flow_shift3", 28, None, SAMPLE_TOL);
+}
+
+#[test]
+fn flow_match_stochastic_4_steps() {
+    replay("flow_stochastic", 4, None, SAMPLE_TOL);
+}
+
+#[test]
+fn flow_match_stochastic_custom_timesteps() {
+    replay("flow_stochastic_custom", 4, Some(&[1000.0, 750.0, 500.0, 250.0]), SAMPLE_TOL);
+}
+
+#[test]
+fn euler_epsilon_custom_timesteps() {
+    replay("euler_eps_custom", 4, Some(&[999.0, 749.5, 499.0, 249.0]), SAMPLE_TOL);
+}
+
+#[test]
+fn euler_epsilon_linspace() {
+    replay("euler_eps_linspace", 20, None, SAMPLE_TOL);
+}
+
+#[test]
+fn euler_epsilon_leading_steps_offset() {
+    replay("euler_eps_leading", 10, None, SAMPLE_TOL);
+}
+
+#[test]
+fn euler_v_prediction_trailing() {
+    replay("euler_v_trailing", 12, None, SAMPLE_TOL);
+}
+
+#[test]
+fn euler_v_prediction_trailing_zero_snr() {
+    // Zero terminal SNR: the first sigma is 4096, so the initial sample is ~1e4 (f32 ulp 1e-3)
+    // and the first step cancels it down to ~30; torch's (MKL) sqrt also rounds that sigma one
+    // ulp differently. 1e-7 of the initial magnitude.
+    replay("euler_v_trailing_zero_snr", 6, None, 2e-3);
+}
+
+#[test]
+fn lcm_default_4_steps() {
+    replay("lcm_default", 4, None, SAMPLE_TOL);
+}
+
+#[test]
+fn lcm_custom_timesteps() {
+    replay("lcm_custom", 4, Some(&[999.0, 749.0, 499.0, 249.0]), SAMPLE_TOL);
+}
+
+#[test]
+fn ddim_leading_steps_offset() {
+    replay("ddim_leading", 10, None, SAMPLE_TOL);
+}
+
+#[test]
+fn ddim_v_prediction_trailing_clipped() {
+    replay("ddim_v_trailing_clip", 5, None, SAMPLE_TOL);
+}
+
+/// Timesteps (exactly), sigmas and init_noise_sigma over many step counts per spacing.
+#[test]
+fn schedules_match_over_step_counts() {
+    let r = reference("sched_schedules");
+    let names = [
+        "flow_shift3",
+        "euler_linspace",
+        "euler_leading",
+        "euler_trailing",
+        "euler_linear_trailing_zero_snr",
+        "ddim_linspace",
+        "ddim_leading",
+        "ddim_trailing",
+        "lcm_default",
+    ];
+    let mut worst_sigma = 0.0f64;
+    for name in names {
+        let mut s = Scheduler::new(&config(&format!("sweep_{name}")));
+        for n in [1, 2, 3, 4, 6, 7, 9, 10, 25, 28, 50, 61] {
+            let key = format!("{name}.{n}");
+            if !r.has(&format!("{key}.timesteps")) {
+                assert!(s.set_timesteps(n, None).is_err(), "{key}: diffusers refuses this step count");
+                continue;
+            }
+            s.set_timesteps(n, None).unwrap();
+            let err = schedule_err(&key, s.timesteps(), &r.f32s(&format!("{key}.timesteps")));
+            assert_eq!(err, 0.0, "{key}: timesteps {:?}", s.timesteps());
+            if r.has(&format!("{key}.sigmas")) {
+                let want = r.f32s(&format!("{key}.sigmas"));
+                // Relative: zero-SNR schedules start at sigma 4096.
+                let rel = schedule_err(&key, s.sigmas().unwrap(), &want) / max_abs(&want).max(1.0) as f64;
+                assert!(rel <= 1e-7, "{key}: sigmas relative error {rel:e}");
+                worst_sigma = worst_sigma.max(rel);
+            }
+            if r.has(&format!("{key}.init_noise_sigma")) {
+                let want = r.f32s(&format!("{key}.init_noise_sigma"))[0];
+                let got = s.init_noise_sigma() as f32;
+                assert!((got - want).abs() <= 1e-6 * want.max(1.0), "{key}: init_noise_sigma {got} vs {want}");
+            }
+        }
+    }
+    println!("schedules: timesteps exact, sigmas max relative error {worst_sigma:.3e}");
+}
+
+#[test]
+fn alphas_cumprod_per_beta_schedule() {
+    let r = reference("sched_schedules");
+    for name in ["linear", "scaled_linear", "squaredcos_cap_v2", "scaled_linear_zero_snr"] {
+        let Scheduler::Ddim(s) = Scheduler::new(&config(&format!("betas_{name}"))) else { panic!("not DDIM") };
+        let err = schedule_err(name, s.alphas_cumprod(), &r.f32s(&format!("alphas_cumprod.{name}")));
+        println!("alphas_cumprod {name}: max abs error {err:.3e}");
+        // Bit-exact, except that the zero-SNR rescale takes a square root of the whole vector,
+        // which torch's vectorised CPU kernel does not round correctly (1 ulp off in places).
+        let tol = if name.ends_with("zero_snr") { 5e-7 } else { 0.0 };
+        assert!(err <= tol, "alphas_cumprod {name}: {err:e}");
+    }
+}
+
+#[test]
+fn defaults_per_scheduler_kind() {
+    let cases = [
+        ("flow_shift3", (28, 4.5)),
+        ("flow_stochastic", (4, 1.0)),
+        ("euler_eps_linspace", (25, 7.5)),
+        ("lcm_default", (4, 1.0)),
+        ("ddim_leading", (50, 7.5)),
+    ];
+    for (name, want) in cases {
+        assert_eq!(Scheduler::new(&config(name)).default_steps_and_guidance(), want, "{name}");
+    }
+}
+
+fn err_of(result: inkstone::Result<()>) -> String {
+    result.expect_err("expected an error").to_string()
+}
+
+#[test]
+fn invalid_timesteps_are_errors() {
+    for name in ["flow_shift3", "euler_eps_linspace", "ddim_leading", "lcm_default"] {
+        let mut s = Scheduler::new(&config(name));
+        let msg = err_of(s.set_timesteps(0, None));
+        assert!(msg.contains("between 1 and num_train_timesteps (1000), got 0"), "{name}: {msg}");
+        let msg = err_of(s.set_timesteps(1001, None));
+        assert!(msg.contains("got 1001"), "{name}: {msg}");
+    }
+    let mut ddim = Scheduler::new(&config("ddim_leading"));
+    let msg = err_of(ddim.set_timesteps(2, Some(&[999.0, 499.0])));
+    assert_eq!(msg, "custom timesteps are not supported by DDIMScheduler");
+    let msg = err_of(ddim.set_timesteps(1000, None));
+    assert!(msg.contains("1000 steps with steps_offset 1 give timestep 1000, outside 0..1000"), "{msg}");
+
+    let mut lcm = Scheduler::new(&config("lcm_default"));
+    let msg = err_of(lcm.set_timesteps(3, Some(&[999.0, 499.0, 749.0])));
+    assert_eq!(msg, "LCMScheduler custom timesteps [999.0, 499.0, 749.0]: must be strictly descending");
+    let msg = err_of(lcm.set_timesteps(2, Some(&[1000.0, 499.0])));
+    assert!(msg.ends_with("1000 is not an integer in 0..=999"), "{msg}");
+    let msg = err_of(lcm.set_timesteps(2, Some(&[999.0, 499.5])));
+    assert!(msg.ends_with("499.5 is not an integer in 0..=999"), "{msg}");
+    let msg = err_of(lcm.set_timesteps(4, Some(&[999.0, 499.0])));
+    assert!(msg.ends_with("2 timesteps for 4 steps"), "{msg}");
+    let msg = err_of(lcm.set_timesteps(51, None));
+    assert!(msg.contains("original_inference_steps (50)"), "{msg}");
+
+    let mut flow = Scheduler::new(&config("flow_shift3"));
+    let msg = err_of(flow.set_timesteps(2, Some(&[1000.5, 500.0])));
+    assert!(msg.ends_with("1000.5 is not a number in 0..=1000"), "{msg}");
+    let mut euler = Scheduler::new(&config("euler_eps_linspace"));
+    let msg = err_of(euler.set_timesteps(2, Some(&[500.0, 500.0])));
+    assert!(msg.ends_with("must be strictly descending"), "{msg}");
+    let msg = err_of(euler.set_timesteps(1, Some(&[])));
+    assert!(msg.ends_with(": empty"), "{msg}");
+}
+
+#[test]
+fn unsupported_scheduler_configs_are_errors() {
+    let text =
+        br#"{"_class_name": "EulerDiscreteScheduler", "trained_betas": [0.1, 0.2], "num_train_timesteps": 1000}"#;
+    let msg = SchedulerConfig::from_json(text).unwrap_err().to_string();
+    assert!(msg.contains("trained_betas") && msg.contains("2 values for num_train_timesteps 1000"), "{msg}");
+}
+
+/// The tiny SD pipeline's own scheduler folder (Euler, linspace, steps_offset 1) builds and
+/// schedules like the SD 1.x Euler config.
+#[test]
+fn tiny_sd_scheduler_config() {
+    let text = std::fs::read(fixture("tiny-sd/scheduler/scheduler_config.json")).unwrap();
+    let mut s = Scheduler::new(&SchedulerConfig::from_json(&text).unwrap());
+    assert!(matches!(s, Scheduler::Euler(_)));
+    assert_eq!(s.default_steps_and_guidance(), (25, 7.5));
+    s.set_timesteps(2, None).unwrap();
+    assert_eq!(s.timesteps(), [999.0, 0.0]);
+    assert!((s.init_noise_sigma() - 14.6146).abs() < 1e-3, "{}", s.init_noise_sigma());
+}
+
+#[test]
+fn try_new_rejects_unvalidated_configs() {
+    let SchedulerConfig::EulerDiscrete(mut c) = config("euler_eps_linspace") else { panic!("not Euler") };
+    c.use_karras_sigmas = true;
+    let msg = Scheduler::try_new(&SchedulerConfig::EulerDiscrete(c)).unwrap_err().to_string();
+    assert_eq!(msg, "scheduler/scheduler_config.json: unsupported value true for `use_karras_sigmas`");
+}
