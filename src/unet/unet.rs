@@ -61,6 +61,12 @@ impl UNet2DConditionModel {
             })
         };
 
+        // Loaded in the upstream module order, so a wrong checkpoint fails on its first tensor.
+        let conv = |k: usize| Conv2dConfig { kernel: k, stride: 1, padding: (k - 1) / 2, bias: true };
+        let conv_in = Conv2d::load(&vb.pp("conv_in"), config.in_channels, c0, conv(config.conv_in_kernel))?;
+        let time_embedding =
+            TimestepEmbedding::load(&vb.pp("time_embedding"), c0, time_embed_dim, config.time_cond_proj_dim)?;
+
         let mut down_blocks = Vec::with_capacity(n);
         for (i, level) in levels.iter().enumerate() {
             let t = if level.cross_attention { Some(transformer(ch[i], i, &format!("down block {i}"))?) } else { None };
@@ -91,11 +97,10 @@ impl UNet2DConditionModel {
             up_blocks.push(UpBlock2D::load(&vb, &blocks, cin, prev, ch[r], levels[r].layers + 1, t.as_ref(), i + 1 < n)?);
         }
 
-        let conv = |k: usize| Conv2dConfig { kernel: k, stride: 1, padding: (k - 1) / 2, bias: true };
         Ok(Self {
-            conv_in: Conv2d::load(&vb.pp("conv_in"), config.in_channels, c0, conv(config.conv_in_kernel))?,
+            conv_in,
             time_proj: Timesteps::new(c0, config.flip_sin_to_cos, config.freq_shift),
-            time_embedding: TimestepEmbedding::load(&vb.pp("time_embedding"), c0, time_embed_dim, config.time_cond_proj_dim)?,
+            time_embedding,
             down_blocks,
             mid_block,
             up_blocks,
