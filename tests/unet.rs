@@ -182,7 +182,8 @@ fn mismatched_weights_name_the_tensor() {
 }
 
 /// At a 64×64 latent (4096 tokens) one head's scores are 16M elements, over the WebGPU-sized
-/// budget: attention runs in query blocks and must equal the one-shot softmax(q kᵀ) v.
+/// budget: attention runs in query blocks and must equal the one-shot softmax(q kᵀ) v (up to
+/// the summation order of the CPU backend's fused online softmax).
 #[test]
 fn chunked_attention_at_4096_tokens_equals_one_shot() {
     let (b, h, n, d) = (1, 1, 4096, 8);
@@ -196,5 +197,5 @@ fn chunked_attention_at_4096_tokens_equals_one_shot() {
     let chunked = scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), scale);
     let scores = q.matmul(k.swap_dims(2, 3)) * scale;
     let one_shot = burn::tensor::activation::softmax(scores, 3).matmul(v);
-    assert_close("chunked attention", chunked, one_shot, 1e-6);
+    assert_close("chunked attention", chunked, one_shot, 1e-5);
 }
