@@ -5,7 +5,7 @@
 
 mod common;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use common::{assert_close, device, fixture, reference, tiny_sd};
 use inkstone::Error;
 use inkstone::config::{UNet2DConditionConfig, from_json};
@@ -198,4 +198,25 @@ fn chunked_attention_at_4096_tokens_equals_one_shot() {
     let scores = q.matmul(k.swap_dims(2, 3)) * scale;
     let one_shot = burn::tensor::activation::softmax(scores, 3).matmul(v);
     assert_close("chunked attention", chunked, one_shot, 1e-5);
+}
+
+/// Half-precision weights (what `shader-f16` GPUs get): the three-level U-Net has
+/// `upcast_attention`, so its scores and softmax run in f32; the output stays near the f32
+/// reference (f16 has ~3 significant digits).
+#[test]
+fn three_level_unet_runs_in_f16_with_upcast_attention() {
+    let src = unets();
+    let weights = load_weights(&src, "three-level", &device()).unwrap().with_dtype(DType::F16);
+    let unet = UNet2DConditionModel::load(&weights, &config(&src, "three-level")).unwrap();
+    weights.finish().unwrap();
+    let r = reference("unet_three_level");
+    let f16 = |t: Tensor<4>| t.cast(DType::F16);
+    let out = unet.forward(
+        f16(r.tensor("sample")),
+        r.tensor("timesteps"),
+        r.tensor::<3>("encoder_hidden_states").cast(DType::F16),
+        Some(r.tensor::<2>("timestep_cond").cast(DType::F16)),
+    );
+    assert_eq!(out.dtype(), DType::F16);
+    assert_close("unet_three_level out (f16 weights)", out.cast(DType::F32), r.tensor("out"), 1e-2);
 }

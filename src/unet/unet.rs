@@ -21,15 +21,13 @@ pub struct UNet2DConditionModel {
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
     down_blocks: Vec<DownBlock2D>,
-    mid_block: Option<UNet2DMid>,
+    /// `None` for `mid_block_type: null` (block-removed distilled models).
+    mid_block: Option<UNetMidBlock2DCrossAttn>,
     up_blocks: Vec<UpBlock2D>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
     config: UNet2DConditionConfig,
 }
-
-/// The one supported mid-block kind (kept as a type so `mid_block_type` maps to it by name).
-type UNet2DMid = UNetMidBlock2DCrossAttn;
 
 impl UNet2DConditionModel {
     /// Builds the model from `weights` (all of the component's tensors must be used) after
@@ -80,7 +78,7 @@ impl UNet2DConditionModel {
             Some(_) => {
                 // The mid block never uses `only_cross_attention` (diffusers does not pass it).
                 let t = TransformerConfig { only_cross_attention: false, ..transformer(ch[n - 1], n - 1, "the mid block")? };
-                Some(UNet2DMid::load(&vb.pp("mid_block"), &blocks, ch[n - 1], config.mid_block_scale_factor, &t)?)
+                Some(UNetMidBlock2DCrossAttn::load(&vb.pp("mid_block"), &blocks, ch[n - 1], config.mid_block_scale_factor, &t)?)
             }
             None => None,
         };
