@@ -4,8 +4,8 @@
 //! random parameters first (wasteful for a 0.4B model on a GPU) and keep PyTorch-incompatible
 //! layouts; here every field is created once, from the checkpoint, under its upstream key.
 
-use burn::tensor::module::{conv2d, embedding, layer_norm, linear};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::{attention, conv2d, embedding, layer_norm, linear};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{Int, Tensor};
 
 use crate::error::Result;
@@ -145,12 +145,11 @@ pub const ATTENTION_SCORE_BUDGET: usize = 8 << 20;
 pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
     let [b, h, n_q, _] = q.dims();
     let n_kv = k.dims()[2];
-    let k_t = k.swap_dims(2, 3);
     let rows = (ATTENTION_SCORE_BUDGET / (b * h * n_kv).max(1)).clamp(1, n_q);
-    let block = |q: Tensor<4>| {
-        let scores = q.matmul(k_t.clone()) * scale;
-        burn::tensor::activation::softmax(scores, 3).matmul(v.clone())
-    };
+    // burn's attention op: fused (flash, no score tensor) on the CPU backend; with an explicit
+    // scale the GPU backends run their matmul → softmax → matmul fallback, bounded per block.
+    let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
+    let block = |q: Tensor<4>| attention(q, k.clone(), v.clone(), None, None, options);
     if rows >= n_q {
         return block(q);
     }

@@ -1,0 +1,161 @@
+//! diffusers `unets/unet_2d_condition.py`: `UNet2DConditionModel`, the SD-family denoiser.
+//! Every structural choice comes from the config (levels, block kinds, heads, layers per
+//! block, mid block or none, projection kind, time-condition input); `load` validates it first.
+
+use burn::tensor::activation::silu;
+use burn::tensor::Tensor;
+
+use super::attention::TransformerConfig;
+use super::embeddings::{TimestepEmbedding, Timesteps};
+use super::unet_blocks::{BlockConfig, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D};
+use crate::config::UNet2DConditionConfig;
+use crate::error::{Error, Result};
+use crate::nn::{Conv2d, Conv2dConfig, GroupNorm};
+use crate::weights::Weights;
+
+const FILE: &str = "unet/config.json";
+
+#[derive(Debug, Clone)]
+pub struct UNet2DConditionModel {
+    conv_in: Conv2d,
+    time_proj: Timesteps,
+    time_embedding: TimestepEmbedding,
+    down_blocks: Vec<DownBlock2D>,
+    /// `None` for `mid_block_type: null` (block-removed distilled models).
+    mid_block: Option<UNetMidBlock2DCrossAttn>,
+    up_blocks: Vec<UpBlock2D>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    config: UNet2DConditionConfig,
+}
+
+impl UNet2DConditionModel {
+    /// Builds the model from `weights` (all of the component's tensors must be used) after
+    /// validating `config`.
+    pub fn load(weights: &Weights, config: &UNet2DConditionConfig) -> Result<Self> {
+        config.validate()?;
+        let levels = config.levels()?;
+        let n = levels.len();
+        let vb = weights.root();
+        let ch = &config.block_out_channels;
+        let c0 = ch[0];
+        let time_embed_dim = config.time_embed_dim();
+        let groups = config.norm_groups();
+        let blocks = BlockConfig { temb_channels: time_embed_dim, groups, eps: config.norm_eps };
+        let transformer = |channels: usize, level: usize, what: &str| -> Result<TransformerConfig> {
+            let l = &levels[level];
+            if l.heads == 0 || channels % l.heads != 0 {
+                return Err(Error::unsupported(FILE, &format!("attention heads of {what}"), l.heads));
+            }
+            Ok(TransformerConfig {
+                channels,
+                heads: l.heads,
+                layers: l.transformer_layers,
+                cross_attention_dim: l.cross_attention_dim,
+                norm_groups: groups,
+                use_linear_projection: config.use_linear_projection,
+                only_cross_attention: l.only_cross_attention,
+                upcast_attention: config.upcast_attention,
+            })
+        };
+
+        // Loaded in the upstream module order, so a wrong checkpoint fails on its first tensor.
+        let conv = |k: usize| Conv2dConfig { kernel: k, stride: 1, padding: (k - 1) / 2, bias: true };
+        let conv_in = Conv2d::load(&vb.pp("conv_in"), config.in_channels, c0, conv(config.conv_in_kernel))?;
+        let time_embedding =
+            TimestepEmbedding::load(&vb.pp("time_embedding"), c0, time_embed_dim, config.time_cond_proj_dim)?;
+
+        let mut down_blocks = Vec::with_capacity(n);
+        for (i, level) in levels.iter().enumerate() {
+            let t = if level.cross_attention { Some(transformer(ch[i], i, &format!("down block {i}"))?) } else { None };
+            let cin = if i == 0 { c0 } else { ch[i - 1] };
+            let pad = (i + 1 < n).then_some(config.downsample_padding);
+            let vb = vb.pp("down_blocks").pp(i);
+            down_blocks.push(DownBlock2D::load(&vb, &blocks, cin, ch[i], level.layers, t.as_ref(), pad)?);
+        }
+
+        let mid_block = match config.mid_block_type {
+            Some(_) => {
+                // The mid block never uses `only_cross_attention` (diffusers does not pass it).
+                let t = TransformerConfig { only_cross_attention: false, ..transformer(ch[n - 1], n - 1, "the mid block")? };
+                Some(UNetMidBlock2DCrossAttn::load(&vb.pp("mid_block"), &blocks, ch[n - 1], config.mid_block_scale_factor, &t)?)
+            }
+            None => None,
+        };
+
+        // Up block i mirrors down level n-1-i; whether it attends is its own type's say.
+        let mut up_blocks = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = n - 1 - i;
+            let cross = config.up_block_types[i] == "CrossAttnUpBlock2D";
+            let t = if cross { Some(transformer(ch[r], r, &format!("up block {i}"))?) } else { None };
+            let prev = if i == 0 { ch[n - 1] } else { ch[r + 1] };
+            let cin = ch[r.saturating_sub(1)];
+            let vb = vb.pp("up_blocks").pp(i);
+            up_blocks.push(UpBlock2D::load(&vb, &blocks, cin, prev, ch[r], levels[r].layers + 1, t.as_ref(), i + 1 < n)?);
+        }
+
+        Ok(Self {
+            conv_in,
+            time_proj: Timesteps::new(c0, config.flip_sin_to_cos, config.freq_shift),
+            time_embedding,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: GroupNorm::load(&vb.pp("conv_norm_out"), groups, c0, config.norm_eps)?,
+            conv_out: Conv2d::load(&vb.pp("conv_out"), c0, config.out_channels, conv(config.conv_out_kernel))?,
+            config: config.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &UNet2DConditionConfig {
+        &self.config
+    }
+
+    /// The noise (or velocity) prediction.
+    ///
+    /// `sample`: `[b, in_channels, h, w]`; `timesteps`: `[b]` floats (or `[1]`, broadcast);
+    /// `encoder_hidden_states`: `[b, seq, cross_attention_dim]`; `timestep_cond`:
+    /// `[b, time_cond_proj_dim]` for models with a guidance embedding (ignored otherwise, as in
+    /// diffusers). Any `h, w` work: upsamplers are sized to the skips when a side is odd.
+    pub fn forward(
+        &self,
+        sample: Tensor<4>,
+        timesteps: Tensor<1>,
+        encoder_hidden_states: Tensor<3>,
+        timestep_cond: Option<Tensor<2>>,
+    ) -> Tensor<4> {
+        let [b, _, h, w] = sample.dims();
+        let timesteps = if timesteps.dims()[0] == 1 && b > 1 { timesteps.repeat_dim(0, b) } else { timesteps };
+        let dtype = sample.dtype();
+        let t_emb = self.time_proj.forward(timesteps).cast(dtype);
+        let temb = self.time_embedding.forward(t_emb, timestep_cond);
+        let context = &encoder_hidden_states;
+
+        let sample = if self.config.center_input_sample { sample * 2.0 - 1.0 } else { sample };
+        let mut x = self.conv_in.forward(sample);
+        let mut skips = vec![x.clone()];
+        for block in &self.down_blocks {
+            x = block.forward(x, &temb, context, &mut skips);
+        }
+        if let Some(mid) = &self.mid_block {
+            x = mid.forward(x, &temb, context);
+        }
+        // diffusers forwards skip sizes to the upsamplers only when a side is not a multiple
+        // of the total up factor; otherwise it scales ×2, which is the same thing then.
+        let factor = 1usize << self.up_blocks.len().saturating_sub(1);
+        let forward_size = h % factor != 0 || w % factor != 0;
+        for block in &self.up_blocks {
+            let remaining = skips.len() - block.num_skips();
+            let size = match remaining.checked_sub(1) {
+                Some(last) if forward_size => {
+                    let [_, _, sh, sw] = skips[last].dims();
+                    Some([sh, sw])
+                }
+                _ => None,
+            };
+            x = block.forward(x, &temb, context, &mut skips, size);
+        }
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+}
