@@ -6,6 +6,7 @@ pub mod error;
 pub mod image;
 pub mod info;
 pub mod nn;
+pub mod pipeline;
 pub mod schedulers;
 pub mod source;
 pub mod text;

@@ -1,1 +1,220 @@
-fn main() {}
+//! The native CLI. Its flags are a contract other tools depend on: keep them exactly.
+//!
+//! ```text
+//! inkstone generate --model DIR --prompt TEXT [--negative-prompt TEXT] [--steps N] [--guidance G]
+//!                   [--seed S] [--width W] [--height H] [--latents FILE] [--out FILE.png]
+//!                   [--out-tensor FILE.safetensors]
+//! inkstone info --model DIR
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use inkstone::pipeline::{GenerateOptions, Pipeline};
+use inkstone::source::DirSource;
+use inkstone::weights::{SafetensorsFile, StoredDtype, to_f32};
+use inkstone::{Error, Result};
+
+#[derive(Parser)]
+#[command(name = "inkstone", version, about = "Text-to-image with diffusers-format models, on your own machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate an image from a prompt.
+    Generate(GenerateArgs),
+    /// Print a model folder's components, classes, parameter counts and dtypes.
+    Info {
+        /// A diffusers-format model folder (model_index.json + component folders).
+        #[arg(long)]
+        model: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// A diffusers-format model folder (model_index.json + component folders).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    /// Used for the unconditional branch of classifier-free guidance (default: empty).
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// Denoising steps (default: the scheduler kind's usual count).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale; <= 1 disables CFG (default: per scheduler kind).
+    #[arg(long)]
+    guidance: Option<f32>,
+    /// RNG seed for the initial latents (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Image width in pixels, a multiple of the decoder's scale factor (default: the model's).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Image height in pixels (default: the model's).
+    #[arg(long)]
+    height: Option<usize>,
+    /// safetensors file with tensor `latents` (f32, [1, C, H/f, W/f]) used instead of the RNG.
+    #[arg(long)]
+    latents: Option<PathBuf>,
+    /// Output PNG (default: inkstone-<seed>.png unless --out-tensor is given).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Writes tensor `image` (f32, [1, 3, H, W], values in [0, 1]) like diffusers' output_type="pt".
+    #[arg(long)]
+    out_tensor: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate(args),
+        Command::Info { model } => info(&model),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn device() -> Device {
+    #[cfg(feature = "wgpu")]
+    if std::env::var("INKSTONE_DEVICE").as_deref() == Ok("wgpu") {
+        return Device::wgpu(Default::default());
+    }
+    Device::flex()
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let device = device();
+    let src = DirSource::new(&args.model)?;
+    let t0 = Instant::now();
+    let pipe = Pipeline::load(&src, &device)?;
+    eprintln!("loaded {} in {:.1}s", args.model.display(), t0.elapsed().as_secs_f64());
+
+    let f = pipe.decoder.scale_factor();
+    let latents = args.latents.as_deref().map(read_latents).transpose()?;
+    let (default_w, default_h) = match &latents {
+        Some((_, shape)) => (shape[3] * f, shape[2] * f),
+        None => pipe.default_size(),
+    };
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let opts = GenerateOptions {
+        prompt: args.prompt,
+        negative_prompt: args.negative_prompt,
+        steps: args.steps,
+        guidance: args.guidance,
+        seed,
+        width: args.width.unwrap_or(default_w),
+        height: args.height.unwrap_or(default_h),
+        latents: latents.map(|(values, _)| values),
+    };
+
+    let t1 = Instant::now();
+    let mut run = pipe.start(&opts)?;
+    let bar = ProgressBar::new(run.total_steps() as u64).with_style(
+        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    while !run.is_done() {
+        run.step()?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let image = run.decode();
+    let [_, _, h, w] = image.dims();
+    let pixels = image
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::InvalidArgument(format!("reading the image back: {e:?}")))?;
+    eprintln!("generated {w}x{h} in {:.1}s (seed {seed})", t1.elapsed().as_secs_f64());
+
+    if let Some(path) = &args.out_tensor {
+        write_image_tensor(path, &pixels, w, h)?;
+        eprintln!("wrote {}", path.display());
+    }
+    let png_path = match (&args.out, &args.out_tensor) {
+        (Some(p), _) => Some(p.clone()),
+        (None, None) => Some(PathBuf::from(format!("inkstone-{seed}.png"))),
+        (None, Some(_)) => None,
+    };
+    if let Some(path) = png_path {
+        let png = inkstone::image::encode_png(&pixels, w, h)?;
+        std::fs::write(&path, png).map_err(|e| Error::io(&path, e))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Reads `latents` (f32, rank 4, batch 1) from a safetensors file.
+fn read_latents(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let file = SafetensorsFile::from_bytes(name.clone(), bytes)?;
+    let info = file
+        .header
+        .tensors
+        .get("latents")
+        .ok_or_else(|| Error::MissingTensor { file: name.clone(), key: "latents".into() })?;
+    if info.dtype != StoredDtype::F32 {
+        return Err(Error::UnsupportedDtype { file: name, key: "latents".into(), dtype: info.dtype.name().into() });
+    }
+    if info.shape.len() != 4 || info.shape[0] != 1 {
+        return Err(Error::InvalidArgument(format!(
+            "{name}: tensor `latents` has shape {:?}, expected [1, C, H/f, W/f]",
+            info.shape
+        )));
+    }
+    Ok((to_f32(&name, "latents", info.dtype, file.raw(info))?, info.shape.clone()))
+}
+
+fn write_image_tensor(path: &Path, pixels: &[f32], w: usize, h: usize) -> Result<()> {
+    let bytes: Vec<u8> = pixels.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 3, h, w], &bytes)
+        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+    safetensors::serialize_to_file([("image", view)], None, path)
+        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) >> 1
+}
+
+fn info(model: &Path) -> Result<()> {
+    let src = DirSource::new(model)?;
+    let (index, components) = inkstone::info::inspect(&src)?;
+    println!("{} ({})", model.display(), index.class_name);
+    for c in components {
+        let params = if c.files.is_empty() { String::new() } else { format!("{:>14} params", group_digits(c.parameters)) };
+        let dtypes: Vec<String> = c.dtypes.keys().cloned().collect();
+        println!("  {:<14} {:<34} {params}  {}", c.name, format!("{}.{}", c.library, c.class_name), dtypes.join("+"));
+    }
+    Ok(())
+}
+
+fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}

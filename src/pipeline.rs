@@ -1,0 +1,290 @@
+//! prompt → image, with diffusers' `StableDiffusionPipeline` semantics.
+//!
+//! tokenize → encode (negative prompt or "" for the unconditional branch, batch order
+//! [uncond, cond], CFG only when guidance > 1 and the U-Net has no guidance embedding) →
+//! initial latents (seeded, or given) × `init_noise_sigma` → denoising loop → `latents /
+//! scaling_factor (+ shift_factor)` → decode → `(x / 2 + 0.5).clamp(0, 1)`.
+//!
+//! Generation is step-wise ([`Generation::step`]) so that callers can report progress, show
+//! previews and cancel between steps: the browser must yield to its event loop there.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::{ModelIndex, SchedulerConfig, UNet2DConditionConfig, from_json};
+use crate::error::{Error, Result};
+use crate::schedulers::Scheduler;
+use crate::source::{ModelSource, load_weights};
+use crate::text::{PromptTokenizer, TextEncoder};
+use crate::unet::{UNet2DConditionModel, guidance_scale_embedding};
+use crate::vae::Decoder;
+
+/// What to generate. `None` steps/guidance take the scheduler kind's defaults.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: Option<usize>,
+    pub guidance: Option<f32>,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    /// Initial latents `[1, C, H/f, W/f]` row-major, used instead of the RNG (diffusers'
+    /// `latents=`; still multiplied by `init_noise_sigma`).
+    pub latents: Option<Vec<f32>>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: None,
+            guidance: None,
+            seed: 0,
+            width: 512,
+            height: 512,
+            latents: None,
+        }
+    }
+}
+
+/// A loaded diffusers-format text-to-image model.
+pub struct Pipeline {
+    pub index: ModelIndex,
+    pub tokenizer: PromptTokenizer,
+    pub text_encoder: TextEncoder,
+    pub unet: UNet2DConditionModel,
+    pub decoder: Decoder,
+    pub scheduler_config: SchedulerConfig,
+    device: Device,
+}
+
+const PIPELINES: [&str; 1] = ["StableDiffusionPipeline"];
+
+impl Pipeline {
+    /// Loads every component named by `model_index.json`, validating configs and weight coverage.
+    pub fn load(src: &dyn ModelSource, device: &Device) -> Result<Self> {
+        let index = ModelIndex::from_json(&src.read("model_index.json")?)?;
+        if !PIPELINES.contains(&index.class_name.as_str()) {
+            return Err(Error::UnsupportedConfig {
+                file: "model_index.json".into(),
+                field: "_class_name".into(),
+                value: format!("{:?}", index.class_name),
+                hint: Some(format!("supported: {}", PIPELINES.join(", "))),
+            });
+        }
+        for name in ["tokenizer", "text_encoder", "unet", "vae", "scheduler"] {
+            index.component(name)?;
+        }
+        let tokenizer = PromptTokenizer::load(src, "tokenizer")?;
+        let text_encoder = TextEncoder::load(src, "text_encoder", device)?;
+        let unet = load_unet(src, device)?;
+        let decoder = Decoder::load(src, "vae", device)?;
+        let scheduler_config = SchedulerConfig::from_json(&src.read("scheduler/scheduler_config.json")?)?;
+        Ok(Self { index, tokenizer, text_encoder, unet, decoder, scheduler_config, device: device.clone() })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// (width, height) diffusers uses when none is given: `unet.sample_size × scale factor`.
+    pub fn default_size(&self) -> (usize, usize) {
+        use crate::config::OneOrMany;
+        let f = self.decoder.scale_factor();
+        match &self.unet.config().sample_size {
+            Some(OneOrMany::One(s)) => (s * f, s * f),
+            Some(OneOrMany::Many(v)) if v.len() == 2 => (v[1] * f, v[0] * f),
+            _ => (512, 512),
+        }
+    }
+
+    /// A fresh scheduler for this model, with its default step count and guidance.
+    pub fn scheduler(&self) -> Scheduler {
+        Scheduler::new(&self.scheduler_config)
+    }
+
+    /// Validates the options, encodes the prompts and prepares the initial latents.
+    pub fn start(&self, opts: &GenerateOptions) -> Result<Generation<'_>> {
+        let f = self.decoder.scale_factor();
+        for (name, v) in [("width", opts.width), ("height", opts.height)] {
+            if v == 0 || v % f != 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} {v} is not a positive multiple of {f} (the decoder's scale factor)"
+                )));
+            }
+        }
+        let mut scheduler = self.scheduler();
+        let (default_steps, default_guidance) = scheduler.default_steps_and_guidance();
+        let steps = opts.steps.unwrap_or(default_steps);
+        if steps == 0 {
+            return Err(Error::InvalidArgument("steps must be at least 1".into()));
+        }
+        let guidance = opts.guidance.unwrap_or(default_guidance);
+        scheduler.set_timesteps(steps, None)?;
+
+        let cond_dim = self.unet.config().time_cond_proj_dim;
+        let cfg = guidance > 1.0 && cond_dim.is_none();
+        let embeds = if cfg {
+            self.encode(&[opts.negative_prompt.as_str(), opts.prompt.as_str()])?
+        } else {
+            self.encode(&[opts.prompt.as_str()])?
+        };
+        let timestep_cond =
+            cond_dim.map(|d| guidance_scale_embedding(&[guidance - 1.0], d, &self.device));
+
+        let shape = [1, self.unet.config().in_channels, opts.height / f, opts.width / f];
+        let mut rng = StdRng::seed_from_u64(opts.seed);
+        let latents = match &opts.latents {
+            Some(values) => {
+                let n: usize = shape.iter().product();
+                if values.len() != n {
+                    return Err(Error::InvalidArgument(format!(
+                        "latents have {} values, expected {n} for shape {shape:?}",
+                        values.len()
+                    )));
+                }
+                Tensor::from_data(TensorData::new(values.clone(), shape), &self.device)
+            }
+            None => gaussian(&mut rng, shape, &self.device),
+        };
+        let latents = latents * scheduler.init_noise_sigma();
+        Ok(Generation { pipe: self, scheduler, latents, embeds, timestep_cond, guidance, cfg, step: 0, rng })
+    }
+
+    /// Native convenience: runs all steps; `on_step(done, total)` returning false cancels.
+    /// Returns the image `[1, 3, H, W]` in [0, 1].
+    pub fn generate(&self, opts: &GenerateOptions, mut on_step: impl FnMut(usize, usize) -> bool) -> Result<Tensor<4>> {
+        let mut run = self.start(opts)?;
+        while !run.is_done() {
+            run.step()?;
+            if !on_step(run.current_step(), run.total_steps()) {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(run.decode())
+    }
+
+    /// Text embeddings `[prompts, seq, hidden]` for a batch of prompts.
+    fn encode(&self, prompts: &[&str]) -> Result<Tensor<3>> {
+        let mut ids = Vec::new();
+        let mut mask = Vec::new();
+        for p in prompts {
+            let e = self.tokenizer.encode(p)?;
+            ids.extend(e.ids.iter().map(|&i| i as i64));
+            mask.extend(e.attention_mask.iter().map(|&m| m as i64));
+        }
+        let shape = [prompts.len(), self.tokenizer.max_length()];
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, shape), &self.device);
+        let mask = Tensor::<2, Int>::from_data(TensorData::new(mask, shape), &self.device);
+        Ok(self.text_encoder.encode(ids, mask))
+    }
+
+    /// `latents` → image in [0, 1].
+    fn decode_latents(&self, latents: Tensor<4>) -> Tensor<4> {
+        let z = latents / self.decoder.scaling_factor() + self.decoder.shift_factor();
+        (self.decoder.decode(z) / 2.0 + 0.5).clamp(0.0, 1.0)
+    }
+}
+
+fn load_unet(src: &dyn ModelSource, device: &Device) -> Result<UNet2DConditionModel> {
+    let config: UNet2DConditionConfig = from_json("unet/config.json", &src.read("unet/config.json")?)?;
+    config.validate()?;
+    let weights = load_weights(src, "unet", device)?;
+    let unet = UNet2DConditionModel::load(&weights, &config)?;
+    weights.finish()?;
+    Ok(unet)
+}
+
+/// Standard normal samples (Box–Muller on the seeded ChaCha stream): the same seed gives the
+/// same latents natively and in the browser.
+pub fn gaussian<const D: usize>(rng: &mut StdRng, shape: [usize; D], device: &Device) -> Tensor<D> {
+    let n: usize = shape.iter().product();
+    let mut values = Vec::with_capacity(n + 1);
+    while values.len() < n {
+        let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]: ln never sees 0
+        let u2: f64 = rng.random::<f64>();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let theta = std::f64::consts::TAU * u2;
+        values.push((r * theta.cos()) as f32);
+        values.push((r * theta.sin()) as f32);
+    }
+    values.truncate(n);
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// One generation in progress.
+pub struct Generation<'a> {
+    pipe: &'a Pipeline,
+    scheduler: Scheduler,
+    latents: Tensor<4>,
+    embeds: Tensor<3>,
+    timestep_cond: Option<Tensor<2>>,
+    guidance: f32,
+    cfg: bool,
+    step: usize,
+    rng: StdRng,
+}
+
+impl Generation<'_> {
+    pub fn total_steps(&self) -> usize {
+        self.scheduler.timesteps().len()
+    }
+
+    /// Steps done so far.
+    pub fn current_step(&self) -> usize {
+        self.step
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.step >= self.total_steps()
+    }
+
+    /// One denoising step (the U-Net runs once, on a doubled batch under CFG).
+    pub fn step(&mut self) -> Result<()> {
+        if self.is_done() {
+            return Err(Error::InvalidArgument("generation already finished".into()));
+        }
+        let i = self.step;
+        let t = self.scheduler.timesteps()[i];
+        let batch = if self.cfg { 2 } else { 1 };
+        let input = if self.cfg { Tensor::cat(vec![self.latents.clone(); 2], 0) } else { self.latents.clone() };
+        let input = self.scheduler.scale_model_input(input, i);
+        let timesteps = Tensor::<1>::full([batch], t as f32, self.pipe.device());
+        let cond = self.timestep_cond.clone().map(|c| c.repeat_dim(0, batch));
+        let out = self.pipe.unet.forward(input, timesteps, self.embeds.clone(), cond);
+        let out = if self.cfg {
+            let mut halves = out.chunk(2, 0);
+            let text = halves.pop().unwrap();
+            let uncond = halves.pop().unwrap();
+            uncond.clone() + (text - uncond) * self.guidance
+        } else {
+            out
+        };
+        let noise = self
+            .scheduler
+            .needs_noise(i)
+            .then(|| gaussian(&mut self.rng, self.latents.dims(), self.pipe.device()));
+        self.latents = self.scheduler.step(out, i, self.latents.clone(), noise);
+        self.step += 1;
+        Ok(())
+    }
+
+    /// The current latents.
+    pub fn latents(&self) -> &Tensor<4> {
+        &self.latents
+    }
+
+    /// A cheap preview `[1, 3, H, W]` in [0, 1] when the decoder is the tiny one (decoding with
+    /// the full KL decoder every step would cost as much as the step itself).
+    pub fn preview(&self) -> Option<Tensor<4>> {
+        matches!(self.pipe.decoder, Decoder::Tiny(_)).then(|| self.pipe.decode_latents(self.latents.clone()))
+    }
+
+    /// Decodes the final latents: `[1, 3, H, W]` in [0, 1].
+    pub fn decode(self) -> Tensor<4> {
+        self.pipe.decode_latents(self.latents)
+    }
+}

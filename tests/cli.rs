@@ -1,0 +1,136 @@
+//! The CLI contract: flags, outputs, exit codes and one-line errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{assert_close, device, fixture, reference};
+use burn::tensor::{Tensor, TensorData};
+use inkstone::weights::{SafetensorsFile, to_f32};
+
+fn inkstone(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_inkstone")).args(args).output().unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn generate_from_latents_matches_diffusers_and_writes_png_and_tensor() {
+    let model = fixture("tiny-sd");
+    let case = fixture("ref/pipeline_sd.safetensors");
+    let (png, tensor) = (tmp("sd.png"), tmp("sd.safetensors"));
+    let o = inkstone(&[
+        "generate", "--model", s(&model), "--prompt", "a photo of a cat", "--negative-prompt", "blurry, low quality",
+        "--steps", "4", "--guidance", "7.5", "--latents", s(&case), "--out", s(&png), "--out-tensor", s(&tensor),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let file = SafetensorsFile::from_bytes("out", std::fs::read(&tensor).unwrap()).unwrap();
+    let info = &file.header.tensors["image"];
+    assert_eq!(info.shape, [1, 3, 64, 64]);
+    let values = to_f32("out", "image", info.dtype, file.raw(info)).unwrap();
+    let got = Tensor::<4>::from_data(TensorData::new(values, [1, 3, 64, 64]), &device());
+    assert_close("cli image", got, reference("pipeline_sd").tensor::<4>("image"), 1e-3);
+
+    let decoder = png::Decoder::new(std::io::Cursor::new(std::fs::read(&png).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    let info = reader.info();
+    assert_eq!((info.width, info.height), (64, 64));
+    assert_eq!((info.color_type, info.bit_depth), (png::ColorType::Rgb, png::BitDepth::Eight));
+}
+
+#[test]
+fn same_seed_gives_the_same_png() {
+    let model = fixture("tiny-sd");
+    let run = |out: &Path| {
+        let o = inkstone(&["generate", "--model", s(&model), "--prompt", "sea", "--steps", "2", "--seed", "9",
+                           "--width", "32", "--height", "32", "--out", s(out)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read(out).unwrap()
+    };
+    assert_eq!(run(&tmp("a.png")), run(&tmp("b.png")));
+}
+
+/// A failing run ends with exactly one `error: ...` line (progress lines may precede it).
+fn assert_one_line_error(o: &Output, needle: &str) {
+    assert!(!o.status.success());
+    let err = stderr(o);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert_eq!(err.trim_end().lines().last(), Some(errors[0]), "{err}");
+    assert!(errors[0].starts_with("error: ") && errors[0].contains(needle), "{err}");
+}
+
+#[test]
+fn missing_model_folder() {
+    let o = inkstone(&["generate", "--model", "/nonexistent/model", "--prompt", "x"]);
+    assert_one_line_error(&o, "/nonexistent/model: not found");
+}
+
+#[test]
+fn bad_size() {
+    let o = inkstone(&["generate", "--model", s(&fixture("tiny-sd")), "--prompt", "x", "--width", "100", "--steps", "1"]);
+    assert_one_line_error(&o, "width 100 is not a positive multiple of 8");
+}
+
+#[test]
+fn unsupported_component_config() {
+    let dir = tmp("unsupported-model");
+    copy_dir(&fixture("tiny-sd"), &dir);
+    let cfg = dir.join("unet/config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains(r#""class_embed_type": null"#));
+    let text = text.replace(r#""class_embed_type": null"#, r#""class_embed_type": "timestep""#);
+    std::fs::write(&cfg, text).unwrap();
+    let o = inkstone(&["generate", "--model", s(&dir), "--prompt", "x"]);
+    assert_one_line_error(&o, "unet/config.json: unsupported value \"timestep\" for `class_embed_type`");
+}
+
+#[test]
+fn truncated_weights_name_the_file() {
+    let dir = tmp("truncated-model");
+    copy_dir(&fixture("tiny-sd"), &dir);
+    let w = dir.join("vae/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let o = inkstone(&["generate", "--model", s(&dir), "--prompt", "x"]);
+    assert_one_line_error(&o, "vae/diffusion_pytorch_model.safetensors: corrupt safetensors file");
+}
+
+#[test]
+fn info_lists_components_with_parameter_counts() {
+    let o = inkstone(&["info", "--model", s(&fixture("tiny-flow"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    for needle in ["StableDiffusionPipeline", "transformers.BertModel", "diffusers.AutoencoderTiny", "F16", "BF16",
+                   "diffusers.FlowMatchEulerDiscreteScheduler", "transformers.BertTokenizer"] {
+        assert!(out.contains(needle), "{needle} missing in:\n{out}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::create_dir_all(to).unwrap();
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
