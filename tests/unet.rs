@@ -132,10 +132,7 @@ fn unsupported(err: Error) -> (String, String) {
 fn unsupported_block_types_are_rejected_by_name() {
     let src = tiny_sd();
     let weights = load_weights(&src, "unet", &device()).unwrap();
-    let cases = [
-        ("down_block_types", 0, "SimpleCrossAttnDownBlock2D"),
-        ("up_block_types", 1, "AttnUpBlock2D"),
-    ];
+    let cases = [("down_block_types", 0, "SimpleCrossAttnDownBlock2D"), ("up_block_types", 1, "AttnUpBlock2D")];
     for (field, i, value) in cases {
         let mut cfg = config(&src, "unet");
         let list = if field == "down_block_types" { &mut cfg.down_block_types } else { &mut cfg.up_block_types };
@@ -159,10 +156,7 @@ fn config_from_json_with_unknown_block_type_names_field_and_value() {
     let cfg: UNet2DConditionConfig = from_json("unet/config.json", text.as_bytes()).unwrap();
     let weights = load_weights(&src, "unet", &device()).unwrap();
     let err = UNet2DConditionModel::load(&weights, &cfg).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "unet/config.json: unsupported value \"KDownBlock2D\" for `down_block_types`"
-    );
+    assert_eq!(err.to_string(), "unet/config.json: unsupported value \"KDownBlock2D\" for `down_block_types`");
 }
 
 /// Weights of another config: the first tensor whose shape disagrees is named.
@@ -189,7 +183,9 @@ fn chunked_attention_at_4096_tokens_equals_one_shot() {
     let (b, h, n, d) = (1, 1, 4096, 8);
     assert!(b * h * n * n > ATTENTION_SCORE_BUDGET);
     let values = |seed: u32| -> Tensor<4> {
-        let v: Vec<f32> = (0..b * h * n * d).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect();
+        let v: Vec<f32> = (0..b * h * n * d)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
         Tensor::from_data(TensorData::new(v, [b, h, n, d]), &device())
     };
     let (q, k, v) = (values(1), values(2), values(3));
