@@ -216,3 +216,33 @@ fn three_level_unet_runs_in_f16_with_upcast_attention() {
     assert_eq!(out.dtype(), DType::F16);
     assert_close("unet_three_level out (f16 weights)", out.cast(DType::F32), r.tensor("out"), 1e-2);
 }
+
+/// Heads must divide the width of every attending block, including up and mid blocks, which
+/// the config check alone (down levels) does not see.
+#[test]
+fn mid_block_heads_that_do_not_divide_the_width_are_rejected() {
+    let src = tiny_sd();
+    let weights = load_weights(&src, "unet", &device()).unwrap();
+    let mut cfg = config(&src, "unet");
+    cfg.attention_head_dim = inkstone::config::OneOrMany::Many(vec![2, 7]); // level 1 (64 wide) has no attention
+    let msg = UNet2DConditionModel::load(&weights, &cfg).unwrap_err().to_string();
+    assert_eq!(msg, "unet/config.json: unsupported value 7 for `attention heads of the mid block`");
+}
+
+/// `Weights::random` (benchmarks): every tensor the model asks for is generated, seeded by key,
+/// so the same seed gives the same model and a different seed another.
+#[test]
+fn random_weights_build_a_deterministic_model() {
+    let cfg = config(&tiny_sd(), "unet");
+    let r = reference("unet_tiny_sd");
+    let run = |seed| {
+        let weights = inkstone::weights::Weights::random("random", seed, &device());
+        let unet = UNet2DConditionModel::load(&weights, &cfg).unwrap();
+        weights.finish().unwrap();
+        unet.forward(r.tensor("sample"), r.tensor("timesteps"), r.tensor("encoder_hidden_states"), None)
+    };
+    let (a, b, c) = (run(0), run(0), run(1));
+    assert!(a.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
+    assert_close("same seed", a.clone(), b, 0.0);
+    assert!(common::max_abs_diff(a, c) > 1e-3, "seeds 0 and 1 gave the same model");
+}
