@@ -58,7 +58,8 @@ fn run_case(case: &str) {
     let (unet, n_params) = match case {
         "fixture" => {
             let src = DirSource::new(root().join("tests/fixtures/tiny-sd")).unwrap();
-            let cfg: UNet2DConditionConfig = from_json("unet/config.json", &src.read("unet/config.json").unwrap()).unwrap();
+            let cfg: UNet2DConditionConfig =
+                from_json("unet/config.json", &src.read("unet/config.json").unwrap()).unwrap();
             let weights = load_weights(&src, "unet", &device).unwrap();
             let unet = UNet2DConditionModel::load(&weights, &cfg).unwrap();
             weights.finish().unwrap();
@@ -114,7 +115,13 @@ fn parse(stdout: &str) -> Option<Measured> {
     let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT "))?;
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-    let extra = v.as_object()?.iter().filter(|(k, _)| !k.ends_with("_s") && !k.ends_with("_mib")).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+    let extra = v
+        .as_object()?
+        .iter()
+        .filter(|(k, _)| !k.ends_with("_s") && !k.ends_with("_mib"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     Some(Measured {
         forward_s: v["forward_s"].as_array()?.iter().filter_map(|x| x.as_f64()).collect(),
         load_s: num("load_s"),
@@ -174,7 +181,10 @@ fn main() {
     let config_file = std::env::temp_dir().join(format!("inkstone-bench-unet-{}.json", std::process::id()));
     std::fs::write(&config_file, serde_json::to_string_pretty(&full_config()).unwrap()).unwrap();
 
-    println!("U-Net forward, batch 1, {LATENT}×{LATENT} latent, {SEQ} text tokens, f32, CPU ({} threads available)", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "U-Net forward, batch 1, {LATENT}×{LATENT} latent, {SEQ} text tokens, f32, CPU ({} threads available)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     let exe = std::env::current_exe().unwrap();
     for case in cases {
         let ours = spawn(Command::new(&exe).args(["--case", case]));
@@ -185,12 +195,23 @@ fn main() {
             println!("  (no reference venv at {}: PyTorch run skipped)", venv.display());
             continue;
         }
-        let theirs = spawn(Command::new(&python).arg(&script).arg(case).arg(&config_file).current_dir(root()).env("PYTHONWARNINGS", "ignore"));
+        let theirs = spawn(
+            Command::new(&python)
+                .arg(&script)
+                .arg(case)
+                .arg(&config_file)
+                .current_dir(root())
+                .env("PYTHONWARNINGS", "ignore"),
+        );
         if let Some(m) = &theirs {
             report("pytorch", case, m);
         }
         if let (Some(a), Some(b)) = (&ours, &theirs) {
-            println!("  {case}: burn / pytorch forward time ratio {:.2}×, peak memory ratio {:.2}×", median(&a.forward_s) / median(&b.forward_s), a.hwm_mib / b.hwm_mib);
+            println!(
+                "  {case}: burn / pytorch forward time ratio {:.2}×, peak memory ratio {:.2}×",
+                median(&a.forward_s) / median(&b.forward_s),
+                a.hwm_mib / b.hwm_mib
+            );
         }
     }
     let _ = std::fs::remove_file(Path::new(&config_file));

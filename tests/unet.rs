@@ -132,10 +132,7 @@ fn unsupported(err: Error) -> (String, String) {
 fn unsupported_block_types_are_rejected_by_name() {
     let src = tiny_sd();
     let weights = load_weights(&src, "unet", &device()).unwrap();
-    let cases = [
-        ("down_block_types", 0, "SimpleCrossAttnDownBlock2D"),
-        ("up_block_types", 1, "AttnUpBlock2D"),
-    ];
+    let cases = [("down_block_types", 0, "SimpleCrossAttnDownBlock2D"), ("up_block_types", 1, "AttnUpBlock2D")];
     for (field, i, value) in cases {
         let mut cfg = config(&src, "unet");
         let list = if field == "down_block_types" { &mut cfg.down_block_types } else { &mut cfg.up_block_types };
@@ -159,10 +156,7 @@ fn config_from_json_with_unknown_block_type_names_field_and_value() {
     let cfg: UNet2DConditionConfig = from_json("unet/config.json", text.as_bytes()).unwrap();
     let weights = load_weights(&src, "unet", &device()).unwrap();
     let err = UNet2DConditionModel::load(&weights, &cfg).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "unet/config.json: unsupported value \"KDownBlock2D\" for `down_block_types`"
-    );
+    assert_eq!(err.to_string(), "unet/config.json: unsupported value \"KDownBlock2D\" for `down_block_types`");
 }
 
 /// Weights of another config: the first tensor whose shape disagrees is named.
@@ -189,7 +183,9 @@ fn chunked_attention_at_4096_tokens_equals_one_shot() {
     let (b, h, n, d) = (1, 1, 4096, 8);
     assert!(b * h * n * n > ATTENTION_SCORE_BUDGET);
     let values = |seed: u32| -> Tensor<4> {
-        let v: Vec<f32> = (0..b * h * n * d).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect();
+        let v: Vec<f32> = (0..b * h * n * d)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
         Tensor::from_data(TensorData::new(v, [b, h, n, d]), &device())
     };
     let (q, k, v) = (values(1), values(2), values(3));
@@ -219,4 +215,34 @@ fn three_level_unet_runs_in_f16_with_upcast_attention() {
     );
     assert_eq!(out.dtype(), DType::F16);
     assert_close("unet_three_level out (f16 weights)", out.cast(DType::F32), r.tensor("out"), 1e-2);
+}
+
+/// Heads must divide the width of every attending block, including up and mid blocks, which
+/// the config check alone (down levels) does not see.
+#[test]
+fn mid_block_heads_that_do_not_divide_the_width_are_rejected() {
+    let src = tiny_sd();
+    let weights = load_weights(&src, "unet", &device()).unwrap();
+    let mut cfg = config(&src, "unet");
+    cfg.attention_head_dim = inkstone::config::OneOrMany::Many(vec![2, 7]); // level 1 (64 wide) has no attention
+    let msg = UNet2DConditionModel::load(&weights, &cfg).unwrap_err().to_string();
+    assert_eq!(msg, "unet/config.json: unsupported value 7 for `attention heads of the mid block`");
+}
+
+/// `Weights::random` (benchmarks): every tensor the model asks for is generated, seeded by key,
+/// so the same seed gives the same model and a different seed another.
+#[test]
+fn random_weights_build_a_deterministic_model() {
+    let cfg = config(&tiny_sd(), "unet");
+    let r = reference("unet_tiny_sd");
+    let run = |seed| {
+        let weights = inkstone::weights::Weights::random("random", seed, &device());
+        let unet = UNet2DConditionModel::load(&weights, &cfg).unwrap();
+        weights.finish().unwrap();
+        unet.forward(r.tensor("sample"), r.tensor("timesteps"), r.tensor("encoder_hidden_states"), None)
+    };
+    let (a, b, c) = (run(0), run(0), run(1));
+    assert!(a.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
+    assert_close("same seed", a.clone(), b, 0.0);
+    assert!(common::max_abs_diff(a, c) > 1e-3, "seeds 0 and 1 gave the same model");
 }

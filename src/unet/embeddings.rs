@@ -41,7 +41,8 @@ impl Timesteps {
         let freqs: Tensor<2> = Tensor::from_data(TensorData::new(freqs, [1, half]), (&device, DType::F32));
         let phases = timesteps.cast(DType::F32).unsqueeze_dim::<2>(1) * freqs;
         let (sin, cos) = (phases.clone().sin(), phases.cos());
-        let mut emb = if self.flip_sin_to_cos { Tensor::cat(vec![cos, sin], 1) } else { Tensor::cat(vec![sin, cos], 1) };
+        let mut emb =
+            if self.flip_sin_to_cos { Tensor::cat(vec![cos, sin], 1) } else { Tensor::cat(vec![sin, cos], 1) };
         if self.num_channels % 2 == 1 {
             let b = emb.dims()[0];
             emb = Tensor::cat(vec![emb, Tensor::zeros([b, 1], (&device, DType::F32))], 1);
@@ -60,7 +61,12 @@ pub struct TimestepEmbedding {
 }
 
 impl TimestepEmbedding {
-    pub fn load(vb: &VarBuilder, in_channels: usize, time_embed_dim: usize, cond_proj_dim: Option<usize>) -> Result<Self> {
+    pub fn load(
+        vb: &VarBuilder,
+        in_channels: usize,
+        time_embed_dim: usize,
+        cond_proj_dim: Option<usize>,
+    ) -> Result<Self> {
         let cond_proj = match cond_proj_dim {
             Some(d) => Some(Linear::load(&vb.pp("cond_proj"), d, in_channels, false)?),
             None => None,
@@ -77,7 +83,8 @@ impl TimestepEmbedding {
         self.cond_proj.as_ref().map(|p| p.weight.dims()[0])
     }
 
-    /// A condition is ignored by a model without `cond_proj`, as in diffusers.
+    /// Without a condition a `cond_proj` model runs unconditioned, as in diffusers; a model
+    /// without `cond_proj` ignores one (diffusers would raise).
     pub fn forward(&self, sample: Tensor<2>, condition: Option<Tensor<2>>) -> Tensor<2> {
         let sample = match (&self.cond_proj, condition) {
             (Some(proj), Some(c)) => sample + proj.forward(c),

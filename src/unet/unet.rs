@@ -2,8 +2,8 @@
 //! Every structural choice comes from the config (levels, block kinds, heads, layers per
 //! block, mid block or none, projection kind, time-condition input); `load` validates it first.
 
-use burn::tensor::activation::silu;
 use burn::tensor::Tensor;
+use burn::tensor::activation::silu;
 
 use super::attention::TransformerConfig;
 use super::embeddings::{TimestepEmbedding, Timesteps};
@@ -77,8 +77,17 @@ impl UNet2DConditionModel {
         let mid_block = match config.mid_block_type {
             Some(_) => {
                 // The mid block never uses `only_cross_attention` (diffusers does not pass it).
-                let t = TransformerConfig { only_cross_attention: false, ..transformer(ch[n - 1], n - 1, "the mid block")? };
-                Some(UNetMidBlock2DCrossAttn::load(&vb.pp("mid_block"), &blocks, ch[n - 1], config.mid_block_scale_factor, &t)?)
+                let t = TransformerConfig {
+                    only_cross_attention: false,
+                    ..transformer(ch[n - 1], n - 1, "the mid block")?
+                };
+                Some(UNetMidBlock2DCrossAttn::load(
+                    &vb.pp("mid_block"),
+                    &blocks,
+                    ch[n - 1],
+                    config.mid_block_scale_factor,
+                    &t,
+                )?)
             }
             None => None,
         };
@@ -92,7 +101,16 @@ impl UNet2DConditionModel {
             let prev = if i == 0 { ch[n - 1] } else { ch[r + 1] };
             let cin = ch[r.saturating_sub(1)];
             let vb = vb.pp("up_blocks").pp(i);
-            up_blocks.push(UpBlock2D::load(&vb, &blocks, cin, prev, ch[r], levels[r].layers + 1, t.as_ref(), i + 1 < n)?);
+            up_blocks.push(UpBlock2D::load(
+                &vb,
+                &blocks,
+                cin,
+                prev,
+                ch[r],
+                levels[r].layers + 1,
+                t.as_ref(),
+                i + 1 < n,
+            )?);
         }
 
         Ok(Self {
@@ -116,8 +134,8 @@ impl UNet2DConditionModel {
     ///
     /// `sample`: `[b, in_channels, h, w]`; `timesteps`: `[b]` floats (or `[1]`, broadcast);
     /// `encoder_hidden_states`: `[b, seq, cross_attention_dim]`; `timestep_cond`:
-    /// `[b, time_cond_proj_dim]` for models with a guidance embedding (ignored otherwise, as in
-    /// diffusers). Any `h, w` work: upsamplers are sized to the skips when a side is odd.
+    /// `[b, time_cond_proj_dim]` for models with a guidance embedding (ignored by others).
+    /// Any `h, w` work: upsamplers are sized to the skips when a side does not halve evenly.
     pub fn forward(
         &self,
         sample: Tensor<4>,

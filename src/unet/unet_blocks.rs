@@ -4,7 +4,7 @@
 
 use burn::tensor::Tensor;
 
-use super::attention::{TransformerConfig, Transformer2DModel};
+use super::attention::{Transformer2DModel, TransformerConfig};
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::error::Result;
 use crate::weights::VarBuilder;
@@ -71,7 +71,13 @@ impl DownBlock2D {
     }
 
     /// Returns the block output and appends its skip connections to `skips`.
-    pub fn forward(&self, mut x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>, skips: &mut Vec<Tensor<4>>) -> Tensor<4> {
+    pub fn forward(
+        &self,
+        mut x: Tensor<4>,
+        temb: &Tensor<2>,
+        context: &Tensor<3>,
+        skips: &mut Vec<Tensor<4>>,
+    ) -> Tensor<4> {
         for (i, resnet) in self.resnets.iter().enumerate() {
             x = resnet.forward(x, Some(temb));
             if let Some(attn) = self.attentions.get(i) {
