@@ -69,6 +69,21 @@ fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
 }
 
 /// The config fields that define a DDPM beta schedule.
+/// The beta-schedule fields, named alike in the Euler, LCM and DDIM configs.
+macro_rules! beta_schedule_of {
+    ($config:expr) => {
+        $crate::schedulers::betas::BetaSchedule {
+            num_train_timesteps: $config.num_train_timesteps,
+            beta_start: $config.beta_start,
+            beta_end: $config.beta_end,
+            beta_schedule: &$config.beta_schedule,
+            trained_betas: $config.trained_betas.as_deref(),
+            rescale_betas_zero_snr: $config.rescale_betas_zero_snr,
+        }
+    };
+}
+pub(crate) use beta_schedule_of;
+
 pub(crate) struct BetaSchedule<'a> {
     pub num_train_timesteps: usize,
     pub beta_start: f64,

@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use crate::config::DDIMSchedulerConfig;
 use crate::error::{Error, Result};
 
-use super::betas::{BetaSchedule, check_steps, spaced_timesteps};
+use super::betas::{beta_schedule_of, check_steps, spaced_timesteps};
 
 #[derive(Debug, Clone)]
 pub struct Ddim {
@@ -21,15 +21,7 @@ pub struct Ddim {
 
 impl Ddim {
     pub fn new(config: &DDIMSchedulerConfig) -> Result<Self> {
-        let alphas_cumprod = BetaSchedule {
-            num_train_timesteps: config.num_train_timesteps,
-            beta_start: config.beta_start,
-            beta_end: config.beta_end,
-            beta_schedule: &config.beta_schedule,
-            trained_betas: config.trained_betas.as_deref(),
-            rescale_betas_zero_snr: config.rescale_betas_zero_snr,
-        }
-        .alphas_cumprod()?;
+        let alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
         let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
         Ok(Self { config: config.clone(), alphas_cumprod, final_alpha_cumprod, timesteps: vec![], steps: 1 })
     }

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use crate::config::EulerDiscreteSchedulerConfig;
 use crate::error::Result;
 
-use super::betas::{BetaSchedule, check_custom, check_steps, f32r, spaced_timesteps};
+use super::betas::{beta_schedule_of, check_custom, check_steps, f32r, spaced_timesteps};
 
 #[derive(Debug, Clone)]
 pub struct EulerDiscrete {
@@ -22,15 +22,7 @@ pub struct EulerDiscrete {
 
 impl EulerDiscrete {
     pub fn new(config: &EulerDiscreteSchedulerConfig) -> Result<Self> {
-        let mut alphas_cumprod = BetaSchedule {
-            num_train_timesteps: config.num_train_timesteps,
-            beta_start: config.beta_start,
-            beta_end: config.beta_end,
-            beta_schedule: &config.beta_schedule,
-            trained_betas: config.trained_betas.as_deref(),
-            rescale_betas_zero_snr: config.rescale_betas_zero_snr,
-        }
-        .alphas_cumprod()?;
+        let mut alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
         if config.rescale_betas_zero_snr {
             // diffusers: close to 0 without being 0, so the first sigma is finite.
             *alphas_cumprod.last_mut().unwrap() = 2f64.powi(-24);

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use crate::config::LCMSchedulerConfig;
 use crate::error::{Error, Result};
 
-use super::betas::{BetaSchedule, check_custom, check_steps, np_linspace};
+use super::betas::{beta_schedule_of, check_custom, check_steps, np_linspace};
 
 #[derive(Debug, Clone)]
 pub struct Lcm {
@@ -18,15 +18,7 @@ pub struct Lcm {
 
 impl Lcm {
     pub fn new(config: &LCMSchedulerConfig) -> Result<Self> {
-        let alphas_cumprod = BetaSchedule {
-            num_train_timesteps: config.num_train_timesteps,
-            beta_start: config.beta_start,
-            beta_end: config.beta_end,
-            beta_schedule: &config.beta_schedule,
-            trained_betas: config.trained_betas.as_deref(),
-            rescale_betas_zero_snr: config.rescale_betas_zero_snr,
-        }
-        .alphas_cumprod()?;
+        let alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
         Ok(Self { config: config.clone(), alphas_cumprod, timesteps: vec![] })
     }
 
