@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use crate::config::{ModelIndex, SchedulerConfig, UNet2DConditionConfig, from_json};
 use crate::error::{Error, Result};
 use crate::schedulers::Scheduler;
-use crate::source::{ModelSource, load_weights};
+use crate::source::ModelSource;
 use crate::text::{PromptTokenizer, TextEncoder};
 use crate::unet::{UNet2DConditionModel, guidance_scale_embedding};
 use crate::vae::Decoder;
@@ -192,7 +192,7 @@ impl Pipeline {
 fn load_unet(src: &dyn ModelSource, device: &Device) -> Result<UNet2DConditionModel> {
     let config: UNet2DConditionConfig = from_json("unet/config.json", &src.read("unet/config.json")?)?;
     config.validate()?;
-    let weights = load_weights(src, "unet", device)?;
+    let weights = src.weights("unet", device)?;
     let unet = UNet2DConditionModel::load(&weights, &config)?;
     weights.finish()?;
     Ok(unet)

@@ -34,6 +34,12 @@ pub trait ModelSource {
     fn size(&self, path: &str) -> Result<u64> {
         Ok(self.read(path)?.len() as u64)
     }
+
+    /// The weights of `component`. By default its safetensors files are read and parsed here;
+    /// the browser overrides this to hand over tensors it already streamed to the GPU.
+    fn weights(&self, component: &str, device: &Device) -> Result<Weights> {
+        load_weights(self, component, device)
+    }
 }
 
 /// A model folder on disk.
@@ -138,7 +144,7 @@ const STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
 
 /// Which files hold a component's weights: full-precision names first, then the `.fp16`
 /// variant, each as a single file or as shards listed by `<name>.safetensors.index.json`.
-pub fn weight_files(src: &dyn ModelSource, component: &str) -> Result<Vec<String>> {
+pub fn weight_files<S: ModelSource + ?Sized>(src: &S, component: &str) -> Result<Vec<String>> {
     for variant in ["", ".fp16"] {
         for stem in STEMS {
             let single = format!("{component}/{stem}{variant}.safetensors");
@@ -161,7 +167,7 @@ pub fn weight_files(src: &dyn ModelSource, component: &str) -> Result<Vec<String
 }
 
 /// The distinct shard files named by an `*.index.json` `weight_map`, in first-use order.
-fn shard_files(src: &dyn ModelSource, component: &str, index: &str) -> Result<Vec<String>> {
+fn shard_files<S: ModelSource + ?Sized>(src: &S, component: &str, index: &str) -> Result<Vec<String>> {
     #[derive(serde::Deserialize)]
     struct Index {
         weight_map: BTreeMap<String, String>,
@@ -190,7 +196,7 @@ pub fn read_header(src: &dyn ModelSource, path: &str) -> Result<crate::weights::
 }
 
 /// Reads and validates every weight file of `component` into one [`Weights`].
-pub fn load_weights(src: &dyn ModelSource, component: &str, device: &Device) -> Result<Weights> {
+pub fn load_weights<S: ModelSource + ?Sized>(src: &S, component: &str, device: &Device) -> Result<Weights> {
     let files = weight_files(src, component)?
         .into_iter()
         .map(|path| SafetensorsFile::from_bytes(path.clone(), src.read(&path)?))

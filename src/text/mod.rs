@@ -15,7 +15,7 @@ pub use tokenizer::{Encoded, PromptTokenizer, TokenizerKind};
 
 use crate::config::{BertConfig, ClipTextConfig, from_json};
 use crate::error::{Error, Result};
-use crate::source::{ModelSource, load_weights};
+use crate::source::ModelSource;
 use crate::weights::Weights;
 
 /// Non-parameter buffers older checkpoints saved (I64 index tensors). They carry no learned
@@ -52,7 +52,7 @@ impl TextEncoder {
         let bert = arch == Some("BertModel") || (arch.is_none() && head.model_type.as_deref() == Some("bert"));
         if clip {
             let config: ClipTextConfig = from_json(&path, &bytes)?;
-            let weights = load_weights(src, dir, device)?.strip_prefix("text_model.");
+            let weights = src.weights(dir, device)?.strip_prefix("text_model.");
             let projection = arch == Some("CLIPTextModelWithProjection") || weights.contains("text_projection.weight");
             let mut model = ClipTextModel::load(&weights.root(), &config, projection)?;
             model.use_attention_mask = head.use_attention_mask.unwrap_or(false);
@@ -60,7 +60,7 @@ impl TextEncoder {
             Ok(Self::Clip(model))
         } else if bert {
             let config: BertConfig = from_json(&path, &bytes)?;
-            let weights = load_weights(src, dir, device)?.strip_prefix("bert.");
+            let weights = src.weights(dir, device)?.strip_prefix("bert.");
             let model = BertModel::load(&weights.root(), &config)?;
             finish(&weights)?;
             Ok(Self::Bert(model))

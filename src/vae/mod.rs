@@ -11,7 +11,7 @@ pub use taesd::AutoencoderTiny;
 
 use crate::config::{AutoencoderKLConfig, AutoencoderTinyConfig, from_json};
 use crate::error::{Error, Result};
-use crate::source::{ModelSource, load_weights};
+use crate::source::ModelSource;
 use crate::weights::{SafetensorsFile, Weights};
 
 /// The original TAESD decoder checkpoint name (madebyollin/taesd and its relatives).
@@ -87,11 +87,11 @@ impl Decoder {
         match class.as_str() {
             "AutoencoderTiny" => {
                 let config: AutoencoderTinyConfig = from_json(&config_path, &bytes)?;
-                Ok(Self::Tiny(AutoencoderTiny::load(load_weights(src, dir, device)?, config)?))
+                Ok(Self::Tiny(AutoencoderTiny::load(src.weights(dir, device)?, config)?))
             }
             "AutoencoderKL" => {
                 let config: AutoencoderKLConfig = from_json(&config_path, &bytes)?;
-                Ok(Self::Kl(AutoencoderKL::load(load_weights(src, dir, device)?, config)?))
+                Ok(Self::Kl(AutoencoderKL::load(src.weights(dir, device)?, config)?))
             }
             other => Err(Error::UnsupportedConfig {
                 file: config_path,
