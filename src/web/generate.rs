@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use burn::tensor::{Device, Tensor};
 use js_sys::{Float32Array, Function, Object, Reflect};
+use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
