@@ -24,6 +24,10 @@ async function boot() {
   engine = await Inkstone.init();
   gpu = JSON.parse(engine.gpu);
   gpu.jsFeatures = [...adapter.features];
+  // wgpu reports no adapter names on the web; the browser's GPUAdapterInfo does.
+  const a = adapter.info ?? {};
+  gpu.adapter ||= [a.vendor, a.architecture, a.device, a.description].filter(Boolean).join(' ');
+  gpu.architecture ||= a.architecture ?? '';
   return gpu;
 }
 
@@ -82,7 +86,7 @@ async function load(msg, post) {
       }
       const sizes = new Map([...held].map(([p, h]) => [p, h.size]));
       list = list.map((f) => ({ ...f, size: sizes.get(f.path) }));
-      if (!state.quotaFull) await store.putModel({ model, files: list, complete: true, savedAt: Date.now() });
+      if (!state.quotaFull) await store.putModel({ model, files: list, complete: true, savedAt: Date.now() }).catch((e) => warn(`not cached: ${e.message}`));
     }
   }
 

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::source::MemorySource;
 use crate::weights::Weights;
 
+#[cfg_attr(not(feature = "pipeline"), allow(dead_code))]
 /// Generation options as the JS API names them (`generate({ prompt, negativePrompt, ... })`).
 pub struct Options {
     pub prompt: String,

@@ -108,6 +108,7 @@ test('page loads and finds a WebGPU adapter', async () => {
   console.log('  adapter:', JSON.stringify(gpu));
   assert.ok(gpu.maxBufferSize >= 128 * 2 ** 20, `maxBufferSize ${gpu.maxBufferSize}`);
   assert.equal(typeof gpu.shaderF16, 'boolean');
+  assert.ok(gpu.adapter.length > 0, 'adapter named');
   assert.match(await page.textContent('#gpu'), /^WebGPU: .*shader-f16 (yes|no)/);
   await page.screenshot({ path: join(OUT, 'page.png'), fullPage: true });
 });
