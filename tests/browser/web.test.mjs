@@ -279,6 +279,19 @@ test('generate() says clearly when this build has no pipeline; with one, it gene
   assert.equal(c, 'AbortError');
 });
 
+test('a local folder picked in the page loads with no network', async () => {
+  const page = await openPage(browser);
+  await page.setInputFiles('#model-dir', TINY);
+  const before = srv.log.length;
+  await page.click('#load');
+  await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: 60_000 });
+  const text = await page.textContent('#load-status');
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', text);
+  assert.match(text, /Loaded local:tiny-sd/);
+  assert.deepEqual(srv.log.slice(before).filter((r) => r.path.startsWith('models/')), []);
+  await page.screenshot({ path: join(OUT, 'loaded-local.png'), fullPage: true });
+});
+
 test('without WebGPU the page says so', async () => {
   const ctx = await launch(false);
   try {
