@@ -50,7 +50,9 @@ fn uploaded_tensors_equal_file_tensors_and_cover_the_component() {
     for k in &keys {
         let shape = tensors.shape(k).unwrap().to_vec();
         let (a, b) = match shape.len() {
-            1 => (values(files.tensor::<1>(k, [shape[0]]).unwrap()), values(tensors.tensor::<1>(k, [shape[0]]).unwrap())),
+            1 => {
+                (values(files.tensor::<1>(k, [shape[0]]).unwrap()), values(tensors.tensor::<1>(k, [shape[0]]).unwrap()))
+            }
             2 => {
                 let s: [usize; 2] = shape.clone().try_into().unwrap();
                 (values(files.tensor(k, s).unwrap()), values(tensors.tensor(k, s).unwrap()))
@@ -82,7 +84,10 @@ fn uploaded_linear_matches_file_linear() {
     }
     let a = Linear::load(&vb_f, i, o, true).unwrap();
     let b = Linear::load(&vb_t, i, o, true).unwrap();
-    let x = Tensor::<2>::from_data(TensorData::new((0..2 * i).map(|v| (v as f32 * 0.37).sin()).collect::<Vec<_>>(), [2, i]), &common::device());
+    let x = Tensor::<2>::from_data(
+        TensorData::new((0..2 * i).map(|v| (v as f32 * 0.37).sin()).collect::<Vec<_>>(), [2, i]),
+        &common::device(),
+    );
     common::assert_close("linear from uploaded tensors", b.forward(x.clone()), a.forward(x), 0.0);
 }
 

@@ -14,7 +14,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
 use super::State;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::source::MemorySource;
 use crate::weights::Weights;
 
@@ -110,12 +110,8 @@ mod wired {
         on_step: Function,
         is_cancelled: Function,
     ) -> std::result::Result<JsValue, JsError> {
-        let pipeline = state
-            .borrow()
-            .pipeline
-            .as_ref()
-            .map(|l| l.0.clone())
-            .ok_or_else(|| JsError::new("no model loaded"))?;
+        let pipeline =
+            state.borrow().pipeline.as_ref().map(|l| l.0.clone()).ok_or_else(|| JsError::new("no model loaded"))?;
         let opts = GenerateOptions {
             prompt: o.prompt,
             negative_prompt: o.negative_prompt,
@@ -148,6 +144,7 @@ mod wired {
 #[cfg(not(feature = "pipeline"))]
 mod wired {
     use super::*;
+    use crate::error::Error;
 
     /// Stand-in until `crate::pipeline` lands: loading works (files and weights are checked and
     /// on the GPU), generation reports that it is not built in.
@@ -157,10 +154,8 @@ mod wired {
         pub fn build(files: &MemorySource, weights: BTreeMap<String, Weights>, _device: &Device) -> Result<Self> {
             // Still prove the model is complete: model_index.json parses and names components
             // whose weights arrived.
-            let index = crate::config::ModelIndex::from_json(&crate::source::ModelSource::read(
-                files,
-                "model_index.json",
-            )?)?;
+            let index =
+                crate::config::ModelIndex::from_json(&crate::source::ModelSource::read(files, "model_index.json")?)?;
             for component in ["unet", "vae", "text_encoder"] {
                 if index.components.contains_key(component) && !weights.contains_key(component) {
                     return Err(Error::MissingFile {

@@ -172,7 +172,12 @@ impl Inkstone {
     /// guidance, seed, width, height, latents); `on_step(i, total, preview)` is called after each
     /// step and may return a Promise (the worker yields there so a cancel message can arrive);
     /// `is_cancelled()` is checked between steps. Resolves to `{ width, height, pixels }`.
-    pub fn generate(&self, options: JsValue, on_step: js_sys::Function, is_cancelled: js_sys::Function) -> js_sys::Promise {
+    pub fn generate(
+        &self,
+        options: JsValue,
+        on_step: js_sys::Function,
+        is_cancelled: js_sys::Function,
+    ) -> js_sys::Promise {
         let state = self.state.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let opts = generate::options_from_js(&options).map_err(|e| JsValue::from(js_err(e)))?;

@@ -292,6 +292,25 @@ test('a local folder picked in the page loads with no network', async () => {
   await page.screenshot({ path: join(OUT, 'loaded-local.png'), fullPage: true });
 });
 
+test('a full storage quota gives a clear warning and the model still loads (uncached)', async () => {
+  const ctx = await launch();
+  try {
+    const page = await openPage(ctx);
+    const cdp = await ctx.newCDPSession(page);
+    // 1.5 MB: the text encoder (3.2 MB) cannot be stored.
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin: srv.origin, quotaSize: 1_500_000 });
+    const { info, error } = await loadIn(page, MODEL());
+    assert.equal(error, undefined, error);
+    assert.ok(info.warnings.some((w) => /Storage is full: .* not cached .*generation still works/.test(w)), JSON.stringify(info.warnings));
+    assert.equal(info.components.text_encoder, tensorCount('text_encoder/model.safetensors'));
+    assert.equal(info.components.unet, tensorCount('unet/diffusion_pytorch_model.safetensors'));
+    const listed = await page.evaluate(() => window.inkstone.cachedModels());
+    assert.ok(!listed.some((m) => m.model === MODEL() && m.complete), JSON.stringify(listed));
+  } finally {
+    await ctx.close();
+  }
+});
+
 test('without WebGPU the page says so', async () => {
   const ctx = await launch(false);
   try {
