@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -309,6 +309,55 @@ test('a full storage quota gives a clear warning and the model still loads (unca
   } finally {
     await ctx.close();
   }
+});
+
+/** A copy of the tiny model laid out like big hub repos: the UNet split into two shards with a
+ *  `diffusion_pytorch_model.safetensors.index.json`, the text encoder as `model.fp16.safetensors`. */
+function writeShardedModel(dir) {
+  rmSync(dir, { recursive: true, force: true });
+  cpSync(TINY, dir, { recursive: true });
+  const unet = join(dir, 'unet/diffusion_pytorch_model.safetensors');
+  const b = readFileSync(unet);
+  const n = Number(b.readBigUInt64LE(0));
+  const header = JSON.parse(b.subarray(8, 8 + n).toString());
+  const keys = Object.keys(header).filter((k) => k !== '__metadata__').sort();
+  const halves = [keys.slice(0, keys.length >> 1), keys.slice(keys.length >> 1)];
+  const weightMap = {};
+  halves.forEach((part, i) => {
+    const name = `diffusion_pytorch_model-0000${i + 1}-of-00002.safetensors`;
+    const h = {};
+    const data = [];
+    let off = 0;
+    for (const k of part) {
+      const [s, e] = header[k].data_offsets;
+      data.push(b.subarray(8 + n + s, 8 + n + e));
+      h[k] = { ...header[k], data_offsets: [off, off + e - s] };
+      off += e - s;
+      weightMap[k] = name;
+    }
+    let json = JSON.stringify(h);
+    json += ' '.repeat((8 - (json.length % 8)) % 8);
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    writeFileSync(join(dir, 'unet', name), Buffer.concat([len, Buffer.from(json), ...data]));
+  });
+  rmSync(unet);
+  writeFileSync(`${unet}.index.json`, JSON.stringify({ metadata: { total_size: b.length - 8 - n }, weight_map: weightMap }));
+  renameSync(join(dir, 'text_encoder/model.safetensors'), join(dir, 'text_encoder/model.fp16.safetensors'));
+}
+
+test('sharded (*.index.json) and .fp16 weight files are found and streamed', async () => {
+  writeShardedModel(join(WWW, 'models/tiny-sd-sharded'));
+  const page = await openPage(browser);
+  const { info, error } = await loadIn(page, `${srv.origin}/models/tiny-sd-sharded/`);
+  assert.equal(error, undefined, error);
+  const paths = info.files.map((f) => f.path);
+  for (const p of ['unet/diffusion_pytorch_model.safetensors.index.json', 'unet/diffusion_pytorch_model-00001-of-00002.safetensors',
+    'unet/diffusion_pytorch_model-00002-of-00002.safetensors', 'text_encoder/model.fp16.safetensors']) {
+    assert.ok(paths.includes(p), `${p} in ${paths}`);
+  }
+  assert.equal(info.components.unet, tensorCount('unet/diffusion_pytorch_model.safetensors'));
+  assert.equal(info.components.text_encoder, tensorCount('text_encoder/model.safetensors'));
 });
 
 test('without WebGPU the page says so', async () => {
