@@ -15,3 +15,7 @@ pub mod vae;
 pub mod weights;
 
 pub use error::{Error, Result};
+
+/// Browser bindings (wasm-bindgen); the rest of the crate stays free of web APIs.
+#[cfg(target_arch = "wasm32")]
+pub mod web;

@@ -8,6 +8,9 @@
 //! Generation is step-wise ([`Generation::step`]) so that callers can report progress, show
 //! previews and cancel between steps: the browser must yield to its event loop there.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -15,7 +18,8 @@ use rand::{Rng, SeedableRng};
 use crate::config::{ModelIndex, SchedulerConfig, UNet2DConditionConfig, from_json};
 use crate::error::{Error, Result};
 use crate::schedulers::Scheduler;
-use crate::source::ModelSource;
+use crate::source::{MemorySource, ModelSource};
+use crate::weights::Weights;
 use crate::text::{PromptTokenizer, TextEncoder};
 use crate::unet::{UNet2DConditionModel, guidance_scale_embedding};
 use crate::vae::Decoder;
@@ -84,6 +88,14 @@ impl Pipeline {
         let decoder = Decoder::load(src, "vae", device)?;
         let scheduler_config = SchedulerConfig::from_json(&src.read("scheduler/scheduler_config.json")?)?;
         Ok(Self { index, tokenizer, text_encoder, unet, decoder, scheduler_config, device: device.clone() })
+    }
+
+    /// The browser's way in: configs and tokenizer files in `files`, and the weights of each
+    /// component already on the device (streamed tensor by tensor, never a whole file in the
+    /// wasm heap).
+    pub fn from_parts(files: &MemorySource, weights: BTreeMap<String, Weights>, device: &Device) -> Result<Self> {
+        let src = Prepared { files, weights: RefCell::new(weights) };
+        Self::load(&src, device)
     }
 
     pub fn device(&self) -> &Device {
@@ -186,6 +198,37 @@ impl Pipeline {
     fn decode_latents(&self, latents: Tensor<4>) -> Tensor<4> {
         let z = latents / self.decoder.scaling_factor() + self.decoder.shift_factor();
         (self.decoder.decode(z) / 2.0 + 0.5).clamp(0.0, 1.0)
+    }
+}
+
+/// A [`ModelSource`] whose components' weights were prepared elsewhere.
+struct Prepared<'a> {
+    files: &'a MemorySource,
+    weights: RefCell<BTreeMap<String, Weights>>,
+}
+
+impl ModelSource for Prepared<'_> {
+    fn read(&self, path: &str) -> Result<std::sync::Arc<[u8]>> {
+        self.files.read(path)
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.files.exists(path)
+    }
+
+    fn list(&self, dir: &str) -> Vec<String> {
+        self.files.list(dir)
+    }
+
+    fn describe(&self) -> String {
+        self.files.describe()
+    }
+
+    fn weights(&self, component: &str, _device: &Device) -> Result<Weights> {
+        self.weights.borrow_mut().remove(component).ok_or_else(|| Error::MissingFile {
+            path: format!("{}/{component}", self.files.name),
+            hint: Some("no weights were uploaded for this component".into()),
+        })
     }
 }
 

@@ -232,6 +232,10 @@ pub struct Weights {
     /// What errors call the component, e.g. `unet/diffusion_pytorch_model.safetensors`.
     pub name: String,
     files: Vec<SafetensorsFile>,
+    /// Tensors already on the device (the browser uploads them one by one while streaming
+    /// from IndexedDB, so no model file is ever whole in the wasm heap): stored key →
+    /// (shape, flattened tensor). Used instead of `files` when non-empty.
+    uploaded: BTreeMap<String, (Vec<usize>, Tensor<1>)>,
     /// key → (file index, stored key); stored keys may differ by a stripped prefix.
     index: BTreeMap<String, (usize, String)>,
     used: RefCell<BTreeSet<String>>,
@@ -256,7 +260,16 @@ impl Weights {
                 }
             }
         }
-        Ok(Self { name, files, index, used: RefCell::default(), device: device.clone(), dtype: DType::F32, random: None })
+        Ok(Self {
+            name,
+            files,
+            uploaded: BTreeMap::new(),
+            index,
+            used: RefCell::default(),
+            device: device.clone(),
+            dtype: DType::F32,
+            random: None,
+        })
     }
 
     /// Benchmarks only: a component with no files whose every requested tensor is generated
@@ -267,6 +280,37 @@ impl Weights {
         w.name = name.to_string();
         w.random = Some(seed);
         w
+    }
+
+    /// A component whose tensors were already created on `device`, flattened, with their
+    /// stored shapes. Lookups, shape checks, prefix/rename and `finish` behave as with files;
+    /// `tensor()` only reshapes (the tensors keep the dtype they were uploaded with).
+    pub fn from_tensors(
+        name: impl Into<String>,
+        tensors: BTreeMap<String, (Vec<usize>, Tensor<1>)>,
+        device: &Device,
+    ) -> Result<Self> {
+        let name = name.into();
+        for (key, (shape, t)) in &tensors {
+            let numel: usize = shape.iter().product();
+            if t.dims()[0] != numel {
+                return Err(Error::CorruptSafetensors {
+                    file: name.clone(),
+                    reason: format!("tensor `{key}`: {} values uploaded for shape {shape:?}", t.dims()[0]),
+                });
+            }
+        }
+        let index = tensors.keys().map(|k| (k.clone(), (0, k.clone()))).collect();
+        Ok(Self {
+            name,
+            files: Vec::new(),
+            uploaded: tensors,
+            index,
+            used: RefCell::default(),
+            device: device.clone(),
+            dtype: DType::F32,
+            random: None,
+        })
     }
 
     /// Convenience for a single file held in memory.
@@ -311,6 +355,9 @@ impl Weights {
     /// Shape of a stored tensor, if present (used to infer sizes the config leaves implicit).
     pub fn shape(&self, key: &str) -> Option<&[usize]> {
         let (i, stored) = self.index.get(key)?;
+        if let Some((shape, _)) = self.uploaded.get(stored) {
+            return Some(shape);
+        }
         Some(&self.files[*i].header.tensors[stored].shape)
     }
 
@@ -325,6 +372,18 @@ impl Weights {
             file: self.name.clone(),
             key: key.to_string(),
         })?;
+        if let Some((found, t)) = self.uploaded.get(stored) {
+            if found[..] != shape {
+                return Err(Error::ShapeMismatch {
+                    file: self.name.clone(),
+                    key: key.to_string(),
+                    expected: shape.to_vec(),
+                    found: found.clone(),
+                });
+            }
+            self.used.borrow_mut().insert(key.to_string());
+            return Ok(t.clone().reshape(shape));
+        }
         let file = &self.files[*i];
         let info = &file.header.tensors[stored];
         if info.shape != shape {
@@ -417,5 +476,89 @@ impl<'a> VarBuilder<'a> {
 
     pub fn device(&self) -> &'a Device {
         &self.weights.device
+    }
+}
+
+/// Reassembles the tensors of a safetensors file that arrives in pieces, in file order (HTTP
+/// chunks, IndexedDB records), so each tensor can be uploaded to the GPU as soon as its bytes
+/// are complete while only one tensor at a time is buffered.
+pub struct TensorStream {
+    file: String,
+    /// Tensors sorted by their start offset.
+    order: Vec<(String, TensorInfo)>,
+    next: usize,
+    /// Absolute file offset of the next byte fed.
+    pos: usize,
+    file_len: usize,
+    /// Bytes of tensor `next` received so far, when it spans pieces.
+    partial: Vec<u8>,
+}
+
+impl TensorStream {
+    pub fn new(file: impl Into<String>, header: &Header, file_len: u64) -> Self {
+        let mut order: Vec<(String, TensorInfo)> =
+            header.tensors.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+        order.sort_by_key(|(_, t)| t.start);
+        Self { file: file.into(), order, next: 0, pos: 0, file_len: file_len as usize, partial: Vec::new() }
+    }
+
+    /// Feeds the next `bytes` of the file; calls `done(key, info, raw)` for every tensor whose
+    /// bytes are now complete (borrowing from `bytes` when a tensor lies inside one piece).
+    pub fn feed(
+        &mut self,
+        bytes: &[u8],
+        mut done: impl FnMut(&str, &TensorInfo, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let (base, end) = (self.pos, self.pos + bytes.len());
+        if end > self.file_len {
+            return Err(Error::CorruptSafetensors {
+                file: self.file.clone(),
+                reason: format!("received more than the {} bytes announced", self.file_len),
+            });
+        }
+        while let Some((key, info)) = self.order.get(self.next) {
+            let from = info.start + self.partial.len();
+            // A zero-length tensor at `end` is complete now; anything else needs more bytes.
+            if from > end || (from == end && info.end > from) {
+                break;
+            }
+            let upto = info.end.min(end);
+            let piece = &bytes[from.max(base) - base..upto - base];
+            if self.partial.is_empty() && upto == info.end && from >= base {
+                done(key, info, piece)?;
+            } else {
+                self.partial.extend_from_slice(piece);
+                if upto < info.end {
+                    break;
+                }
+                done(key, info, &self.partial)?;
+                self.partial.clear();
+            }
+            self.next += 1;
+        }
+        self.pos = end;
+        Ok(())
+    }
+
+    /// Whether every tensor has been delivered.
+    pub fn is_complete(&self) -> bool {
+        self.next == self.order.len()
+    }
+
+    /// Errors unless the whole file arrived (a truncated stream must not look like a model).
+    pub fn finish(&self) -> Result<()> {
+        if self.is_complete() && self.pos == self.file_len {
+            return Ok(());
+        }
+        Err(Error::CorruptSafetensors {
+            file: self.file.clone(),
+            reason: format!(
+                "stream ended at byte {} of {}; {} of {} tensors complete",
+                self.pos,
+                self.file_len,
+                self.next,
+                self.order.len()
+            ),
+        })
     }
 }

@@ -1,0 +1,304 @@
+// Where model files come from (a base URL, or a folder the user picked) and which files a
+// diffusers-format folder needs, read through model_index.json, like diffusers' loader.
+import * as store from './store.js';
+import { Sha256 } from './sha256.js';
+
+/** Weight file names in order of preference (matches src/source.rs `weight_files`). */
+const STEMS = ['diffusion_pytorch_model', 'model'];
+/** Tokenizer files that may exist (CLIP: vocab.json + merges.txt; BERT: vocab.txt). */
+const TOKENIZER_FILES = ['tokenizer_config.json', 'special_tokens_map.json', 'vocab.json', 'merges.txt',
+  'vocab.txt', 'tokenizer.json', 'added_tokens.json'];
+
+/** A diffusers folder at a base URL (`https://huggingface.co/<repo>/resolve/main/` works). */
+export class UrlSource {
+  constructor(base) {
+    this.base = base.endsWith('/') ? base : base + '/';
+    this.name = this.base;
+  }
+  url(path) {
+    return new URL(path, this.base).href;
+  }
+  /** Size in bytes, or null when the file does not exist. */
+  async probe(path) {
+    const r = await fetch(this.url(path), { method: 'HEAD', cache: 'no-store' });
+    if (r.status === 404 || r.status === 403 || r.status === 401) return null;
+    if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+    const n = r.headers.get('x-linked-size') ?? r.headers.get('content-length');
+    return n === null ? -1 : Number(n);
+  }
+  async bytes(path) {
+    const r = await fetch(this.url(path), { cache: 'no-store' });
+    if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+    return new Uint8Array(await r.arrayBuffer());
+  }
+}
+
+/** A folder picked with `<input type=file webkitdirectory>`: no network at all. */
+export class FilesSource {
+  constructor(files) {
+    this.files = new Map();
+    for (const f of files) {
+      const rel = f.webkitRelativePath || f.name;
+      // Drop the picked folder's own name: `sd/unet/config.json` -> `unet/config.json`.
+      const parts = rel.split('/');
+      this.files.set(parts.length > 1 ? parts.slice(1).join('/') : rel, f);
+    }
+    const first = files[0]?.webkitRelativePath?.split('/')[0];
+    this.name = `local:${first || 'folder'}`;
+  }
+  async probe(path) {
+    return this.files.get(path)?.size ?? null;
+  }
+  async bytes(path) {
+    const f = this.files.get(path);
+    if (!f) throw new Error(`${path}: not in the picked folder`);
+    return new Uint8Array(await f.arrayBuffer());
+  }
+  async *chunks(path, chunkSize) {
+    const f = this.files.get(path);
+    for (let o = 0; o < f.size; o += chunkSize) {
+      yield new Uint8Array(await f.slice(o, o + chunkSize).arrayBuffer());
+    }
+  }
+}
+
+const decoder = new TextDecoder();
+
+/**
+ * The files of a model: `[{ path, component, kind: 'file'|'weights', size }]` plus the bytes of
+ * the JSON files read on the way (model_index.json, *.index.json).
+ */
+export async function resolveModel(src) {
+  const texts = new Map();
+  const read = async (path) => {
+    const b = await src.bytes(path);
+    texts.set(path, b);
+    return JSON.parse(decoder.decode(b));
+  };
+  let index;
+  try {
+    index = await read('model_index.json');
+  } catch (e) {
+    throw new Error(`${src.name}: cannot read model_index.json (${e.message}); expected a diffusers-format folder`);
+  }
+  const files = [{ path: 'model_index.json', component: '', kind: 'file', size: texts.get('model_index.json').length }];
+  const optional = async (component, name) => {
+    const path = `${component}/${name}`;
+    const size = await src.probe(path);
+    if (size !== null) files.push({ path, component, kind: 'file', size });
+    return size !== null;
+  };
+  for (const [component, spec] of Object.entries(index)) {
+    if (component.startsWith('_') || !Array.isArray(spec) || spec.length !== 2 || spec[0] === null || spec[1] === null) continue;
+    const cls = String(spec[1]);
+    if (component === 'scheduler' || /Scheduler$/.test(cls)) {
+      if (!(await optional(component, 'scheduler_config.json'))) throw new Error(`${component}/scheduler_config.json is missing`);
+      continue;
+    }
+    if (/Tokenizer/.test(cls)) {
+      let any = false;
+      for (const name of TOKENIZER_FILES) any = (await optional(component, name)) || any;
+      if (!any) throw new Error(`${component}: no tokenizer files (${TOKENIZER_FILES.join(', ')})`);
+      continue;
+    }
+    if (!(await optional(component, 'config.json'))) throw new Error(`${component}/config.json is missing`);
+    files.push(...(await weightFiles(src, component, read)));
+  }
+  return { files, texts };
+}
+
+/** A component's weights: single file or shards, full precision first, then `.fp16`. */
+async function weightFiles(src, component, read) {
+  for (const variant of ['', '.fp16']) {
+    for (const stem of STEMS) {
+      const single = `${component}/${stem}${variant}.safetensors`;
+      const size = await src.probe(single);
+      if (size !== null) return [{ path: single, component, kind: 'weights', size }];
+      const indexPath = `${single}.index.json`;
+      if ((await src.probe(indexPath)) !== null) {
+        const idx = await read(indexPath);
+        const shards = [...new Set(Object.values(idx.weight_map ?? {}))];
+        const out = [{ path: indexPath, component, kind: 'file', size: -1 }];
+        for (const shard of shards) {
+          const path = `${component}/${shard}`;
+          out.push({ path, component, kind: 'weights', size: await src.probe(path) });
+        }
+        return out;
+      }
+    }
+  }
+  throw new Error(`${component}: no ${STEMS.join(' / ')} weights (.safetensors, .fp16.safetensors or sharded .index.json)`);
+}
+
+/** A sha256 announced by the server (the hub sends it as the ETag / X-Linked-Etag of LFS files). */
+function announcedSha256(headers) {
+  for (const name of ['x-linked-etag', 'etag']) {
+    const v = headers.get(name)?.replace(/^W\//, '').replace(/"/g, '').trim().toLowerCase();
+    if (v && /^[0-9a-f]{64}$/.test(v)) return v;
+  }
+  return null;
+}
+
+/**
+ * A verified file: `{ path, size, cached, chunks() }` where chunks() yields Uint8Arrays in order,
+ * from IndexedDB or (storage full / local folder) from memory or the picked file.
+ */
+class Held {
+  constructor(path, size, read, cached) {
+    Object.assign(this, { path, size, read, cached });
+  }
+  chunks() {
+    return this.read();
+  }
+  async prefix(n) {
+    const parts = [];
+    let have = 0;
+    for await (const c of this.chunks()) {
+      parts.push(c);
+      have += c.length;
+      if (have >= n) break;
+    }
+    const out = new Uint8Array(Math.min(n, have));
+    let o = 0;
+    for (const p of parts) {
+      const take = Math.min(p.length, out.length - o);
+      out.set(p.subarray(0, take), o);
+      o += take;
+      if (o === out.length) break;
+    }
+    return out;
+  }
+}
+
+export function cachedFile(model, meta) {
+  return new Held(meta.path, meta.size, async function* () {
+    for (let i = 0; i < meta.chunks; i++) {
+      const c = await store.getChunk(model, meta.path, i);
+      if (!c) throw new Error(`${meta.path}: cached chunk ${i} is missing; clear the cache and reload`);
+      yield c;
+    }
+  }, true);
+}
+
+export function localFile(src, path, size, chunkSize) {
+  return new Held(path, size, () => src.chunks(path, chunkSize), false);
+}
+
+/**
+ * Downloads `path` with progress, resuming with HTTP Range after a dropped connection (and after
+ * a reload, from the chunks already stored), verifies size, sha256 (when announced) and
+ * `check(path, firstBytes, size)`, and only then marks it complete in the cache. A failed
+ * verification deletes what was stored. When storage is full (QuotaExceededError) the file is
+ * kept in memory for this session and `onWarning` says so.
+ */
+export async function download(src, model, path, { chunkSize, onBytes, check, onWarning, retries = 5, state }) {
+  const url = src.url(path);
+  let meta = await store.getFile(model, path);
+  if (meta?.complete) return cachedFile(model, meta);
+  if (meta && meta.chunkSize !== chunkSize) {
+    await store.deleteFile(model, path);
+    meta = undefined;
+  }
+  meta ??= { model, path, size: null, sha256: null, chunkSize, chunks: 0, complete: false };
+  const memory = []; // chunks held in memory when the cache is full
+  let inMemory = state.quotaFull;
+  const hash = new Sha256();
+  // Re-hash chunks stored by an earlier, interrupted session.
+  for (let i = 0; i < meta.chunks; i++) hash.update(await store.getChunk(model, path, i));
+  let persisted = meta.chunks * chunkSize;
+  let pending = [];
+  let pendingLen = 0;
+  const flush = async (final) => {
+    while (pendingLen >= chunkSize || (final && pendingLen > 0)) {
+      const n = Math.min(chunkSize, pendingLen);
+      const chunk = new Uint8Array(n);
+      let o = 0;
+      while (o < n) {
+        const p = pending[0];
+        const take = Math.min(p.length, n - o);
+        chunk.set(p.subarray(0, take), o);
+        o += take;
+        if (take === p.length) pending.shift();
+        else pending[0] = p.subarray(take);
+      }
+      pendingLen -= n;
+      hash.update(chunk);
+      if (!inMemory) {
+        try {
+          await store.putChunk({ ...meta, chunks: meta.chunks + 1 }, meta.chunks, chunk);
+        } catch (e) {
+          if (!store.isQuotaError(e)) throw e;
+          inMemory = state.quotaFull = true;
+          onWarning?.(`Storage is full: ${model} is not cached and will be downloaded again next time (generation still works).`);
+          // Move what was stored so far into memory so the file stays whole.
+          for (let i = 0; i < meta.chunks; i++) memory.push(await store.getChunk(model, path, i));
+          await store.deleteFile(model, path).catch(() => {});
+        }
+      }
+      if (inMemory) memory.push(chunk);
+      meta.chunks += 1;
+      persisted += n;
+    }
+  };
+
+  let total = meta.size;
+  for (let attempt = 0; ; attempt++) {
+    const pos = persisted + pendingLen;
+    const headers = pos > 0 ? { Range: `bytes=${pos}-` } : {};
+    let resp;
+    try {
+      resp = await fetch(url, { headers, cache: 'no-store' });
+      if (!resp.ok) throw Object.assign(new Error(`${path}: HTTP ${resp.status}`), { fatal: resp.status !== 503 });
+      if (pos > 0 && resp.status !== 206) {
+        // The server ignored the range: start over.
+        meta.chunks = 0; persisted = 0; pending = []; pendingLen = 0;
+        Object.assign(hash, new Sha256());
+        memory.length = 0;
+      } else if (pos > 0) {
+        const start = Number(/bytes (\d+)-/.exec(resp.headers.get('content-range') ?? '')?.[1]);
+        if (start !== pos) throw Object.assign(new Error(`${path}: server resumed at ${start}, asked ${pos}`), { fatal: true });
+      }
+      const range = /\/(\d+)$/.exec(resp.headers.get('content-range') ?? '');
+      const length = range ? Number(range[1]) : Number(resp.headers.get('content-length')) + (resp.status === 206 ? pos : 0);
+      if (Number.isFinite(length) && length > 0) total = length;
+      meta.size = total;
+      meta.sha256 = announcedSha256(resp.headers) ?? meta.sha256;
+      const reader = resp.body.getReader();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        pending.push(value);
+        pendingLen += value.length;
+        onBytes?.(value.length);
+        if (pendingLen >= chunkSize) await flush(false);
+      }
+      break;
+    } catch (e) {
+      if (e.fatal || attempt >= retries) throw e;
+      onWarning?.(`${path}: connection lost at byte ${persisted + pendingLen}; resuming`);
+      await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
+    }
+  }
+  await flush(true);
+
+  const fail = async (why) => {
+    await store.deleteFile(model, path).catch(() => {});
+    throw new Error(`${path}: ${why}; the file was not cached`);
+  };
+  if (total !== null && persisted !== total) await fail(`received ${persisted} bytes, expected ${total}`);
+  const digest = hash.hex();
+  if (meta.sha256 && digest !== meta.sha256) await fail(`sha256 ${digest} does not match the server's ${meta.sha256}`);
+  meta.size = persisted;
+  const held = inMemory
+    ? new Held(path, persisted, async function* () { yield* memory; }, false)
+    : cachedFile(model, meta);
+  if (check) {
+    try {
+      await check(path, held);
+    } catch (e) {
+      await fail(e.message ?? String(e));
+    }
+  }
+  if (!inMemory) await store.putFile({ ...meta, complete: true, sha256: digest });
+  return held;
+}

@@ -1,0 +1,96 @@
+export interface LoadProgress {
+  phase: 'resolve' | 'download' | 'upload' | 'ready';
+  /** Bytes done in this phase, and the total when known. */
+  bytes: number;
+  totalBytes: number;
+  files: number;
+  totalFiles: number;
+  /** The file being processed, e.g. `unet/diffusion_pytorch_model.safetensors`. */
+  file: string | null;
+  warning?: string;
+}
+
+export interface GpuInfo {
+  adapter: string;
+  vendor: number;
+  architecture: string;
+  backend: string;
+  shaderF16: boolean;
+  maxBufferSize: number;
+  maxStorageBufferBindingSize: number;
+  maxComputeWorkgroupStorageSize: number;
+  maxComputeInvocationsPerWorkgroup: number;
+  jsFeatures: string[];
+  /** Whether this build can generate (wasm built with the `pipeline` feature). */
+  pipeline: boolean;
+}
+
+export interface ModelFile {
+  path: string;
+  component: string;
+  kind: 'file' | 'weights';
+  size: number;
+}
+
+export interface LoadInfo {
+  model: string;
+  gpu: GpuInfo;
+  /** True when every file came from the cache (no network request). */
+  cached: boolean;
+  warnings: string[];
+  files: ModelFile[];
+  /** Tensor count per component. */
+  components: Record<string, number>;
+  bytes: number;
+}
+
+export interface LoadOptions {
+  onProgress?: (p: LoadProgress) => void;
+  /** IndexedDB chunk size in bytes (default 16 MiB). */
+  chunkSize?: number;
+  /** Where worker.js is served, if not next to this module. */
+  workerUrl?: string | URL;
+}
+
+export interface Preview {
+  width: number;
+  height: number;
+  rgba: Uint8ClampedArray;
+}
+
+export interface GenerateOptions {
+  prompt: string;
+  negativePrompt?: string;
+  steps?: number;
+  guidance?: number;
+  /** Random when omitted; returned in the output. */
+  seed?: number;
+  width?: number;
+  height?: number;
+  /** Initial latents, [1, C, height/8, width/8]. */
+  latents?: Float32Array;
+  /** Cancels between steps; the promise rejects with an AbortError. */
+  signal?: AbortSignal;
+  onStep?: (step: number, total: number, preview: Preview | null) => void;
+}
+
+export interface GenerateOutput {
+  width: number;
+  height: number;
+  rgba: Uint8ClampedArray;
+  /** [3, H, W] in [0, 1]. */
+  pixels: Float32Array;
+  seed: number;
+  ms: number;
+}
+
+export declare class Generator {
+  readonly info: LoadInfo;
+  generate(options: GenerateOptions): Promise<GenerateOutput>;
+  dispose(): void;
+}
+
+export declare function load(source: string | URL | FileList | File[], options?: LoadOptions): Promise<Generator>;
+export declare function gpuInfo(options?: { workerUrl?: string | URL }): Promise<GpuInfo>;
+export declare function cachedModels(): Promise<{ model: string; bytes: number; complete: boolean }[]>;
+export declare function clearCache(model?: string): Promise<void>;

@@ -1,0 +1,107 @@
+// Inkstone: text-to-image in the browser. The model runs in a module Web Worker (worker.js) on
+// WebGPU; this module is the thin promise-based API around it.
+import * as store from './store.js';
+
+let nextId = 1;
+
+/** One worker (= one WebGPU device) holding one loaded model. */
+class Worker_ {
+  constructor(url) {
+    this.worker = new Worker(url ?? new URL('./worker.js', import.meta.url), { type: 'module' });
+    this.pending = new Map();
+    this.worker.onmessage = ({ data }) => {
+      const p = this.pending.get(data.id);
+      if (!p) return;
+      if (data.type === 'progress') p.onProgress?.(data.progress);
+      else if (data.type === 'step') p.onStep?.(data.step, data.total, data.preview);
+      else {
+        this.pending.delete(data.id);
+        if (data.type === 'done') p.resolve(data.value);
+        else p.reject(data.cancelled ? new DOMException('generation cancelled', 'AbortError') : new Error(data.message));
+      }
+    };
+    this.worker.onerror = (e) => {
+      for (const p of this.pending.values()) p.reject(new Error(`worker failed: ${e.message ?? 'could not start'}`));
+      this.pending.clear();
+    };
+  }
+  call(msg, handlers = {}, transfer = []) {
+    const id = nextId++;
+    return {
+      id,
+      promise: new Promise((resolve, reject) => {
+        this.pending.set(id, { resolve, reject, ...handlers });
+        this.worker.postMessage({ id, ...msg }, transfer);
+      }),
+    };
+  }
+}
+
+/** A loaded model; `generate` runs on its worker. */
+export class Generator {
+  constructor(w, info) {
+    this._w = w;
+    /** `{ model, gpu, cached, warnings, files, components, bytes }` */
+    this.info = info;
+  }
+
+  async generate({ signal, onStep, ...options } = {}) {
+    signal?.throwIfAborted();
+    if (options.seed === undefined) options.seed = Math.floor(Math.random() * 2 ** 32);
+    const { id, promise } = this._w.call({ type: 'generate', options }, { onStep });
+    const abort = () => this._w.worker.postMessage({ type: 'cancel', target: id });
+    signal?.addEventListener('abort', abort, { once: true });
+    try {
+      return await promise;
+    } finally {
+      signal?.removeEventListener('abort', abort);
+    }
+  }
+
+  /** Ends the worker and frees the GPU memory. */
+  dispose() {
+    this._w.worker.terminate();
+  }
+}
+
+/**
+ * Downloads (or reads from the cache, or from picked local files) a diffusers-format model and
+ * uploads it to the GPU. `source`: base URL of the folder (a hub `.../resolve/main/` URL works)
+ * or the File list of `<input type=file webkitdirectory>`.
+ */
+export async function load(source, { onProgress, chunkSize, workerUrl } = {}) {
+  const w = new Worker_(workerUrl);
+  const msg = { type: 'load', chunkSize };
+  if (typeof source === 'string' || source instanceof URL) {
+    msg.url = String(source);
+    msg.base = globalThis.location?.href;
+    // Ask the browser not to evict cached models under storage pressure (window only).
+    await globalThis.navigator?.storage?.persist?.().catch(() => false);
+  } else {
+    msg.files = [...source];
+  }
+  try {
+    const info = await w.call(msg, { onProgress }).promise;
+    return new Generator(w, info);
+  } catch (e) {
+    w.worker.terminate();
+    throw e;
+  }
+}
+
+/** WebGPU adapter report (`{ adapter, shaderF16, maxBufferSize, ... }`) without loading a model;
+ *  rejects with a readable message when WebGPU is unavailable. */
+export async function gpuInfo({ workerUrl } = {}) {
+  const w = new Worker_(workerUrl);
+  try {
+    return await w.call({ type: 'boot' }).promise;
+  } finally {
+    w.worker.terminate();
+  }
+}
+
+/** Models in the cache with the bytes each takes: `[{ model, bytes, complete }]`. */
+export const cachedModels = () => store.listModels();
+
+/** Deletes one cached model, or all of them. */
+export const clearCache = (model) => store.clear(model);

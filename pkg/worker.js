@@ -1,0 +1,180 @@
+// The module Web Worker that owns the WebGPU device: downloads/caches model files (files.js,
+// store.js), streams weights into wasm tensor by tensor, and runs generation step by step so the
+// page never freezes and cancel messages are seen between steps.
+import initWasm, { Inkstone, headerLength, checkSafetensors } from './inkstone_core.js';
+import * as store from './store.js';
+import { UrlSource, FilesSource, resolveModel, download, cachedFile, localFile } from './files.js';
+
+/** Largest piece handed to wasm at once: bounds the transient copy in the wasm heap. */
+const FEED = 4 << 20;
+const DEFAULT_CHUNK = 16 << 20;
+
+let engine = null;
+let gpu = null;
+const cancelled = new Set();
+
+async function boot() {
+  if (engine) return gpu;
+  await initWasm();
+  if (!self.navigator.gpu) {
+    throw new Error('This browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome/Edge, or enable WebGPU in your browser settings.');
+  }
+  const adapter = await self.navigator.gpu.requestAdapter();
+  if (!adapter) throw new Error('WebGPU is present but no GPU adapter is available (blocked or unsupported GPU).');
+  engine = await Inkstone.init();
+  gpu = JSON.parse(engine.gpu);
+  gpu.jsFeatures = [...adapter.features];
+  // wgpu reports no adapter names on the web; the browser's GPUAdapterInfo does.
+  const a = adapter.info ?? {};
+  gpu.adapter ||= [a.vendor, a.architecture, a.device, a.description].filter(Boolean).join(' ');
+  gpu.architecture ||= a.architecture ?? '';
+  return gpu;
+}
+
+/** Validates a downloaded safetensors header in wasm before the file is cached. */
+async function checkWeights(path, held) {
+  const n = headerLength(await held.prefix(8));
+  if (n === undefined) throw new Error(`${path}: ${held.size} bytes is too short for a safetensors file`);
+  if (n > held.size) throw new Error(`corrupt safetensors file ${path}: header length ${n - 8} runs past the end of the file (${held.size} bytes)`);
+  checkSafetensors(path, await held.prefix(n), held.size);
+}
+
+async function load(msg, post) {
+  const info = await boot();
+  const chunkSize = msg.chunkSize ?? DEFAULT_CHUNK;
+  const progress = { phase: 'resolve', bytes: 0, totalBytes: 0, files: 0, totalFiles: 0, file: null };
+  const report = (extra) => post({ type: 'progress', progress: { ...progress, ...extra } });
+  const warnings = [];
+  const warn = (w) => { warnings.push(w); report({ warning: w }); };
+  let model, list, held = new Map(), cached = false;
+  report({});
+
+  if (msg.files) {
+    const src = new FilesSource(msg.files);
+    model = src.name;
+    ({ files: list } = await resolveModel(src));
+    for (const f of list) held.set(f.path, localFile(src, f.path, f.size, chunkSize));
+  } else {
+    model = new URL(msg.url, msg.base).href.replace(/\/?$/, '/');
+    const record = await store.getModel(model);
+    const metas = record?.complete ? await Promise.all(record.files.map((f) => store.getFile(model, f.path))) : [];
+    if (record?.complete && metas.every((m) => m?.complete)) {
+      // Fully cached: not a single request.
+      cached = true;
+      list = record.files;
+      metas.forEach((m) => held.set(m.path, cachedFile(model, m)));
+    } else {
+      const src = new UrlSource(model);
+      ({ files: list } = await resolveModel(src));
+      await store.putModel({ model, files: list, complete: false, savedAt: Date.now() }).catch(() => {});
+      progress.phase = 'download';
+      progress.totalFiles = list.length;
+      progress.totalBytes = list.reduce((a, f) => a + Math.max(f.size, 0), 0);
+      const state = { quotaFull: false };
+      for (const f of list) {
+        progress.file = f.path;
+        report({});
+        const h = await download(src, model, f.path, {
+          chunkSize,
+          state,
+          onWarning: warn,
+          check: f.kind === 'weights' ? checkWeights : null,
+          onBytes: (n) => { progress.bytes += n; report({}); },
+        });
+        held.set(f.path, h);
+        progress.files += 1;
+      }
+      const sizes = new Map([...held].map(([p, h]) => [p, h.size]));
+      list = list.map((f) => ({ ...f, size: sizes.get(f.path) }));
+      if (!state.quotaFull) await store.putModel({ model, files: list, complete: true, savedAt: Date.now() }).catch((e) => warn(`not cached: ${e.message}`));
+    }
+  }
+
+  // Upload: small files whole, weights streamed tensor by tensor.
+  engine.reset(model);
+  progress.phase = 'upload';
+  progress.bytes = 0;
+  progress.files = 0;
+  progress.totalFiles = list.length;
+  progress.totalBytes = list.reduce((a, f) => a + Math.max(f.size, 0), 0);
+  for (const f of list) {
+    const h = held.get(f.path);
+    progress.file = f.path;
+    report({});
+    if (f.kind === 'weights') {
+      const n = headerLength(await h.prefix(8));
+      engine.beginWeights(f.component, f.path, await h.prefix(n ?? 8), h.size);
+    }
+    const parts = [];
+    for await (const chunk of h.chunks()) {
+      if (f.kind === 'weights') {
+        for (let o = 0; o < chunk.length; o += FEED) engine.feed(chunk.subarray(o, o + FEED));
+        progress.bytes += chunk.length;
+        report({});
+      } else {
+        parts.push(chunk);
+      }
+    }
+    if (f.kind === 'weights') engine.endWeights();
+    else {
+      const bytes = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+      parts.reduce((o, p) => (bytes.set(p, o), o + p.length), 0);
+      engine.addFile(f.path, bytes);
+      progress.bytes += bytes.length;
+    }
+    progress.files += 1;
+  }
+  const summary = JSON.parse(engine.build());
+  report({ phase: 'ready', file: null });
+  return { model, gpu: info, cached, warnings, files: list, components: summary.components,
+    bytes: list.reduce((a, f) => a + Math.max(f.size, 0), 0) };
+}
+
+/** [3, H, W] floats in [0, 1] -> RGBA bytes for ImageData / PNG. */
+function toRgba(pixels, width, height) {
+  const n = width * height;
+  const rgba = new Uint8ClampedArray(n * 4);
+  for (let i = 0; i < n; i++) {
+    rgba[4 * i] = Math.round(pixels[i] * 255);
+    rgba[4 * i + 1] = Math.round(pixels[n + i] * 255);
+    rgba[4 * i + 2] = Math.round(pixels[2 * n + i] * 255);
+    rgba[4 * i + 3] = 255;
+  }
+  return rgba;
+}
+
+async function generate(msg, post) {
+  if (!engine) throw new Error('no model loaded');
+  const t0 = performance.now();
+  const onStep = async (step, total, preview) => {
+    const p = preview ? { width: preview.width, height: preview.height, rgba: toRgba(preview.pixels, preview.width, preview.height) } : null;
+    post({ type: 'step', step, total, preview: p }, p ? [p.rgba.buffer] : []);
+    // Yield to the event loop so a cancel message can arrive before the next step.
+    await new Promise((r) => setTimeout(r, 0));
+  };
+  const out = await engine.generate(msg.options, onStep, () => cancelled.has(msg.id));
+  const rgba = toRgba(out.pixels, out.width, out.height);
+  return { width: out.width, height: out.height, rgba, pixels: out.pixels, seed: msg.options.seed ?? 0, ms: performance.now() - t0 };
+}
+
+self.onmessage = async ({ data: msg }) => {
+  if (msg.type === 'cancel') {
+    cancelled.add(msg.target);
+    return;
+  }
+  const post = (m, transfer = []) => self.postMessage({ id: msg.id, ...m }, transfer);
+  try {
+    let value;
+    if (msg.type === 'boot') value = await boot();
+    else if (msg.type === 'load') value = await load(msg, post);
+    else if (msg.type === 'generate') value = await generate(msg, post);
+    else throw new Error(`unknown message ${msg.type}`);
+    const transfer = value?.rgba ? [value.rgba.buffer, value.pixels.buffer] : [];
+    post({ type: 'done', value }, transfer);
+  } catch (e) {
+    const message = e?.message ?? String(e);
+    post({ type: 'error', message: cancelled.has(msg.id) ? 'cancelled' : message, cancelled: cancelled.has(msg.id) });
+  } finally {
+    cancelled.delete(msg.id);
+  }
+};

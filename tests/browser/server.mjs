@@ -1,0 +1,92 @@
+// A small static server for the browser tests (and for trying the page: `node server.mjs ../../www`).
+// Serves HEAD/GET with Range, announces the sha256 of *.safetensors as `X-Linked-Etag` like the
+// hub, logs every request, and injects faults on demand: drop the connection mid-file once,
+// serve a file with a corrupt header or corrupt data.
+import { createServer } from 'node:http';
+import { createHash } from 'node:crypto';
+import { readFile, stat } from 'node:fs/promises';
+import { extname, join, normalize, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const TYPES = {
+  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css',
+  '.json': 'application/json', '.webmanifest': 'application/manifest+json', '.wasm': 'application/wasm',
+  '.png': 'image/png', '.txt': 'text/plain; charset=utf-8',
+};
+export const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; img-src 'self' blob: data:; style-src 'self'; object-src 'none'; base-uri 'none'";
+
+export async function startServer(root, { port = 0 } = {}) {
+  root = resolve(root);
+  const log = [];
+  const faults = { dropOnce: new Set(), corrupt: new Map() }; // corrupt: path -> 'header' | 'data'
+  const shaCache = new Map();
+
+  const server = createServer(async (req, res) => {
+    const url = new URL(req.url, 'http://x');
+    const rel = decodeURIComponent(url.pathname).replace(/^\/+/, '') || 'index.html';
+    const entry = { method: req.method, path: rel, range: req.headers.range ?? null, status: 0 };
+    log.push(entry);
+    const reply = (status, headers = {}, body) => {
+      entry.status = status;
+      res.writeHead(status, headers);
+      res.end(body);
+    };
+    let file = normalize(join(root, rel));
+    if (!file.startsWith(root)) return reply(403);
+    try {
+      if ((await stat(file)).isDirectory()) file = join(file, 'index.html');
+      let bytes = await readFile(file);
+      const headers = {
+        'Content-Type': TYPES[extname(file)] ?? 'application/octet-stream',
+        'Accept-Ranges': 'bytes',
+        'Cache-Control': 'no-cache',
+        'Content-Security-Policy': CSP,
+      };
+      if (file.endsWith('.safetensors')) {
+        if (!shaCache.has(file)) shaCache.set(file, createHash('sha256').update(bytes).digest('hex'));
+        const mode = faults.corrupt.get(rel);
+        if (mode === 'header') {
+          bytes = Buffer.from(bytes);
+          bytes.fill(0x7b, 8, 40); // `{{{{...`: the JSON header no longer parses
+        } else if (mode === 'data') {
+          bytes = Buffer.from(bytes);
+          bytes[bytes.length - 3] ^= 0xff; // flip one weight byte: only the hash can tell
+        }
+        // Like the hub: the LFS sha256 of the real file (mismatching a corrupt body).
+        if (mode !== 'header') headers['X-Linked-Etag'] = `"${shaCache.get(file)}"`;
+      }
+      let start = 0, end = bytes.length - 1, status = 200;
+      const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+      if (m) {
+        start = Number(m[1]);
+        end = m[2] ? Math.min(Number(m[2]), end) : end;
+        if (start > end) return reply(416, { 'Content-Range': `bytes */${bytes.length}` });
+        status = 206;
+        headers['Content-Range'] = `bytes ${start}-${end}/${bytes.length}`;
+      }
+      headers['Content-Length'] = end - start + 1;
+      if (req.method === 'HEAD') return reply(status, headers);
+      entry.status = status;
+      const body = bytes.subarray(start, end + 1);
+      if (faults.dropOnce.delete(rel)) {
+        // Send the headers and half the body, then cut the connection.
+        entry.dropped = true;
+        res.writeHead(status, headers);
+        res.write(body.subarray(0, body.length >> 1), () => setTimeout(() => res.socket.destroy(), 50));
+        return;
+      }
+      res.writeHead(status, headers);
+      res.end(body);
+    } catch (e) {
+      reply(e.code === 'ENOENT' ? 404 : 500, { 'Content-Type': 'text/plain' }, e.code === 'ENOENT' ? 'not found' : String(e));
+    }
+  });
+  await new Promise((r) => server.listen(port, '127.0.0.1', r));
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  return { server, origin, log, faults, close: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }) };
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const s = await startServer(process.argv[2] ?? 'www', { port: Number(process.argv[3] ?? 8080) });
+  console.log(`serving ${process.argv[2] ?? 'www'} at ${s.origin}`);
+}

@@ -1,0 +1,374 @@
+// Real-browser tests: Debian chromium (SwiftShader WebGPU) driven by playwright-core, against
+// the built www/ (run ./build.sh first) served by server.mjs with fault injection.
+//   cd tests/browser && npm ci && node --test --test-concurrency=1 .
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { startServer } from './server.mjs';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const WWW = join(ROOT, 'www');
+const OUT = join(ROOT, 'tests/output');
+const TINY = join(ROOT, 'tests/fixtures/tiny-sd');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const BASE_ARGS = ['--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--no-first-run', '--disable-quic', '--no-sandbox'];
+/** Small IndexedDB chunks so the tiny model's files span several chunks. */
+const CHUNK = 256 * 1024;
+
+if (!existsSync(join(WWW, 'pkg/inkstone_core_bg.wasm'))) throw new Error('www/ is not built: run ./build.sh first');
+
+let srv, browser, userDirs = [];
+const MODEL = () => `${srv.origin}/models/tiny-sd/`;
+
+/** The tiny model's files, sizes and tensor counts, read directly from the fixture. */
+function fixtureFiles() {
+  const out = [];
+  const walk = (dir, rel = '') => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) walk(join(dir, e.name), r);
+      else out.push({ path: r, size: readFileSync(join(dir, e.name)).length });
+    }
+  };
+  walk(TINY);
+  return out;
+}
+function tensorCount(path) {
+  const b = readFileSync(join(TINY, path));
+  const n = Number(b.readBigUInt64LE(0));
+  return Object.keys(JSON.parse(b.subarray(8, 8 + n).toString())).filter((k) => k !== '__metadata__').length;
+}
+const sha256 = (b) => createHash('sha256').update(b).digest('hex');
+
+async function launch(webgpu = true) {
+  const dir = mkdtempSync(join(tmpdir(), 'inkstone-chromium-'));
+  userDirs.push(dir);
+  const args = webgpu ? [...BASE_ARGS, '--enable-unsafe-webgpu'] : BASE_ARGS;
+  return chromium.launchPersistentContext(dir, { executablePath: CHROMIUM, headless: true, args, viewport: { width: 1200, height: 900 } });
+}
+
+const logged = new WeakSet();
+async function openPage(context) {
+  const page = context.pages()[0] ?? (await context.newPage());
+  if (!logged.has(page)) logged.add(page), page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') console.log(`  [page ${m.type()}] ${m.text()}`); });
+  await page.goto(`${srv.origin}/index.html`);
+  await page.waitForFunction(() => ['ready', 'no-webgpu'].includes(document.body.dataset.state), null, { timeout: 60_000 });
+  return page;
+}
+
+/** Runs load() in the page; returns { info, progress } or { error }. */
+const loadIn = (page, url, chunkSize = CHUNK) => page.evaluate(async ({ url, chunkSize }) => {
+  const progress = [];
+  try {
+    const g = await window.inkstone.load(url, { chunkSize, onProgress: (p) => progress.push(p) });
+    window.lastGenerator?.dispose();
+    window.lastGenerator = g;
+    return { info: g.info, progress };
+  } catch (e) {
+    return { error: e.message, progress };
+  }
+}, { url, chunkSize });
+
+/** sha256 of the cached bytes of one file (read from IndexedDB in the page), with the chunk
+ *  count, or null when the file is not (completely) cached. */
+const cachedSha = (page, model, path) => page.evaluate(async ({ model, path }) => {
+  const store = await import('./pkg/store.js');
+  const meta = await store.getFile(model, path);
+  if (!meta?.complete) return null;
+  const parts = [];
+  for (let i = 0; i < meta.chunks; i++) parts.push(await store.getChunk(model, path, i));
+  const digest = await crypto.subtle.digest('SHA-256', await new Blob(parts).arrayBuffer());
+  return { chunks: meta.chunks, sha: [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, '0')).join('') };
+}, { model, path });
+
+const requests = (pred = () => true) => srv.log.filter(pred);
+
+before(async () => {
+  mkdirSync(OUT, { recursive: true });
+  srv = await startServer(WWW);
+  browser = await launch();
+});
+
+after(async () => {
+  await browser?.close();
+  await srv?.close();
+  for (const d of userDirs) rmSync(d, { recursive: true, force: true });
+});
+
+test('page loads and finds a WebGPU adapter', async () => {
+  const page = await openPage(browser);
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'ready');
+  const gpu = JSON.parse(await page.evaluate(() => document.body.dataset.gpu));
+  console.log('  adapter:', JSON.stringify(gpu));
+  assert.ok(gpu.maxBufferSize >= 128 * 2 ** 20, `maxBufferSize ${gpu.maxBufferSize}`);
+  assert.equal(typeof gpu.shaderF16, 'boolean');
+  assert.ok(gpu.adapter.length > 0, 'adapter named');
+  assert.match(await page.textContent('#gpu'), /^WebGPU: .*shader-f16 (yes|no)/);
+  await page.screenshot({ path: join(OUT, 'page.png'), fullPage: true });
+});
+
+test('load() downloads every file once with progress and caches it', async () => {
+  const page = await openPage(browser);
+  const before = srv.log.length;
+  const { info, progress, error } = await loadIn(page, MODEL());
+  assert.equal(error, undefined, error);
+  const files = fixtureFiles();
+  const gets = srv.log.slice(before).filter((r) => r.method === 'GET' && r.path.startsWith('models/tiny-sd/'));
+  for (const f of files) {
+    const n = gets.filter((r) => r.path === `models/tiny-sd/${f.path}` && r.range === null).length;
+    // model_index.json is read once to resolve the folder and once more into the cache.
+    assert.equal(n, f.path === 'model_index.json' ? 2 : 1, `${f.path} fetched ${n} times`);
+  }
+  assert.equal(info.files.length, files.length);
+  assert.equal(info.bytes, files.reduce((a, f) => a + f.size, 0));
+  assert.equal(info.cached, false);
+  // Tensors per component arrived in wasm (streamed through TensorStream) and match the files.
+  for (const c of ['text_encoder', 'unet', 'vae']) {
+    const path = files.find((f) => f.path.startsWith(`${c}/`) && f.path.endsWith('.safetensors')).path;
+    assert.equal(info.components[c], tensorCount(path), c);
+  }
+  const downloads = progress.filter((p) => p.phase === 'download');
+  const last = downloads.at(-1);
+  assert.equal(last.bytes, info.bytes, 'download progress reaches the total');
+  assert.equal(last.totalBytes, info.bytes);
+  assert.ok(downloads.length > files.length, `${downloads.length} progress events`);
+  assert.ok(downloads.every((p, i) => i === 0 || p.bytes >= downloads[i - 1].bytes), 'monotonic');
+  assert.equal(progress.at(-1).phase, 'ready');
+  // Cached, byte for byte, in several chunks.
+  const unet = 'unet/diffusion_pytorch_model.safetensors';
+  const cached = await cachedSha(page, MODEL(), unet);
+  assert.equal(cached.sha, sha256(readFileSync(join(TINY, unet))));
+  assert.ok(cached.chunks > 1, `${cached.chunks} chunks`);
+  const listed = await page.evaluate(() => window.inkstone.cachedModels());
+  const m = listed.find((x) => x.model === MODEL());
+  assert.ok(m?.complete, JSON.stringify(listed));
+  assert.equal(m.bytes, info.bytes);
+  // The page lists it with its size.
+  await page.click('#load').catch(() => {}); // also exercises the UI path (bundled preset = same URL)
+  await page.waitForFunction(() => document.body.dataset.state === 'loaded', null, { timeout: 60_000 });
+  assert.match(await page.textContent('#cached'), /Tiny demo model.*MB/);
+  assert.match(await page.textContent('#load-status'), /from the cache/);
+});
+
+test('a second load() makes no network request', async () => {
+  const page = await openPage(browser);
+  await page.waitForTimeout(300);
+  const before = srv.log.length;
+  const { info, error } = await loadIn(page, MODEL());
+  assert.equal(error, undefined, error);
+  assert.equal(info.cached, true);
+  // (The app shell may be revalidated; no model file, probe or weight is requested.)
+  assert.deepEqual(srv.log.slice(before).filter((r) => r.path.startsWith('models/')), [], 'model requests during a cached load');
+});
+
+test('offline: the app shell opens from the service worker and load() works from the cache', async () => {
+  const page = await openPage(browser);
+  await page.evaluate(async () => { await navigator.serviceWorker.ready; });
+  if (!(await page.evaluate(() => !!navigator.serviceWorker.controller))) await page.reload();
+  await page.waitForFunction(() => !!navigator.serviceWorker.controller, null, { timeout: 30_000 });
+  await browser.setOffline(true);
+  const before = srv.log.length;
+  try {
+    await page.reload();
+    await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 60_000 });
+    const { info, error } = await loadIn(page, MODEL());
+    assert.equal(error, undefined, error);
+    assert.equal(info.cached, true);
+    await page.screenshot({ path: join(OUT, 'offline.png'), fullPage: true });
+  } finally {
+    await browser.setOffline(false);
+  }
+  assert.deepEqual(srv.log.slice(before), [], 'requests while offline');
+});
+
+test('an interrupted download resumes with a Range request and the bytes are right', async () => {
+  const ctx = await launch();
+  try {
+    const page = await openPage(ctx);
+    const unet = 'models/tiny-sd/unet/diffusion_pytorch_model.safetensors';
+    srv.faults.dropOnce.add(unet);
+    const before = srv.log.length;
+    const { error, info, progress } = await loadIn(page, MODEL());
+    assert.equal(error, undefined, error);
+    const log = srv.log.slice(before).filter((r) => r.path === unet && r.method === 'GET');
+    assert.ok(log[0].dropped, JSON.stringify(log));
+    const ranged = log.filter((r) => r.range !== null);
+    assert.equal(ranged.length, 1, JSON.stringify(log));
+    const start = Number(/bytes=(\d+)-/.exec(ranged[0].range)[1]);
+    assert.ok(start > 0, `resumed at ${start}`);
+    assert.equal(ranged[0].status, 206);
+    assert.ok(progress.some((p) => /connection lost/.test(p.warning ?? '')));
+    const cached = await cachedSha(page, MODEL(), 'unet/diffusion_pytorch_model.safetensors');
+    assert.equal(cached?.sha, sha256(readFileSync(join(TINY, 'unet/diffusion_pytorch_model.safetensors'))));
+    assert.equal(info.components.unet, tensorCount('unet/diffusion_pytorch_model.safetensors'));
+  } finally {
+    await ctx.close();
+  }
+});
+
+test('a corrupt safetensors file is rejected, named, and not cached', async () => {
+  const ctx = await launch();
+  const vae = 'vae/diffusion_pytorch_model.safetensors';
+  try {
+    const page = await openPage(ctx);
+    // Broken header: rejected by the wasm header check.
+    srv.faults.corrupt.set(`models/tiny-sd/${vae}`, 'header');
+    let r = await loadIn(page, MODEL());
+    assert.match(r.error ?? '', new RegExp(vae.replace(/\./g, '\\.')));
+    assert.match(r.error, /not cached/);
+    assert.equal(await cachedSha(page, MODEL(), vae), null);
+    // Flipped weight byte: rejected by the sha256 the server announces.
+    srv.faults.corrupt.set(`models/tiny-sd/${vae}`, 'data');
+    r = await loadIn(page, MODEL());
+    assert.match(r.error ?? '', /vae\/diffusion_pytorch_model\.safetensors: sha256 [0-9a-f]{64} does not match/);
+    assert.equal(await cachedSha(page, MODEL(), vae), null);
+    // Fixed server: loads, and only the rejected file is downloaded again.
+    srv.faults.corrupt.clear();
+    const before = srv.log.length;
+    r = await loadIn(page, MODEL());
+    assert.equal(r.error, undefined, r.error);
+    const weights = srv.log.slice(before).filter((x) => x.method === 'GET' && x.path.endsWith('.safetensors')).map((x) => x.path);
+    assert.deepEqual(weights, [`models/tiny-sd/${vae}`]);
+  } finally {
+    srv.faults.corrupt.clear();
+    await ctx.close();
+  }
+});
+
+test('generate() says clearly when this build has no pipeline; with one, it generates with zero requests', async () => {
+  const page = await openPage(browser);
+  const { error } = await loadIn(page, MODEL());
+  assert.equal(error, undefined, error);
+  const gpu = JSON.parse(await page.evaluate(() => document.body.dataset.gpu));
+  const before = srv.log.length;
+  const r = await page.evaluate(async () => {
+    const steps = [];
+    try {
+      const out = await window.lastGenerator.generate({ prompt: 'a lighthouse', steps: 2, guidance: 0, seed: 7, width: 64, height: 64, onStep: (s, t) => steps.push([s, t]) });
+      return { out: { width: out.width, height: out.height, n: out.pixels.length, rgba: out.rgba.length,
+        min: Math.min(...out.pixels), max: Math.max(...out.pixels) }, steps };
+    } catch (e) {
+      return { error: e.message, steps };
+    }
+  });
+  if (!gpu.pipeline) {
+    assert.match(r.error ?? '', /generation is not built into this wasm yet/);
+    return;
+  }
+  assert.equal(r.error, undefined, r.error);
+  assert.deepEqual(r.steps, [[1, 2], [2, 2]]);
+  assert.deepEqual([r.out.width, r.out.height, r.out.n, r.out.rgba], [64, 64, 3 * 64 * 64, 4 * 64 * 64]);
+  assert.ok(r.out.min >= 0 && r.out.max <= 1 && r.out.max > r.out.min);
+  assert.deepEqual(srv.log.slice(before), [], 'requests during generation');
+  // Cancel after the first step: rejects with an AbortError.
+  const c = await page.evaluate(async () => {
+    const ac = new AbortController();
+    try {
+      await window.lastGenerator.generate({ prompt: 'x', steps: 4, seed: 1, width: 64, height: 64, signal: ac.signal, onStep: () => ac.abort() });
+      return 'finished';
+    } catch (e) {
+      return e.name;
+    }
+  });
+  assert.equal(c, 'AbortError');
+});
+
+test('a local folder picked in the page loads with no network', async () => {
+  const page = await openPage(browser);
+  await page.setInputFiles('#model-dir', TINY);
+  const before = srv.log.length;
+  await page.click('#load');
+  await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: 60_000 });
+  const text = await page.textContent('#load-status');
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', text);
+  assert.match(text, /Loaded local:tiny-sd/);
+  assert.deepEqual(srv.log.slice(before).filter((r) => r.path.startsWith('models/')), []);
+  await page.screenshot({ path: join(OUT, 'loaded-local.png'), fullPage: true });
+});
+
+test('a full storage quota gives a clear warning and the model still loads (uncached)', async () => {
+  const ctx = await launch();
+  try {
+    const page = await openPage(ctx);
+    const cdp = await ctx.newCDPSession(page);
+    // 1.5 MB: the text encoder (3.2 MB) cannot be stored.
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin: srv.origin, quotaSize: 1_500_000 });
+    const { info, error } = await loadIn(page, MODEL());
+    assert.equal(error, undefined, error);
+    assert.ok(info.warnings.some((w) => /Storage is full: .* not cached .*generation still works/.test(w)), JSON.stringify(info.warnings));
+    assert.equal(info.components.text_encoder, tensorCount('text_encoder/model.safetensors'));
+    assert.equal(info.components.unet, tensorCount('unet/diffusion_pytorch_model.safetensors'));
+    const listed = await page.evaluate(() => window.inkstone.cachedModels());
+    assert.ok(!listed.some((m) => m.model === MODEL() && m.complete), JSON.stringify(listed));
+  } finally {
+    await ctx.close();
+  }
+});
+
+/** A copy of the tiny model laid out like big hub repos: the UNet split into two shards with a
+ *  `diffusion_pytorch_model.safetensors.index.json`, the text encoder as `model.fp16.safetensors`. */
+function writeShardedModel(dir) {
+  rmSync(dir, { recursive: true, force: true });
+  cpSync(TINY, dir, { recursive: true });
+  const unet = join(dir, 'unet/diffusion_pytorch_model.safetensors');
+  const b = readFileSync(unet);
+  const n = Number(b.readBigUInt64LE(0));
+  const header = JSON.parse(b.subarray(8, 8 + n).toString());
+  const keys = Object.keys(header).filter((k) => k !== '__metadata__').sort();
+  const halves = [keys.slice(0, keys.length >> 1), keys.slice(keys.length >> 1)];
+  const weightMap = {};
+  halves.forEach((part, i) => {
+    const name = `diffusion_pytorch_model-0000${i + 1}-of-00002.safetensors`;
+    const h = {};
+    const data = [];
+    let off = 0;
+    for (const k of part) {
+      const [s, e] = header[k].data_offsets;
+      data.push(b.subarray(8 + n + s, 8 + n + e));
+      h[k] = { ...header[k], data_offsets: [off, off + e - s] };
+      off += e - s;
+      weightMap[k] = name;
+    }
+    let json = JSON.stringify(h);
+    json += ' '.repeat((8 - (json.length % 8)) % 8);
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    writeFileSync(join(dir, 'unet', name), Buffer.concat([len, Buffer.from(json), ...data]));
+  });
+  rmSync(unet);
+  writeFileSync(`${unet}.index.json`, JSON.stringify({ metadata: { total_size: b.length - 8 - n }, weight_map: weightMap }));
+  renameSync(join(dir, 'text_encoder/model.safetensors'), join(dir, 'text_encoder/model.fp16.safetensors'));
+}
+
+test('sharded (*.index.json) and .fp16 weight files are found and streamed', async () => {
+  writeShardedModel(join(WWW, 'models/tiny-sd-sharded'));
+  const page = await openPage(browser);
+  const { info, error } = await loadIn(page, `${srv.origin}/models/tiny-sd-sharded/`);
+  assert.equal(error, undefined, error);
+  const paths = info.files.map((f) => f.path);
+  for (const p of ['unet/diffusion_pytorch_model.safetensors.index.json', 'unet/diffusion_pytorch_model-00001-of-00002.safetensors',
+    'unet/diffusion_pytorch_model-00002-of-00002.safetensors', 'text_encoder/model.fp16.safetensors']) {
+    assert.ok(paths.includes(p), `${p} in ${paths}`);
+  }
+  assert.equal(info.components.unet, tensorCount('unet/diffusion_pytorch_model.safetensors'));
+  assert.equal(info.components.text_encoder, tensorCount('text_encoder/model.safetensors'));
+});
+
+test('without WebGPU the page says so', async () => {
+  const ctx = await launch(false);
+  try {
+    const page = await openPage(ctx);
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'no-webgpu');
+    assert.match(await page.textContent('#gpu'), /WebGPU/);
+    assert.equal(await page.isDisabled('#load'), true);
+    await page.screenshot({ path: join(OUT, 'no-webgpu.png') });
+  } finally {
+    await ctx.close();
+  }
+});

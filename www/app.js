@@ -1,0 +1,149 @@
+// The page: model picker + cache list, prompt form, progress, preview, result, gallery.
+// All model work happens in the package's worker (pkg/index.js); this file is only UI.
+import { load, gpuInfo, cachedModels, clearCache } from './pkg/index.js';
+
+const $ = (id) => document.getElementById(id);
+const HF = (repo) => `https://huggingface.co/${repo}/resolve/main/`;
+/** Sizes are approximate (the hub cannot be reached from where this was built). */
+const PRESETS = [
+  { name: 'Tiny demo model (bundled, random weights)', url: new URL('models/tiny-sd/', location.href).href,
+    note: 'About 6.6 MB, served with this page: works offline. Its weights are random, so images are noise.' },
+  { name: 'SDXS-512 0.9 (IDKiro/sdxs-512-0.9)', url: HF('IDKiro/sdxs-512-0.9'),
+    note: '≈1.3 GB (approximate). One-step 512×512; tiny VAE. Our main target.' },
+  { name: 'BK-SDM-Tiny (nota-ai/bk-sdm-tiny)', url: HF('nota-ai/bk-sdm-tiny'),
+    note: '≈2.1 GB (approximate). Distilled SD 1.4 U-Net, 25+ steps.' },
+  { name: 'SD-Turbo (stabilityai/sd-turbo)', url: HF('stabilityai/sd-turbo'),
+    note: '≈2.6 GB fp16 / 5.2 GB fp32 (approximate). OpenCLIP ViT-H text tower is fine, but the 0.87B U-Net is big for most browsers: not supported yet.' },
+  { name: 'Taiyi 1B Chinese (IDEA-CCNL/Taiyi-Stable-Diffusion-1B-Chinese-v0.1)', url: HF('IDEA-CCNL/Taiyi-Stable-Diffusion-1B-Chinese-v0.1'),
+    note: '≈4 GB (approximate). Chinese prompts (BERT text encoder); full-size SD 1.x U-Net: heavy, not supported yet.' },
+];
+
+let generator = null;
+let controller = null;
+const setState = (s) => { document.body.dataset.state = s; };
+const fmt = (n) => (n >= 1 << 30 ? `${(n / 2 ** 30).toFixed(2)} GB` : n >= 1 << 20 ? `${(n / 2 ** 20).toFixed(1)} MB` : `${(n / 1024).toFixed(0)} KB`);
+const status = (el, text, error = false) => { el.textContent = text; el.classList.toggle('error', error); };
+
+for (const [i, p] of PRESETS.entries()) $('preset').add(new Option(p.name, i));
+const showNote = () => { $('preset-note').textContent = PRESETS[$('preset').value].note; };
+$('preset').onchange = () => { $('model-url').value = ''; showNote(); };
+showNote();
+
+async function refreshCache() {
+  const list = await cachedModels().catch(() => []);
+  const ul = $('cached');
+  ul.replaceChildren();
+  if (!list.length) ul.append(Object.assign(document.createElement('li'), { textContent: 'none' }));
+  for (const m of list) {
+    const li = document.createElement('li');
+    const name = PRESETS.find((p) => p.url === m.model)?.name ?? m.model;
+    li.append(`${name}: ${fmt(m.bytes)}${m.complete ? '' : ' (partial)'}`);
+    const del = Object.assign(document.createElement('button'), { textContent: 'Delete', className: 'secondary' });
+    del.onclick = async () => { await clearCache(m.model); refreshCache(); };
+    li.append(del);
+    ul.append(li);
+  }
+}
+$('clear-cache').onclick = async () => { await clearCache(); refreshCache(); };
+
+async function loadModel() {
+  const files = $('model-dir').files;
+  const source = files?.length ? files : ($('model-url').value.trim() || PRESETS[$('preset').value].url);
+  generator?.dispose();
+  generator = null;
+  $('generate').disabled = true;
+  $('load').disabled = true;
+  const bar = $('load-progress');
+  bar.hidden = false;
+  setState('loading');
+  try {
+    generator = await load(source, {
+      onProgress: (p) => {
+        if (p.warning) console.warn(p.warning);
+        bar.max = p.totalBytes || 1;
+        bar.value = p.bytes;
+        const what = { resolve: 'Reading model_index.json', download: 'Downloading', upload: 'Uploading to the GPU', ready: 'Ready' }[p.phase];
+        status($('load-status'), `${what}${p.file ? ` ${p.file}` : ''}: ${fmt(p.bytes)} of ${fmt(p.totalBytes)}, file ${Math.min(p.files + 1, p.totalFiles)} of ${p.totalFiles}${p.warning ? ` (${p.warning})` : ''}`);
+      },
+    });
+    const i = generator.info;
+    status($('load-status'), `Loaded ${i.model} (${fmt(i.bytes)}, ${i.files.length} files${i.cached ? ', from the cache' : ''}).${i.warnings.length ? ' ' + i.warnings.join(' ') : ''}`);
+    $('generate').disabled = false;
+    setState('loaded');
+  } catch (e) {
+    status($('load-status'), e.message, true);
+    setState('load-error');
+  } finally {
+    $('load').disabled = false;
+    bar.hidden = true;
+    refreshCache();
+  }
+}
+$('load').onclick = loadModel;
+
+function draw({ width, height, rgba }) {
+  const c = $('canvas');
+  c.width = width;
+  c.height = height;
+  c.getContext('2d').putImageData(new ImageData(rgba, width, height), 0, 0);
+}
+
+$('randomize').onclick = () => { $('seed').value = Math.floor(Math.random() * 2 ** 32); };
+$('cancel').onclick = () => controller?.abort();
+$('generate').onclick = async () => {
+  controller = new AbortController();
+  $('generate').disabled = true;
+  $('cancel').disabled = false;
+  const size = Number($('size').value);
+  const bar = $('step-progress');
+  bar.hidden = false;
+  bar.value = 0;
+  setState('generating');
+  status($('gen-status'), 'Starting…');
+  try {
+    const out = await generator.generate({
+      prompt: $('prompt').value, negativePrompt: $('negative').value,
+      steps: Number($('steps').value), guidance: Number($('guidance').value), seed: Number($('seed').value),
+      width: size, height: size, signal: controller.signal,
+      onStep: (step, total, preview) => {
+        bar.max = total;
+        bar.value = step;
+        status($('gen-status'), `Step ${step} of ${total}`);
+        if (preview) draw(preview);
+      },
+    });
+    draw(out);
+    const blob = await new Promise((r) => $('canvas').toBlob(r, 'image/png'));
+    const url = URL.createObjectURL(blob);
+    Object.assign($('download'), { href: url, hidden: false, download: `inkstone-${out.seed}.png` });
+    $('gallery').prepend(Object.assign(document.createElement('img'), { src: url, alt: $('prompt').value, title: `seed ${out.seed}` }));
+    status($('gen-status'), `Done in ${(out.ms / 1000).toFixed(1)} s (seed ${out.seed}).`);
+    setState('generated');
+  } catch (e) {
+    status($('gen-status'), e.name === 'AbortError' ? 'Cancelled.' : e.message, e.name !== 'AbortError');
+    setState(e.name === 'AbortError' ? 'cancelled' : 'generate-error');
+  } finally {
+    $('generate').disabled = false;
+    $('cancel').disabled = true;
+    bar.hidden = true;
+  }
+};
+
+// For tests and the console.
+window.inkstone = { load, gpuInfo, cachedModels, clearCache, get generator() { return generator; } };
+
+(async () => {
+  if ('serviceWorker' in navigator) navigator.serviceWorker.register('sw.js').catch((e) => console.warn('service worker:', e));
+  refreshCache();
+  try {
+    const g = await gpuInfo();
+    $('gpu').textContent = `WebGPU: ${g.adapter || g.architecture || 'adapter'} (${g.backend}); shader-f16 ${g.shaderF16 ? 'yes' : 'no'}; max buffer ${fmt(g.maxBufferSize)}, max storage binding ${fmt(g.maxStorageBufferBindingSize)}`;
+    document.body.dataset.gpu = JSON.stringify(g);
+    setState('ready');
+  } catch (e) {
+    $('gpu').textContent = e.message;
+    $('gpu').classList.add('error');
+    $('load').disabled = true;
+    setState('no-webgpu');
+  }
+})();

@@ -1,0 +1,28 @@
+// Service worker: precaches the app shell (html, js, wasm) so the installed app opens offline.
+// Model files are not handled here: they live in IndexedDB (pkg/store.js), which load() reads
+// without any request once a model is cached.
+importScripts('./shell-list.js');
+const CACHE = `inkstone-shell-${self.SHELL_VERSION}`;
+
+self.addEventListener('install', (e) => {
+  e.waitUntil(caches.open(CACHE).then((c) => c.addAll(self.SHELL)).then(() => self.skipWaiting()));
+});
+
+self.addEventListener('activate', (e) => {
+  e.waitUntil((async () => {
+    for (const k of await caches.keys()) if (k.startsWith('inkstone-shell-') && k !== CACHE) await caches.delete(k);
+    await self.clients.claim();
+  })());
+});
+
+const SHELL_PATHS = new Set(self.SHELL.map((f) => new URL(f, self.location).pathname));
+
+self.addEventListener('fetch', (e) => {
+  const url = new URL(e.request.url);
+  // Cache first for the shell; everything else (models, range requests) is not intercepted.
+  if (e.request.method !== 'GET' || url.origin !== self.location.origin || !SHELL_PATHS.has(url.pathname)) return;
+  e.respondWith((async () => {
+    const hit = await caches.match(e.request, { cacheName: CACHE, ignoreSearch: true });
+    return hit ?? fetch(e.request);
+  })());
+});
