@@ -63,5 +63,6 @@ rm -rf www/pkg www/models
 mkdir -p www/pkg www/models
 cp pkg/*.js pkg/*.d.ts pkg/inkstone_core_bg.wasm pkg/package.json www/pkg/
 cp -r tests/fixtures/tiny-sd www/models/tiny-sd
+cp -r tests/fixtures/tiny-flow www/models/tiny-flow
 node www/make-shell-list.mjs
 echo "== built pkg/ and www/ (serve www/ over http, e.g. node tests/browser/server.mjs www)"

@@ -16,3 +16,19 @@ fi
 
 echo "== native tests (cargo test, CPU backend)"
 cargo test --locked --lib --bins --tests -- --nocapture 2>&1
+# The browser tests compare against this CLI build (the one `cargo test --bins` just made).
+cargo build --locked --bin inkstone
+export INKSTONE_BIN="$CARGO_TARGET_DIR/debug/inkstone"
+
+echo "== browser bundle (build.sh: wasm on WebGPU, pkg/, www/)"
+./build.sh
+
+echo "== browser tests (Debian chromium, WebGPU through SwiftShader, playwright-core)"
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+fi
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && npm test 2>&1)

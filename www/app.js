@@ -7,7 +7,9 @@ const HF = (repo) => `https://huggingface.co/${repo}/resolve/main/`;
 /** Sizes are approximate (the hub cannot be reached from where this was built). */
 const PRESETS = [
   { name: 'Tiny demo model (bundled, random weights)', url: new URL('models/tiny-sd/', location.href).href,
-    note: 'About 6.6 MB, served with this page: works offline. Its weights are random, so images are noise.' },
+    note: 'About 6.6 MB, served with this page: works offline. CLIP + KL decoder + Euler. Its weights are random, so images are noise.' },
+  { name: 'Tiny Chinese flow-matching demo (bundled, random weights)', url: new URL('models/tiny-flow/', location.href).href,
+    note: 'About 3.3 MB, served with this page: works offline. BERT-Chinese text tower + tiny decoder (live preview) + rectified flow, 28 steps. Random weights.' },
   { name: 'SDXS-512 0.9 (IDKiro/sdxs-512-0.9)', url: HF('IDKiro/sdxs-512-0.9'),
     note: '≈1.3 GB (approximate). One-step 512×512; tiny VAE. Our main target.' },
   { name: 'BK-SDM-Tiny (nota-ai/bk-sdm-tiny)', url: HF('nota-ai/bk-sdm-tiny'),

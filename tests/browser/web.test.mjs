@@ -4,6 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -241,42 +242,118 @@ test('a corrupt safetensors file is rejected, named, and not cached', async () =
   }
 });
 
-test('generate() says clearly when this build has no pipeline; with one, it generates with zero requests', async () => {
+test('generate() reports every step, makes zero requests, and cancels between steps', async () => {
   const page = await openPage(browser);
   const { error } = await loadIn(page, MODEL());
   assert.equal(error, undefined, error);
-  const gpu = JSON.parse(await page.evaluate(() => document.body.dataset.gpu));
   const before = srv.log.length;
   const r = await page.evaluate(async () => {
     const steps = [];
     try {
       const out = await window.lastGenerator.generate({ prompt: 'a lighthouse', steps: 2, guidance: 0, seed: 7, width: 64, height: 64, onStep: (s, t) => steps.push([s, t]) });
-      return { out: { width: out.width, height: out.height, n: out.pixels.length, rgba: out.rgba.length,
+      return { out: { width: out.width, height: out.height, n: out.pixels.length, rgba: out.rgba.length, seed: out.seed,
         min: Math.min(...out.pixels), max: Math.max(...out.pixels) }, steps };
     } catch (e) {
       return { error: e.message, steps };
     }
   });
-  if (!gpu.pipeline) {
-    assert.match(r.error ?? '', /generation is not built into this wasm yet/);
-    return;
-  }
   assert.equal(r.error, undefined, r.error);
   assert.deepEqual(r.steps, [[1, 2], [2, 2]]);
-  assert.deepEqual([r.out.width, r.out.height, r.out.n, r.out.rgba], [64, 64, 3 * 64 * 64, 4 * 64 * 64]);
+  assert.deepEqual([r.out.width, r.out.height, r.out.n, r.out.rgba, r.out.seed], [64, 64, 3 * 64 * 64, 4 * 64 * 64, 7]);
   assert.ok(r.out.min >= 0 && r.out.max <= 1 && r.out.max > r.out.min);
   assert.deepEqual(srv.log.slice(before), [], 'requests during generation');
-  // Cancel after the first step: rejects with an AbortError.
+  // Cancel after the first step: rejects promptly with an AbortError, and the next generate works.
   const c = await page.evaluate(async () => {
     const ac = new AbortController();
+    const t0 = performance.now();
+    let steps = 0;
     try {
-      await window.lastGenerator.generate({ prompt: 'x', steps: 4, seed: 1, width: 64, height: 64, signal: ac.signal, onStep: () => ac.abort() });
-      return 'finished';
+      await window.lastGenerator.generate({ prompt: 'x', steps: 6, seed: 1, width: 64, height: 64, signal: ac.signal, onStep: () => { steps++; ac.abort(); } });
+      return { name: 'finished' };
     } catch (e) {
-      return e.name;
+      const again = await window.lastGenerator.generate({ prompt: 'x', steps: 1, seed: 1, width: 64, height: 64 });
+      return { name: e.name, steps, ms: performance.now() - t0, again: again.pixels.length };
     }
   });
-  assert.equal(c, 'AbortError');
+  assert.equal(c.name, 'AbortError');
+  assert.equal(c.steps, 1, 'no step after the cancel');
+  assert.equal(c.again, 3 * 64 * 64);
+});
+
+/** A safetensors file read in node: f32 tensors by name and the JSON `note` metadata. */
+function readSafetensors(path) {
+  const b = readFileSync(path);
+  const n = Number(b.readBigUInt64LE(0));
+  const header = JSON.parse(b.subarray(8, 8 + n).toString());
+  const tensor = (key) => {
+    const { dtype, shape, data_offsets: [s, e] } = header[key];
+    assert.equal(dtype, 'F32', `${path}: ${key}`);
+    return { shape, data: new Float32Array(b.buffer.slice(b.byteOffset + 8 + n + s, b.byteOffset + 8 + n + e)) };
+  };
+  return { tensor, note: JSON.parse(header.__metadata__?.note ?? 'null') };
+}
+
+const maxAbs = (a, b) => {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+};
+
+/** The native CLI built by `cargo test` / `cargo build` (test.sh passes its path). */
+const INKSTONE_BIN = process.env.INKSTONE_BIN
+  ?? join(process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/inkstone-target'), 'debug/inkstone');
+
+for (const [model, refName] of [['tiny-sd', 'pipeline_sd'], ['tiny-flow', 'pipeline_flow']]) {
+  test(`${model}: browser pixels match the native CLI (and diffusers) from the same latents`, async () => {
+    const refPath = join(ROOT, `tests/fixtures/ref/${refName}.safetensors`);
+    const ref = readSafetensors(refPath);
+    const c = ref.note;
+    const outTensor = join(OUT, `native-${refName}.safetensors`);
+    assert.ok(existsSync(INKSTONE_BIN), `native CLI not built at ${INKSTONE_BIN} (run cargo build first)`);
+    execFileSync(INKSTONE_BIN, ['generate', '--model', join(ROOT, 'tests/fixtures', model), '--prompt', c.prompt,
+      '--negative-prompt', c.negative_prompt, '--steps', String(c.steps), '--guidance', String(c.guidance),
+      '--width', String(c.width), '--height', String(c.height), '--latents', refPath, '--out-tensor', outTensor], { stdio: 'pipe' });
+    const native = readSafetensors(outTensor).tensor('image').data;
+
+    const page = await openPage(browser);
+    const { error } = await loadIn(page, `${srv.origin}/models/${model}/`);
+    assert.equal(error, undefined, error);
+    const before = srv.log.length;
+    const out = await page.evaluate(async ({ c, latents }) => {
+      const previews = [];
+      const r = await window.lastGenerator.generate({ prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps,
+        guidance: c.guidance, width: c.width, height: c.height, seed: 0, latents: new Float32Array(latents),
+        onStep: (s, t, preview) => previews.push(preview ? preview.width : null) });
+      return { pixels: Array.from(r.pixels), previews };
+    }, { c, latents: Array.from(ref.tensor('latents').data) });
+    assert.deepEqual(srv.log.slice(before), [], 'requests during generation');
+    const vsNative = maxAbs(out.pixels, native);
+    const vsDiffusers = maxAbs(out.pixels, ref.tensor('image').data);
+    console.log(`  ${model}: browser vs native max abs ${vsNative.toExponential(3)}, vs diffusers ${vsDiffusers.toExponential(3)} (tolerance 1e-3)`);
+    assert.ok(vsNative <= 1e-3, `browser vs native: ${vsNative}`);
+    assert.ok(vsDiffusers <= 1e-3, `browser vs diffusers: ${vsDiffusers}`);
+    // The tiny decoder gives a preview at every step; the KL decoder none.
+    assert.equal(out.previews.length, c.steps);
+    assert.ok(out.previews.every((w) => (model === 'tiny-flow' ? w === c.width : w === null)), JSON.stringify(out.previews));
+  });
+}
+
+test('the page loads the bundled model, generates with the form and shows the result (screenshot)', async () => {
+  const page = await openPage(browser);
+  await page.click('#load');
+  await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: 60_000 });
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', await page.textContent('#load-status'));
+  await page.fill('#prompt', 'a photo of a cat');
+  await page.fill('#steps', '2');
+  await page.selectOption('#size', '256');
+  await page.click('#generate');
+  await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
+  const text = await page.textContent('#gen-status');
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'generated', text);
+  assert.match(text, /^Done in/);
+  assert.equal(await page.locator('#gallery img').count(), 1);
+  await page.screenshot({ path: join(OUT, 'generated.png'), fullPage: true });
 });
 
 test('a local folder picked in the page loads with no network', async () => {
