@@ -13,7 +13,15 @@ class Worker_ {
       const p = this.pending.get(data.id);
       if (!p) return;
       if (data.type === 'progress') p.onProgress?.(data.progress);
-      else if (data.type === 'step') p.onStep?.(data.step, data.total, data.preview);
+      else if (data.type === 'step') {
+        // The worker waits for this ack before its next step, so a cancel posted from inside
+        // onStep (messages keep their order) is always seen before that step starts.
+        try {
+          p.onStep?.(data.step, data.total, data.preview);
+        } finally {
+          this.worker.postMessage({ type: 'ack', target: data.id });
+        }
+      }
       else {
         this.pending.delete(data.id);
         if (data.type === 'done') p.resolve(data.value);

@@ -12,6 +12,8 @@ const DEFAULT_CHUNK = 16 << 20;
 let engine = null;
 let gpu = null;
 const cancelled = new Set();
+/** Generation id → resolver of the ack the page sends after each step. */
+const acks = new Map();
 
 async function boot() {
   if (engine) return gpu;
@@ -148,9 +150,10 @@ async function generate(msg, post) {
   const t0 = performance.now();
   const onStep = async (step, total, preview) => {
     const p = preview ? { width: preview.width, height: preview.height, rgba: toRgba(preview.pixels, preview.width, preview.height) } : null;
+    // Wait for the page's ack: any cancel it sent while handling this step arrives first.
+    const acked = new Promise((r) => acks.set(msg.id, r));
     post({ type: 'step', step, total, preview: p }, p ? [p.rgba.buffer] : []);
-    // Yield to the event loop so a cancel message can arrive before the next step.
-    await new Promise((r) => setTimeout(r, 0));
+    await acked;
   };
   const out = await engine.generate(msg.options, onStep, () => cancelled.has(msg.id));
   const rgba = toRgba(out.pixels, out.width, out.height);
@@ -160,6 +163,11 @@ async function generate(msg, post) {
 self.onmessage = async ({ data: msg }) => {
   if (msg.type === 'cancel') {
     cancelled.add(msg.target);
+    return;
+  }
+  if (msg.type === 'ack') {
+    acks.get(msg.target)?.();
+    acks.delete(msg.target);
     return;
   }
   const post = (m, transfer = []) => self.postMessage({ id: msg.id, ...m }, transfer);

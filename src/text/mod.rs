@@ -81,7 +81,9 @@ impl TextEncoder {
         match self {
             Self::Clip(m) => {
                 let mask = m.use_attention_mask.then_some(attention_mask);
-                m.forward(ids, mask).last_hidden_state
+                // Not `forward`: its pooled output reads the ids back to the host, which the
+                // browser cannot do synchronously, and the pipeline does not need it.
+                m.prompt_embeds(ids, mask, 0).expect("clip_skip 0 is always in range")
             }
             Self::Bert(m) => {
                 let mask = m.config.use_attention_mask.unwrap_or(false).then_some(attention_mask);
@@ -144,6 +146,7 @@ impl Activation {
 
 /// Additive attention bias `[batch or 1, 1, seq, seq]`: 0 where a query may see a key,
 /// `f32::MIN` (transformers' `finfo.min`) where the causal mask or a padding key hides it.
+/// Built on the device: the browser cannot read the mask back synchronously.
 pub(crate) fn attention_bias(
     batch: usize,
     seq: usize,
@@ -151,20 +154,23 @@ pub(crate) fn attention_bias(
     causal: bool,
     device: &Device,
 ) -> Tensor<4> {
-    let keys: Option<Vec<i64>> = attention_mask.map(|m| m.into_data().iter::<i64>().collect());
-    let rows = if keys.is_some() { batch } else { 1 };
-    let mut bias = vec![0f32; rows * seq * seq];
-    for b in 0..rows {
+    let mut bias = vec![0f32; seq * seq];
+    if causal {
         for q in 0..seq {
-            for k in 0..seq {
-                let padded = keys.as_ref().is_some_and(|m| m[b * seq + k] == 0);
-                if padded || (causal && k > q) {
-                    bias[(b * seq + q) * seq + k] = f32::MIN;
-                }
+            for k in q + 1..seq {
+                bias[q * seq + k] = f32::MIN;
             }
         }
     }
-    Tensor::from_data(TensorData::new(bias, [rows, 1, seq, seq]), device)
+    let bias = Tensor::<4>::from_data(TensorData::new(bias, [1, 1, seq, seq]), device);
+    match attention_mask {
+        None => bias,
+        Some(mask) => {
+            // min, not sum: a key both causal-masked and padded stays at f32::MIN, not -inf.
+            let padding = mask.equal_elem(0).float().mul_scalar(f32::MIN).reshape([batch, 1, 1, seq]);
+            bias.expand([batch, 1, seq, seq]).min_pair(padding.expand([batch, 1, seq, seq]))
+        }
+    }
 }
 
 /// softmax(q kᵀ / √d + bias) v over `[batch, seq, heads·d]` projections. Text sequences are
