@@ -14,20 +14,9 @@ use wasm_bindgen_futures::JsFuture;
 
 use super::State;
 use crate::error::Result;
+use crate::pipeline::GenerateOptions;
 use crate::source::MemorySource;
 use crate::weights::Weights;
-
-/// Generation options as the JS API names them (`generate({ prompt, negativePrompt, ... })`).
-pub struct Options {
-    pub prompt: String,
-    pub negative_prompt: String,
-    pub steps: Option<usize>,
-    pub guidance: Option<f32>,
-    pub seed: u64,
-    pub width: usize,
-    pub height: usize,
-    pub latents: Option<Vec<f32>>,
-}
 
 fn field(o: &JsValue, name: &str) -> JsValue {
     Reflect::get(o, &JsValue::from_str(name)).unwrap_or(JsValue::UNDEFINED)
@@ -41,7 +30,8 @@ fn opt_f64(o: &JsValue, name: &str) -> std::result::Result<Option<f64>, String> 
     v.as_f64().map(Some).ok_or_else(|| format!("generate(): `{name}` must be a number"))
 }
 
-pub fn options_from_js(o: &JsValue) -> std::result::Result<Options, String> {
+/// `generate({ prompt, negativePrompt, steps, guidance, seed, width, height, latents })`.
+pub fn options_from_js(o: &JsValue) -> std::result::Result<GenerateOptions, String> {
     let text = |name: &str| field(o, name).as_string().unwrap_or_default();
     let size = |name: &str| -> std::result::Result<usize, String> {
         let v = opt_f64(o, name)?.unwrap_or(512.0);
@@ -52,7 +42,7 @@ pub fn options_from_js(o: &JsValue) -> std::result::Result<Options, String> {
         Ok(v as usize)
     };
     let latents = field(o, "latents");
-    Ok(Options {
+    Ok(GenerateOptions {
         prompt: text("prompt"),
         negative_prompt: text("negativePrompt"),
         steps: opt_f64(o, "steps")?.map(|v| v as usize),
@@ -92,7 +82,7 @@ async fn call(f: &Function, args: &[JsValue]) -> std::result::Result<JsValue, Js
 
 mod wired {
     use super::*;
-    use crate::pipeline::{GenerateOptions, Pipeline};
+    use crate::pipeline::Pipeline;
 
     pub struct Loaded(pub Rc<Pipeline>);
 
@@ -104,22 +94,12 @@ mod wired {
 
     pub async fn run(
         state: Rc<RefCell<State>>,
-        o: Options,
+        opts: GenerateOptions,
         on_step: Function,
         is_cancelled: Function,
     ) -> std::result::Result<JsValue, JsError> {
         let pipeline =
             state.borrow().pipeline.as_ref().map(|l| l.0.clone()).ok_or_else(|| JsError::new("no model loaded"))?;
-        let opts = GenerateOptions {
-            prompt: o.prompt,
-            negative_prompt: o.negative_prompt,
-            steps: o.steps,
-            guidance: o.guidance,
-            seed: o.seed,
-            width: o.width,
-            height: o.height,
-            latents: o.latents,
-        };
         let mut generation = pipeline.start(&opts).map_err(|e| JsError::new(&e.to_string()))?;
         let total = generation.total_steps();
         let mut i = 0;

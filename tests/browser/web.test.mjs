@@ -183,7 +183,7 @@ test('a second load() makes no network request', async () => {
   assert.deepEqual(srv.log.slice(before).filter((r) => r.path.startsWith('models/')), [], 'model requests during a cached load');
 });
 
-test('offline: the app shell opens from the service worker and load() works from the cache', async () => {
+test('offline: the app shell opens from the service worker, load() works from the cache, and it generates', async () => {
   const page = await openPage(browser);
   await page.evaluate(async () => { await navigator.serviceWorker.ready; });
   if (!(await page.evaluate(() => !!navigator.serviceWorker.controller))) await page.reload();
@@ -196,6 +196,8 @@ test('offline: the app shell opens from the service worker and load() works from
     const { info, error } = await loadIn(page, MODEL());
     assert.equal(error, undefined, error);
     assert.equal(info.cached, true);
+    const n = await page.evaluate(async () => (await window.lastGenerator.generate({ prompt: 'offline', steps: 1, seed: 3, width: 64, height: 64 })).pixels.length);
+    assert.equal(n, 3 * 64 * 64);
     await page.screenshot({ path: join(OUT, 'offline.png'), fullPage: true });
   } finally {
     await browser.setOffline(false);
