@@ -71,6 +71,7 @@ async function loadModel() {
     const i = generator.info;
     status($('load-status'), `Loaded ${i.model} (${fmt(i.bytes)}, ${i.files.length} files${i.cached ? ', from the cache' : ''}).${i.warnings.length ? ' ' + i.warnings.join(' ') : ''}`);
     $('generate').disabled = false;
+    await refreshCache();
     setState('loaded');
   } catch (e) {
     status($('load-status'), e.message, true);
