@@ -14,7 +14,7 @@ const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 test('npm pack tarball installs and works from a plain HTML page', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'inkstone-pack-'));
-  let srv, ctx;
+  let srv, ctx, user;
   try {
     execFileSync('npm', ['pack', join(ROOT, 'pkg'), '--pack-destination', dir], { stdio: 'pipe' });
     const tgz = readdirSync(dir).find((f) => /^inkstone-.*\.tgz$/.test(f));
@@ -34,7 +34,7 @@ test('npm pack tarball installs and works from a plain HTML page', async () => {
         (g) => { document.body.dataset.result = JSON.stringify(g.info.components); },
         (e) => { document.body.dataset.result = 'error: ' + e.message; });`);
     srv = await startServer(app);
-    const user = mkdtempSync(join(tmpdir(), 'inkstone-chromium-'));
+    user = mkdtempSync(join(tmpdir(), 'inkstone-chromium-'));
     ctx = await chromium.launchPersistentContext(user, { executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true,
       args: ['--enable-unsafe-webgpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-quic', '--no-sandbox'] });
     const page = await ctx.newPage();
@@ -43,10 +43,10 @@ test('npm pack tarball installs and works from a plain HTML page', async () => {
     const result = await page.evaluate(() => document.body.dataset.result);
     assert.doesNotMatch(result, /^error/, result);
     assert.deepEqual(Object.keys(JSON.parse(result)).sort(), ['text_encoder', 'unet', 'vae']);
-    rmSync(user, { recursive: true, force: true });
   } finally {
+    // Chromium writes its caches until the context is closed: close it before removing them.
     await ctx?.close();
     await srv?.close();
-    rmSync(dir, { recursive: true, force: true });
+    for (const d of [user, dir]) if (d) rmSync(d, { recursive: true, force: true, maxRetries: 5 });
   }
 });

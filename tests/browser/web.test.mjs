@@ -120,7 +120,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   await srv?.close();
-  for (const d of userDirs) rmSync(d, { recursive: true, force: true });
+  for (const d of userDirs) rmSync(d, { recursive: true, force: true, maxRetries: 5 });
 });
 
 test('page loads and finds a WebGPU adapter', async () => {
