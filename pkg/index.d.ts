@@ -35,6 +35,8 @@ export interface ModelFile {
 export interface LoadInfo {
   model: string;
   gpu: GpuInfo;
+  /** The float type the model runs in on this GPU. */
+  dtype: 'f16' | 'f32';
   /** True when every file came from the cache (no network request). */
   cached: boolean;
   warnings: string[];
@@ -50,6 +52,10 @@ export interface LoadOptions {
   chunkSize?: number;
   /** Where worker.js is served, if not next to this module. */
   workerUrl?: string | URL;
+  /** Float type of weights and activations. `'auto'` (default): f16 when the adapter has
+   *  `shader-f16` (half the GPU memory), else f32. `'f16'` on an adapter without it rejects
+   *  before anything is downloaded. */
+  dtype?: 'auto' | 'f16' | 'f32';
 }
 
 export interface Preview {

@@ -49,7 +49,7 @@ class Worker_ {
 export class Generator {
   constructor(w, info) {
     this._w = w;
-    /** `{ model, gpu, cached, warnings, files, components, bytes }` */
+    /** `{ model, gpu, dtype, cached, warnings, files, components, bytes }` */
     this.info = info;
   }
 
@@ -77,9 +77,9 @@ export class Generator {
  * uploads it to the GPU. `source`: base URL of the folder (a hub `.../resolve/main/` URL works)
  * or the File list of `<input type=file webkitdirectory>`.
  */
-export async function load(source, { onProgress, chunkSize, workerUrl } = {}) {
+export async function load(source, { onProgress, chunkSize, workerUrl, dtype = 'auto' } = {}) {
   const w = new Worker_(workerUrl);
-  const msg = { type: 'load', chunkSize };
+  const msg = { type: 'load', chunkSize, dtype };
   if (typeof source === 'string' || source instanceof URL) {
     msg.url = String(source);
     msg.base = globalThis.location?.href;

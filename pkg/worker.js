@@ -43,6 +43,8 @@ async function checkWeights(path, held) {
 
 async function load(msg, post) {
   const info = await boot();
+  // Checked before any download: f16 on a GPU without shader-f16 fails here, not after 1 GB.
+  const dtype = engine.resolveDtype(msg.dtype ?? 'auto');
   const chunkSize = msg.chunkSize ?? DEFAULT_CHUNK;
   const progress = { phase: 'resolve', bytes: 0, totalBytes: 0, files: 0, totalFiles: 0, file: null };
   const report = (extra) => post({ type: 'progress', progress: { ...progress, ...extra } });
@@ -93,7 +95,7 @@ async function load(msg, post) {
   }
 
   // Upload: small files whole, weights streamed tensor by tensor.
-  engine.reset(model);
+  engine.reset(model, dtype);
   progress.phase = 'upload';
   progress.bytes = 0;
   progress.files = 0;
@@ -128,7 +130,7 @@ async function load(msg, post) {
   }
   const summary = JSON.parse(engine.build());
   report({ phase: 'ready', file: null });
-  return { model, gpu: info, cached, warnings, files: list, components: summary.components,
+  return { model, gpu: info, dtype: summary.dtype, cached, warnings, files: list, components: summary.components,
     bytes: list.reduce((a, f) => a + Math.max(f.size, 0), 0) };
 }
 

@@ -11,14 +11,14 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::{ModelIndex, SchedulerConfig, UNet2DConditionConfig, from_json};
 use crate::error::{Error, Result};
 use crate::schedulers::Scheduler;
-use crate::source::{MemorySource, ModelSource};
+use crate::source::{MemorySource, ModelSource, WithDtype};
 use crate::weights::Weights;
 use crate::text::{PromptTokenizer, TextEncoder};
 use crate::unet::{UNet2DConditionModel, guidance_scale_embedding};
@@ -63,13 +63,30 @@ pub struct Pipeline {
     pub decoder: Decoder,
     pub scheduler_config: SchedulerConfig,
     device: Device,
+    dtype: DType,
 }
 
 const PIPELINES: [&str; 1] = ["StableDiffusionPipeline"];
 
 impl Pipeline {
-    /// Loads every component named by `model_index.json`, validating configs and weight coverage.
+    /// Loads every component named by `model_index.json` in f32, validating configs and
+    /// weight coverage.
     pub fn load(src: &dyn ModelSource, device: &Device) -> Result<Self> {
+        Self::load_with_dtype(src, device, DType::F32)
+    }
+
+    /// [`Pipeline::load`] with the weights and activations of every component in `dtype`: F32,
+    /// or F16 on devices that compute in half precision (WebGPU `shader-f16`), which halves
+    /// the memory. Latents, the sampler and the attention softmax of text towers stay in f32;
+    /// norms compute their statistics in f32.
+    pub fn load_with_dtype(src: &dyn ModelSource, device: &Device, dtype: DType) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::F16) {
+            return Err(Error::InvalidArgument(format!("dtype {dtype:?}: expected F32 or F16")));
+        }
+        if !device.supports_dtype(dtype) {
+            return Err(Error::InvalidArgument(format!("this device cannot compute in {dtype:?}")));
+        }
+        let src = &WithDtype { inner: src, dtype };
         let index = ModelIndex::from_json(&src.read("model_index.json")?)?;
         if !PIPELINES.contains(&index.class_name.as_str()) {
             return Err(Error::UnsupportedConfig {
@@ -87,19 +104,29 @@ impl Pipeline {
         let unet = load_unet(src, device)?;
         let decoder = Decoder::load(src, "vae", device)?;
         let scheduler_config = SchedulerConfig::from_json(&src.read("scheduler/scheduler_config.json")?)?;
-        Ok(Self { index, tokenizer, text_encoder, unet, decoder, scheduler_config, device: device.clone() })
+        Ok(Self { index, tokenizer, text_encoder, unet, decoder, scheduler_config, device: device.clone(), dtype })
     }
 
     /// The browser's way in: configs and tokenizer files in `files`, and the weights of each
-    /// component already on the device (streamed tensor by tensor, never a whole file in the
-    /// wasm heap).
-    pub fn from_parts(files: &MemorySource, weights: BTreeMap<String, Weights>, device: &Device) -> Result<Self> {
+    /// component already on the device in `dtype` (streamed tensor by tensor, never a whole
+    /// file in the wasm heap).
+    pub fn from_parts(
+        files: &MemorySource,
+        weights: BTreeMap<String, Weights>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let src = Prepared { files, weights: RefCell::new(weights) };
-        Self::load(&src, device)
+        Self::load_with_dtype(&src, device, dtype)
     }
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The float dtype of the weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// (width, height) diffusers uses when none is given: `unet.sample_size × scale factor`.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use burn::tensor::Device;
+use burn::tensor::{DType, Device};
 
 use crate::error::{Error, Result};
 use crate::weights::{SafetensorsFile, Weights};
@@ -39,6 +39,52 @@ pub trait ModelSource {
     /// the browser overrides this to hand over tensors it already streamed to the GPU.
     fn weights(&self, component: &str, device: &Device) -> Result<Weights> {
         load_weights(self, component, device)
+    }
+
+    /// The float dtype the components' weights are created in.
+    fn dtype(&self) -> DType {
+        DType::F32
+    }
+}
+
+/// `inner` with its components' weights created in `dtype` (F16 for half-precision GPUs):
+/// stored tensors are converted once, at load, straight from their stored type.
+pub struct WithDtype<'a> {
+    pub inner: &'a dyn ModelSource,
+    pub dtype: DType,
+}
+
+impl ModelSource for WithDtype<'_> {
+    fn read(&self, path: &str) -> Result<Arc<[u8]>> {
+        self.inner.read(path)
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.inner.exists(path)
+    }
+
+    fn list(&self, dir: &str) -> Vec<String> {
+        self.inner.list(dir)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn read_range(&self, path: &str, start: u64, len: u64) -> Result<Vec<u8>> {
+        self.inner.read_range(path, start, len)
+    }
+
+    fn size(&self, path: &str) -> Result<u64> {
+        self.inner.size(path)
+    }
+
+    fn weights(&self, component: &str, device: &Device) -> Result<Weights> {
+        Ok(self.inner.weights(component, device)?.with_dtype(self.dtype))
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
     }
 }
 

@@ -226,6 +226,28 @@ pub fn to_f32(file: &str, key: &str, dtype: StoredDtype, raw: &[u8]) -> Result<V
     })
 }
 
+/// Converts stored bytes to f16 values (F16 is copied as is; F32 and BF16 are rounded), for
+/// GPUs that compute in half precision: half the upload and half the memory of f32.
+pub fn to_f16(file: &str, key: &str, dtype: StoredDtype, raw: &[u8]) -> Result<Vec<half::f16>> {
+    let words = |n: usize| raw.chunks_exact(n);
+    Ok(match dtype {
+        StoredDtype::F16 => words(2).map(|b| half::f16::from_le_bytes(b.try_into().unwrap())).collect(),
+        StoredDtype::BF16 => words(2)
+            .map(|b| half::f16::from_f32(half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32()))
+            .collect(),
+        other => to_f32(file, key, other, raw)?.into_iter().map(half::f16::from_f32).collect(),
+    })
+}
+
+/// Stored bytes → host tensor data of `shape` in the working float type `dtype` (F32 or F16),
+/// converted straight from the stored type (an F16 file read for an F16 model is never widened).
+pub fn tensor_data(file: &str, key: &str, stored: StoredDtype, raw: &[u8], shape: Vec<usize>, dtype: DType) -> Result<TensorData> {
+    Ok(match dtype {
+        DType::F16 => TensorData::new(to_f16(file, key, stored, raw)?, shape),
+        _ => TensorData::new(to_f32(file, key, stored, raw)?, shape),
+    })
+}
+
 /// All weight files of one component (one file, or the shards of an `*.index.json`), with the
 /// keys used so far, so that leftovers can be reported.
 pub struct Weights {
@@ -328,6 +350,11 @@ impl Weights {
         &self.device
     }
 
+    /// The float dtype of the tensors this component hands out.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Makes keys reachable without `prefix` (e.g. `text_model.`): hub CLIP checkpoints carry
     /// it, transformers 5 `save_pretrained` drops it. Keys lacking the prefix stay as they are.
     pub fn strip_prefix(mut self, prefix: &str) -> Self {
@@ -382,7 +409,8 @@ impl Weights {
                 });
             }
             self.used.borrow_mut().insert(key.to_string());
-            return Ok(t.clone().reshape(shape));
+            // A no-op when uploaded in the working dtype (the browser uploads in it).
+            return Ok(t.clone().reshape(shape).cast(self.dtype));
         }
         let file = &self.files[*i];
         let info = &file.header.tensors[stored];
@@ -394,9 +422,8 @@ impl Weights {
                 found: info.shape.clone(),
             });
         }
-        let values = to_f32(&file.name, key, info.dtype, file.raw(info))?;
+        let data = tensor_data(&file.name, key, info.dtype, file.raw(info), shape.to_vec(), self.dtype)?;
         self.used.borrow_mut().insert(key.to_string());
-        let data = TensorData::new(values, shape);
         Ok(Tensor::from_data(data, (&self.device, self.dtype)))
     }
 

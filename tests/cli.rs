@@ -52,6 +52,28 @@ fn generate_from_latents_matches_diffusers_and_writes_png_and_tensor() {
     assert_eq!((info.color_type, info.bit_depth), (png::ColorType::Rgb, png::BitDepth::Eight));
 }
 
+/// `--dtype f16`: the whole model in half precision, within 1e-2 of diffusers' f32 image.
+#[test]
+fn generate_in_f16_stays_close_to_diffusers_f32() {
+    let model = fixture("tiny-flow");
+    let case = fixture("ref/pipeline_flow.safetensors");
+    let tensor = tmp("flow-f16.safetensors");
+    let note = reference("pipeline_flow").note();
+    let o = inkstone(&[
+        "generate", "--model", s(&model), "--prompt", note["prompt"].as_str().unwrap(),
+        "--negative-prompt", note["negative_prompt"].as_str().unwrap(),
+        "--steps", &note["steps"].to_string(), "--guidance", &note["guidance"].to_string(),
+        "--latents", s(&case), "--out-tensor", s(&tensor), "--dtype", "f16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(F16)"), "{}", stderr(&o));
+    let file = SafetensorsFile::from_bytes("out", std::fs::read(&tensor).unwrap()).unwrap();
+    let info = &file.header.tensors["image"];
+    let values = to_f32("out", "image", info.dtype, file.raw(info)).unwrap();
+    let got = Tensor::<4>::from_data(TensorData::new(values, [1, 3, 48, 64]), &device());
+    assert_close("cli image (f16)", got, reference("pipeline_flow").tensor::<4>("image"), 1e-2);
+}
+
 #[test]
 fn same_seed_gives_the_same_png() {
     let model = fixture("tiny-sd");

@@ -60,6 +60,7 @@ async function loadModel() {
   setState('loading');
   try {
     generator = await load(source, {
+      dtype: $('dtype').value,
       onProgress: (p) => {
         if (p.warning) console.warn(p.warning);
         bar.max = p.totalBytes || 1;
@@ -69,7 +70,7 @@ async function loadModel() {
       },
     });
     const i = generator.info;
-    status($('load-status'), `Loaded ${i.model} (${fmt(i.bytes)}, ${i.files.length} files${i.cached ? ', from the cache' : ''}).${i.warnings.length ? ' ' + i.warnings.join(' ') : ''}`);
+    status($('load-status'), `Loaded ${i.model} (${fmt(i.bytes)}, ${i.files.length} files${i.cached ? ', from the cache' : ''}; running in ${i.dtype}).${i.warnings.length ? ' ' + i.warnings.join(' ') : ''}`);
     $('generate').disabled = false;
     await refreshCache();
     setState('loaded');

@@ -3,7 +3,7 @@
 //! ```text
 //! inkstone generate --model DIR --prompt TEXT [--negative-prompt TEXT] [--steps N] [--guidance G]
 //!                   [--seed S] [--width W] [--height H] [--latents FILE] [--out FILE.png]
-//!                   [--out-tensor FILE.safetensors]
+//!                   [--out-tensor FILE.safetensors] [--dtype f32|f16]
 //! inkstone info --model DIR
 //! ```
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use burn::tensor::Device;
+use burn::tensor::{DType, Device};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use inkstone::pipeline::{GenerateOptions, Pipeline};
@@ -72,6 +72,16 @@ struct GenerateArgs {
     /// Writes tensor `image` (f32, [1, 3, H, W], values in [0, 1]) like diffusers' output_type="pt".
     #[arg(long)]
     out_tensor: Option<PathBuf>,
+    /// Float type of weights and activations: f16 halves the memory (the browser's choice on
+    /// GPUs with shader-f16); latents and the sampler stay f32.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    dtype: Precision,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Precision {
+    F32,
+    F16,
 }
 
 fn main() -> ExitCode {
@@ -101,8 +111,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let device = device();
     let src = DirSource::new(&args.model)?;
     let t0 = Instant::now();
-    let pipe = Pipeline::load(&src, &device)?;
-    eprintln!("loaded {} in {:.1}s", args.model.display(), t0.elapsed().as_secs_f64());
+    let dtype = match args.dtype {
+        Precision::F32 => DType::F32,
+        Precision::F16 => DType::F16,
+    };
+    let pipe = Pipeline::load_with_dtype(&src, &device, dtype)?;
+    eprintln!("loaded {} ({dtype:?}) in {:.1}s", args.model.display(), t0.elapsed().as_secs_f64());
 
     let f = pipe.decoder.scale_factor();
     let latents = args.latents.as_deref().map(read_latents).transpose()?;

@@ -7,7 +7,7 @@ pub mod clip;
 pub mod tokenizer;
 
 use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 pub use bert::{BertModel, BertOutput};
 pub use clip::{ClipTextModel, ClipTextOutput};
@@ -162,23 +162,25 @@ pub(crate) fn attention_bias(
             }
         }
     }
-    let bias = Tensor::<4>::from_data(TensorData::new(bias, [1, 1, seq, seq]), device);
+    let bias = Tensor::<4>::from_data(TensorData::new(bias, [1, 1, seq, seq]), (device, DType::F32));
     match attention_mask {
         None => bias,
         Some(mask) => {
             // min, not sum: a key both causal-masked and padded stays at f32::MIN, not -inf.
-            let padding = mask.equal_elem(0).float().mul_scalar(f32::MIN).reshape([batch, 1, 1, seq]);
+            let padding = mask.equal_elem(0).float().cast(DType::F32).mul_scalar(f32::MIN).reshape([batch, 1, 1, seq]);
             bias.expand([batch, 1, seq, seq]).min_pair(padding.expand([batch, 1, seq, seq]))
         }
     }
 }
 
 /// softmax(q kᵀ / √d + bias) v over `[batch, seq, heads·d]` projections. Text sequences are
-/// short (77–512 tokens), so the whole score matrix is formed at once.
+/// short (77–512 tokens), so the whole score matrix is formed at once. The bias and softmax are
+/// in f32 whatever the model's dtype: the f32 bias minimum has no f16 counterpart.
 pub(crate) fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, bias: &Tensor<4>) -> Tensor<3> {
     let [batch, seq, hidden] = q.dims();
+    let dtype = q.dtype();
     let d = hidden / heads;
     let split = |x: Tensor<3>| x.reshape([batch, seq, heads, d]).swap_dims(1, 2);
-    let scores = split(q).matmul(split(k).swap_dims(2, 3)) * (1.0 / (d as f64).sqrt()) + bias.clone();
-    softmax(scores, 3).matmul(split(v)).swap_dims(1, 2).reshape([batch, seq, hidden])
+    let scores = split(q).matmul(split(k).swap_dims(2, 3)).cast(DType::F32) * (1.0 / (d as f64).sqrt()) + bias.clone();
+    softmax(scores, 3).cast(dtype).matmul(split(v)).swap_dims(1, 2).reshape([batch, seq, hidden])
 }

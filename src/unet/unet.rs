@@ -2,7 +2,7 @@
 //! Every structural choice comes from the config (levels, block kinds, heads, layers per
 //! block, mid block or none, projection kind, time-condition input); `load` validates it first.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use burn::tensor::activation::silu;
 
 use super::attention::TransformerConfig;
@@ -145,10 +145,13 @@ impl UNet2DConditionModel {
     ) -> Tensor<4> {
         let [b, _, h, w] = sample.dims();
         let timesteps = if timesteps.dims()[0] == 1 && b > 1 { timesteps.repeat_dim(0, b) } else { timesteps };
-        let dtype = sample.dtype();
+        // Inputs are cast to the weights' dtype (f16 on half-precision GPUs) and the result
+        // back to the caller's: the sampler keeps its latents in f32 either way.
+        let (out_dtype, dtype) = (sample.dtype(), self.dtype());
+        let sample = sample.cast(dtype);
         let t_emb = self.time_proj.forward(timesteps).cast(dtype);
-        let temb = self.time_embedding.forward(t_emb, timestep_cond);
-        let context = &encoder_hidden_states;
+        let temb = self.time_embedding.forward(t_emb, timestep_cond.map(|c| c.cast(dtype)));
+        let context = &encoder_hidden_states.cast(dtype);
 
         let sample = if self.config.center_input_sample { sample * 2.0 - 1.0 } else { sample };
         let mut x = self.conv_in.forward(sample);
@@ -174,6 +177,11 @@ impl UNet2DConditionModel {
             };
             x = block.forward(x, &temb, context, &mut skips, size);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x))).cast(out_dtype)
+    }
+
+    /// The float dtype the weights were loaded in.
+    pub fn dtype(&self) -> DType {
+        self.conv_in.weight.dtype()
     }
 }

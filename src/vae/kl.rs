@@ -2,13 +2,13 @@
 //! blocks `DownEncoderBlock2D`, `UpDecoderBlock2D`, `UNetMidBlock2D` (`unets/unet_2d_blocks.py`)
 //! and the mid-block's single-head spatial self-attention.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use burn::tensor::activation::silu;
 use burn::tensor::ops::PadMode;
 
 use crate::config::AutoencoderKLConfig;
 use crate::error::{Error, Result};
-use crate::nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, scaled_dot_product_attention};
+use crate::nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, in_dtype, scaled_dot_product_attention};
 use crate::unet::resnet::{ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::weights::{VarBuilder, Weights};
 
@@ -291,6 +291,8 @@ pub struct AutoencoderKL {
     quant_conv: Option<Conv2d>,
     post_quant_conv: Option<Conv2d>,
     pub decoder: Decoder,
+    /// The weights' float dtype; inputs are cast to it and results back.
+    pub dtype: DType,
 }
 
 impl AutoencoderKL {
@@ -316,25 +318,30 @@ impl AutoencoderKL {
         let post_quant_conv = if config.use_post_quant_conv { Some(quant("post_quant_conv", latent)?) } else { None };
         let decoder = Decoder::load(&vb.pp("decoder"), &config)?;
         weights.finish()?;
-        Ok(Self { config, encoder, quant_conv, post_quant_conv, decoder })
+        Ok(Self { config, encoder, quant_conv, post_quant_conv, decoder, dtype: weights.dtype() })
     }
 
     /// diffusers `decode(z).sample`.
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
-        let z = match &self.post_quant_conv {
-            Some(conv) => conv.forward(z),
-            None => z,
-        };
-        self.decoder.forward(z)
+        in_dtype(z, self.dtype, |z| {
+            let z = match &self.post_quant_conv {
+                Some(conv) => conv.forward(z),
+                None => z,
+            };
+            self.decoder.forward(z)
+        })
     }
 
     /// diffusers `encode(image).latent_dist`; `None` without encoder weights.
     pub fn encode(&self, image: Tensor<4>) -> Option<DiagonalGaussian> {
-        let moments = self.encoder.as_ref()?.forward(image);
-        let moments = match &self.quant_conv {
-            Some(conv) => conv.forward(moments),
-            None => moments,
-        };
+        let encoder = self.encoder.as_ref()?;
+        let moments = in_dtype(image, self.dtype, |x| {
+            let moments = encoder.forward(x);
+            match &self.quant_conv {
+                Some(conv) => conv.forward(moments),
+                None => moments,
+            }
+        });
         Some(DiagonalGaussian::from_moments(moments))
     }
 }

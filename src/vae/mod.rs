@@ -107,7 +107,7 @@ impl Decoder {
     pub fn load_original_taesd(src: &dyn ModelSource, dir: &str, decoder_file: &str, device: &Device) -> Result<Self> {
         let weights = |file: &str| -> Result<Weights> {
             let path = join(dir, file);
-            Weights::new(vec![SafetensorsFile::from_bytes(&path, src.read(&path)?)?], device)
+            Ok(Weights::new(vec![SafetensorsFile::from_bytes(&path, src.read(&path)?)?], device)?.with_dtype(src.dtype()))
         };
         let encoder_file = decoder_file.replace("_decoder.", "_encoder.");
         let encoder = if src.exists(&join(dir, &encoder_file)) { Some(weights(&encoder_file)?) } else { None };

@@ -6,14 +6,14 @@
 //! index too. The original TAESD checkpoints are the same sequential with a leading clamp layer,
 //! which [`load_original`] maps onto this layout.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use burn::tensor::activation::relu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::config::AutoencoderTinyConfig;
 use crate::error::{Error, Result};
-use crate::nn::{Conv2d, Conv2dConfig};
+use crate::nn::{Conv2d, Conv2dConfig, in_dtype};
 use crate::weights::{VarBuilder, Weights};
 
 const CONFIG_FILE: &str = "vae/config.json";
@@ -192,6 +192,8 @@ pub struct AutoencoderTiny {
     pub config: AutoencoderTinyConfig,
     pub encoder: Option<EncoderTiny>,
     pub decoder: DecoderTiny,
+    /// The weights' float dtype; inputs are cast to it and results back.
+    pub dtype: DType,
 }
 
 impl AutoencoderTiny {
@@ -210,17 +212,18 @@ impl AutoencoderTiny {
         };
         let decoder = DecoderTiny::load(&vb.pp("decoder"), &config)?;
         weights.finish()?;
-        Ok(Self { config, encoder, decoder })
+        Ok(Self { config, encoder, decoder, dtype: weights.dtype() })
     }
 
     /// diffusers `decode(z).sample`.
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
-        self.decoder.forward(z)
+        in_dtype(z, self.dtype, |z| self.decoder.forward(z))
     }
 
     /// diffusers `encode(image).latents`; `None` without encoder weights.
     pub fn encode(&self, image: Tensor<4>) -> Option<Tensor<4>> {
-        self.encoder.as_ref().map(|e| e.forward(image))
+        let encoder = self.encoder.as_ref()?;
+        Some(in_dtype(image, self.dtype, |x| encoder.forward(x)))
     }
 }
 
@@ -232,6 +235,7 @@ impl AutoencoderTiny {
 pub fn load_original(decoder: Weights, encoder: Option<Weights>) -> Result<AutoencoderTiny> {
     let mut config = AutoencoderTinyConfig::default();
     original_decoder_config(&decoder, &mut config)?;
+    let dtype = decoder.dtype();
     let decoder = load_original_part(decoder, "decoder", 1, |vb| DecoderTiny::load(vb, &config))?;
     let encoder = match encoder {
         Some(weights) => {
@@ -241,7 +245,7 @@ pub fn load_original(decoder: Weights, encoder: Option<Weights>) -> Result<Autoe
         None => None,
     };
     config.validate()?;
-    Ok(AutoencoderTiny { config, encoder, decoder })
+    Ok(AutoencoderTiny { config, encoder, decoder, dtype })
 }
 
 /// Builds one half from an original-layout file under diffusers names; errors name the keys as

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use js_sys::{Float32Array, Function, Object, Reflect};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -87,8 +87,8 @@ mod wired {
     pub struct Loaded(pub Rc<Pipeline>);
 
     impl Loaded {
-        pub fn build(files: &MemorySource, weights: BTreeMap<String, Weights>, device: &Device) -> Result<Self> {
-            Ok(Self(Rc::new(Pipeline::from_parts(files, weights, device)?)))
+        pub fn build(files: &MemorySource, weights: BTreeMap<String, Weights>, device: &Device, dtype: DType) -> Result<Self> {
+            Ok(Self(Rc::new(Pipeline::from_parts(files, weights, device, dtype)?)))
         }
     }
 

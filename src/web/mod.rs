@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use burn::tensor::wgpu::{WgpuBackend, wgpu};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use wasm_bindgen::prelude::*;
 
 use crate::source::MemorySource;
-use crate::weights::{Header, TensorStream, Weights, to_f32};
+use crate::weights::{Header, TensorStream, Weights, tensor_data};
 
 /// Flattened device tensors of one component, with their stored shapes.
 type Uploaded = BTreeMap<String, (Vec<usize>, Tensor<1>)>;
@@ -30,6 +30,8 @@ struct Incoming {
 
 pub(crate) struct State {
     device: Device,
+    /// The working float dtype of the model being loaded: F16 on `shader-f16` GPUs.
+    dtype: DType,
     /// Configs, tokenizer files and `*.index.json`: everything but weights.
     files: MemorySource,
     uploaded: BTreeMap<String, Uploaded>,
@@ -78,6 +80,7 @@ impl Inkstone {
         .to_string();
         let state = State {
             device,
+            dtype: DType::F32,
             files: MemorySource { name: "model".into(), files: BTreeMap::new() },
             uploaded: BTreeMap::new(),
             weight_files: BTreeMap::new(),
@@ -93,14 +96,39 @@ impl Inkstone {
         self.gpu.clone()
     }
 
-    /// Forgets the loaded model (before loading another one).
-    pub fn reset(&self, name: &str) {
+    /// The float dtype a load with `requested` (`"auto"`, `"f16"` or `"f32"`) runs in: auto is
+    /// f16 where the GPU has `shader-f16` (half the memory and bandwidth), f32 otherwise.
+    /// Asking for f16 on a GPU without it is an error, before anything is downloaded.
+    #[wasm_bindgen(js_name = resolveDtype)]
+    pub fn resolve_dtype(&self, requested: &str) -> Result<String, JsError> {
+        let f16 = self.state.borrow().device.supports_dtype(DType::F16);
+        match requested {
+            "auto" => Ok(if f16 { "f16" } else { "f32" }.into()),
+            "f32" => Ok("f32".into()),
+            "f16" if f16 => Ok("f16".into()),
+            "f16" => Err(js_err(
+                "dtype 'f16' needs a GPU with the WebGPU feature shader-f16, which this adapter lacks; \
+                 load with dtype 'f32' (or 'auto', which picks f32 here)",
+            )),
+            other => Err(js_err(format!("dtype {other:?}: expected 'auto', 'f16' or 'f32'"))),
+        }
+    }
+
+    /// Forgets the loaded model (before loading another one) and sets the dtype the next one is
+    /// uploaded in (`"f16"` or `"f32"`, as [`Inkstone::resolve_dtype`] returned).
+    pub fn reset(&self, name: &str, dtype: &str) -> Result<(), JsError> {
+        let dtype = match self.resolve_dtype(dtype)?.as_str() {
+            "f16" => DType::F16,
+            _ => DType::F32,
+        };
         let mut s = self.state.borrow_mut();
+        s.dtype = dtype;
         s.files = MemorySource { name: name.into(), files: BTreeMap::new() };
         s.uploaded.clear();
         s.weight_files.clear();
         s.incoming = None;
         s.pipeline = None;
+        Ok(())
     }
 
     /// A small non-weight file of the model folder (`unet/config.json`, `tokenizer/vocab.json`).
@@ -125,15 +153,15 @@ impl Inkstone {
     /// The next bytes of the current weight file, in order, from its first byte.
     pub fn feed(&self, bytes: &[u8]) -> Result<(), JsError> {
         let mut guard = self.state.borrow_mut();
-        let State { device, uploaded, incoming, .. } = &mut *guard;
+        let State { device, dtype, uploaded, incoming, .. } = &mut *guard;
         let incoming = incoming.as_mut().ok_or_else(|| js_err("feed() without beginWeights()"))?;
         let target = uploaded.get_mut(&incoming.component).expect("created by beginWeights");
         incoming
             .stream
             .feed(bytes, |key, info, raw| {
-                let values = to_f32(&incoming.component, key, info.dtype, raw)?;
-                let n = values.len();
-                let t = Tensor::<1>::from_data(TensorData::new(values, [n]), &*device);
+                let n = info.shape.iter().product();
+                let data = tensor_data(&incoming.component, key, info.dtype, raw, vec![n], *dtype)?;
+                let t = Tensor::<1>::from_data(data, (&*device, *dtype));
                 target.insert(key.to_string(), (info.shape.clone(), t));
                 Ok(())
             })
@@ -162,8 +190,9 @@ impl Inkstone {
             .map_err(js_err)?;
         let summary = serde_json::json!({
             "components": weights.iter().map(|(k, w)| (k.clone(), w.keys().count())).collect::<BTreeMap<_, _>>(),
+            "dtype": if s.dtype == DType::F16 { "f16" } else { "f32" },
         });
-        s.pipeline = Some(generate::Loaded::build(&s.files, weights, &s.device).map_err(js_err)?);
+        s.pipeline = Some(generate::Loaded::build(&s.files, weights, &s.device, s.dtype).map_err(js_err)?);
         Ok(summary.to_string())
     }
 

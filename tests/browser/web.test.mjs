@@ -64,17 +64,17 @@ async function openPage(context) {
 }
 
 /** Runs load() in the page; returns { info, progress } or { error }. */
-const loadIn = (page, url, chunkSize = CHUNK) => page.evaluate(async ({ url, chunkSize }) => {
+const loadIn = (page, url, chunkSize = CHUNK, dtype = undefined) => page.evaluate(async ({ url, chunkSize, dtype }) => {
   const progress = [];
   try {
-    const g = await window.inkstone.load(url, { chunkSize, onProgress: (p) => progress.push(p) });
+    const g = await window.inkstone.load(url, { chunkSize, dtype, onProgress: (p) => progress.push(p) });
     window.lastGenerator?.dispose();
     window.lastGenerator = g;
     return { info: g.info, progress };
   } catch (e) {
     return { error: e.message, progress };
   }
-}, { url, chunkSize });
+}, { url, chunkSize, dtype });
 
 /** sha256 of the cached bytes of one file (read from IndexedDB in the page), with the chunk
  *  count, or null when the file is not (completely) cached. */
@@ -187,6 +187,31 @@ test('a second load() makes no network request', async () => {
   assert.equal(info.cached, true);
   // (The app shell may be revalidated; no model file, probe or weight is requested.)
   assert.deepEqual(srv.log.slice(before).filter((r) => r.path.startsWith('models/')), [], 'model requests during a cached load');
+});
+
+test('precision: auto follows shader-f16; f16 without it, or an unknown dtype, fails before any download', async () => {
+  const page = await openPage(browser);
+  const gpu = JSON.parse(await page.evaluate(() => document.body.dataset.gpu));
+  const auto = await loadIn(page, MODEL());
+  assert.equal(auto.error, undefined, auto.error);
+  assert.equal(auto.info.dtype, gpu.shaderF16 ? 'f16' : 'f32');
+  const f32 = await loadIn(page, MODEL(), CHUNK, 'f32');
+  assert.equal(f32.info.dtype, 'f32');
+  const url = `${srv.origin}/models/tiny-flow/`; // not cached yet: any attempt would show in the log
+  const before = srv.log.length;
+  const f16 = await loadIn(page, url, CHUNK, 'f16');
+  if (gpu.shaderF16) {
+    assert.equal(f16.info?.dtype, 'f16', f16.error);
+  } else {
+    assert.match(f16.error ?? '', /^dtype 'f16' needs a GPU with the WebGPU feature shader-f16.*load with dtype 'f32'/);
+    assert.deepEqual(pageRequests(before).filter((r) => r.path.startsWith('models/')), [], 'requests before the dtype error');
+  }
+  const bogus = await loadIn(page, url, CHUNK, 'f64');
+  assert.match(bogus.error ?? '', /dtype "f64": expected 'auto', 'f16' or 'f32'/);
+  // The page says which precision the model runs in.
+  await page.click('#load');
+  await page.waitForFunction(() => document.body.dataset.state === 'loaded', null, { timeout: 60_000 });
+  assert.match(await page.textContent('#load-status'), new RegExp(`running in ${auto.info.dtype}`));
 });
 
 test('offline: the app shell opens from the service worker, load() works from the cache, and it generates', async () => {

@@ -8,8 +8,13 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use inkstone::source::DirSource;
 use inkstone::weights::{SafetensorsFile, StoredDtype, to_f32};
 
-/// Native tests run on burn's pure-Rust CPU backend.
+/// Native tests run on burn's pure-Rust CPU backend; built with `--features wgpu` and run with
+/// `INKSTONE_DEVICE=wgpu`, the same tests run on the GPU (Vulkan/Metal/DX12, or lavapipe).
 pub fn device() -> Device {
+    #[cfg(feature = "wgpu")]
+    if std::env::var("INKSTONE_DEVICE").as_deref() == Ok("wgpu") {
+        return Device::wgpu(Default::default());
+    }
     Device::flex()
 }
 

@@ -1,0 +1,148 @@
+//! The half-precision path (what the browser runs on GPUs with `shader-f16`), on the CPU
+//! backend: weights created as F16, activations in F16 (norm statistics and the text towers'
+//! softmax in f32), compared with the same f32 diffusers/transformers references as the f32
+//! tests. f16 keeps 11 significant bits (relative rounding 4.9e-4 per operation), so the
+//! tolerances are a stated multiple of the output's magnitude rather than 1e-4; each test
+//! also checks the model really held F16 weights, so an f32 run cannot pass for it.
+
+mod common;
+
+use burn::tensor::{DType, Tensor};
+use common::{device, fixture, max_abs_diff, reference, tiny_sd};
+use inkstone::pipeline::{GenerateOptions, Pipeline};
+use inkstone::source::{DirSource, ModelSource, WithDtype, load_weights};
+use inkstone::text::TextEncoder;
+use inkstone::unet::UNet2DConditionModel;
+use inkstone::vae::Decoder;
+
+fn half(src: &dyn ModelSource) -> WithDtype<'_> {
+    WithDtype { inner: src, dtype: DType::F16 }
+}
+
+/// Max |x| of a reference tensor.
+fn magnitude<const D: usize>(t: &Tensor<D>) -> f32 {
+    t.clone().abs().max().into_scalar()
+}
+
+/// Asserts max abs error ≤ `rel` × max |want| and prints both figures.
+fn assert_close_rel<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>, rel: f32) {
+    assert_eq!(got.dtype(), DType::F32, "{what}: results come back in the caller's f32");
+    let scale = magnitude(&want);
+    let err = max_abs_diff(got, want);
+    println!("{what} (f16): max abs error {err:.3e} = {:.2e} × max |ref| {scale:.3} (tolerance {rel:.0e} ×)", err / scale);
+    assert!(err <= rel * scale, "{what}: max abs error {err:e} > {rel:e} × {scale}");
+}
+
+fn load_unet(src: &dyn ModelSource, component: &str) -> UNet2DConditionModel {
+    let file = format!("{component}/config.json");
+    let config = inkstone::config::from_json(&file, &src.read(&file).unwrap()).unwrap();
+    let weights = src.weights(component, &device()).unwrap();
+    assert_eq!(weights.dtype(), DType::F16);
+    let unet = UNet2DConditionModel::load(&weights, &config).unwrap();
+    weights.finish().unwrap();
+    unet
+}
+
+/// tiny-sd (BF16 stored, rounded to F16), three levels (upcast attention, guidance input) and
+/// no mid block: f32 inputs in, f32 out, F16 inside.
+#[test]
+fn unet_in_f16_matches_diffusers_f32() {
+    let unets = DirSource::new(fixture("unets")).unwrap();
+    let sd = tiny_sd();
+    for (src, component, case) in [(&sd, "unet", "tiny_sd"), (&unets, "three-level", "three_level"), (&unets, "no-mid", "no_mid")] {
+        let unet = load_unet(&half(src), component);
+        assert_eq!(unet.dtype(), DType::F16);
+        let r = reference(&format!("unet_{case}"));
+        let cond = r.has("timestep_cond").then(|| r.tensor::<2>("timestep_cond"));
+        let out = unet.forward(r.tensor("sample"), r.tensor("timesteps"), r.tensor("encoder_hidden_states"), cond);
+        assert_close_rel(&format!("unet_{case}"), out, r.tensor("out"), 5e-3);
+    }
+}
+
+#[test]
+fn text_encoders_in_f16_match_transformers_f32() {
+    let bert = DirSource::new(fixture("tiny-bert")).unwrap();
+    for (src, case) in [(&tiny_sd() as &dyn ModelSource, "text_encoder_clip"), (&bert, "text_encoder_bert")] {
+        let encoder = TextEncoder::load(&half(src), "text_encoder", &device()).unwrap();
+        let r = reference(case);
+        let ids = r.int_tensor::<2>("ids");
+        let embeds = encoder.encode(ids.clone(), ids.ones_like());
+        assert_eq!(embeds.dtype(), DType::F16, "{case}: the tower runs in f16");
+        assert_close_rel(case, embeds.cast(DType::F32), r.tensor("last_hidden_state"), 5e-3);
+    }
+}
+
+#[test]
+fn decoders_in_f16_match_diffusers_f32() {
+    let fixtures = DirSource::new(fixture("")).unwrap();
+    for (dir, case) in [("tiny-sd/vae", "vae_kl"), ("tiny-taesd", "vae_taesd")] {
+        let vae = Decoder::load(&half(&fixtures), dir, &device()).unwrap();
+        let dtype = match &vae {
+            Decoder::Kl(m) => m.dtype,
+            Decoder::Tiny(m) => m.dtype,
+        };
+        assert_eq!(dtype, DType::F16);
+        let r = reference(case);
+        assert_close_rel(&format!("{case} decode"), vae.decode(r.tensor("latents")), r.tensor("decoded"), 5e-3);
+        let encoded = vae.encode(r.tensor("image")).unwrap().mode();
+        let want = if r.has("mean") { r.tensor("mean") } else { r.tensor("encoded") };
+        assert_close_rel(&format!("{case} encode"), encoded, want, 5e-3);
+    }
+}
+
+/// diffusers' whole `StableDiffusionPipeline.__call__` (f32) against our pipeline in f16,
+/// from the same latents: the [0, 1] image within 1e-2 (2.6 of 255 levels).
+#[test]
+fn pipelines_in_f16_match_diffusers_f32() {
+    for (model, case) in [("tiny-sd", "pipeline_sd"), ("tiny-flow", "pipeline_flow")] {
+        let src = DirSource::new(fixture(model)).unwrap();
+        let pipe = Pipeline::load_with_dtype(&src, &device(), DType::F16).unwrap();
+        assert_eq!(pipe.dtype(), DType::F16);
+        let r = reference(case);
+        let note = r.note();
+        let opts = GenerateOptions {
+            prompt: note["prompt"].as_str().unwrap().into(),
+            negative_prompt: note["negative_prompt"].as_str().unwrap().into(),
+            steps: Some(note["steps"].as_u64().unwrap() as usize),
+            guidance: Some(note["guidance"].as_f64().unwrap() as f32),
+            width: note["width"].as_u64().unwrap() as usize,
+            height: note["height"].as_u64().unwrap() as usize,
+            latents: Some(r.f32s("latents")),
+            ..Default::default()
+        };
+        let image = pipe.generate(&opts, |_, _| true).unwrap();
+        let want = r.tensor::<4>("image");
+        let err = max_abs_diff(image.clone(), want.clone());
+        println!("{case} (f16 pipeline): image max abs error {err:.3e} (tolerance 1e-2)");
+        assert!(err <= 1e-2, "{case}: {err:e}");
+        // It did run in half precision: the f32 pipeline gives a different image.
+        let f32_image = Pipeline::load(&src, &device()).unwrap().generate(&opts, |_, _| true).unwrap();
+        assert!(max_abs_diff(image, f32_image) > 0.0, "{case}: f16 and f32 images are identical");
+    }
+}
+
+/// Weights handed out as F16 whatever the stored dtype (tiny-sd's U-Net is stored BF16), and
+/// a dtype the pipeline does not compute in is refused.
+#[test]
+fn weights_come_in_the_working_dtype_and_other_dtypes_are_refused() {
+    let weights = load_weights(&tiny_sd(), "unet", &device()).unwrap().with_dtype(DType::F16);
+    let w = weights.tensor::<1>("conv_in.bias", [32]).unwrap();
+    assert_eq!(w.dtype(), DType::F16);
+    let f32s = load_weights(&tiny_sd(), "unet", &device()).unwrap().tensor::<1>("conv_in.bias", [32]).unwrap();
+    // BF16 → F16 is exact for these small values: only the exponent range differs.
+    assert_eq!(max_abs_diff(w.cast(DType::F32), f32s), 0.0);
+    let err = Pipeline::load_with_dtype(&tiny_sd(), &device(), DType::F64).err().unwrap().to_string();
+    assert!(err.contains("F64") && err.contains("F32 or F16"), "{err}");
+}
+
+/// Stored F16 bytes become F16 values bit for bit; F32 is rounded to nearest.
+#[test]
+fn f16_conversion_is_exact_for_f16_and_rounds_f32() {
+    use inkstone::weights::{StoredDtype, to_f16};
+    let values = [0.1f32, -2.5, 65504.0, 1e-8];
+    let halves: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+    let raw: Vec<u8> = halves.iter().flat_map(|h| h.to_le_bytes()).collect();
+    assert_eq!(to_f16("f", "k", StoredDtype::F16, &raw).unwrap(), halves);
+    let raw32: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert_eq!(to_f16("f", "k", StoredDtype::F32, &raw32).unwrap(), halves);
+}
