@@ -1,7 +1,7 @@
 // A small static server for the browser tests (and for trying the page: `node server.mjs ../../www`).
 // Serves HEAD/GET with Range, announces the sha256 of *.safetensors as `X-Linked-Etag` like the
-// hub, logs every request, and injects faults on demand: drop the connection mid-file once,
-// serve a file with a corrupt header or corrupt data.
+// hub, logs every request, and injects faults on demand: drop the connection mid-file once, stall
+// mid-file once, serve a file with a corrupt header or corrupt data.
 import { createServer } from 'node:http';
 import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
@@ -18,7 +18,9 @@ export const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; wo
 export async function startServer(root, { port = 0 } = {}) {
   root = resolve(root);
   const log = [];
-  const faults = { dropOnce: new Set(), corrupt: new Map() }; // corrupt: path -> 'header' | 'data'
+  // dropOnce: cut the connection half-way once; stallOnce: send half, then nothing (a tab closed
+  // mid-download); corrupt: path -> 'header' | 'data'.
+  const faults = { dropOnce: new Set(), stallOnce: new Set(), corrupt: new Map() };
   const shaCache = new Map();
 
   const server = createServer(async (req, res) => {
@@ -73,6 +75,12 @@ export async function startServer(root, { port = 0 } = {}) {
         entry.dropped = true;
         res.writeHead(status, headers);
         res.write(body.subarray(0, body.length >> 1), () => setTimeout(() => res.socket.destroy(), 50));
+        return;
+      }
+      if (faults.stallOnce.delete(rel)) {
+        entry.stalled = true;
+        res.writeHead(status, headers);
+        res.write(body.subarray(0, body.length >> 1)); // and never end (closed with the server)
         return;
       }
       res.writeHead(status, headers);

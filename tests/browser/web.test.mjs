@@ -261,6 +261,51 @@ test('an interrupted download resumes with a Range request and the bytes are rig
   }
 });
 
+test('a download cut off by a reload resumes from the chunks already stored', async () => {
+  const ctx = await launch();
+  try {
+    let page = await openPage(ctx);
+    const rel = 'unet/diffusion_pytorch_model.safetensors';
+    const unet = `models/tiny-sd/${rel}`;
+    srv.faults.stallOnce.add(unet);
+    const before = srv.log.length;
+    // Not awaited: the U-Net download stalls half-way, as when the tab is closed.
+    page.evaluate(({ url, chunkSize }) => { window.inkstone.load(url, { chunkSize }).catch(() => {}); }, { url: MODEL(), chunkSize: CHUNK });
+    const storedChunks = () => page.evaluate(async ({ model, rel }) => {
+      const store = await import('./pkg/store.js');
+      return (await store.getFile(model, rel))?.chunks ?? 0;
+    }, { model: MODEL(), rel });
+    const size = readFileSync(join(TINY, rel)).length;
+    const expected = Math.floor((size >> 1) / CHUNK); // whole chunks in the half that arrived
+    let chunks = 0;
+    for (let i = 0; i < 600 && chunks < expected; i++) {
+      await page.waitForTimeout(100);
+      chunks = await storedChunks();
+    }
+    assert.ok(expected > 0 && chunks === expected, `${chunks} of ${expected} chunks stored before the reload`);
+    assert.ok(srv.log.slice(before).some((r) => r.path === unet && r.stalled));
+
+    page = await openPage(ctx); // reload: the stalled fetch dies with the old page
+    const again = srv.log.length;
+    const { error, info } = await loadIn(page, MODEL());
+    assert.equal(error, undefined, error);
+    const log = srv.log.slice(again).filter((r) => r.method === 'GET' && r.path.startsWith('models/'));
+    const unetGets = log.filter((r) => r.path === unet);
+    assert.deepEqual(unetGets.map((r) => r.range), [`bytes=${chunks * CHUNK}-`], 'resumed from the stored chunks');
+    assert.equal(unetGets[0].status, 206);
+    // Weight files completed before the reload are not fetched again.
+    const done = [...new Set(srv.log.slice(before, again)
+      .filter((r) => r.method === 'GET' && r.path.endsWith('.safetensors') && r.status === 200 && !r.stalled).map((r) => r.path))];
+    assert.ok(done.length > 0, 'some weight file completed before the stall');
+    for (const p of done) assert.ok(!log.some((r) => r.path === p), `${p} fetched again`);
+    const cached = await cachedSha(page, MODEL(), rel);
+    assert.equal(cached?.sha, sha256(readFileSync(join(TINY, rel))));
+    assert.equal(info.components.unet, tensorCount(rel));
+  } finally {
+    await ctx.close();
+  }
+});
+
 test('a corrupt safetensors file is rejected, named, and not cached', async () => {
   const ctx = await launch();
   const vae = 'vae/diffusion_pytorch_model.safetensors';
