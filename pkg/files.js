@@ -101,10 +101,36 @@ export async function resolveModel(src) {
       if (!any) throw new Error(`${component}: no tokenizer files (${TOKENIZER_FILES.join(', ')})`);
       continue;
     }
-    if (!(await optional(component, 'config.json'))) throw new Error(`${component}/config.json is missing`);
+    if (!(await optional(component, 'config.json'))) {
+      // A tiny decoder in the original TAESD layout (`taesd_decoder.safetensors`, no config):
+      // each file is uploaded on its own, keyed by its path (its keys clash with the encoder's).
+      const original = await originalTaesdFiles(src, component);
+      if (!original.length) throw new Error(`${component}/config.json is missing (and no original-layout ${TAESD_PREFIXES[0]}_decoder.safetensors)`);
+      files.push(...original);
+      continue;
+    }
     files.push(...(await weightFiles(src, component, read)));
   }
   return { files, texts };
+}
+
+/** Original TAESD checkpoints and their relatives (SDXL, SD3, FLUX latents), by file name. */
+const TAESD_PREFIXES = ['taesd', 'taesdxl', 'taesd3', 'taef1'];
+
+/** `<component>/<prefix>_decoder.safetensors` (and its `_encoder` when present), each its own
+ *  upload unit; [] when there is none. */
+async function originalTaesdFiles(src, component) {
+  for (const prefix of TAESD_PREFIXES) {
+    const decoder = `${component}/${prefix}_decoder.safetensors`;
+    const size = await src.probe(decoder);
+    if (size === null) continue;
+    const out = [{ path: decoder, component: decoder, kind: 'weights', size }];
+    const encoder = `${component}/${prefix}_encoder.safetensors`;
+    const encSize = await src.probe(encoder);
+    if (encSize !== null) out.push({ path: encoder, component: encoder, kind: 'weights', size: encSize });
+    return out;
+  }
+  return [];
 }
 
 /** A component's weights: single file or shards, full precision first, then `.fp16`. */

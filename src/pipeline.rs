@@ -109,7 +109,8 @@ impl Pipeline {
 
     /// The browser's way in: configs and tokenizer files in `files`, and the weights of each
     /// component already on the device in `dtype` (streamed tensor by tensor, never a whole
-    /// file in the wasm heap).
+    /// file in the wasm heap). `weights` is keyed by component (`unet`), or by file path for
+    /// files loaded on their own (`vae/taesd_decoder.safetensors`).
     pub fn from_parts(
         files: &MemorySource,
         weights: BTreeMap<String, Weights>,
@@ -240,11 +241,15 @@ impl ModelSource for Prepared<'_> {
     }
 
     fn exists(&self, path: &str) -> bool {
-        self.files.exists(path)
+        self.files.exists(path) || self.weights.borrow().contains_key(path)
     }
 
     fn list(&self, dir: &str) -> Vec<String> {
-        self.files.list(dir)
+        let prefix = format!("{dir}/");
+        let mut names = self.files.list(dir);
+        names.extend(self.weights.borrow().keys().filter_map(|k| k.strip_prefix(&prefix)).map(String::from));
+        names.sort();
+        names
     }
 
     fn describe(&self) -> String {
@@ -256,6 +261,10 @@ impl ModelSource for Prepared<'_> {
             path: format!("{}/{component}", self.files.name),
             hint: Some("no weights were uploaded for this component".into()),
         })
+    }
+
+    fn weights_file(&self, path: &str, device: &Device) -> Result<Weights> {
+        self.weights(path, device)
     }
 }
 

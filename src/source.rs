@@ -41,6 +41,12 @@ pub trait ModelSource {
         load_weights(self, component, device)
     }
 
+    /// The weights of one named file (an original-layout `taesd_decoder.safetensors`, whose
+    /// keys must not mix with a sibling encoder file's). The browser overrides this too.
+    fn weights_file(&self, path: &str, device: &Device) -> Result<Weights> {
+        Weights::new(vec![SafetensorsFile::from_bytes(path, self.read(path)?)?], device)
+    }
+
     /// The float dtype the components' weights are created in.
     fn dtype(&self) -> DType {
         DType::F32
@@ -81,6 +87,10 @@ impl ModelSource for WithDtype<'_> {
 
     fn weights(&self, component: &str, device: &Device) -> Result<Weights> {
         Ok(self.inner.weights(component, device)?.with_dtype(self.dtype))
+    }
+
+    fn weights_file(&self, path: &str, device: &Device) -> Result<Weights> {
+        Ok(self.inner.weights_file(path, device)?.with_dtype(self.dtype))
     }
 
     fn dtype(&self) -> DType {

@@ -110,3 +110,48 @@ fn previews_come_from_the_tiny_decoder_only() {
     let run = sd.start(&small(0)).unwrap();
     assert!(run.preview().is_none());
 }
+
+/// The browser's way in (`Pipeline::from_parts`): configs in memory, weights handed over per
+/// component, and a decoder in the original TAESD layout handed over per file
+/// (`vae/taesd_decoder.safetensors` + `vae/taesd_encoder.safetensors`, no `vae/config.json`):
+/// the same image as diffusers with the diffusers-layout decoder.
+#[test]
+fn from_parts_with_an_original_layout_taesd_matches_diffusers() {
+    use std::collections::BTreeMap;
+    use burn::tensor::DType;
+    use inkstone::source::{MemorySource, ModelSource, load_weights};
+    use inkstone::weights::{SafetensorsFile, Weights};
+
+    let disk = DirSource::new(fixture("tiny-flow")).unwrap();
+    let mut files = MemorySource { name: "tiny-flow (parts)".into(), ..Default::default() };
+    for dir in ["", "scheduler", "tokenizer", "text_encoder", "unet"] {
+        for name in disk.list(dir).into_iter().filter(|n| !n.ends_with(".safetensors")) {
+            let path = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+            files.files.insert(path.clone(), disk.read(&path).unwrap());
+        }
+    }
+    assert!(files.exists("model_index.json") && files.exists("unet/config.json") && !files.exists("vae/config.json"));
+
+    let vae = SafetensorsFile::from_bytes("vae", disk.read("vae/diffusion_pytorch_model.safetensors").unwrap()).unwrap();
+    // diffusers `decoder.layers.{i}` is the original `{i + 1}`; `encoder.layers.{i}` is `{i}`.
+    let original = |part: &str, shift: usize| {
+        common::filter_keys(&vae, |k| {
+            let rest = k.strip_prefix(&format!("{part}.layers."))?;
+            let (i, rest) = rest.split_once('.')?;
+            Some(format!("{}.{rest}", i.parse::<usize>().ok()? + shift))
+        })
+    };
+    let mut weights = BTreeMap::new();
+    for c in ["text_encoder", "unet"] {
+        weights.insert(c.to_string(), load_weights(&disk, c, &device()).unwrap());
+    }
+    for (file, part, shift) in [("vae/taesd_decoder.safetensors", "decoder", 1), ("vae/taesd_encoder.safetensors", "encoder", 0)] {
+        let w = Weights::new(vec![SafetensorsFile::from_bytes(file, original(part, shift)).unwrap()], &device()).unwrap();
+        weights.insert(file.to_string(), w);
+    }
+    let pipe = Pipeline::from_parts(&files, weights, &device(), DType::F32).unwrap();
+    let inkstone::vae::Decoder::Tiny(tiny) = &pipe.decoder else { panic!("expected the tiny decoder") };
+    assert!(tiny.encoder.is_some(), "the encoder file was used");
+    let image = pipe.generate(&case_options("pipeline_flow"), |_, _| true).unwrap();
+    assert_close("from_parts + original TAESD", image, reference("pipeline_flow").tensor::<4>("image"), 1e-3);
+}

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{assert_close, device, fixture, reference, tiny_sd};
+use common::{assert_close, device, filter_keys, fixture, reference, tiny_sd};
 use inkstone::Error;
 use inkstone::source::{DirSource, MemorySource, ModelSource};
 use inkstone::vae::{Decoder, Encoded};
@@ -264,22 +264,3 @@ fn rewrite_keys(file: &inkstone::weights::SafetensorsFile, rename: impl Fn(&str)
     filter_keys(file, |k| Some(rename(k)))
 }
 
-/// As [`rewrite_keys`], dropping the tensors `rename` maps to `None`.
-fn filter_keys(file: &inkstone::weights::SafetensorsFile, rename: impl Fn(&str) -> Option<String>) -> Vec<u8> {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for (key, info) in &file.header.tensors {
-        let Some(new_key) = rename(key) else { continue };
-        let start = data.len();
-        data.extend_from_slice(file.raw(info));
-        header.insert(
-            new_key,
-            serde_json::json!({"dtype": info.dtype.name(), "shape": info.shape, "data_offsets": [start, data.len()]}),
-        );
-    }
-    let header = serde_json::to_string(&header).unwrap();
-    let mut out = (header.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(&data);
-    out
-}

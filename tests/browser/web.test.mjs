@@ -533,6 +533,61 @@ test('sharded (*.index.json) and .fp16 weight files are found and streamed', asy
   assert.equal(info.components.text_encoder, tensorCount('text_encoder/model.safetensors'));
 });
 
+/** Writes the tensors of safetensors file `from` whose keys `rename` maps to a new key into `to`. */
+function rewriteSafetensors(from, to, rename) {
+  const b = readFileSync(from);
+  const n = Number(b.readBigUInt64LE(0));
+  const header = JSON.parse(b.subarray(8, 8 + n).toString());
+  const h = {};
+  const data = [];
+  let off = 0;
+  for (const [k, v] of Object.entries(header)) {
+    const key = k === '__metadata__' ? null : rename(k);
+    if (!key) continue;
+    const [s, e] = v.data_offsets;
+    data.push(b.subarray(8 + n + s, 8 + n + e));
+    h[key] = { ...v, data_offsets: [off, off + e - s] };
+    off += e - s;
+  }
+  const json = Buffer.from(JSON.stringify(h));
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  writeFileSync(to, Buffer.concat([len, json, ...data]));
+}
+
+test('a tiny decoder in the original TAESD layout (no vae/config.json) loads and matches the native CLI', async () => {
+  // tiny-flow with its AutoencoderTiny rewritten as taesd_decoder/encoder.safetensors: diffusers'
+  // `decoder.layers.{i}` is the original `{i + 1}`, `encoder.layers.{i}` is `{i}`.
+  const dir = join(WWW, 'models/tiny-flow-taesd');
+  rmSync(dir, { recursive: true, force: true });
+  cpSync(join(ROOT, 'tests/fixtures/tiny-flow'), dir, { recursive: true });
+  const vae = join(dir, 'vae/diffusion_pytorch_model.safetensors');
+  const layer = (part, shift) => (k) => {
+    const m = new RegExp(`^${part}\\.layers\\.(\\d+)\\.(.*)$`).exec(k);
+    return m && `${Number(m[1]) + shift}.${m[2]}`;
+  };
+  rewriteSafetensors(vae, join(dir, 'vae/taesd_decoder.safetensors'), layer('decoder', 1));
+  rewriteSafetensors(vae, join(dir, 'vae/taesd_encoder.safetensors'), layer('encoder', 0));
+  rmSync(vae);
+  rmSync(join(dir, 'vae/config.json'));
+
+  const opts = { prompt: '一只猫 a cat', negativePrompt: '', steps: 2, guidance: 4.5, width: 64, height: 48, seed: 7 };
+  const outTensor = join(OUT, 'native-tiny-flow-taesd.safetensors');
+  execFileSync(INKSTONE_BIN, ['generate', '--model', dir, '--prompt', opts.prompt, '--steps', '2', '--guidance', '4.5',
+    '--width', '64', '--height', '48', '--seed', '7', '--out-tensor', outTensor], { stdio: 'pipe' });
+  const native = readSafetensors(outTensor).tensor('image').data;
+
+  const page = await openPage(browser);
+  const { info, error } = await loadIn(page, `${srv.origin}/models/tiny-flow-taesd/`);
+  assert.equal(error, undefined, error);
+  assert.deepEqual(info.files.filter((f) => f.path.startsWith('vae/')).map((f) => f.path),
+    ['vae/taesd_decoder.safetensors', 'vae/taesd_encoder.safetensors']);
+  const pixels = await page.evaluate(async (o) => Array.from((await window.lastGenerator.generate(o)).pixels), opts);
+  const err = maxAbs(pixels, native);
+  console.log(`  original-layout TAESD: browser vs native max abs ${err.toExponential(3)} (tolerance 1e-3)`);
+  assert.ok(err <= 1e-3, `browser vs native: ${err}`);
+});
+
 test('without WebGPU the page says so', async () => {
   const ctx = await launch(false);
   try {

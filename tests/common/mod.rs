@@ -99,3 +99,24 @@ pub fn assert_close<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>,
     println!("{what}: max abs error {err:.3e} (tolerance {tol:.0e})");
     assert!(err <= tol, "{what}: max abs error {err:e} > {tol:e}");
 }
+
+/// A safetensors file made of `file`'s tensors under new keys, dropping the tensors `rename`
+/// maps to `None` (other checkpoint layouts, files missing tensors).
+pub fn filter_keys(file: &inkstone::weights::SafetensorsFile, rename: impl Fn(&str) -> Option<String>) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (key, info) in &file.header.tensors {
+        let Some(new_key) = rename(key) else { continue };
+        let start = data.len();
+        data.extend_from_slice(file.raw(info));
+        header.insert(
+            new_key,
+            serde_json::json!({"dtype": info.dtype.name(), "shape": info.shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let header = serde_json::to_string(&header).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&data);
+    out
+}
