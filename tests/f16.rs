@@ -146,3 +146,26 @@ fn f16_conversion_is_exact_for_f16_and_rounds_f32() {
     let raw32: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     assert_eq!(to_f16("f", "k", StoredDtype::F32, &raw32).unwrap(), halves);
 }
+
+/// Attention over a 64×64 latent's 4096 tokens in f16 (query-blocked, as on WebGPU) stays near
+/// the f32 result: the softmax denominator sums 4096 terms, which f16 alone could not hold to
+/// better than 4 units; the backends accumulate reductions in f32.
+#[test]
+fn attention_over_4096_tokens_in_f16_stays_near_f32() {
+    use burn::tensor::TensorData;
+    use inkstone::nn::scaled_dot_product_attention;
+    let (b, h, n, d) = (1, 2, 4096, 40);
+    let values = |seed: u32| -> Tensor<4> {
+        let v: Vec<f32> = (0..b * h * n * d)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        Tensor::from_data(TensorData::new(v, [b, h, n, d]), &device())
+    };
+    let (q, k, v) = (values(1), values(2), values(3));
+    let scale = (d as f64).powf(-0.5);
+    let want = scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), scale);
+    let half = |t: Tensor<4>| t.cast(DType::F16);
+    let got = scaled_dot_product_attention(half(q), half(k), half(v), scale);
+    assert_eq!(got.dtype(), DType::F16);
+    assert_close_rel("attention, 4096 tokens", got.cast(DType::F32), want, 5e-3);
+}
