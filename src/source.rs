@@ -46,11 +46,6 @@ pub trait ModelSource {
     fn weights_file(&self, path: &str, device: &Device) -> Result<Weights> {
         Weights::new(vec![SafetensorsFile::from_bytes(path, self.read(path)?)?], device)
     }
-
-    /// The float dtype the components' weights are created in.
-    fn dtype(&self) -> DType {
-        DType::F32
-    }
 }
 
 /// `inner` with its components' weights created in `dtype` (F16 for half-precision GPUs):
@@ -91,10 +86,6 @@ impl ModelSource for WithDtype<'_> {
 
     fn weights_file(&self, path: &str, device: &Device) -> Result<Weights> {
         Ok(self.inner.weights_file(path, device)?.with_dtype(self.dtype))
-    }
-
-    fn dtype(&self) -> DType {
-        self.dtype
     }
 }
 

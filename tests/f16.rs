@@ -8,11 +8,10 @@
 mod common;
 
 use burn::tensor::{DType, Tensor};
-use common::{device, fixture, max_abs_diff, reference, tiny_sd};
-use inkstone::pipeline::{GenerateOptions, Pipeline};
+use common::{case_options, device, fixture, load_unet, max_abs_diff, patterned, reference, tiny_sd};
+use inkstone::pipeline::Pipeline;
 use inkstone::source::{DirSource, ModelSource, WithDtype, load_weights};
 use inkstone::text::TextEncoder;
-use inkstone::unet::UNet2DConditionModel;
 use inkstone::vae::Decoder;
 
 fn half(src: &dyn ModelSource) -> WithDtype<'_> {
@@ -33,16 +32,6 @@ fn assert_close_rel<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>,
     assert!(err <= rel * scale, "{what}: max abs error {err:e} > {rel:e} × {scale}");
 }
 
-fn load_unet(src: &dyn ModelSource, component: &str) -> UNet2DConditionModel {
-    let file = format!("{component}/config.json");
-    let config = inkstone::config::from_json(&file, &src.read(&file).unwrap()).unwrap();
-    let weights = src.weights(component, &device()).unwrap();
-    assert_eq!(weights.dtype(), DType::F16);
-    let unet = UNet2DConditionModel::load(&weights, &config).unwrap();
-    weights.finish().unwrap();
-    unet
-}
-
 /// tiny-sd (BF16 stored, rounded to F16), three levels (upcast attention, guidance input) and
 /// no mid block: f32 inputs in, f32 out, F16 inside.
 #[test]
@@ -51,7 +40,7 @@ fn unet_in_f16_matches_diffusers_f32() {
     let sd = tiny_sd();
     for (src, component, case) in [(&sd, "unet", "tiny_sd"), (&unets, "three-level", "three_level"), (&unets, "no-mid", "no_mid")] {
         let unet = load_unet(&half(src), component);
-        assert_eq!(unet.dtype(), DType::F16);
+        assert_eq!(unet.dtype(), DType::F16, "{case}: weights handed out as F16");
         let r = reference(&format!("unet_{case}"));
         let cond = r.has("timestep_cond").then(|| r.tensor::<2>("timestep_cond"));
         let out = unet.forward(r.tensor("sample"), r.tensor("timesteps"), r.tensor("encoder_hidden_states"), cond);
@@ -75,7 +64,8 @@ fn text_encoders_in_f16_match_transformers_f32() {
 #[test]
 fn decoders_in_f16_match_diffusers_f32() {
     let fixtures = DirSource::new(fixture("")).unwrap();
-    for (dir, case) in [("tiny-sd/vae", "vae_kl"), ("tiny-taesd", "vae_taesd")] {
+    // The original-layout pair is loaded per file (`ModelSource::weights_file`).
+    for (dir, case) in [("tiny-sd/vae", "vae_kl"), ("tiny-taesd", "vae_taesd"), ("tiny-taesd-original-pair", "vae_taesd")] {
         let vae = Decoder::load(&half(&fixtures), dir, &device()).unwrap();
         let dtype = match &vae {
             Decoder::Kl(m) => m.dtype,
@@ -98,20 +88,9 @@ fn pipelines_in_f16_match_diffusers_f32() {
         let src = DirSource::new(fixture(model)).unwrap();
         let pipe = Pipeline::load_with_dtype(&src, &device(), DType::F16).unwrap();
         assert_eq!(pipe.dtype(), DType::F16);
-        let r = reference(case);
-        let note = r.note();
-        let opts = GenerateOptions {
-            prompt: note["prompt"].as_str().unwrap().into(),
-            negative_prompt: note["negative_prompt"].as_str().unwrap().into(),
-            steps: Some(note["steps"].as_u64().unwrap() as usize),
-            guidance: Some(note["guidance"].as_f64().unwrap() as f32),
-            width: note["width"].as_u64().unwrap() as usize,
-            height: note["height"].as_u64().unwrap() as usize,
-            latents: Some(r.f32s("latents")),
-            ..Default::default()
-        };
+        let opts = case_options(case);
         let image = pipe.generate(&opts, |_, _| true).unwrap();
-        let want = r.tensor::<4>("image");
+        let want = reference(case).tensor::<4>("image");
         let err = max_abs_diff(image.clone(), want.clone());
         println!("{case} (f16 pipeline): image max abs error {err:.3e} (tolerance 1e-2)");
         assert!(err <= 1e-2, "{case}: {err:e}");
@@ -152,17 +131,10 @@ fn f16_conversion_is_exact_for_f16_and_rounds_f32() {
 /// better than 4 units; the backends accumulate reductions in f32.
 #[test]
 fn attention_over_4096_tokens_in_f16_stays_near_f32() {
-    use burn::tensor::TensorData;
     use inkstone::nn::scaled_dot_product_attention;
-    let (b, h, n, d) = (1, 2, 4096, 40);
-    let values = |seed: u32| -> Tensor<4> {
-        let v: Vec<f32> = (0..b * h * n * d)
-            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 250.0 - 2.0)
-            .collect();
-        Tensor::from_data(TensorData::new(v, [b, h, n, d]), &device())
-    };
-    let (q, k, v) = (values(1), values(2), values(3));
-    let scale = (d as f64).powf(-0.5);
+    let shape = [1, 2, 4096, 40];
+    let (q, k, v) = (patterned(shape, 1, 2.0), patterned(shape, 2, 2.0), patterned(shape, 3, 2.0));
+    let scale = (40f64).powf(-0.5);
     let want = scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), scale);
     let half = |t: Tensor<4>| t.cast(DType::F16);
     let got = scaled_dot_product_attention(half(q), half(k), half(v), scale);

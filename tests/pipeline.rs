@@ -3,29 +3,13 @@
 
 mod common;
 
-use common::{assert_close, device, fixture, reference};
+use common::{assert_close, case_options, device, fixture, reference};
 use inkstone::Error;
 use inkstone::pipeline::{GenerateOptions, Pipeline};
 use inkstone::source::DirSource;
 
 fn load(model: &str) -> Pipeline {
     Pipeline::load(&DirSource::new(fixture(model)).unwrap(), &device()).unwrap()
-}
-
-/// The options of a reference case, read from the settings it was generated with.
-fn case_options(case: &str) -> GenerateOptions {
-    let r = reference(case);
-    let note = r.note();
-    GenerateOptions {
-        prompt: note["prompt"].as_str().unwrap().into(),
-        negative_prompt: note["negative_prompt"].as_str().unwrap().into(),
-        steps: Some(note["steps"].as_u64().unwrap() as usize),
-        guidance: Some(note["guidance"].as_f64().unwrap() as f32),
-        seed: 0,
-        width: note["width"].as_u64().unwrap() as usize,
-        height: note["height"].as_u64().unwrap() as usize,
-        latents: Some(r.f32s("latents")),
-    }
 }
 
 fn check_case(model: &str, case: &str) {

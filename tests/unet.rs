@@ -6,7 +6,7 @@
 mod common;
 
 use burn::tensor::{DType, Tensor, TensorData};
-use common::{assert_close, device, fixture, reference, tiny_sd};
+use common::{assert_close, device, fixture, load_unet, patterned, reference, tiny_sd};
 use inkstone::Error;
 use inkstone::config::{UNet2DConditionConfig, from_json};
 use inkstone::nn::{ATTENTION_SCORE_BUDGET, scaled_dot_product_attention};
@@ -19,14 +19,6 @@ const TOL: f32 = 1e-4;
 fn config(src: &DirSource, component: &str) -> UNet2DConditionConfig {
     let file = format!("{component}/config.json");
     from_json(&file, &src.read(&file).unwrap()).unwrap()
-}
-
-/// Loads the `component` U-Net of `src` and checks every stored tensor was used.
-fn load(src: &DirSource, component: &str) -> UNet2DConditionModel {
-    let weights = load_weights(src, component, &device()).unwrap();
-    let unet = UNet2DConditionModel::load(&weights, &config(src, component)).unwrap();
-    weights.finish().unwrap();
-    unet
 }
 
 /// tests/fixtures/unets/: one diffusers `save_pretrained` U-Net folder per config.
@@ -44,7 +36,7 @@ fn check(unet: &UNet2DConditionModel, case: &str) {
 
 #[test]
 fn tiny_sd_unet_matches_diffusers() {
-    let unet = load(&tiny_sd(), "unet");
+    let unet = load_unet(&tiny_sd(), "unet");
     check(&unet, "tiny_sd");
 }
 
@@ -70,7 +62,7 @@ fn time_embedding_matches_diffusers() {
 
 #[test]
 fn three_level_unet_with_guidance_embedding_matches_diffusers() {
-    let unet = load(&unets(), "three-level");
+    let unet = load_unet(&unets(), "three-level");
     check(&unet, "three_level");
     // 9×7 does not halve evenly: upsamplers are sized to the skips (9→5→3, 7→4→2 and back).
     check(&unet, "three_level_odd");
@@ -78,7 +70,7 @@ fn three_level_unet_with_guidance_embedding_matches_diffusers() {
 
 #[test]
 fn block_removed_unet_matches_diffusers() {
-    let unet = load(&unets(), "no-mid");
+    let unet = load_unet(&unets(), "no-mid");
     assert!(unet.config().mid_block_type.is_none());
     check(&unet, "no_mid");
 }
@@ -99,7 +91,7 @@ fn guidance_scale_embedding_matches_diffusers() {
 /// The time-condition input feeds the embedding: the same call without it must differ.
 #[test]
 fn timestep_cond_changes_the_output() {
-    let unet = load(&unets(), "three-level");
+    let unet = load_unet(&unets(), "three-level");
     let r = reference("unet_three_level");
     let run = |cond| unet.forward(r.tensor("sample"), r.tensor("timesteps"), r.tensor("encoder_hidden_states"), cond);
     let diff = common::max_abs_diff(run(Some(r.tensor::<2>("timestep_cond"))), run(None));
@@ -109,7 +101,7 @@ fn timestep_cond_changes_the_output() {
 /// A single timestep is broadcast over the batch, as diffusers does.
 #[test]
 fn single_timestep_broadcasts_over_the_batch() {
-    let unet = load(&tiny_sd(), "unet");
+    let unet = load_unet(&tiny_sd(), "unet");
     let r = reference("unet_tiny_sd");
     let t = r.f32s("timesteps");
     let sample: Tensor<4> = r.tensor("sample");
@@ -182,13 +174,8 @@ fn mismatched_weights_name_the_tensor() {
 fn chunked_attention_at_4096_tokens_equals_one_shot() {
     let (b, h, n, d) = (1, 1, 4096, 8);
     assert!(b * h * n * n > ATTENTION_SCORE_BUDGET);
-    let values = |seed: u32| -> Tensor<4> {
-        let v: Vec<f32> = (0..b * h * n * d)
-            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
-            .collect();
-        Tensor::from_data(TensorData::new(v, [b, h, n, d]), &device())
-    };
-    let (q, k, v) = (values(1), values(2), values(3));
+    let shape = [b, h, n, d];
+    let (q, k, v) = (patterned(shape, 1, 1.0), patterned(shape, 2, 1.0), patterned(shape, 3, 1.0));
     let scale = (d as f64).powf(-0.5);
     let chunked = scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), scale);
     let scores = q.matmul(k.swap_dims(2, 3)) * scale;

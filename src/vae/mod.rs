@@ -12,7 +12,6 @@ pub use taesd::AutoencoderTiny;
 use crate::config::{AutoencoderKLConfig, AutoencoderTinyConfig, from_json};
 use crate::error::{Error, Result};
 use crate::source::ModelSource;
-use crate::weights::Weights;
 
 /// The original TAESD decoder checkpoint name (madebyollin/taesd and its relatives).
 pub const TAESD_DECODER_FILE: &str = "taesd_decoder.safetensors";
@@ -105,9 +104,7 @@ impl Decoder {
     /// An original TAESD folder: `decoder_file` (e.g. `taesd_decoder.safetensors`, keys `1.weight`,
     /// `3.conv.0.weight`, ...) and, when present, the matching `*_encoder.safetensors`.
     pub fn load_original_taesd(src: &dyn ModelSource, dir: &str, decoder_file: &str, device: &Device) -> Result<Self> {
-        let weights = |file: &str| -> Result<Weights> {
-            Ok(src.weights_file(&join(dir, file), device)?.with_dtype(src.dtype()))
-        };
+        let weights = |file: &str| src.weights_file(&join(dir, file), device);
         let encoder_file = decoder_file.replace("_decoder.", "_encoder.");
         let encoder = if src.exists(&join(dir, &encoder_file)) { Some(weights(&encoder_file)?) } else { None };
         Ok(Self::Tiny(taesd::load_original(weights(decoder_file)?, encoder)?))

@@ -40,11 +40,45 @@ function fixtureFiles() {
   walk(TINY);
   return out;
 }
-function tensorCount(path) {
-  const b = readFileSync(join(TINY, path));
+/** A safetensors file read in node: its tensor keys, each tensor's header entry and raw bytes,
+ *  f32 tensors by name, and the JSON `note` metadata. */
+function readSafetensors(path) {
+  const b = readFileSync(path);
   const n = Number(b.readBigUInt64LE(0));
-  return Object.keys(JSON.parse(b.subarray(8, 8 + n).toString())).filter((k) => k !== '__metadata__').length;
+  const header = JSON.parse(b.subarray(8, 8 + n).toString());
+  const raw = (key) => {
+    const [s, e] = header[key].data_offsets;
+    return b.subarray(8 + n + s, 8 + n + e);
+  };
+  const tensor = (key) => {
+    const { dtype, shape } = header[key];
+    assert.equal(dtype, 'F32', `${path}: ${key}`);
+    const r = raw(key);
+    return { shape, data: new Float32Array(r.buffer.slice(r.byteOffset, r.byteOffset + r.length)) };
+  };
+  const keys = Object.keys(header).filter((k) => k !== '__metadata__');
+  return { header, keys, raw, tensor, dataSize: b.length - 8 - n, note: JSON.parse(header.__metadata__?.note ?? 'null') };
 }
+
+/** Writes tensors of `src` (from readSafetensors) to `to`: `pairs` is [[newKey, srcKey], ...]. */
+function writeSafetensors(to, src, pairs) {
+  const h = {};
+  const data = [];
+  let off = 0;
+  for (const [key, from] of pairs) {
+    const bytes = src.raw(from);
+    data.push(bytes);
+    h[key] = { ...src.header[from], data_offsets: [off, off + bytes.length] };
+    off += bytes.length;
+  }
+  let json = JSON.stringify(h);
+  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  writeFileSync(to, Buffer.concat([len, Buffer.from(json), ...data]));
+}
+
+const tensorCount = (path) => readSafetensors(join(TINY, path)).keys.length;
 const sha256 = (b) => createHash('sha256').update(b).digest('hex');
 
 async function launch(webgpu = true) {
@@ -374,19 +408,6 @@ test('generate() reports every step, makes zero requests, and cancels between st
   assert.equal(c.again, 3 * 64 * 64);
 });
 
-/** A safetensors file read in node: f32 tensors by name and the JSON `note` metadata. */
-function readSafetensors(path) {
-  const b = readFileSync(path);
-  const n = Number(b.readBigUInt64LE(0));
-  const header = JSON.parse(b.subarray(8, 8 + n).toString());
-  const tensor = (key) => {
-    const { dtype, shape, data_offsets: [s, e] } = header[key];
-    assert.equal(dtype, 'F32', `${path}: ${key}`);
-    return { shape, data: new Float32Array(b.buffer.slice(b.byteOffset + 8 + n + s, b.byteOffset + 8 + n + e)) };
-  };
-  return { tensor, note: JSON.parse(header.__metadata__?.note ?? 'null') };
-}
-
 const maxAbs = (a, b) => {
   assert.equal(a.length, b.length);
   let m = 0;
@@ -490,32 +511,17 @@ function writeShardedModel(dir) {
   rmSync(dir, { recursive: true, force: true });
   cpSync(TINY, dir, { recursive: true });
   const unet = join(dir, 'unet/diffusion_pytorch_model.safetensors');
-  const b = readFileSync(unet);
-  const n = Number(b.readBigUInt64LE(0));
-  const header = JSON.parse(b.subarray(8, 8 + n).toString());
-  const keys = Object.keys(header).filter((k) => k !== '__metadata__').sort();
+  const st = readSafetensors(unet);
+  const keys = [...st.keys].sort();
   const halves = [keys.slice(0, keys.length >> 1), keys.slice(keys.length >> 1)];
   const weightMap = {};
   halves.forEach((part, i) => {
     const name = `diffusion_pytorch_model-0000${i + 1}-of-00002.safetensors`;
-    const h = {};
-    const data = [];
-    let off = 0;
-    for (const k of part) {
-      const [s, e] = header[k].data_offsets;
-      data.push(b.subarray(8 + n + s, 8 + n + e));
-      h[k] = { ...header[k], data_offsets: [off, off + e - s] };
-      off += e - s;
-      weightMap[k] = name;
-    }
-    let json = JSON.stringify(h);
-    json += ' '.repeat((8 - (json.length % 8)) % 8);
-    const len = Buffer.alloc(8);
-    len.writeBigUInt64LE(BigInt(json.length));
-    writeFileSync(join(dir, 'unet', name), Buffer.concat([len, Buffer.from(json), ...data]));
+    writeSafetensors(join(dir, 'unet', name), st, part.map((k) => [k, k]));
+    for (const k of part) weightMap[k] = name;
   });
   rmSync(unet);
-  writeFileSync(`${unet}.index.json`, JSON.stringify({ metadata: { total_size: b.length - 8 - n }, weight_map: weightMap }));
+  writeFileSync(`${unet}.index.json`, JSON.stringify({ metadata: { total_size: st.dataSize }, weight_map: weightMap }));
   renameSync(join(dir, 'text_encoder/model.safetensors'), join(dir, 'text_encoder/model.fp16.safetensors'));
 }
 
@@ -535,24 +541,8 @@ test('sharded (*.index.json) and .fp16 weight files are found and streamed', asy
 
 /** Writes the tensors of safetensors file `from` whose keys `rename` maps to a new key into `to`. */
 function rewriteSafetensors(from, to, rename) {
-  const b = readFileSync(from);
-  const n = Number(b.readBigUInt64LE(0));
-  const header = JSON.parse(b.subarray(8, 8 + n).toString());
-  const h = {};
-  const data = [];
-  let off = 0;
-  for (const [k, v] of Object.entries(header)) {
-    const key = k === '__metadata__' ? null : rename(k);
-    if (!key) continue;
-    const [s, e] = v.data_offsets;
-    data.push(b.subarray(8 + n + s, 8 + n + e));
-    h[key] = { ...v, data_offsets: [off, off + e - s] };
-    off += e - s;
-  }
-  const json = Buffer.from(JSON.stringify(h));
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(json.length));
-  writeFileSync(to, Buffer.concat([len, json, ...data]));
+  const st = readSafetensors(from);
+  writeSafetensors(to, st, st.keys.map((k) => [rename(k), k]).filter(([key]) => key));
 }
 
 test('a tiny decoder in the original TAESD layout (no vae/config.json) loads and matches the native CLI', async () => {

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use inkstone::source::DirSource;
+use inkstone::pipeline::GenerateOptions;
+use inkstone::source::{DirSource, ModelSource};
+use inkstone::unet::UNet2DConditionModel;
 use inkstone::weights::{SafetensorsFile, StoredDtype, to_f32};
 
 /// Native tests run on burn's pure-Rust CPU backend; built with `--features wgpu` and run with
@@ -119,4 +121,42 @@ pub fn filter_keys(file: &inkstone::weights::SafetensorsFile, rename: impl Fn(&s
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(&data);
     out
+}
+
+/// The generation options of a reference pipeline case, read from the settings it was made
+/// with (its `note`), with its initial latents.
+pub fn case_options(case: &str) -> GenerateOptions {
+    let r = reference(case);
+    let note = r.note();
+    GenerateOptions {
+        prompt: note["prompt"].as_str().unwrap().into(),
+        negative_prompt: note["negative_prompt"].as_str().unwrap().into(),
+        steps: Some(note["steps"].as_u64().unwrap() as usize),
+        guidance: Some(note["guidance"].as_f64().unwrap() as f32),
+        seed: 0,
+        width: note["width"].as_u64().unwrap() as usize,
+        height: note["height"].as_u64().unwrap() as usize,
+        latents: Some(r.f32s("latents")),
+    }
+}
+
+/// Loads the `component` U-Net of `src` (in the dtype `src` gives its weights) and checks that
+/// every stored tensor was used.
+pub fn load_unet(src: &dyn ModelSource, component: &str) -> UNet2DConditionModel {
+    let file = format!("{component}/config.json");
+    let config = inkstone::config::from_json(&file, &src.read(&file).unwrap()).unwrap();
+    let weights = src.weights(component, &device()).unwrap();
+    let unet = UNet2DConditionModel::load(&weights, &config).unwrap();
+    weights.finish().unwrap();
+    unet
+}
+
+/// A deterministic, irregular f32 tensor with values in [-amplitude, amplitude): test inputs
+/// larger than any stored reference (e.g. attention over 4096 tokens).
+pub fn patterned<const D: usize>(shape: [usize; D], seed: u32, amplitude: f32) -> Tensor<D> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|i| ((((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0) * amplitude)
+        .collect();
+    Tensor::from_data(TensorData::new(v, shape), &device())
 }
