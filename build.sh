@@ -2,7 +2,6 @@
 # Builds the browser bundle: the wasm (burn on WebGPU), its wasm-bindgen glue, the npm package
 # in pkg/ and the page in www/ (with the bundled tiny demo model).
 #   ./build.sh            release build (profile wasm-release: size-tuned, LTO)
-#   FEATURES=webgpu,pipeline ./build.sh   once src/pipeline.rs exists
 # Env: CARGO_TARGET_DIR (default ~/.cache/inkstone-target), PROFILE (default wasm-release),
 #      SKIP_WASM_OPT=1 to skip binaryen's wasm-opt.
 set -euo pipefail

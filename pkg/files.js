@@ -3,12 +3,6 @@
 import * as store from './store.js';
 import { Sha256 } from './sha256.js';
 
-/** Weight file names in order of preference (matches src/source.rs `weight_files`). */
-const STEMS = ['diffusion_pytorch_model', 'model'];
-/** Tokenizer files that may exist (CLIP: vocab.json + merges.txt; BERT: vocab.txt). */
-const TOKENIZER_FILES = ['tokenizer_config.json', 'special_tokens_map.json', 'vocab.json', 'merges.txt',
-  'vocab.txt', 'tokenizer.json', 'added_tokens.json'];
-
 /** A diffusers folder at a base URL (`https://huggingface.co/<repo>/resolve/main/` works). */
 export class UrlSource {
   constructor(base) {
@@ -65,95 +59,35 @@ export class FilesSource {
 const decoder = new TextDecoder();
 
 /**
- * The files of a model: `[{ path, component, kind: 'file'|'weights', size }]` plus the bytes of
- * the JSON files read on the way (model_index.json, *.index.json).
+ * The files a load in `dtype` reads: `{ files: [{ path, component, kind: 'file'|'weights',
+ * size }], skipped }`, decided by the Rust core's model-folder rules (`planModel`, from wasm),
+ * not here. The rules ask round by round for the sizes of the paths they consider (HEAD
+ * requests, or the picked folder) and for the text of the JSON files they read, until the plan
+ * is complete; components the pipeline never runs (safety_checker/, ...) are never asked for.
  */
-export async function resolveModel(src) {
-  const texts = new Map();
-  const read = async (path) => {
-    const b = await src.bytes(path);
-    texts.set(path, b);
-    return JSON.parse(decoder.decode(b));
-  };
+export async function resolveModel(src, dtype, planModel) {
+  const known = { name: src.name, sizes: {}, texts: {} };
   let index;
   try {
-    index = await read('model_index.json');
+    index = await src.bytes('model_index.json');
   } catch (e) {
     throw new Error(`${src.name}: cannot read model_index.json (${e.message}); expected a diffusers-format folder`);
   }
-  const files = [{ path: 'model_index.json', component: '', kind: 'file', size: texts.get('model_index.json').length }];
-  const optional = async (component, name) => {
-    const path = `${component}/${name}`;
-    const size = await src.probe(path);
-    if (size !== null) files.push({ path, component, kind: 'file', size });
-    return size !== null;
-  };
-  for (const [component, spec] of Object.entries(index)) {
-    if (component.startsWith('_') || !Array.isArray(spec) || spec.length !== 2 || spec[0] === null || spec[1] === null) continue;
-    const cls = String(spec[1]);
-    if (component === 'scheduler' || /Scheduler$/.test(cls)) {
-      if (!(await optional(component, 'scheduler_config.json'))) throw new Error(`${component}/scheduler_config.json is missing`);
-      continue;
-    }
-    if (/Tokenizer/.test(cls)) {
-      let any = false;
-      for (const name of TOKENIZER_FILES) any = (await optional(component, name)) || any;
-      if (!any) throw new Error(`${component}: no tokenizer files (${TOKENIZER_FILES.join(', ')})`);
-      continue;
-    }
-    if (!(await optional(component, 'config.json'))) {
-      // A tiny decoder in the original TAESD layout (`taesd_decoder.safetensors`, no config):
-      // each file is uploaded on its own, keyed by its path (its keys clash with the encoder's).
-      const original = await originalTaesdFiles(src, component);
-      if (!original.length) throw new Error(`${component}/config.json is missing (and no original-layout ${TAESD_PREFIXES[0]}_decoder.safetensors)`);
-      files.push(...original);
-      continue;
-    }
-    files.push(...(await weightFiles(src, component, read)));
+  known.sizes['model_index.json'] = index.length;
+  known.texts['model_index.json'] = decoder.decode(index);
+  // Each round settles at least one step of the rules; real folders take 2-4.
+  for (let round = 0; round < 12; round++) {
+    const step = JSON.parse(planModel(JSON.stringify(known), dtype));
+    if (step.status === 'done') return step.plan;
+    await Promise.all([
+      ...step.probe.map(async (path) => {
+        const size = await src.probe(path);
+        known.sizes[path] = size === null ? null : Math.max(size, 0);
+      }),
+      ...step.read.map(async (path) => { known.texts[path] = decoder.decode(await src.bytes(path)); }),
+    ]);
   }
-  return { files, texts };
-}
-
-/** Original TAESD checkpoints and their relatives (SDXL, SD3, FLUX latents), by file name. */
-const TAESD_PREFIXES = ['taesd', 'taesdxl', 'taesd3', 'taef1'];
-
-/** `<component>/<prefix>_decoder.safetensors` (and its `_encoder` when present), each its own
- *  upload unit; [] when there is none. */
-async function originalTaesdFiles(src, component) {
-  for (const prefix of TAESD_PREFIXES) {
-    const decoder = `${component}/${prefix}_decoder.safetensors`;
-    const size = await src.probe(decoder);
-    if (size === null) continue;
-    const out = [{ path: decoder, component: decoder, kind: 'weights', size }];
-    const encoder = `${component}/${prefix}_encoder.safetensors`;
-    const encSize = await src.probe(encoder);
-    if (encSize !== null) out.push({ path: encoder, component: encoder, kind: 'weights', size: encSize });
-    return out;
-  }
-  return [];
-}
-
-/** A component's weights: single file or shards, full precision first, then `.fp16`. */
-async function weightFiles(src, component, read) {
-  for (const variant of ['', '.fp16']) {
-    for (const stem of STEMS) {
-      const single = `${component}/${stem}${variant}.safetensors`;
-      const size = await src.probe(single);
-      if (size !== null) return [{ path: single, component, kind: 'weights', size }];
-      const indexPath = `${single}.index.json`;
-      if ((await src.probe(indexPath)) !== null) {
-        const idx = await read(indexPath);
-        const shards = [...new Set(Object.values(idx.weight_map ?? {}))];
-        const out = [{ path: indexPath, component, kind: 'file', size: -1 }];
-        for (const shard of shards) {
-          const path = `${component}/${shard}`;
-          out.push({ path, component, kind: 'weights', size: await src.probe(path) });
-        }
-        return out;
-      }
-    }
-  }
-  throw new Error(`${component}: no ${STEMS.join(' / ')} weights (.safetensors, .fp16.safetensors or sharded .index.json)`);
+  throw new Error(`${src.name}: planning the model files did not finish`);
 }
 
 /** A sha256 announced by the server (the hub sends it as the ETag / X-Linked-Etag of LFS files). */

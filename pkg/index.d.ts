@@ -21,15 +21,16 @@ export interface GpuInfo {
   maxComputeWorkgroupStorageSize: number;
   maxComputeInvocationsPerWorkgroup: number;
   jsFeatures: string[];
-  /** Whether this build can generate (wasm built with the `pipeline` feature). */
-  pipeline: boolean;
 }
 
+/** One file of the load plan (decided by the Rust core's model-folder rules). */
 export interface ModelFile {
   path: string;
+  /** `unet`, `text_encoder`, ...; the file path for files loaded on their own (original TAESD). */
   component: string;
   kind: 'file' | 'weights';
-  size: number;
+  /** Bytes (null when the server did not say before the download). */
+  size: number | null;
 }
 
 export interface LoadInfo {
@@ -40,6 +41,9 @@ export interface LoadInfo {
   /** True when every file came from the cache (no network request). */
   cached: boolean;
   warnings: string[];
+  /** Components model_index.json lists that the pipeline never runs, so never downloaded
+   *  (`safety_checker`, `feature_extractor`, ...). */
+  skipped: string[];
   files: ModelFile[];
   /** Tensor count per component. */
   components: Record<string, number>;

@@ -1,7 +1,7 @@
 // The module Web Worker that owns the WebGPU device: downloads/caches model files (files.js,
 // store.js), streams weights into wasm tensor by tensor, and runs generation step by step so the
 // page never freezes and cancel messages are seen between steps.
-import initWasm, { Inkstone, headerLength, checkSafetensors } from './inkstone_core.js';
+import initWasm, { Inkstone, headerLength, checkSafetensors, planModel } from './inkstone_core.js';
 import * as store from './store.js';
 import { UrlSource, FilesSource, resolveModel, download, cachedFile, localFile } from './files.js';
 
@@ -50,27 +50,30 @@ async function load(msg, post) {
   const report = (extra) => post({ type: 'progress', progress: { ...progress, ...extra } });
   const warnings = [];
   const warn = (w) => { warnings.push(w); report({ warning: w }); };
-  let model, list, held = new Map(), cached = false;
+  let model, list, skipped = [], held = new Map(), cached = false;
   report({});
 
   if (msg.files) {
     const src = new FilesSource(msg.files);
     model = src.name;
-    ({ files: list } = await resolveModel(src));
+    ({ files: list, skipped } = await resolveModel(src, dtype, planModel));
     for (const f of list) held.set(f.path, localFile(src, f.path, f.size, chunkSize));
   } else {
     model = new URL(msg.url, msg.base).href.replace(/\/?$/, '/');
     const record = await store.getModel(model);
-    const metas = record?.complete ? await Promise.all(record.files.map((f) => store.getFile(model, f.path))) : [];
-    if (record?.complete && metas.every((m) => m?.complete)) {
+    // A plan is per dtype (f16 prefers the .fp16 files); one made for another dtype is re-made.
+    const usable = record?.complete && (record.dtype ?? 'f32') === dtype;
+    const metas = usable ? await Promise.all(record.files.map((f) => store.getFile(model, f.path))) : [];
+    if (usable && metas.every((m) => m?.complete)) {
       // Fully cached: not a single request.
       cached = true;
       list = record.files;
+      skipped = record.skipped ?? [];
       metas.forEach((m) => held.set(m.path, cachedFile(model, m)));
     } else {
       const src = new UrlSource(model);
-      ({ files: list } = await resolveModel(src));
-      await store.putModel({ model, files: list, complete: false, savedAt: Date.now() }).catch(() => {});
+      ({ files: list, skipped } = await resolveModel(src, dtype, planModel));
+      await store.putModel({ model, dtype, files: list, skipped, complete: false, savedAt: Date.now() }).catch(() => {});
       progress.phase = 'download';
       progress.totalFiles = list.length;
       progress.totalBytes = list.reduce((a, f) => a + Math.max(f.size, 0), 0);
@@ -90,7 +93,7 @@ async function load(msg, post) {
       }
       const sizes = new Map([...held].map(([p, h]) => [p, h.size]));
       list = list.map((f) => ({ ...f, size: sizes.get(f.path) }));
-      if (!state.quotaFull) await store.putModel({ model, files: list, complete: true, savedAt: Date.now() }).catch((e) => warn(`not cached: ${e.message}`));
+      if (!state.quotaFull) await store.putModel({ model, dtype, files: list, skipped, complete: true, savedAt: Date.now() }).catch((e) => warn(`not cached: ${e.message}`));
     }
   }
 
@@ -130,7 +133,7 @@ async function load(msg, post) {
   }
   const summary = JSON.parse(engine.build());
   report({ phase: 'ready', file: null });
-  return { model, gpu: info, dtype: summary.dtype, cached, warnings, files: list, components: summary.components,
+  return { model, gpu: info, dtype: summary.dtype, cached, warnings, files: list, skipped, components: summary.components,
     bytes: list.reduce((a, f) => a + Math.max(f.size, 0), 0) };
 }
 

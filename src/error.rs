@@ -53,6 +53,11 @@ pub enum Error {
     #[error("{0}")]
     Tokenizer(String),
 
+    /// A source that answers only from what it was told (the browser's plan, `folder::KnownFiles`)
+    /// has not been told about these paths yet: the caller probes them and asks again.
+    #[error("not known yet: {}", paths.join(", "))]
+    NotYetKnown { paths: Vec<String> },
+
     /// Generation was cancelled between two steps.
     #[error("cancelled")]
     Cancelled,

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use crate::config::ModelIndex;
 use crate::error::Result;
-use crate::source::{ModelSource, read_header, weight_files};
+use crate::folder::weight_files;
+use crate::source::{ModelSource, read_header};
 
 #[derive(Debug, Clone)]
 pub struct ComponentInfo {
@@ -32,7 +33,7 @@ pub fn inspect(src: &dyn ModelSource) -> Result<(ModelIndex, Vec<ComponentInfo>)
             dtypes: BTreeMap::new(),
         };
         if !matches!(name.as_str(), "tokenizer" | "scheduler" | "feature_extractor") {
-            for file in weight_files(src, name)? {
+            for file in weight_files(src, name, burn::tensor::DType::F32)? {
                 let header = read_header(src, &file)?;
                 for t in header.tensors.values() {
                     let n: usize = t.shape.iter().product();

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod folder;
 pub mod image;
 pub mod info;
 pub mod nn;

@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::{ModelIndex, SchedulerConfig, UNet2DConditionConfig, from_json};
 use crate::error::{Error, Result};
+use crate::folder;
 use crate::schedulers::Scheduler;
 use crate::source::{MemorySource, ModelSource, WithDtype};
 use crate::weights::Weights;
@@ -66,8 +67,6 @@ pub struct Pipeline {
     dtype: DType,
 }
 
-const PIPELINES: [&str; 1] = ["StableDiffusionPipeline"];
-
 impl Pipeline {
     /// Loads every component named by `model_index.json` in f32, validating configs and
     /// weight coverage.
@@ -87,23 +86,12 @@ impl Pipeline {
             return Err(Error::InvalidArgument(format!("this device cannot compute in {dtype:?}")));
         }
         let src = &WithDtype { inner: src, dtype };
-        let index = ModelIndex::from_json(&src.read("model_index.json")?)?;
-        if !PIPELINES.contains(&index.class_name.as_str()) {
-            return Err(Error::UnsupportedConfig {
-                file: "model_index.json".into(),
-                field: "_class_name".into(),
-                value: format!("{:?}", index.class_name),
-                hint: Some(format!("supported: {}", PIPELINES.join(", "))),
-            });
-        }
-        for name in ["tokenizer", "text_encoder", "unet", "vae", "scheduler"] {
-            index.component(name)?;
-        }
+        let index = folder::read_index(src)?;
         let tokenizer = PromptTokenizer::load(src, "tokenizer")?;
         let text_encoder = TextEncoder::load(src, "text_encoder", device)?;
         let unet = load_unet(src, device)?;
         let decoder = Decoder::load(src, "vae", device)?;
-        let scheduler_config = SchedulerConfig::from_json(&src.read("scheduler/scheduler_config.json")?)?;
+        let scheduler_config = SchedulerConfig::from_json(&src.read(folder::SCHEDULER_CONFIG)?)?;
         Ok(Self { index, tokenizer, text_encoder, unet, decoder, scheduler_config, device: device.clone(), dtype })
     }
 
@@ -256,15 +244,25 @@ impl ModelSource for Prepared<'_> {
         self.files.describe()
     }
 
-    fn weights(&self, component: &str, _device: &Device) -> Result<Weights> {
-        self.weights.borrow_mut().remove(component).ok_or_else(|| Error::MissingFile {
-            path: format!("{}/{component}", self.files.name),
-            hint: Some("no weights were uploaded for this component".into()),
-        })
+    fn probe(&self, paths: &[String]) -> Result<Vec<Option<u64>>> {
+        let weights = self.weights.borrow();
+        Ok(paths
+            .iter()
+            .map(|p| self.files.files.get(p).map(|b| b.len() as u64).or(weights.contains_key(p).then_some(0)))
+            .collect())
     }
 
-    fn weights_file(&self, path: &str, device: &Device) -> Result<Weights> {
-        self.weights(path, device)
+    /// The uploaded tensors are in the load's dtype already (the worker converted them).
+    fn weights_in(&self, component: &str, _device: &Device, dtype: DType) -> Result<Weights> {
+        let weights = self.weights.borrow_mut().remove(component).ok_or_else(|| Error::MissingFile {
+            path: format!("{}/{component}", self.files.name),
+            hint: Some("no weights were uploaded for this component".into()),
+        })?;
+        Ok(weights.with_dtype(dtype))
+    }
+
+    fn weights_file_in(&self, path: &str, device: &Device, dtype: DType) -> Result<Weights> {
+        self.weights_in(path, device, dtype)
     }
 }
 

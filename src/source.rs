@@ -1,7 +1,6 @@
 //! Where a diffusers-format model folder's files come from: a local directory natively, a map
-//! of byte buffers in the browser (files picked by the user or read back from IndexedDB), and
-//! how a component's weight files are found in it (single file, `.fp16` variant, or shards
-//! listed by an `*.index.json`).
+//! of byte buffers in the browser (files picked by the user or read back from IndexedDB). Which
+//! files a component reads is [`crate::folder`]'s business.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,6 +9,7 @@ use std::sync::Arc;
 use burn::tensor::{DType, Device};
 
 use crate::error::{Error, Result};
+use crate::folder;
 use crate::weights::{SafetensorsFile, Weights};
 
 /// Read access to the files of a model folder, by `/`-separated relative path.
@@ -35,16 +35,36 @@ pub trait ModelSource {
         Ok(self.read(path)?.len() as u64)
     }
 
-    /// The weights of `component`. By default its safetensors files are read and parsed here;
-    /// the browser overrides this to hand over tensors it already streamed to the GPU.
+    /// Sizes of `paths` (`None`: absent), asked together so that a source answering over the
+    /// network can fetch them in one round ([`crate::folder`]).
+    fn probe(&self, paths: &[String]) -> Result<Vec<Option<u64>>> {
+        Ok(paths.iter().map(|p| if self.exists(p) { self.size(p).ok() } else { None }).collect())
+    }
+
+    /// The working float dtype of the load (F32 unless wrapped in [`WithDtype`]).
+    fn dtype(&self) -> DType {
+        DType::F32
+    }
+
+    /// The weights of `component` in [`ModelSource::dtype`].
     fn weights(&self, component: &str, device: &Device) -> Result<Weights> {
-        load_weights(self, component, device)
+        self.weights_in(component, device, self.dtype())
+    }
+
+    /// The weights of `component` in `dtype`. By default its safetensors files are read and
+    /// parsed here; the browser overrides this to hand over tensors it already streamed.
+    fn weights_in(&self, component: &str, device: &Device, dtype: DType) -> Result<Weights> {
+        load_weights_in(self, component, device, dtype)
     }
 
     /// The weights of one named file (an original-layout `taesd_decoder.safetensors`, whose
     /// keys must not mix with a sibling encoder file's). The browser overrides this too.
     fn weights_file(&self, path: &str, device: &Device) -> Result<Weights> {
-        Weights::new(vec![SafetensorsFile::from_bytes(path, self.read(path)?)?], device)
+        self.weights_file_in(path, device, self.dtype())
+    }
+
+    fn weights_file_in(&self, path: &str, device: &Device, dtype: DType) -> Result<Weights> {
+        Ok(Weights::new(vec![SafetensorsFile::from_bytes(path, self.read(path)?)?], device)?.with_dtype(dtype))
     }
 }
 
@@ -80,12 +100,20 @@ impl ModelSource for WithDtype<'_> {
         self.inner.size(path)
     }
 
-    fn weights(&self, component: &str, device: &Device) -> Result<Weights> {
-        Ok(self.inner.weights(component, device)?.with_dtype(self.dtype))
+    fn probe(&self, paths: &[String]) -> Result<Vec<Option<u64>>> {
+        self.inner.probe(paths)
     }
 
-    fn weights_file(&self, path: &str, device: &Device) -> Result<Weights> {
-        Ok(self.inner.weights_file(path, device)?.with_dtype(self.dtype))
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn weights_in(&self, component: &str, device: &Device, dtype: DType) -> Result<Weights> {
+        self.inner.weights_in(component, device, dtype)
+    }
+
+    fn weights_file_in(&self, path: &str, device: &Device, dtype: DType) -> Result<Weights> {
+        self.inner.weights_file_in(path, device, dtype)
     }
 }
 
@@ -186,50 +214,6 @@ impl ModelSource for MemorySource {
     }
 }
 
-/// Weight file stems in order of preference: diffusers, then transformers naming.
-const STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
-
-/// Which files hold a component's weights: full-precision names first, then the `.fp16`
-/// variant, each as a single file or as shards listed by `<name>.safetensors.index.json`.
-pub fn weight_files<S: ModelSource + ?Sized>(src: &S, component: &str) -> Result<Vec<String>> {
-    for variant in ["", ".fp16"] {
-        for stem in STEMS {
-            let single = format!("{component}/{stem}{variant}.safetensors");
-            if src.exists(&single) {
-                return Ok(vec![single]);
-            }
-            let index = format!("{single}.index.json");
-            if src.exists(&index) {
-                return shard_files(src, component, &index);
-            }
-        }
-    }
-    Err(Error::MissingFile {
-        path: format!("{}/{component}", src.describe()),
-        hint: Some(format!(
-            "no {} (.safetensors, .fp16.safetensors or .safetensors.index.json)",
-            STEMS.join(" / ")
-        )),
-    })
-}
-
-/// The distinct shard files named by an `*.index.json` `weight_map`, in first-use order.
-fn shard_files<S: ModelSource + ?Sized>(src: &S, component: &str, index: &str) -> Result<Vec<String>> {
-    #[derive(serde::Deserialize)]
-    struct Index {
-        weight_map: BTreeMap<String, String>,
-    }
-    let parsed: Index = crate::config::from_json(index, &src.read(index)?)?;
-    let mut files: Vec<String> = Vec::new();
-    for shard in parsed.weight_map.values() {
-        let path = format!("{component}/{shard}");
-        if !files.contains(&path) {
-            files.push(path);
-        }
-    }
-    Ok(files)
-}
-
 /// Reads and validates only the header of a safetensors file.
 pub fn read_header(src: &dyn ModelSource, path: &str) -> Result<crate::weights::Header> {
     let size = src.size(path)?;
@@ -242,11 +226,18 @@ pub fn read_header(src: &dyn ModelSource, path: &str) -> Result<crate::weights::
     crate::weights::Header::parse(path, &prefix, size)
 }
 
-/// Reads and validates every weight file of `component` into one [`Weights`].
-pub fn load_weights<S: ModelSource + ?Sized>(src: &S, component: &str, device: &Device) -> Result<Weights> {
-    let files = weight_files(src, component)?
+/// Reads and validates every weight file of `component` into one [`Weights`] in f32 (the
+/// full-precision variant preferred).
+pub fn load_weights(src: &dyn ModelSource, component: &str, device: &Device) -> Result<Weights> {
+    load_weights_in(src, component, device, DType::F32)
+}
+
+/// [`load_weights`] for a load in `dtype`: the file is chosen by [`folder::weight_files`] (the
+/// `.fp16` variant first for F16) and its tensors are created in `dtype`.
+pub fn load_weights_in<S: ModelSource + ?Sized>(src: &S, component: &str, device: &Device, dtype: DType) -> Result<Weights> {
+    let files = folder::weight_files(src, component, dtype)?
         .into_iter()
         .map(|path| SafetensorsFile::from_bytes(path.clone(), src.read(&path)?))
         .collect::<Result<Vec<_>>>()?;
-    Weights::new(files, device)
+    Ok(Weights::new(files, device)?.with_dtype(dtype))
 }

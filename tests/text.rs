@@ -185,11 +185,11 @@ fn bert_model_matches_transformers_with_and_without_mask() {
 
     let plain = model.forward(ids.clone(), None);
     assert_close("bert last_hidden_state (no mask)", plain.last_hidden_state, r.tensor("last_hidden_state"), 1e-4);
-    assert_close("bert pooler_output (no mask)", plain.pooler_output, r.tensor("pooler_output"), 1e-4);
+    assert_close("bert pooler_output (no mask)", plain.pooler_output.unwrap(), r.tensor("pooler_output"), 1e-4);
     let masked = model.forward(ids.clone(), Some(mask.clone()));
     let want_masked = r.tensor::<3>("last_hidden_state_masked");
     assert_close("bert last_hidden_state (mask)", masked.last_hidden_state, want_masked.clone(), 1e-4);
-    assert_close("bert pooler_output (mask)", masked.pooler_output, r.tensor("pooler_output_masked"), 1e-4);
+    assert_close("bert pooler_output (mask)", masked.pooler_output.unwrap(), r.tensor("pooler_output_masked"), 1e-4);
 
     // The config has no `use_attention_mask`: diffusers passes no mask.
     assert_close("bert encode() without use_attention_mask", encoder.encode(ids, mask), r.tensor("last_hidden_state"), 1e-4);

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use common::device;
 use inkstone::Error;
 use inkstone::nn::{Conv2d, Conv2dConfig, Linear};
-use inkstone::source::{MemorySource, load_weights, weight_files};
+use burn::tensor::DType;
+use inkstone::folder::weight_files;
+use inkstone::source::{MemorySource, load_weights};
 use inkstone::weights::{Header, SafetensorsFile, Weights};
 
 /// Builds a safetensors file from (key, dtype, shape, raw bytes); offsets are laid out in order.
@@ -209,7 +211,7 @@ fn sharded_weights_load_through_the_index() {
     src.files.insert("text_encoder/model.safetensors.index.json".into(), Arc::from(index.as_bytes()));
     src.files.insert("text_encoder/model-00001-of-00002.safetensors".into(), Arc::from(shard1));
     src.files.insert("text_encoder/model-00002-of-00002.safetensors".into(), Arc::from(shard2));
-    assert_eq!(weight_files(&src, "text_encoder").unwrap().len(), 2);
+    assert_eq!(weight_files(&src, "text_encoder", DType::F32).unwrap().len(), 2);
     let w = load_weights(&src, "text_encoder", &device()).unwrap();
     Linear::load(&w.root().pp("proj"), 2, 3, true).unwrap();
     w.finish().unwrap();
@@ -219,12 +221,12 @@ fn sharded_weights_load_through_the_index() {
 fn fp16_variant_is_found_when_it_is_the_only_file() {
     let mut src = MemorySource { name: "mem".into(), ..Default::default() };
     src.files.insert("unet/diffusion_pytorch_model.fp16.safetensors".into(), Arc::from(linear_file()));
-    assert_eq!(weight_files(&src, "unet").unwrap(), vec!["unet/diffusion_pytorch_model.fp16.safetensors"]);
+    assert_eq!(weight_files(&src, "unet", DType::F32).unwrap(), vec!["unet/diffusion_pytorch_model.fp16.safetensors"]);
 }
 
 #[test]
 fn component_without_weights_names_the_folder() {
     let src = MemorySource { name: "my-model".into(), ..Default::default() };
-    let msg = err_of(weight_files(&src, "vae"));
+    let msg = err_of(weight_files(&src, "vae", DType::F32));
     assert!(msg.starts_with("my-model/vae: not found"), "{msg}");
 }

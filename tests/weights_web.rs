@@ -15,7 +15,7 @@ fn uploaded(component: &str) -> (Weights, Weights) {
     let dev = common::device();
     let src = common::tiny_sd();
     let from_files = load_weights(&src, component, &dev).unwrap();
-    let path = inkstone::source::weight_files(&src, component).unwrap().remove(0);
+    let path = inkstone::folder::weight_files(&src, component, burn::tensor::DType::F32).unwrap().remove(0);
     let file = inkstone::weights::SafetensorsFile::from_bytes(
         path.clone(),
         std::fs::read(common::fixture(&format!("tiny-sd/{path}"))).unwrap(),

@@ -138,14 +138,16 @@ pub struct BertPooler {
 #[derive(Debug, Clone)]
 pub struct BertOutput {
     pub last_hidden_state: Tensor<3>,
-    pub pooler_output: Tensor<2>,
+    /// `None` for a checkpoint saved without its pooler (`add_pooling_layer=False`).
+    pub pooler_output: Option<Tensor<2>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct BertModel {
     pub embeddings: BertEmbeddings,
     pub encoder: BertEncoder,
-    pub pooler: BertPooler,
+    /// Absent in checkpoints saved with `add_pooling_layer=False`; pipelines never run it.
+    pub pooler: Option<BertPooler>,
     pub config: BertConfig,
 }
 
@@ -159,7 +161,11 @@ impl BertModel {
         Ok(Self {
             embeddings: BertEmbeddings::load(&vb.pp("embeddings"), config)?,
             encoder: BertEncoder { layer },
-            pooler: BertPooler { dense: Linear::load(&vb.pp("pooler").pp("dense"), h, h, true)? },
+            pooler: if vb.pp("pooler").has_prefix() {
+                Some(BertPooler { dense: Linear::load(&vb.pp("pooler").pp("dense"), h, h, true)? })
+            } else {
+                None
+            },
             config: config.clone(),
         })
     }
@@ -174,8 +180,10 @@ impl BertModel {
             x = layer.forward(x, &bias);
         }
         let hidden = x.dims()[2];
-        let cls: Tensor<2> = x.clone().slice([0..batch, 0..1, 0..hidden]).reshape([batch, hidden]);
-        let pooler_output = self.pooler.dense.forward(cls).tanh();
+        let pooler_output = self.pooler.as_ref().map(|p| {
+            let cls: Tensor<2> = x.clone().slice([0..batch, 0..1, 0..hidden]).reshape([batch, hidden]);
+            p.dense.forward(cls).tanh()
+        });
         BertOutput { last_hidden_state: x, pooler_output }
     }
 

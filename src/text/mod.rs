@@ -15,13 +15,9 @@ pub use tokenizer::{Encoded, PromptTokenizer, TokenizerKind};
 
 use crate::config::{BertConfig, ClipTextConfig, from_json};
 use crate::error::{Error, Result};
+use crate::folder;
 use crate::source::ModelSource;
 use crate::weights::Weights;
-
-/// Non-parameter buffers older checkpoints saved (I64 index tensors). They carry no learned
-/// values (always `arange` / zeros), so they are accepted and ignored rather than reported as
-/// unexpected; every other leftover key is still an error.
-const IGNORED_BUFFERS: [&str; 2] = ["embeddings.position_ids", "embeddings.token_type_ids"];
 
 /// A loaded text tower, as the pipeline's `text_encoder` component.
 #[derive(Debug, Clone)]
@@ -53,7 +49,8 @@ impl TextEncoder {
         if clip {
             let config: ClipTextConfig = from_json(&path, &bytes)?;
             let weights = src.weights(dir, device)?.strip_prefix("text_model.");
-            let projection = arch == Some("CLIPTextModelWithProjection") || weights.contains("text_projection.weight");
+            // The pipeline never runs the projection: loaded when stored, fine when absent.
+            let projection = weights.contains("text_projection.weight");
             let mut model = ClipTextModel::load(&weights.root(), &config, projection)?;
             model.use_attention_mask = head.use_attention_mask.unwrap_or(false);
             finish(&weights)?;
@@ -104,7 +101,9 @@ impl TextEncoder {
 fn finish(weights: &Weights) -> Result<()> {
     match weights.finish() {
         Err(Error::UnexpectedTensors { file, keys }) => {
-            let keys: Vec<String> = keys.into_iter().filter(|k| !IGNORED_BUFFERS.contains(&k.as_str())).collect();
+            // The index buffers of transformers-4 checkpoints (I64 `arange` / zeros) carry no
+            // learned values; every other leftover key is still an error.
+            let keys: Vec<String> = keys.into_iter().filter(|k| !folder::is_index_buffer(k)).collect();
             if keys.is_empty() { Ok(()) } else { Err(Error::UnexpectedTensors { file, keys }) }
         }
         other => other,

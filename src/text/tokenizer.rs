@@ -26,6 +26,7 @@ use tokenizers::{
 
 use crate::config::{TokenizerConfig, from_json};
 use crate::error::{Error, Result};
+use crate::folder::{self, TokenizerFiles};
 use crate::source::ModelSource;
 
 /// transformers' CLIP pre-tokenization regex (OpenAI's `simple_tokenizer` pattern).
@@ -81,22 +82,10 @@ impl PromptTokenizer {
     /// vocabulary files; pads/truncates to `model_max_length` with the pad token the files name.
     pub fn load(src: &dyn ModelSource, dir: &str) -> Result<Self> {
         let config = read_config(src, dir)?;
-        let path = |name: &str| format!("{dir}/{name}");
-        let (mut tokenizer, kind) = if src.exists(&path("tokenizer.json")) {
-            from_tokenizer_json(src, &path("tokenizer.json"))?
-        } else if src.exists(&path("vocab.json")) && src.exists(&path("merges.txt")) {
-            (clip_bpe(src, dir, &config)?, TokenizerKind::ClipBpe)
-        } else if src.exists(&path("vocab.txt")) {
-            (bert_wordpiece(src, dir, &config)?, TokenizerKind::BertWordPiece)
-        } else {
-            return Err(Error::MissingFile {
-                path: format!("{}/{dir}", src.describe()),
-                hint: Some(
-                    "no tokenizer found: looked for tokenizer.json, vocab.json + merges.txt (CLIP BPE) \
-                     and vocab.txt (BERT WordPiece)"
-                        .into(),
-                ),
-            });
+        let (mut tokenizer, kind) = match folder::tokenizer_files(src, dir)?.0 {
+            TokenizerFiles::Json => from_tokenizer_json(src, &format!("{dir}/tokenizer.json"))?,
+            TokenizerFiles::ClipVocab => (clip_bpe(src, dir, &config)?, TokenizerKind::ClipBpe),
+            TokenizerFiles::BertVocab => (bert_wordpiece(src, dir, &config)?, TokenizerKind::BertWordPiece),
         };
         let max_length = max_length(&config, &tokenizer, dir)?;
         let pad_token = config

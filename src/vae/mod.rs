@@ -11,10 +11,9 @@ pub use taesd::AutoencoderTiny;
 
 use crate::config::{AutoencoderKLConfig, AutoencoderTinyConfig, from_json};
 use crate::error::{Error, Result};
+use crate::folder::{self, VaeFiles, join};
 use crate::source::ModelSource;
 
-/// The original TAESD decoder checkpoint name (madebyollin/taesd and its relatives).
-pub const TAESD_DECODER_FILE: &str = "taesd_decoder.safetensors";
 
 /// The image decoder of a pipeline (with its encoder when the checkpoint has one).
 #[derive(Debug, Clone)]
@@ -48,34 +47,17 @@ impl Encoded {
     }
 }
 
-/// The original-layout decoder file of a folder without config.json: `taesd_decoder.safetensors`,
-/// else one of its relatives (`taesdxl_decoder`, `taesd3_decoder`, `taef1_decoder`, ...).
-fn original_taesd_decoder(src: &dyn ModelSource, dir: &str) -> Option<String> {
-    if src.exists(&join(dir, TAESD_DECODER_FILE)) {
-        return Some(TAESD_DECODER_FILE.to_string());
-    }
-    src.list(dir).into_iter().find(|f| f.starts_with("tae") && f.ends_with("_decoder.safetensors"))
-}
-
-fn join(dir: &str, file: &str) -> String {
-    if dir.is_empty() { file.to_string() } else { format!("{dir}/{file}") }
-}
-
 impl Decoder {
     /// Reads `<dir>/config.json` (`_class_name` AutoencoderTiny / AutoencoderKL), or a folder with
     /// only `taesd_decoder.safetensors` (original layout, default TAESD config; also its
     /// relatives such as `taesdxl_decoder.safetensors`, and the `*_encoder` file next to it).
     pub fn load(src: &dyn ModelSource, dir: &str, device: &Device) -> Result<Self> {
-        let config_path = join(dir, "config.json");
-        if !src.exists(&config_path) {
-            if let Some(decoder) = original_taesd_decoder(src, dir) {
-                return Self::load_original_taesd(src, dir, &decoder, device);
-            }
-            return Err(Error::MissingFile {
-                path: format!("{}/{config_path}", src.describe()),
-                hint: Some(format!("a VAE folder needs config.json (or an original-layout {TAESD_DECODER_FILE})")),
-            });
+        if let VaeFiles::OriginalTaesd { decoder, encoder } = folder::vae_files(src, dir)? {
+            let weights = |file: &str| src.weights_file(file, device);
+            let encoder = encoder.as_deref().map(weights).transpose()?;
+            return Ok(Self::Tiny(taesd::load_original(weights(&decoder)?, encoder)?));
         }
+        let config_path = join(dir, "config.json");
         let bytes = src.read(&config_path)?;
         #[derive(serde::Deserialize)]
         struct ClassName {
@@ -99,15 +81,6 @@ impl Decoder {
                 hint: Some("expected AutoencoderTiny or AutoencoderKL".into()),
             }),
         }
-    }
-
-    /// An original TAESD folder: `decoder_file` (e.g. `taesd_decoder.safetensors`, keys `1.weight`,
-    /// `3.conv.0.weight`, ...) and, when present, the matching `*_encoder.safetensors`.
-    pub fn load_original_taesd(src: &dyn ModelSource, dir: &str, decoder_file: &str, device: &Device) -> Result<Self> {
-        let weights = |file: &str| src.weights_file(&join(dir, file), device);
-        let encoder_file = decoder_file.replace("_decoder.", "_encoder.");
-        let encoder = if src.exists(&join(dir, &encoder_file)) { Some(weights(&encoder_file)?) } else { None };
-        Ok(Self::Tiny(taesd::load_original(weights(decoder_file)?, encoder)?))
     }
 
     /// Equivalent of diffusers `vae.decode(z).sample` (pixel range about [-1, 1]); `z` is the

@@ -75,7 +75,6 @@ impl Inkstone {
             "maxStorageBufferBindingSize": limits.max_storage_buffer_binding_size,
             "maxComputeWorkgroupStorageSize": limits.max_compute_workgroup_storage_size,
             "maxComputeInvocationsPerWorkgroup": limits.max_compute_invocations_per_workgroup,
-            "pipeline": true,
         })
         .to_string();
         let state = State {
@@ -159,6 +158,10 @@ impl Inkstone {
         incoming
             .stream
             .feed(bytes, |key, info, raw| {
+                // Never run by the pipeline (and I64 in transformers-4 files): not uploaded.
+                if crate::folder::is_unused_extra(&incoming.component, key) {
+                    return Ok(());
+                }
                 let n = info.shape.iter().product();
                 let data = tensor_data(&incoming.component, key, info.dtype, raw, vec![n], *dtype)?;
                 let t = Tensor::<1>::from_data(data, (&*device, *dtype));
@@ -212,6 +215,18 @@ impl Inkstone {
             generate::run(state, opts, on_step, is_cancelled).await.map_err(JsValue::from)
         })
     }
+}
+
+/// One round of the model-folder plan ([`crate::folder::plan_step`]): `known` is the JSON of a
+/// [`crate::folder::KnownFiles`] (sizes probed so far, texts of the JSON files read), `dtype`
+/// the load's (`"f16"` / `"f32"`). Returns the JSON of a [`crate::folder::PlanStep`]: the paths
+/// to probe and read next, or the finished plan (files in load order, skipped components).
+#[wasm_bindgen(js_name = planModel)]
+pub fn plan_model(known: &str, dtype: &str) -> Result<String, JsError> {
+    let known: crate::folder::KnownFiles = serde_json::from_str(known).map_err(js_err)?;
+    let dtype = if dtype == "f16" { DType::F16 } else { DType::F32 };
+    let step = crate::folder::plan_step(&known, dtype).map_err(js_err)?;
+    serde_json::to_string(&step).map_err(js_err)
 }
 
 /// Bytes needed from the start of a safetensors file to parse its header (`undefined` if fewer
