@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use inkstone::config::{OneOrMany, UNet2DConditionConfig, from_json};
-use inkstone::source::{DirSource, ModelSource, load_weights};
+use inkstone::config::{OneOrMany, UNet2DConditionConfig};
+use inkstone::source::{DirSource, load_weights};
 use inkstone::unet::UNet2DConditionModel;
 use inkstone::weights::Weights;
 
@@ -58,12 +58,8 @@ fn run_case(case: &str) {
     let (unet, n_params) = match case {
         "fixture" => {
             let src = DirSource::new(root().join("tests/fixtures/tiny-sd")).unwrap();
-            let cfg: UNet2DConditionConfig =
-                from_json("unet/config.json", &src.read("unet/config.json").unwrap()).unwrap();
-            let weights = load_weights(&src, "unet", &device).unwrap();
-            let unet = UNet2DConditionModel::load(&weights, &cfg).unwrap();
-            weights.finish().unwrap();
-            (unet, params(&weights))
+            let unet = UNet2DConditionModel::from_source(&src, "unet", &device).unwrap();
+            (unet, params(&load_weights(&src, "unet", &device).unwrap()))
         }
         "full" => {
             let weights = Weights::random("random unet", 0, &device);

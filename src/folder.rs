@@ -76,6 +76,11 @@ fn first_existing<S: ModelSource + ?Sized>(src: &S, candidates: &[String]) -> Re
 /// downloaded twice as large as needed, and converting from the other one when it is all there
 /// is. Each as a single file or as the shards of `<name>.safetensors.index.json`.
 pub fn weight_files<S: ModelSource + ?Sized>(src: &S, component: &str, dtype: DType) -> Result<Vec<String>> {
+    Ok(weight_layout(src, component, dtype)?.1)
+}
+
+/// [`weight_files`] with the `*.index.json` that named the shards, if any.
+fn weight_layout<S: ModelSource + ?Sized>(src: &S, component: &str, dtype: DType) -> Result<(Option<String>, Vec<String>)> {
     let variants: [&str; 2] = if dtype == DType::F16 { [".fp16", ""] } else { ["", ".fp16"] };
     let mut candidates = Vec::new();
     for variant in variants {
@@ -87,8 +92,11 @@ pub fn weight_files<S: ModelSource + ?Sized>(src: &S, component: &str, dtype: DT
     }
     // Per name the index comes first: a sharded folder may also keep a stale single file.
     match first_existing(src, &candidates)? {
-        Some((path, _)) if path.ends_with(".index.json") => shard_files(src, component, &path),
-        Some((path, _)) => Ok(vec![path]),
+        Some((path, _)) if path.ends_with(".index.json") => {
+            let shards = shard_files(src, component, &path)?;
+            Ok((Some(path), shards))
+        }
+        Some((path, _)) => Ok((None, vec![path])),
         None => Err(no_safetensors(src, component)?),
     }
 }
@@ -323,7 +331,9 @@ fn plan_component(src: &dyn ModelSource, component: &str, dtype: DType) -> Resul
         "vae" => match vae_files(src, component)? {
             VaeFiles::Diffusers => {
                 out.push(small(&join(component, "config.json"))?);
-                for path in weight_files(src, component, dtype)? {
+                let (index, paths) = weight_layout(src, component, dtype)?;
+                out.extend(index.map(|i| small(&i)).transpose()?);
+                for path in paths {
                     out.push(weights(&path, component)?);
                 }
             }
@@ -335,8 +345,10 @@ fn plan_component(src: &dyn ModelSource, component: &str, dtype: DType) -> Resul
         },
         _ => {
             // Asked together: the config and the weight candidates are probed in one round.
-            let (config, paths) = both(small(&join(component, "config.json")), weight_files(src, component, dtype))?;
+            let (config, (index, paths)) =
+                both(small(&join(component, "config.json")), weight_layout(src, component, dtype))?;
             out.push(config);
+            out.extend(index.map(|i| small(&i)).transpose()?);
             for path in paths {
                 out.push(weights(&path, component)?);
             }

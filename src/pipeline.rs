@@ -15,7 +15,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::{ModelIndex, SchedulerConfig, UNet2DConditionConfig, from_json};
+use crate::config::{ModelIndex, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::folder;
 use crate::schedulers::Scheduler;
@@ -89,7 +89,7 @@ impl Pipeline {
         let index = folder::read_index(src)?;
         let tokenizer = PromptTokenizer::load(src, "tokenizer")?;
         let text_encoder = TextEncoder::load(src, "text_encoder", device)?;
-        let unet = load_unet(src, device)?;
+        let unet = UNet2DConditionModel::from_source(src, "unet", device)?;
         let decoder = Decoder::load(src, "vae", device)?;
         let scheduler_config = SchedulerConfig::from_json(&src.read(folder::SCHEDULER_CONFIG)?)?;
         Ok(Self { index, tokenizer, text_encoder, unet, decoder, scheduler_config, device: device.clone(), dtype })
@@ -264,15 +264,6 @@ impl ModelSource for Prepared<'_> {
     fn weights_file_in(&self, path: &str, device: &Device, dtype: DType) -> Result<Weights> {
         self.weights_in(path, device, dtype)
     }
-}
-
-fn load_unet(src: &dyn ModelSource, device: &Device) -> Result<UNet2DConditionModel> {
-    let config: UNet2DConditionConfig = from_json("unet/config.json", &src.read("unet/config.json")?)?;
-    config.validate()?;
-    let weights = src.weights("unet", device)?;
-    let unet = UNet2DConditionModel::load(&weights, &config)?;
-    weights.finish()?;
-    Ok(unet)
 }
 
 /// Standard normal samples (Box–Muller on the seeded ChaCha stream): the same seed gives the

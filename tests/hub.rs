@@ -234,6 +234,7 @@ fn sharded_weights_are_planned_through_their_index() {
     let (plan, rounds, _) = plan_in_rounds(&m, DType::F32);
     let plan = plan.unwrap();
     assert!(paths(&plan, FileKind::Weights).contains(&"unet/diffusion_pytorch_model-00001-of-00001.safetensors"));
+    assert!(paths(&plan, FileKind::File).contains(&"unet/diffusion_pytorch_model.safetensors.index.json"));
     assert!(rounds <= 4, "{rounds} rounds");
     assert_eq!(plan, folder::plan(&m, DType::F32).unwrap());
 }

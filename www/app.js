@@ -1,24 +1,22 @@
 // The page: model picker + cache list, prompt form, progress, preview, result, gallery.
 // All model work happens in the package's worker (pkg/index.js); this file is only UI.
 import { load, gpuInfo, cachedModels, clearCache } from './pkg/index.js';
+import { PRESETS as HUB_PRESETS } from './presets.js';
 
 const $ = (id) => document.getElementById(id);
-const HF = (repo) => `https://huggingface.co/${repo}/resolve/main/`;
-/** Sizes are approximate (the hub cannot be reached from where this was built). */
+/** The bundled demo models, then the hub presets (www/presets.js; figures in docs/models.md). */
 const PRESETS = [
   { name: 'Tiny demo model (bundled, random weights)', url: new URL('models/tiny-sd/', location.href).href,
+    defaults: { steps: 4, guidance: 7.5, width: 64, height: 64 },
     note: 'About 6.6 MB, served with this page: works offline. CLIP + KL decoder + Euler. Its weights are random, so images are noise.' },
   { name: 'Tiny Chinese flow-matching demo (bundled, random weights)', url: new URL('models/tiny-flow/', location.href).href,
+    defaults: { steps: 28, guidance: 4.5, width: 64, height: 64 },
     note: 'About 3.3 MB, served with this page: works offline. BERT-Chinese text tower + tiny decoder (live preview) + rectified flow, 28 steps. Random weights.' },
-  { name: 'SDXS-512 0.9 (IDKiro/sdxs-512-0.9)', url: HF('IDKiro/sdxs-512-0.9'),
-    note: '≈1.3 GB (approximate). One-step 512×512; tiny VAE. Our main target.' },
-  { name: 'BK-SDM-Tiny (nota-ai/bk-sdm-tiny)', url: HF('nota-ai/bk-sdm-tiny'),
-    note: '≈2.1 GB (approximate). Distilled SD 1.4 U-Net, 25+ steps.' },
-  { name: 'SD-Turbo (stabilityai/sd-turbo)', url: HF('stabilityai/sd-turbo'),
-    note: '≈2.6 GB fp16 / 5.2 GB fp32 (approximate). OpenCLIP ViT-H text tower is fine, but the 0.87B U-Net is big for most browsers: not supported yet.' },
-  { name: 'Taiyi 1B Chinese (IDEA-CCNL/Taiyi-Stable-Diffusion-1B-Chinese-v0.1)', url: HF('IDEA-CCNL/Taiyi-Stable-Diffusion-1B-Chinese-v0.1'),
-    note: '≈4 GB (approximate). Chinese prompts (BERT text encoder); full-size SD 1.x U-Net: heavy, not supported yet.' },
+  ...HUB_PRESETS.map((p) => ({ ...p, name: `${p.name} (${p.repo})` })),
 ];
+const gpuHasF16 = () => JSON.parse(document.body.dataset.gpu ?? '{}').shaderF16 === true;
+/** The dtype a load with the Precision picker's value would run in. */
+const chosenDtype = () => ($('dtype').value === 'auto' ? (gpuHasF16() ? 'f16' : 'f32') : $('dtype').value);
 
 let generator = null;
 let controller = null;
@@ -27,9 +25,25 @@ const fmt = (n) => (n >= 1 << 30 ? `${(n / 2 ** 30).toFixed(2)} GB` : n >= 1 << 
 const status = (el, text, error = false) => { el.textContent = text; el.classList.toggle('error', error); };
 
 for (const [i, p] of PRESETS.entries()) $('preset').add(new Option(p.name, i));
-const showNote = () => { $('preset-note').textContent = PRESETS[$('preset').value].note; };
-$('preset').onchange = () => { $('model-url').value = ''; showNote(); };
+/** The preset's note with its real download size for the dtype the load would use. */
+const showNote = () => {
+  const p = PRESETS[$('preset').value];
+  const dtype = chosenDtype();
+  const size = p.bytes ? ` Download at ${dtype}: ${fmt(p.bytes[dtype])}${p.bytes.f16 === p.bytes.f32 ? '' : ` (${dtype === 'f16' ? 'f32' : 'f16'}: ${fmt(p.bytes[dtype === 'f16' ? 'f32' : 'f16'])})`}.` : '';
+  const d = p.defaults;
+  $('preset-note').textContent = `${p.note}${size} Recommended: ${d.steps} step${d.steps > 1 ? 's' : ''}, guidance ${d.guidance}, ${d.width}×${d.height}.`;
+};
+/** A picked preset brings its recommended settings (SDXS and SD-Turbo: 1 step, guidance 0). */
+const applyDefaults = () => {
+  const d = PRESETS[$('preset').value].defaults;
+  $('steps').value = d.steps;
+  $('guidance').value = d.guidance;
+  if ([...$('size').options].some((o) => Number(o.value) === d.width)) $('size').value = String(d.width);
+};
+$('preset').onchange = () => { $('model-url').value = ''; showNote(); applyDefaults(); };
+$('dtype').onchange = showNote;
 showNote();
+applyDefaults();
 
 async function refreshCache() {
   const list = await cachedModels().catch(() => []);
@@ -143,6 +157,7 @@ window.inkstone = { load, gpuInfo, cachedModels, clearCache, get generator() { r
     const g = await gpuInfo();
     $('gpu').textContent = `WebGPU: ${g.adapter || g.architecture || 'adapter'} (${g.backend}); shader-f16 ${g.shaderF16 ? 'yes' : 'no'}; max buffer ${fmt(g.maxBufferSize)}, max storage binding ${fmt(g.maxStorageBufferBindingSize)}`;
     document.body.dataset.gpu = JSON.stringify(g);
+    showNote(); // 'auto' precision now knows whether the GPU has shader-f16
     setState('ready');
   } catch (e) {
     $('gpu').textContent = e.message;

@@ -3,9 +3,8 @@
 pub mod attention;
 pub mod embeddings;
 pub mod resnet;
-#[allow(clippy::module_inception)]
-pub mod unet;
+pub mod unet_2d_condition;
 pub mod unet_blocks;
 
 pub use embeddings::guidance_scale_embedding;
-pub use unet::UNet2DConditionModel;
+pub use unet_2d_condition::UNet2DConditionModel;

@@ -39,6 +39,8 @@ pub(crate) struct State {
     weight_files: BTreeMap<String, Vec<String>>,
     incoming: Option<Incoming>,
     pipeline: Option<generate::Loaded>,
+    /// The device's `maxStorageBufferBindingSize`: no tensor may be bigger.
+    max_binding: u64,
 }
 
 /// One WebGPU device plus the model loaded onto it.
@@ -63,6 +65,7 @@ impl Inkstone {
             .init_with_setup_async()
             .await
             .map_err(|e| js_err(format!("WebGPU initialisation failed: {e}")))?;
+        // cubecl requests the adapter's own limits (not WebGPU's defaults) for the device.
         let limits = setup.device.limits();
         let info = setup.adapter.get_info();
         let gpu = serde_json::json!({
@@ -85,6 +88,7 @@ impl Inkstone {
             weight_files: BTreeMap::new(),
             incoming: None,
             pipeline: None,
+            max_binding: limits.max_storage_buffer_binding_size as u64,
         };
         Ok(Inkstone { state: Rc::new(RefCell::new(state)), gpu })
     }
@@ -152,7 +156,7 @@ impl Inkstone {
     /// The next bytes of the current weight file, in order, from its first byte.
     pub fn feed(&self, bytes: &[u8]) -> Result<(), JsError> {
         let mut guard = self.state.borrow_mut();
-        let State { device, dtype, uploaded, incoming, .. } = &mut *guard;
+        let State { device, dtype, uploaded, incoming, max_binding, .. } = &mut *guard;
         let incoming = incoming.as_mut().ok_or_else(|| js_err("feed() without beginWeights()"))?;
         let target = uploaded.get_mut(&incoming.component).expect("created by beginWeights");
         incoming
@@ -162,7 +166,8 @@ impl Inkstone {
                 if crate::folder::is_unused_extra(&incoming.component, key) {
                     return Ok(());
                 }
-                let n = info.shape.iter().product();
+                let n: usize = info.shape.iter().product();
+                check_binding(&incoming.component, key, n * dtype.size(), *dtype, *max_binding)?;
                 let data = tensor_data(&incoming.component, key, info.dtype, raw, vec![n], *dtype)?;
                 let t = Tensor::<1>::from_data(data, (&*device, *dtype));
                 target.insert(key.to_string(), (info.shape.clone(), t));
@@ -215,6 +220,21 @@ impl Inkstone {
             generate::run(state, opts, on_step, is_cancelled).await.map_err(JsValue::from)
         })
     }
+}
+
+/// A tensor larger than one storage binding cannot be used by any kernel on this device.
+fn check_binding(file: &str, key: &str, bytes: usize, dtype: DType, max: u64) -> crate::Result<()> {
+    if bytes as u64 <= max {
+        return Ok(());
+    }
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    let advice = if dtype == DType::F16 { "" } else { "load with dtype 'f16' where the GPU has shader-f16, or " };
+    Err(crate::Error::InvalidArgument(format!(
+        "{file}: tensor `{key}` is {:.1} MiB in {dtype:?}, more than this GPU's largest storage binding ({:.1} MiB); \
+         {advice}use a browser/GPU that offers higher WebGPU limits",
+        mb(bytes as u64),
+        mb(max)
+    )))
 }
 
 /// One round of the model-folder plan ([`crate::folder::plan_step`]): `known` is the JSON of a

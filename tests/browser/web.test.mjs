@@ -578,6 +578,63 @@ test('a tiny decoder in the original TAESD layout (no vae/config.json) loads and
   assert.ok(err <= 1e-3, `browser vs native: ${err}`);
 });
 
+/** Folders laid out like real hub repos (tools/reference/hub_layouts.py), each with diffusers'
+ *  image from the same folder and latents. */
+const HUB_CASES = [
+  // SD-1.x era: safety_checker/feature_extractor listed, .safetensors + .fp16 + .bin side by side,
+  // 2022 VAE names, text_model.* keys with position_ids (I64), AddedToken tokenizer configs. Its
+  // scheduler here is the Euler that diffusers' from_config makes of its PNDM config.
+  { model: 'tiny-sd1-hub', ref: 'hub_sd1_euler', scheduler: 'ref/hub_sd1_euler.scheduler_config.json' },
+  // JuZhou-class: BERT-Chinese tower without pooler, position_ids/token_type_ids buffers, 4 flow steps.
+  { model: 'tiny-flow-hub', ref: 'hub_flow' },
+];
+
+for (const hub of HUB_CASES) {
+  test(`${hub.model}: a hub-layout folder fetches only the files it runs and matches the native CLI and diffusers`, async () => {
+    const dir = join(WWW, 'models', hub.model);
+    rmSync(dir, { recursive: true, force: true });
+    cpSync(join(ROOT, 'tests/fixtures', hub.model), dir, { recursive: true });
+    if (hub.scheduler) cpSync(join(ROOT, 'tests/fixtures', hub.scheduler), join(dir, 'scheduler/scheduler_config.json'));
+    const refPath = join(ROOT, `tests/fixtures/ref/${hub.ref}.safetensors`);
+    const ref = readSafetensors(refPath);
+    const c = ref.note;
+    const outTensor = join(OUT, `native-${hub.ref}.safetensors`);
+    execFileSync(INKSTONE_BIN, ['generate', '--model', dir, '--prompt', c.prompt, '--negative-prompt', c.negative_prompt,
+      '--steps', String(c.steps), '--guidance', String(c.guidance), '--width', String(c.width), '--height', String(c.height),
+      '--latents', refPath, '--out-tensor', outTensor], { stdio: 'pipe' });
+    const native = readSafetensors(outTensor).tensor('image').data;
+
+    const page = await openPage(browser);
+    const before = srv.log.length;
+    const { info, error } = await loadIn(page, `${srv.origin}/models/${hub.model}/`);
+    assert.equal(error, undefined, error);
+    assert.equal(info.dtype, 'f32'); // SwiftShader has no shader-f16
+    const prefix = `models/${hub.model}/`;
+    const asked = srv.log.slice(before).filter((r) => r.path.startsWith(prefix)).map((r) => ({ ...r, path: r.path.slice(prefix.length) }));
+    for (const r of asked) {
+      assert.ok(!/^(safety_checker|feature_extractor)\//.test(r.path), `requested ${r.method} ${r.path}`);
+      assert.ok(!/\.(bin|ckpt)$/.test(r.path), `requested pickle ${r.method} ${r.path}`);
+      assert.ok(!(r.method === 'GET' && r.path.includes('.fp16.')), `an f32 load downloaded ${r.path}`);
+    }
+    // Exactly the planned files are downloaded (model_index.json is read once more to plan).
+    const gets = [...new Set(asked.filter((r) => r.method === 'GET').map((r) => r.path))].sort();
+    assert.deepEqual(gets, info.files.map((f) => f.path).sort());
+    const weights = info.files.filter((f) => f.kind === 'weights').map((f) => f.path).sort();
+    assert.deepEqual(weights, ['text_encoder/model.safetensors', 'unet/diffusion_pytorch_model.safetensors',
+      'vae/diffusion_pytorch_model.safetensors']);
+    if (hub.model === 'tiny-sd1-hub') assert.deepEqual(info.skipped, ['feature_extractor', 'safety_checker']);
+
+    const pixels = await page.evaluate(async ({ c, latents }) => Array.from((await window.lastGenerator.generate({
+      prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps, guidance: c.guidance, width: c.width,
+      height: c.height, seed: 0, latents: new Float32Array(latents) })).pixels), { c, latents: Array.from(ref.tensor('latents').data) });
+    const vsNative = maxAbs(pixels, native);
+    const vsDiffusers = maxAbs(pixels, ref.tensor('image').data);
+    console.log(`  ${hub.model}: browser vs native max abs ${vsNative.toExponential(3)}, vs diffusers ${vsDiffusers.toExponential(3)} (tolerance 1e-3)`);
+    assert.ok(vsNative <= 1e-3, `browser vs native: ${vsNative}`);
+    assert.ok(vsDiffusers <= 1e-3, `browser vs diffusers: ${vsDiffusers}`);
+  });
+}
+
 test('without WebGPU the page says so', async () => {
   const ctx = await launch(false);
   try {

@@ -143,12 +143,7 @@ pub fn case_options(case: &str) -> GenerateOptions {
 /// Loads the `component` U-Net of `src` (in the dtype `src` gives its weights) and checks that
 /// every stored tensor was used.
 pub fn load_unet(src: &dyn ModelSource, component: &str) -> UNet2DConditionModel {
-    let file = format!("{component}/config.json");
-    let config = inkstone::config::from_json(&file, &src.read(&file).unwrap()).unwrap();
-    let weights = src.weights(component, &device()).unwrap();
-    let unet = UNet2DConditionModel::load(&weights, &config).unwrap();
-    weights.finish().unwrap();
-    unet
+    UNet2DConditionModel::from_source(src, component, &device()).unwrap()
 }
 
 /// A deterministic, irregular f32 tensor with values in [-amplitude, amplitude): test inputs

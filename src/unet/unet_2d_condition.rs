@@ -2,14 +2,16 @@
 //! Every structural choice comes from the config (levels, block kinds, heads, layers per
 //! block, mid block or none, projection kind, time-condition input); `load` validates it first.
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use burn::tensor::activation::silu;
 
 use super::attention::TransformerConfig;
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::unet_blocks::{BlockConfig, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D};
-use crate::config::UNet2DConditionConfig;
+use crate::config::{UNet2DConditionConfig, from_json};
 use crate::error::{Error, Result};
+use crate::folder::join;
+use crate::source::ModelSource;
 use crate::nn::{Conv2d, Conv2dConfig, GroupNorm};
 use crate::weights::Weights;
 
@@ -30,6 +32,17 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
+    /// Loads the U-Net in folder `dir` of `src`: `<dir>/config.json` and the folder's weights,
+    /// every stored tensor used (`Weights::finish`).
+    pub fn from_source(src: &dyn ModelSource, dir: &str, device: &Device) -> Result<Self> {
+        let path = join(dir, "config.json");
+        let config: UNet2DConditionConfig = from_json(&path, &src.read(&path)?)?;
+        let weights = src.weights(dir, device)?;
+        let unet = Self::load(&weights, &config)?;
+        weights.finish()?;
+        Ok(unet)
+    }
+
     /// Builds the model from `weights` (all of the component's tensors must be used) after
     /// validating `config`.
     pub fn load(weights: &Weights, config: &UNet2DConditionConfig) -> Result<Self> {
