@@ -172,6 +172,32 @@ pub fn vae_files(src: &dyn ModelSource, dir: &str) -> Result<VaeFiles> {
     Ok(VaeFiles::OriginalTaesd { decoder, encoder })
 }
 
+/// The float dtype component folder `dir` runs in for a load in `dtype`: a VAE whose config sets
+/// `force_upcast` (the default of every `AutoencoderKL`: the SD 1.x/2.x VAEs overflow in f16)
+/// runs in f32 even in an f16 load, as diffusers upcasts it before decoding.
+pub fn component_dtype(src: &dyn ModelSource, dir: &str, dtype: DType) -> Result<DType> {
+    if dtype == DType::F32 {
+        return Ok(dtype);
+    }
+    let path = join(dir, "config.json");
+    if src.probe(std::slice::from_ref(&path))?[0].is_none() {
+        return Ok(dtype);
+    }
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(rename = "_class_name")]
+        class_name: Option<String>,
+        force_upcast: Option<bool>,
+    }
+    let head: Head = from_json(&path, &src.read(&path)?)?;
+    let upcast = match head.class_name.as_deref() {
+        Some("AutoencoderKL") => head.force_upcast.unwrap_or(true),
+        Some("AutoencoderTiny") => head.force_upcast.unwrap_or(false),
+        _ => false,
+    };
+    Ok(if upcast { DType::F32 } else { dtype })
+}
+
 /// The vocabulary of a tokenizer folder, in the order transformers' fast tokenizers prefer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TokenizerFiles {
@@ -331,6 +357,8 @@ fn plan_component(src: &dyn ModelSource, component: &str, dtype: DType) -> Resul
         "vae" => match vae_files(src, component)? {
             VaeFiles::Diffusers => {
                 out.push(small(&join(component, "config.json"))?);
+                // A force_upcast VAE runs in f32: its full-precision file is the one to fetch.
+                let dtype = component_dtype(src, component, dtype)?;
                 let (index, paths) = weight_layout(src, component, dtype)?;
                 out.extend(index.map(|i| small(&i)).transpose()?);
                 for path in paths {

@@ -10,7 +10,7 @@ mod common;
 use burn::tensor::{DType, Tensor};
 use common::{case_options, device, fixture, load_unet, max_abs_diff, patterned, reference, tiny_sd};
 use inkstone::pipeline::Pipeline;
-use inkstone::source::{DirSource, ModelSource, WithDtype, load_weights};
+use inkstone::source::{DirSource, MemorySource, ModelSource, WithDtype, load_weights};
 use inkstone::text::TextEncoder;
 use inkstone::vae::Decoder;
 
@@ -67,17 +67,41 @@ fn decoders_in_f16_match_diffusers_f32() {
     // The original-layout pair is loaded per file (`ModelSource::weights_file`).
     for (dir, case) in [("tiny-sd/vae", "vae_kl"), ("tiny-taesd", "vae_taesd"), ("tiny-taesd-original-pair", "vae_taesd")] {
         let vae = Decoder::load(&half(&fixtures), dir, &device()).unwrap();
-        let dtype = match &vae {
-            Decoder::Kl(m) => m.dtype,
-            Decoder::Tiny(m) => m.dtype,
-        };
-        assert_eq!(dtype, DType::F16);
+        // tiny-sd's AutoencoderKL config sets `force_upcast` (as every SD VAE does): it runs in
+        // f32 in an f16 load, like diffusers; the test below runs it in f16 with the flag off.
+        let want = if case == "vae_kl" { DType::F32 } else { DType::F16 };
+        assert_eq!(decoder_dtype(&vae), want, "{case}");
         let r = reference(case);
         assert_close_rel(&format!("{case} decode"), vae.decode(r.tensor("latents")), r.tensor("decoded"), 5e-3);
         let encoded = vae.encode(r.tensor("image")).unwrap().mode();
         let want = if r.has("mean") { r.tensor("mean") } else { r.tensor("encoded") };
         assert_close_rel(&format!("{case} encode"), encoded, want, 5e-3);
     }
+}
+
+fn decoder_dtype(vae: &Decoder) -> DType {
+    match vae {
+        Decoder::Kl(m) => m.dtype,
+        Decoder::Tiny(m) => m.dtype,
+    }
+}
+
+#[test]
+fn kl_decoder_without_force_upcast_runs_in_f16() {
+    let mut src = MemorySource { name: "tiny-sd".into(), ..Default::default() };
+    for file in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        let bytes = std::fs::read(fixture("tiny-sd/vae").join(file)).unwrap();
+        let bytes = if file == "config.json" {
+            String::from_utf8(bytes).unwrap().replace("\"force_upcast\": true", "\"force_upcast\": false").into_bytes()
+        } else {
+            bytes
+        };
+        src.files.insert(format!("vae/{file}"), bytes.into());
+    }
+    let vae = Decoder::load(&half(&src), "vae", &device()).unwrap();
+    assert_eq!(decoder_dtype(&vae), DType::F16);
+    let r = reference("vae_kl");
+    assert_close_rel("vae_kl decode (f16, no upcast)", vae.decode(r.tensor("latents")), r.tensor("decoded"), 5e-3);
 }
 
 /// diffusers' whole `StableDiffusionPipeline.__call__` (f32) against our pipeline in f16,

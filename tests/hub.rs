@@ -117,9 +117,17 @@ fn f16_loads_take_the_fp16_variant_f32_loads_the_full_file() {
         [
             "text_encoder/model.fp16.safetensors",
             "unet/diffusion_pytorch_model.fp16.safetensors",
-            "vae/diffusion_pytorch_model.fp16.safetensors"
+            // AutoencoderKL's `force_upcast` (default true): it runs in f32, so its f32 file.
+            "vae/diffusion_pytorch_model.safetensors"
         ]
     );
+    // A VAE that may run in f16 takes its fp16 file too.
+    let mut no_upcast = memory("tiny-sd1-hub");
+    let config = String::from_utf8(no_upcast.files["vae/config.json"].to_vec()).unwrap();
+    let config = config.replace("\"force_upcast\": true", "\"force_upcast\": false");
+    no_upcast.files.insert("vae/config.json".into(), Arc::from(config.as_bytes()));
+    let plan = folder::plan(&no_upcast, DType::F16).unwrap();
+    assert!(paths(&plan, FileKind::Weights).contains(&"vae/diffusion_pytorch_model.fp16.safetensors"));
     // Only one variant present: it is used whatever the dtype (converted at load).
     let mut only_fp16 = memory("tiny-sd1-hub");
     only_fp16.files.remove("unet/diffusion_pytorch_model.safetensors");
@@ -291,10 +299,13 @@ fn sd1_era_repo_in_f16_reads_the_fp16_files() {
     let pipe = Pipeline::load_with_dtype(&rec, &device(), DType::F16).unwrap();
     assert_eq!(pipe.dtype(), DType::F16);
     let reads = rec.reads.borrow().clone();
-    for c in ["text_encoder/model", "unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model"] {
+    for c in ["text_encoder/model", "unet/diffusion_pytorch_model"] {
         assert!(reads.contains(&format!("{c}.fp16.safetensors")), "{c}: fp16 variant not read: {reads:?}");
         assert!(!reads.contains(&format!("{c}.safetensors")), "{c}: the f32 file was read too");
     }
+    // The VAE upcasts (force_upcast): f32 weights from the f32 file.
+    assert!(reads.contains(&"vae/diffusion_pytorch_model.safetensors".to_string()));
+    assert!(!reads.contains(&"vae/diffusion_pytorch_model.fp16.safetensors".to_string()));
     let image = pipe.generate(&case_options("hub_sd1_euler"), |_, _| true).unwrap();
     assert_close("hub_sd1_euler f16", image, reference("hub_sd1_euler").tensor::<4>("image"), 1e-2);
 }

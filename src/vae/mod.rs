@@ -58,6 +58,7 @@ impl Decoder {
             return Ok(Self::Tiny(taesd::load_original(weights(&decoder)?, encoder)?));
         }
         let config_path = join(dir, "config.json");
+        let dtype = folder::component_dtype(src, dir, src.dtype())?;
         let bytes = src.read(&config_path)?;
         #[derive(serde::Deserialize)]
         struct ClassName {
@@ -68,11 +69,11 @@ impl Decoder {
         match class.as_str() {
             "AutoencoderTiny" => {
                 let config: AutoencoderTinyConfig = from_json(&config_path, &bytes)?;
-                Ok(Self::Tiny(AutoencoderTiny::load(src.weights(dir, device)?, config)?))
+                Ok(Self::Tiny(AutoencoderTiny::load(src.weights_in(dir, device, dtype)?, config)?))
             }
             "AutoencoderKL" => {
                 let config: AutoencoderKLConfig = from_json(&config_path, &bytes)?;
-                Ok(Self::Kl(AutoencoderKL::load(src.weights(dir, device)?, config)?))
+                Ok(Self::Kl(AutoencoderKL::load(src.weights_in(dir, device, dtype)?, config)?))
             }
             other => Err(Error::UnsupportedConfig {
                 file: config_path,

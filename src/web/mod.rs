@@ -26,6 +26,8 @@ type Uploaded = BTreeMap<String, (Vec<usize>, Tensor<1>)>;
 struct Incoming {
     component: String,
     stream: TensorStream,
+    /// The dtype its tensors are created in (f32 for a `force_upcast` VAE in an f16 load).
+    dtype: DType,
 }
 
 pub(crate) struct State {
@@ -147,16 +149,18 @@ impl Inkstone {
         let header = Header::parse(path, prefix, file_len as u64).map_err(js_err)?;
         let stream = TensorStream::new(path, &header, file_len as u64);
         let mut s = self.state.borrow_mut();
+        // Configs come first in the plan, so the component's config.json is here already.
+        let dtype = crate::folder::component_dtype(&s.files, component, s.dtype).map_err(js_err)?;
         s.uploaded.entry(component.to_string()).or_default();
         s.weight_files.entry(component.to_string()).or_default().push(path.to_string());
-        s.incoming = Some(Incoming { component: component.to_string(), stream });
+        s.incoming = Some(Incoming { component: component.to_string(), stream, dtype });
         Ok(())
     }
 
     /// The next bytes of the current weight file, in order, from its first byte.
     pub fn feed(&self, bytes: &[u8]) -> Result<(), JsError> {
         let mut guard = self.state.borrow_mut();
-        let State { device, dtype, uploaded, incoming, max_binding, .. } = &mut *guard;
+        let State { device, uploaded, incoming, max_binding, .. } = &mut *guard;
         let incoming = incoming.as_mut().ok_or_else(|| js_err("feed() without beginWeights()"))?;
         let target = uploaded.get_mut(&incoming.component).expect("created by beginWeights");
         incoming
@@ -167,9 +171,10 @@ impl Inkstone {
                     return Ok(());
                 }
                 let n: usize = info.shape.iter().product();
-                check_binding(&incoming.component, key, n * dtype.size(), *dtype, *max_binding)?;
-                let data = tensor_data(&incoming.component, key, info.dtype, raw, vec![n], *dtype)?;
-                let t = Tensor::<1>::from_data(data, (&*device, *dtype));
+                let dtype = incoming.dtype;
+                check_binding(&incoming.component, key, n * dtype.size(), dtype, *max_binding)?;
+                let data = tensor_data(&incoming.component, key, info.dtype, raw, vec![n], dtype)?;
+                let t = Tensor::<1>::from_data(data, (&*device, dtype));
                 target.insert(key.to_string(), (info.shape.clone(), t));
                 Ok(())
             })
