@@ -635,6 +635,34 @@ for (const hub of HUB_CASES) {
   });
 }
 
+/** The page's size format (www/app.js `fmt`). */
+const size = (n) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GB` : `${(n / 2 ** 20).toFixed(1)} MB`);
+
+test('presets: every hub preset is offered with its download size for the dtype and its recommended settings', async () => {
+  const { PRESETS } = await import(join(WWW, 'presets.js'));
+  const page = await openPage(browser);
+  const options = await page.$$eval('#preset option', (os) => os.map((o) => ({ value: o.value, text: o.textContent })));
+  for (const p of PRESETS) {
+    const option = options.find((o) => o.text.includes(p.repo));
+    assert.ok(option, `${p.repo} offered`);
+    await page.selectOption('#preset', option.value);
+    const note = await page.textContent('#preset-note');
+    assert.doesNotMatch(note, /not supported/i, p.repo);
+    // SwiftShader has no shader-f16: 'auto' runs in f32, so the f32 download size is shown.
+    assert.ok(note.includes(`Download at f32: ${size(p.bytes.f32)}`), `${p.repo}: ${note}`);
+    assert.equal(Number(await page.inputValue('#steps')), p.defaults.steps, p.repo);
+    assert.equal(Number(await page.inputValue('#guidance')), p.defaults.guidance, p.repo);
+    assert.equal(await page.inputValue('#size'), String(p.defaults.width), p.repo);
+  }
+  const sdxs = PRESETS.find((p) => p.id === 'sdxs-512-dreamshaper');
+  assert.deepEqual([sdxs.defaults.steps, sdxs.defaults.guidance], [1, 0]);
+  const bk = PRESETS.find((p) => p.id === 'bk-sdm-tiny');
+  assert.deepEqual([bk.defaults.steps, bk.defaults.guidance], [25, 7.5]);
+  await page.selectOption('#dtype', 'f16');
+  await page.selectOption('#preset', options.find((o) => o.text.includes('bk-sdm-tiny')).value);
+  assert.ok((await page.textContent('#preset-note')).includes(`Download at f16: ${size(bk.bytes.f16)}`));
+});
+
 test('without WebGPU the page says so', async () => {
   const ctx = await launch(false);
   try {
