@@ -45,6 +45,8 @@ export interface LoadInfo {
    *  (`safety_checker`, `feature_extractor`, ...). */
   skipped: string[];
   files: ModelFile[];
+  /** How many times the model was reloaded onto a new GPU device after a lost one. */
+  recoveries: number;
   /** Tensor count per component. */
   components: Record<string, number>;
   bytes: number;
@@ -52,6 +54,10 @@ export interface LoadInfo {
 
 export interface LoadOptions {
   onProgress?: (p: LoadProgress) => void;
+  /** Called when the GPU device is lost (driver reset, tab sent to the background, iOS
+   *  out-of-memory). A generation in flight rejects with a `DeviceLostError`; the next
+   *  `generate()` starts a new device and reloads the model from the cache (no re-download). */
+  onDeviceLost?: (lost: { reason: string; message: string }) => void;
   /** IndexedDB chunk size in bytes (default 16 MiB). */
   chunkSize?: number;
   /** Where worker.js is served, if not next to this module. */

@@ -6,10 +6,13 @@ let nextId = 1;
 
 /** One worker (= one WebGPU device) holding one loaded model. */
 class Worker_ {
-  constructor(url) {
+  constructor(url, onLost) {
     this.worker = new Worker(url ?? new URL('./worker.js', import.meta.url), { type: 'module' });
     this.pending = new Map();
+    /** `{ reason, message }` once the GPU device is lost: the worker is then ended. */
+    this.lost = null;
     this.worker.onmessage = ({ data }) => {
+      if (data.type === 'device-lost') return this.deviceLost(data, onLost);
       const p = this.pending.get(data.id);
       if (!p) return;
       if (data.type === 'progress') p.onProgress?.(data.progress);
@@ -33,6 +36,18 @@ class Worker_ {
       this.pending.clear();
     };
   }
+  /** Fails what is in flight (its result would never come) and ends the worker. */
+  deviceLost({ reason, message }, onLost) {
+    if (this.lost) return;
+    this.lost = { reason, message };
+    const why = `the GPU device was lost (${reason}${message ? `: ${message}` : ''})`;
+    for (const p of this.pending.values()) {
+      p.reject(Object.assign(new Error(`${why}; the next generate() restarts WebGPU and reloads the model from the cache`), { name: 'DeviceLostError' }));
+    }
+    this.pending.clear();
+    this.worker.terminate();
+    onLost?.(this.lost);
+  }
   call(msg, handlers = {}, transfer = []) {
     const id = nextId++;
     return {
@@ -47,14 +62,24 @@ class Worker_ {
 
 /** A loaded model; `generate` runs on its worker. */
 export class Generator {
-  constructor(w, info) {
+  constructor(w, info, reload) {
     this._w = w;
-    /** `{ model, gpu, dtype, cached, warnings, files, components, bytes }` */
-    this.info = info;
+    /** `{ model, gpu, dtype, cached, warnings, files, skipped, components, bytes, recoveries }` */
+    this.info = { ...info, recoveries: 0 };
+    this._reload = reload;
+  }
+
+  /** After a lost device: a new worker (a new WebGPU device) with the model reloaded from the
+   *  cache (or the picked files); nothing is downloaded again that was cached. */
+  async _recover() {
+    const { w, info } = await this._reload();
+    this._w = w;
+    this.info = { ...info, recoveries: this.info.recoveries + 1 };
   }
 
   async generate({ signal, onStep, ...options } = {}) {
     signal?.throwIfAborted();
+    if (this._w.lost) await this._recover();
     if (options.seed === undefined) options.seed = Math.floor(Math.random() * 2 ** 32);
     const { id, promise } = this._w.call({ type: 'generate', options }, { onStep });
     const abort = () => this._w.worker.postMessage({ type: 'cancel', target: id });
@@ -77,8 +102,7 @@ export class Generator {
  * uploads it to the GPU. `source`: base URL of the folder (a hub `.../resolve/main/` URL works)
  * or the File list of `<input type=file webkitdirectory>`.
  */
-export async function load(source, { onProgress, chunkSize, workerUrl, dtype = 'auto' } = {}) {
-  const w = new Worker_(workerUrl);
+export async function load(source, { onProgress, onDeviceLost, chunkSize, workerUrl, dtype = 'auto' } = {}) {
   const msg = { type: 'load', chunkSize, dtype };
   if (typeof source === 'string' || source instanceof URL) {
     msg.url = String(source);
@@ -88,13 +112,17 @@ export async function load(source, { onProgress, chunkSize, workerUrl, dtype = '
   } else {
     msg.files = [...source];
   }
-  try {
-    const info = await w.call(msg, { onProgress }).promise;
-    return new Generator(w, info);
-  } catch (e) {
-    w.worker.terminate();
-    throw e;
-  }
+  const start = async () => {
+    const w = new Worker_(workerUrl, (lost) => onDeviceLost?.(lost));
+    try {
+      return { w, info: await w.call(msg, { onProgress }).promise };
+    } catch (e) {
+      w.worker.terminate();
+      throw e;
+    }
+  };
+  const { w, info } = await start();
+  return new Generator(w, info, start);
 }
 
 /** WebGPU adapter report (`{ adapter, shaderF16, maxBufferSize, ... }`) without loading a model;

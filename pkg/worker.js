@@ -11,6 +11,8 @@ const DEFAULT_CHUNK = 16 << 20;
 
 let engine = null;
 let gpu = null;
+/** The GPUDevice wgpu requested (caught on its way out, to watch `device.lost`). */
+let gpuDevice = null;
 const cancelled = new Set();
 /** Generation id → resolver of the ack the page sends after each step. */
 const acks = new Map();
@@ -23,6 +25,7 @@ async function boot() {
   }
   const adapter = await self.navigator.gpu.requestAdapter();
   if (!adapter) throw new Error('WebGPU is present but no GPU adapter is available (blocked or unsupported GPU).');
+  watchDevice();
   engine = await Inkstone.init();
   gpu = JSON.parse(engine.gpu);
   gpu.jsFeatures = [...adapter.features];
@@ -31,6 +34,21 @@ async function boot() {
   gpu.adapter ||= [a.vendor, a.architecture, a.device, a.description].filter(Boolean).join(' ');
   gpu.architecture ||= a.architecture ?? '';
   return gpu;
+}
+
+/**
+ * Tells the page when the GPU device is lost (driver reset, a mobile tab sent to the background,
+ * iOS turning an out-of-memory into a loss): this worker is then useless, and the page starts a
+ * new one that reloads the model from the cache (pkg/index.js).
+ */
+function watchDevice() {
+  const request = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = async function (...args) {
+    const device = await request.apply(this, args);
+    gpuDevice = device;
+    device.lost.then(({ reason, message }) => self.postMessage({ type: 'device-lost', reason, message }));
+    return device;
+  };
 }
 
 /** Validates a downloaded safetensors header in wasm before the file is cached. */
@@ -173,6 +191,11 @@ self.onmessage = async ({ data: msg }) => {
   if (msg.type === 'ack') {
     acks.get(msg.target)?.();
     acks.delete(msg.target);
+    return;
+  }
+  if (msg.type === 'destroy-device') {
+    // Diagnostics and tests: what a driver reset does to the page, on demand.
+    gpuDevice?.destroy();
     return;
   }
   const post = (m, transfer = []) => self.postMessage({ id: msg.id, ...m }, transfer);

@@ -75,6 +75,11 @@ async function loadModel() {
   try {
     generator = await load(source, {
       dtype: $('dtype').value,
+      onDeviceLost: ({ reason, message }) => {
+        status($('gen-status'), `The GPU device was lost (${reason}${message ? `: ${message}` : ''}). Generate again: `
+          + 'WebGPU restarts and the model is reloaded from the cache, with no download.', true);
+        setState('device-lost');
+      },
       onProgress: (p) => {
         if (p.warning) console.warn(p.warning);
         bar.max = p.totalBytes || 1;
@@ -138,6 +143,7 @@ $('generate').onclick = async () => {
     status($('gen-status'), `Done in ${(out.ms / 1000).toFixed(1)} s (seed ${out.seed}).`);
     setState('generated');
   } catch (e) {
+    if (e.name === 'DeviceLostError') return; // onDeviceLost said what happened
     status($('gen-status'), e.name === 'AbortError' ? 'Cancelled.' : e.message, e.name !== 'AbortError');
     setState(e.name === 'AbortError' ? 'cancelled' : 'generate-error');
   } finally {

@@ -663,6 +663,45 @@ test('presets: every hub preset is offered with its download size for the dtype 
   assert.ok((await page.textContent('#preset-note')).includes(`Download at f16: ${size(bk.bytes.f16)}`));
 });
 
+test('a lost GPU device mid-generation: the page says so, and the next Generate recovers from the cache with no download', async () => {
+  const page = await openPage(browser);
+  await page.click('#load'); // the bundled tiny model (cached by the earlier tests or downloaded now)
+  await page.waitForFunction(() => document.body.dataset.state === 'loaded', null, { timeout: 60_000 });
+  await page.fill('#prompt', 'a lighthouse');
+  await page.fill('#steps', '3');
+  await page.fill('#seed', '11');
+  await page.selectOption('#size', '64');
+  const generated = async () => {
+    await page.click('#generate');
+    await page.waitForFunction(() => ['generated', 'generate-error', 'device-lost'].includes(document.body.dataset.state), null, { timeout: 120_000 });
+    return page.evaluate(() => document.body.dataset.state);
+  };
+  assert.equal(await generated(), 'generated', await page.textContent('#gen-status'));
+  const before = await page.evaluate(() => document.querySelector('#canvas').toDataURL());
+
+  // Destroy the device (what a driver reset does) as soon as the first step is reported.
+  await settle(page);
+  const since = srv.log.length;
+  await page.evaluate(() => {
+    const g = window.inkstone.generator;
+    const post = g._w.worker.onmessage;
+    g._w.worker.onmessage = (e) => {
+      if (e.data.type === 'step') g._w.worker.postMessage({ type: 'destroy-device' });
+      post(e);
+    };
+  });
+  assert.equal(await generated(), 'device-lost');
+  assert.match(await page.textContent('#gen-status'), /GPU device was lost \(destroyed.*reloaded from the cache/);
+
+  assert.equal(await generated(), 'generated', await page.textContent('#gen-status'));
+  const after = await page.evaluate(() => document.querySelector('#canvas').toDataURL());
+  assert.equal(after, before, 'same seed, same image after the recovery');
+  const info = await page.evaluate(() => window.inkstone.generator.info);
+  assert.equal(info.recoveries, 1);
+  assert.equal(info.cached, true);
+  assert.deepEqual(pageRequests(since).filter((r) => r.path.startsWith('models/')), [], 'model requests during the recovery');
+});
+
 test('without WebGPU the page says so', async () => {
   const ctx = await launch(false);
   try {
