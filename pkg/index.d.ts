@@ -45,6 +45,8 @@ export interface LoadInfo {
    *  (`safety_checker`, `feature_extractor`, ...). */
   skipped: string[];
   files: ModelFile[];
+  /** Size of the wasm heap after the load (wasm memory only grows: the peak so far). */
+  wasmHeapBytes: number;
   /** How many times the model was reloaded onto a new GPU device after a lost one. */
   recoveries: number;
   /** Tensor count per component. */
@@ -98,6 +100,8 @@ export interface GenerateOutput {
   pixels: Float32Array;
   seed: number;
   ms: number;
+  /** Size of the wasm heap after this generation (the peak so far). */
+  wasmHeapBytes: number;
 }
 
 export declare class Generator {

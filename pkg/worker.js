@@ -11,6 +11,9 @@ const DEFAULT_CHUNK = 16 << 20;
 
 let engine = null;
 let gpu = null;
+/** The wasm instance's linear memory: it only grows, so its size is the peak wasm heap. */
+let wasmMemory = null;
+const wasmHeapBytes = () => wasmMemory?.buffer.byteLength ?? 0;
 /** The GPUDevice wgpu requested (caught on its way out, to watch `device.lost`). */
 let gpuDevice = null;
 const cancelled = new Set();
@@ -19,7 +22,7 @@ const acks = new Map();
 
 async function boot() {
   if (engine) return gpu;
-  await initWasm();
+  wasmMemory = (await initWasm()).memory;
   if (!self.navigator.gpu) {
     throw new Error('This browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome/Edge, or enable WebGPU in your browser settings.');
   }
@@ -152,7 +155,7 @@ async function load(msg, post) {
   const summary = JSON.parse(engine.build());
   report({ phase: 'ready', file: null });
   return { model, gpu: info, dtype: summary.dtype, cached, warnings, files: list, skipped, components: summary.components,
-    bytes: list.reduce((a, f) => a + Math.max(f.size, 0), 0) };
+    bytes: list.reduce((a, f) => a + Math.max(f.size, 0), 0), wasmHeapBytes: wasmHeapBytes() };
 }
 
 /** [3, H, W] floats in [0, 1] -> RGBA bytes for ImageData / PNG. */
@@ -180,7 +183,8 @@ async function generate(msg, post) {
   };
   const out = await engine.generate(msg.options, onStep, () => cancelled.has(msg.id));
   const rgba = toRgba(out.pixels, out.width, out.height);
-  return { width: out.width, height: out.height, rgba, pixels: out.pixels, seed: msg.options.seed ?? 0, ms: performance.now() - t0 };
+  return { width: out.width, height: out.height, rgba, pixels: out.pixels, seed: msg.options.seed ?? 0, ms: performance.now() - t0,
+    wasmHeapBytes: wasmHeapBytes() };
 }
 
 self.onmessage = async ({ data: msg }) => {

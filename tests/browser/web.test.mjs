@@ -702,6 +702,76 @@ test('a lost GPU device mid-generation: the page says so, and the next Generate 
   assert.deepEqual(pageRequests(since).filter((r) => r.path.startsWith('models/')), [], 'model requests during the recovery');
 });
 
+/** A worker that counts GPU work around the package's worker.js (shared/README.md): live GPU
+ *  buffer bytes (createBuffer minus destroy), dispatches and submits. Static imports, in order. */
+function writeCountingWorker() {
+  mkdirSync(join(WWW, 'test'), { recursive: true });
+  writeFileSync(join(WWW, 'test/gpu-hooks.mjs'), `
+const c = self.gpuCounts = { liveBytes: 0, peakBytes: 0, buffers: 0, dispatches: 0, submits: 0 };
+const sizes = new WeakMap();
+const create = GPUDevice.prototype.createBuffer;
+GPUDevice.prototype.createBuffer = function (d) {
+  const b = create.call(this, d);
+  sizes.set(b, d.size);
+  c.liveBytes += d.size; c.buffers += 1; c.peakBytes = Math.max(c.peakBytes, c.liveBytes);
+  return b;
+};
+const destroy = GPUBuffer.prototype.destroy;
+GPUBuffer.prototype.destroy = function () {
+  if (sizes.has(this)) { c.liveBytes -= sizes.get(this); c.buffers -= 1; sizes.delete(this); }
+  return destroy.call(this);
+};
+const dispatch = GPUComputePassEncoder.prototype.dispatchWorkgroups;
+GPUComputePassEncoder.prototype.dispatchWorkgroups = function (...a) { c.dispatches += 1; return dispatch.apply(this, a); };
+const submit = GPUQueue.prototype.submit;
+GPUQueue.prototype.submit = function (...a) { c.submits += 1; return submit.apply(this, a); };
+`);
+  writeFileSync(join(WWW, 'test/counting-worker.mjs'), "import './gpu-hooks.mjs';\nimport '../pkg/worker.js';\n");
+  return `${srv.origin}/test/counting-worker.mjs`;
+}
+
+test('soak: many generations in one tab keep GPU memory, the wasm heap and the JS heap flat', async () => {
+  const runs = Number(process.env.SOAK_RUNS ?? 20);
+  const warmup = 3;
+  const workerUrl = writeCountingWorker();
+  const page = await openPage(browser);
+  const r = await page.evaluate(async ({ url, workerUrl, runs, warmup }) => {
+    const g = await window.inkstone.load(url, { workerUrl });
+    const samples = [];
+    for (let i = 0; i < runs; i++) {
+      const out = await g.generate({ prompt: `soak ${i}`, steps: 1, width: 64, height: 64, seed: i });
+      samples.push({ wasm: out.wasmHeapBytes, js: performance.memory?.usedJSHeapSize ?? 0 });
+    }
+    g.dispose();
+    return { samples, loadHeap: g.info.wasmHeapBytes };
+  }, { url: MODEL(), workerUrl, runs, warmup });
+  // The worker is gone after dispose(); the counts come from a second, identical run's worker.
+  const counts = await page.evaluate(async ({ url, workerUrl }) => {
+    window.soakGen = await window.inkstone.load(url, { workerUrl });
+    return null;
+  }, { url: MODEL(), workerUrl });
+  assert.equal(counts, null);
+  const worker = page.workers().at(-1);
+  const gpu = [];
+  for (let i = 0; i < runs; i++) {
+    await page.evaluate((i) => window.soakGen.generate({ prompt: `soak ${i}`, steps: 1, width: 64, height: 64, seed: i }), i);
+    gpu.push(await worker.evaluate(() => ({ ...self.gpuCounts })));
+  }
+  await page.evaluate(() => window.soakGen.dispose());
+  const w = r.samples.map((s) => s.wasm);
+  const live = gpu.map((g) => g.liveBytes);
+  const mb = (n) => (n / 2 ** 20).toFixed(2);
+  console.log(`  soak ${runs} generations: GPU live ${mb(live[warmup - 1])} -> ${mb(live.at(-1))} MiB (peak ${mb(gpu.at(-1).peakBytes)}), `
+    + `buffers ${gpu[warmup - 1].buffers} -> ${gpu.at(-1).buffers}, wasm heap ${mb(r.loadHeap)} (load) ${mb(w[warmup - 1])} -> ${mb(w.at(-1))} MiB, `
+    + `page JS heap ${mb(r.samples[warmup - 1].js)} -> ${mb(r.samples.at(-1).js)} MiB, ${gpu.at(-1).dispatches - gpu.at(-2).dispatches} dispatches per generation`);
+  assert.ok(live.at(-1) <= live[warmup - 1], `GPU bytes grew: ${live[warmup - 1]} -> ${live.at(-1)}`);
+  assert.ok(gpu.at(-1).buffers <= gpu[warmup - 1].buffers, 'live GPU buffers grew');
+  assert.equal(w.at(-1), w[warmup - 1], 'the wasm heap grew after warm-up');
+  // Dispatches per generation are deterministic: every generation does the same GPU work.
+  const per = gpu.slice(warmup).map((g, i) => g.dispatches - gpu[warmup + i - 1].dispatches);
+  assert.ok(per.every((n) => n === per[0]), `dispatches per generation vary: ${per}`);
+});
+
 test('without WebGPU the page says so', async () => {
   const ctx = await launch(false);
   try {
