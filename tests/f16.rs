@@ -12,7 +12,7 @@ use common::{case_options, device, fixture, load_unet, max_abs_diff, patterned, 
 use inkstone::pipeline::Pipeline;
 use inkstone::source::{DirSource, ModelSource, WithDtype, load_weights};
 use inkstone::text::TextEncoder;
-use inkstone::vae::Decoder;
+use inkstone::vae::Autoencoder;
 
 fn half(src: &dyn ModelSource) -> WithDtype<'_> {
     WithDtype { inner: src, dtype: DType::F16 }
@@ -66,10 +66,10 @@ fn decoders_in_f16_match_diffusers_f32() {
     let fixtures = DirSource::new(fixture("")).unwrap();
     // The original-layout pair is loaded per file (`ModelSource::weights_file`).
     for (dir, case) in [("tiny-sd/vae", "vae_kl"), ("tiny-taesd", "vae_taesd"), ("tiny-taesd-original-pair", "vae_taesd")] {
-        let vae = Decoder::load(&half(&fixtures), dir, &device()).unwrap();
+        let vae = Autoencoder::load(&half(&fixtures), dir, &device()).unwrap();
         let dtype = match &vae {
-            Decoder::Kl(m) => m.dtype,
-            Decoder::Tiny(m) => m.dtype,
+            Autoencoder::Kl(m) => m.dtype,
+            Autoencoder::Tiny(m) => m.dtype,
         };
         assert_eq!(dtype, DType::F16);
         let r = reference(case);
