@@ -222,8 +222,8 @@ fn three_level_unet_runs_in_f16_with_upcast_attention() {
     assert_close("unet_three_level out (f16 weights)", out.cast(DType::F32), r.tensor("out"), 1e-2);
 }
 
-/// Heads must divide the width of every attending block, including up and mid blocks, which
-/// the config check alone (down levels) does not see.
+/// Heads must divide the width of every attending block, including up and mid blocks, whose
+/// levels need not attend on the way down.
 #[test]
 fn mid_block_heads_that_do_not_divide_the_width_are_rejected() {
     let src = tiny_sd();

@@ -153,11 +153,18 @@ pub(crate) fn attention_bias(
     }
 }
 
-/// The text towers' multi-head self-attention core, softmax(q kᵀ / √d + bias) v over
+/// The text towers' multi-head self-attention core: softmax(q kᵀ / √d + bias) v over
 /// `[batch, seq, heads·d]` projections. Text sequences are short (77–512 tokens), so the whole
-/// score matrix is formed at once (unlike [`crate::nn::scaled_dot_product_attention`]). The bias
-/// and softmax are in f32 whatever the model's dtype: the f32 bias minimum has no f16 counterpart.
-pub(crate) fn multi_head_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, bias: &Tensor<4>) -> Tensor<3> {
+/// score matrix is formed at once (unlike [`crate::nn::scaled_dot_product_attention`]). The
+/// bias and softmax are in f32 whatever the model's dtype: the f32 bias minimum has no f16
+/// counterpart.
+pub(crate) fn multi_head_attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    heads: usize,
+    bias: &Tensor<4>,
+) -> Tensor<3> {
     let [batch, seq, hidden] = q.dims();
     let dtype = q.dtype();
     let d = hidden / heads;

@@ -1,7 +1,7 @@
 //! diffusers `unets/unet_2d_condition.py`: `UNet2DConditionModel`, the SD-family denoiser.
 //! Every structural choice comes from the config (levels, block kinds, heads, layers per
-//! block, mid block or none, projection kind, time-condition input), validated before any
-//! tensor is read.
+//! block, mid block or none, projection kind, time-condition input), validated before the
+//! model is built.
 
 use burn::tensor::{DType, Device, Tensor};
 use burn::tensor::activation::silu;
