@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use inkstone::config::{OneOrMany, UNet2DConditionConfig};
+use inkstone::config::{DownBlockType, OneOrMany, UNet2DConditionConfig, UpBlockType};
 use inkstone::source::{DirSource, load_weights};
 use inkstone::unet::UNet2DConditionModel;
 use inkstone::weights::Weights;
@@ -25,10 +25,12 @@ fn root() -> PathBuf {
 
 /// The full-size config: SD 1.x blocks at three levels, mid block kept (0.45B parameters).
 fn full_config() -> UNet2DConditionConfig {
+    use DownBlockType::{CrossAttnDownBlock2D, DownBlock2D};
+    use UpBlockType::{CrossAttnUpBlock2D, UpBlock2D};
     UNet2DConditionConfig {
         sample_size: Some(OneOrMany::One(64)),
-        down_block_types: ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"].map(String::from).to_vec(),
-        up_block_types: ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"].map(String::from).to_vec(),
+        down_block_types: vec![CrossAttnDownBlock2D, CrossAttnDownBlock2D, DownBlock2D],
+        up_block_types: vec![UpBlock2D, CrossAttnUpBlock2D, CrossAttnUpBlock2D],
         block_out_channels: vec![320, 640, 1280],
         layers_per_block: OneOrMany::One(2),
         cross_attention_dim: OneOrMany::One(768),

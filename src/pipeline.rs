@@ -23,7 +23,7 @@ use crate::source::{MemorySource, ModelSource, WithDtype};
 use crate::weights::Weights;
 use crate::text::{PromptTokenizer, TextEncoder};
 use crate::unet::{UNet2DConditionModel, guidance_scale_embedding};
-use crate::vae::Decoder;
+use crate::vae::Autoencoder;
 
 /// What to generate. `None` steps/guidance take the scheduler kind's defaults.
 #[derive(Debug, Clone)]
@@ -61,7 +61,7 @@ pub struct Pipeline {
     pub tokenizer: PromptTokenizer,
     pub text_encoder: TextEncoder,
     pub unet: UNet2DConditionModel,
-    pub decoder: Decoder,
+    pub decoder: Autoencoder,
     pub scheduler_config: SchedulerConfig,
     device: Device,
     dtype: DType,
@@ -90,7 +90,7 @@ impl Pipeline {
         let tokenizer = PromptTokenizer::load(src, "tokenizer")?;
         let text_encoder = TextEncoder::load(src, "text_encoder", device)?;
         let unet = UNet2DConditionModel::from_source(src, "unet", device)?;
-        let decoder = Decoder::load(src, "vae", device)?;
+        let decoder = Autoencoder::load(src, "vae", device)?;
         let scheduler_config = SchedulerConfig::from_json(&src.read(folder::SCHEDULER_CONFIG)?)?;
         Ok(Self { index, tokenizer, text_encoder, unet, decoder, scheduler_config, device: device.clone(), dtype })
     }
@@ -121,7 +121,7 @@ impl Pipeline {
     /// (width, height) diffusers uses when none is given: `unet.sample_size × scale factor`.
     pub fn default_size(&self) -> (usize, usize) {
         use crate::config::OneOrMany;
-        let f = self.decoder.scale_factor();
+        let f = self.decoder.pixels_per_latent();
         match &self.unet.config().sample_size {
             Some(OneOrMany::One(s)) => (s * f, s * f),
             Some(OneOrMany::Many(v)) if v.len() == 2 => (v[1] * f, v[0] * f),
@@ -136,7 +136,7 @@ impl Pipeline {
 
     /// Validates the options, encodes the prompts and prepares the initial latents.
     pub fn start(&self, opts: &GenerateOptions) -> Result<Generation<'_>> {
-        let f = self.decoder.scale_factor();
+        let f = self.decoder.pixels_per_latent();
         for (name, v) in [("width", opts.width), ("height", opts.height)] {
             if v == 0 || v % f != 0 {
                 return Err(Error::InvalidArgument(format!(
@@ -212,7 +212,7 @@ impl Pipeline {
 
     /// `latents` → image in [0, 1].
     fn decode_latents(&self, latents: Tensor<4>) -> Tensor<4> {
-        let z = latents / self.decoder.scaling_factor() + self.decoder.shift_factor();
+        let z = latents / self.decoder.latent_scaling_factor() + self.decoder.latent_shift_factor();
         (self.decoder.decode(z) / 2.0 + 0.5).clamp(0.0, 1.0)
     }
 }
@@ -348,7 +348,7 @@ impl Generation<'_> {
     /// A cheap preview `[1, 3, H, W]` in [0, 1] when the decoder is the tiny one (decoding with
     /// the full KL decoder every step would cost as much as the step itself).
     pub fn preview(&self) -> Option<Tensor<4>> {
-        matches!(self.pipe.decoder, Decoder::Tiny(_)).then(|| self.pipe.decode_latents(self.latents.clone()))
+        matches!(self.pipe.decoder, Autoencoder::Tiny(_)).then(|| self.pipe.decode_latents(self.latents.clone()))
     }
 
     /// Decodes the final latents: `[1, 3, H, W]` in [0, 1].

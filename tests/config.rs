@@ -3,7 +3,7 @@
 
 use inkstone::config::{
     AutoencoderKLConfig, AutoencoderTinyConfig, BertConfig, ClipTextConfig, ModelIndex, OneOrMany,
-    SchedulerConfig, TransformerLayers, UNet2DConditionConfig, from_json,
+    MidBlockType, SchedulerConfig, TransformerLayers, UNet2DConditionConfig, from_json,
 };
 
 fn unet(json: &str) -> UNet2DConditionConfig {
@@ -56,7 +56,7 @@ fn null_mid_block_means_none() {
     let c = unet(r#"{"mid_block_type": null}"#);
     c.validate().unwrap();
     assert_eq!(c.mid_block_type, None);
-    assert_eq!(unet("{}").mid_block_type.as_deref(), Some("UNetMidBlock2DCrossAttn"));
+    assert_eq!(unet("{}").mid_block_type.as_ref().map(MidBlockType::as_str), Some("UNetMidBlock2DCrossAttn"));
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn autoencoder_tiny_ignores_legacy_block_out_channels() {
     .unwrap();
     c.validate().unwrap();
     assert_eq!(c.decoder_block_out_channels, [80; 4]);
-    assert_eq!(c.scale_factor(), 8);
+    assert_eq!(c.pixels_per_latent(), 8);
     let bad: AutoencoderTinyConfig = from_json("vae/config.json", br#"{"act_fn": "gelu"}"#).unwrap();
     assert!(err(bad.validate()).contains("`act_fn`"));
 }
@@ -108,7 +108,7 @@ fn autoencoder_kl_reads_scaling_and_shift() {
     )
     .unwrap();
     c.validate().unwrap();
-    assert_eq!((c.scale_factor(), c.scaling_factor, c.shift_factor), (8, 0.13025, Some(0.0609)));
+    assert_eq!((c.pixels_per_latent(), c.scaling_factor, c.shift_factor), (8, 0.13025, Some(0.0609)));
 }
 
 #[test]

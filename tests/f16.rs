@@ -12,7 +12,7 @@ use common::{case_options, device, fixture, load_unet, max_abs_diff, patterned, 
 use inkstone::pipeline::Pipeline;
 use inkstone::source::{DirSource, MemorySource, ModelSource, WithDtype, load_weights};
 use inkstone::text::TextEncoder;
-use inkstone::vae::Decoder;
+use inkstone::vae::Autoencoder;
 
 fn half(src: &dyn ModelSource) -> WithDtype<'_> {
     WithDtype { inner: src, dtype: DType::F16 }
@@ -66,7 +66,7 @@ fn decoders_in_f16_match_diffusers_f32() {
     let fixtures = DirSource::new(fixture("")).unwrap();
     // The original-layout pair is loaded per file (`ModelSource::weights_file`).
     for (dir, case) in [("tiny-sd/vae", "vae_kl"), ("tiny-taesd", "vae_taesd"), ("tiny-taesd-original-pair", "vae_taesd")] {
-        let vae = Decoder::load(&half(&fixtures), dir, &device()).unwrap();
+        let vae = Autoencoder::load(&half(&fixtures), dir, &device()).unwrap();
         // tiny-sd's AutoencoderKL config sets `force_upcast` (as every SD VAE does): it runs in
         // f32 in an f16 load, like diffusers; the test below runs it in f16 with the flag off.
         let want = if case == "vae_kl" { DType::F32 } else { DType::F16 };
@@ -79,10 +79,10 @@ fn decoders_in_f16_match_diffusers_f32() {
     }
 }
 
-fn decoder_dtype(vae: &Decoder) -> DType {
+fn decoder_dtype(vae: &Autoencoder) -> DType {
     match vae {
-        Decoder::Kl(m) => m.dtype,
-        Decoder::Tiny(m) => m.dtype,
+        Autoencoder::Kl(m) => m.dtype,
+        Autoencoder::Tiny(m) => m.dtype,
     }
 }
 
@@ -98,7 +98,7 @@ fn kl_decoder_without_force_upcast_runs_in_f16() {
         };
         src.files.insert(format!("vae/{file}"), bytes.into());
     }
-    let vae = Decoder::load(&half(&src), "vae", &device()).unwrap();
+    let vae = Autoencoder::load(&half(&src), "vae", &device()).unwrap();
     assert_eq!(decoder_dtype(&vae), DType::F16);
     let r = reference("vae_kl");
     assert_close_rel("vae_kl decode (f16, no upcast)", vae.decode(r.tensor("latents")), r.tensor("decoded"), 5e-3);

@@ -221,6 +221,15 @@ fn bert_use_attention_mask_config_passes_the_mask() {
 }
 
 #[test]
+fn config_errors_name_the_file_they_were_read_from() {
+    let src = bert_in_memory(|c| c["hidden_act"] = "swish".into());
+    let files = src.files.into_iter().map(|(k, v)| (k.replace("text_encoder/", "text_encoder_2/"), v)).collect();
+    let src = MemorySource { files, ..src };
+    let msg = TextEncoder::load(&src, "text_encoder_2", &device()).unwrap_err().to_string();
+    assert_eq!(msg, "text_encoder_2/config.json: unsupported value \"swish\" for `hidden_act`");
+}
+
+#[test]
 fn unknown_text_encoder_architecture_is_an_error() {
     let src = bert_in_memory(|c| c["architectures"] = serde_json::json!(["T5EncoderModel"]));
     let msg = TextEncoder::load(&src, "text_encoder", &device()).unwrap_err().to_string();

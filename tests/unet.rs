@@ -8,9 +8,9 @@ mod common;
 use burn::tensor::{DType, Tensor, TensorData};
 use common::{assert_close, device, fixture, load_unet, patterned, reference, tiny_sd};
 use inkstone::Error;
-use inkstone::config::{UNet2DConditionConfig, from_json};
+use inkstone::config::{DownBlockType, MidBlockType, UNet2DConditionConfig, UpBlockType, from_json};
 use inkstone::nn::{ATTENTION_SCORE_BUDGET, scaled_dot_product_attention};
-use inkstone::source::{DirSource, ModelSource, load_weights};
+use inkstone::source::{DirSource, MemorySource, ModelSource, load_weights};
 use inkstone::unet::embeddings::{TimestepEmbedding, Timesteps};
 use inkstone::unet::{UNet2DConditionModel, guidance_scale_embedding};
 
@@ -127,15 +127,17 @@ fn unsupported_block_types_are_rejected_by_name() {
     let cases = [("down_block_types", 0, "SimpleCrossAttnDownBlock2D"), ("up_block_types", 1, "AttnUpBlock2D")];
     for (field, i, value) in cases {
         let mut cfg = config(&src, "unet");
-        let list = if field == "down_block_types" { &mut cfg.down_block_types } else { &mut cfg.up_block_types };
-        list[i] = value.to_string();
+        match field {
+            "down_block_types" => cfg.down_block_types[i] = DownBlockType::Unsupported(value.into()),
+            _ => cfg.up_block_types[i] = UpBlockType::Unsupported(value.into()),
+        }
         let err = UNet2DConditionModel::load(&weights, &cfg).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("unet/config.json") && msg.contains(field) && msg.contains(value), "{msg}");
         assert_eq!(unsupported(err).0, field);
     }
     let mut cfg = config(&src, "unet");
-    cfg.mid_block_type = Some("UNetMidBlock2DSimpleCrossAttn".into());
+    cfg.mid_block_type = Some(MidBlockType::Unsupported("UNetMidBlock2DSimpleCrossAttn".into()));
     let msg = UNet2DConditionModel::load(&weights, &cfg).unwrap_err().to_string();
     assert!(msg.contains("mid_block_type") && msg.contains("UNetMidBlock2DSimpleCrossAttn"), "{msg}");
 }
@@ -149,6 +151,22 @@ fn config_from_json_with_unknown_block_type_names_field_and_value() {
     let weights = load_weights(&src, "unet", &device()).unwrap();
     let err = UNet2DConditionModel::load(&weights, &cfg).unwrap_err();
     assert_eq!(err.to_string(), "unet/config.json: unsupported value \"KDownBlock2D\" for `down_block_types`");
+}
+
+/// A U-Net read from another folder names that folder's config in its errors.
+#[test]
+fn config_errors_name_the_file_they_were_read_from() {
+    let disk = unets();
+    let mut src = MemorySource { name: "three-level (memory)".into(), ..Default::default() };
+    for file in disk.list("three-level") {
+        let path = format!("three-level/{file}");
+        src.files.insert(path.clone(), disk.read(&path).unwrap());
+    }
+    let mut config: serde_json::Value = serde_json::from_slice(&src.files["three-level/config.json"]).unwrap();
+    config["act_fn"] = "gelu".into();
+    src.files.insert("three-level/config.json".into(), serde_json::to_vec(&config).unwrap().into());
+    let msg = UNet2DConditionModel::from_source(&src, "three-level", &device()).unwrap_err().to_string();
+    assert_eq!(msg, "three-level/config.json: unsupported value \"gelu\" for `act_fn`");
 }
 
 /// Weights of another config: the first tensor whose shape disagrees is named.
@@ -204,8 +222,8 @@ fn three_level_unet_runs_in_f16_with_upcast_attention() {
     assert_close("unet_three_level out (f16 weights)", out.cast(DType::F32), r.tensor("out"), 1e-2);
 }
 
-/// Heads must divide the width of every attending block, including up and mid blocks, which
-/// the config check alone (down levels) does not see.
+/// Heads must divide the width of every attending block, including up and mid blocks, whose
+/// levels need not attend on the way down.
 #[test]
 fn mid_block_heads_that_do_not_divide_the_width_are_rejected() {
     let src = tiny_sd();

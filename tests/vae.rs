@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::{assert_close, device, filter_keys, fixture, reference, tiny_sd};
 use inkstone::Error;
 use inkstone::source::{DirSource, MemorySource, ModelSource};
-use inkstone::vae::{Decoder, Encoded};
+use inkstone::vae::{Autoencoder, Encoded};
 
 const TOL: f32 = 1e-4;
 
@@ -17,12 +17,12 @@ fn fixtures() -> DirSource {
     DirSource::new(fixture("")).unwrap()
 }
 
-fn load(dir: &str) -> Decoder {
-    Decoder::load(&fixtures(), dir, &device()).unwrap_or_else(|e| panic!("{dir}: {e}"))
+fn load(dir: &str) -> Autoencoder {
+    Autoencoder::load(&fixtures(), dir, &device()).unwrap_or_else(|e| panic!("{dir}: {e}"))
 }
 
 /// Decodes the case's latents and, when the encoder is there, encodes its image.
-fn check_tiny(what: &str, vae: &Decoder, case: &str, with_encoder: bool) {
+fn check_tiny(what: &str, vae: &Autoencoder, case: &str, with_encoder: bool) {
     let r = reference(case);
     assert_close(&format!("{what} decode"), vae.decode(r.tensor::<4>("latents")), r.tensor::<4>("decoded"), TOL);
     match vae.encode(r.tensor::<4>("image")) {
@@ -38,9 +38,9 @@ fn check_tiny(what: &str, vae: &Decoder, case: &str, with_encoder: bool) {
 #[test]
 fn taesd_default_layout_matches_diffusers() {
     let vae = load("tiny-taesd");
-    assert!(matches!(vae, Decoder::Tiny(_)));
-    assert_eq!((vae.scale_factor(), vae.latent_channels()), (8, 4));
-    assert_eq!((vae.scaling_factor(), vae.shift_factor()), (1.0, 0.0));
+    assert!(matches!(vae, Autoencoder::Tiny(_)));
+    assert_eq!((vae.pixels_per_latent(), vae.latent_channels()), (8, 4));
+    assert_eq!((vae.latent_scaling_factor(), vae.latent_shift_factor()), (1.0, 0.0));
     check_tiny("tiny-taesd", &vae, "vae_taesd", true);
 }
 
@@ -48,8 +48,8 @@ fn taesd_default_layout_matches_diffusers() {
 fn taesd_non_default_config_matches_diffusers() {
     // Width 24, blocks (2, 1, 1), ×3 upsampling, 16 latent channels, SD3-style factors.
     let vae = load("tiny-taesd-alt");
-    assert_eq!((vae.scale_factor(), vae.latent_channels()), (9, 16));
-    assert_eq!((vae.scaling_factor(), vae.shift_factor()), (1.5305, 0.0609));
+    assert_eq!((vae.pixels_per_latent(), vae.latent_channels()), (9, 16));
+    assert_eq!((vae.latent_scaling_factor(), vae.latent_shift_factor()), (1.5305, 0.0609));
     check_tiny("tiny-taesd-alt", &vae, "vae_taesd_alt", true);
 }
 
@@ -57,7 +57,7 @@ fn taesd_non_default_config_matches_diffusers() {
 fn taesd_original_key_layout_matches_diffusers() {
     // Only `taesd_decoder.safetensors` (layer 0 = clamp, keys shifted by one); no config.json.
     let vae = load("tiny-taesd-original");
-    assert_eq!((vae.scale_factor(), vae.latent_channels()), (8, 4));
+    assert_eq!((vae.pixels_per_latent(), vae.latent_channels()), (8, 4));
     check_tiny("tiny-taesd-original", &vae, "vae_taesd", false);
 }
 
@@ -89,7 +89,7 @@ fn taesd_original_layout_errors_name_file_and_tensor() {
     let whole = |f: &inkstone::weights::SafetensorsFile| Arc::from(rewrite_keys(f, |k| k.into()));
 
     // Sanity: the untouched pair loads.
-    Decoder::load(&pair(whole(&dec), whole(&enc)), "vae", &device()).unwrap();
+    Autoencoder::load(&pair(whole(&dec), whole(&enc)), "vae", &device()).unwrap();
     // Without its output conv the decoder cannot be laid out.
     let last = output_conv(&dec);
     let err = load_err(&pair(hide(&dec, last), whole(&enc)));
@@ -113,7 +113,7 @@ fn taesd_original_relatives_are_found_by_name() {
         let bytes = src.read(&format!("tiny-taesd-original-pair/{from}.safetensors")).unwrap();
         mem.files.insert(format!("vae/{to}.safetensors"), bytes);
     }
-    let vae = Decoder::load(&mem, "vae", &device()).unwrap();
+    let vae = Autoencoder::load(&mem, "vae", &device()).unwrap();
     check_tiny("taesdxl-named pair", &vae, "vae_taesd", true);
 }
 
@@ -130,11 +130,11 @@ fn without_tensors(folder: &str, drop: &[&str]) -> MemorySource {
 
 #[test]
 fn decoder_only_checkpoints_load_without_encoder() {
-    let vae = Decoder::load(&without_tensors("tiny-sd/vae", &["encoder.", "quant_conv."]), "vae", &device()).unwrap();
+    let vae = Autoencoder::load(&without_tensors("tiny-sd/vae", &["encoder.", "quant_conv."]), "vae", &device()).unwrap();
     let r = reference("vae_kl");
     assert_close("tiny-sd/vae (decoder only) decode", vae.decode(r.tensor::<4>("latents")), r.tensor::<4>("decoded"), TOL);
     assert!(vae.encode(r.tensor::<4>("image")).is_none());
-    let vae = Decoder::load(&without_tensors("tiny-taesd", &["encoder."]), "vae", &device()).unwrap();
+    let vae = Autoencoder::load(&without_tensors("tiny-taesd", &["encoder."]), "vae", &device()).unwrap();
     check_tiny("tiny-taesd (decoder only)", &vae, "vae_taesd", false);
     // An encoder without its quant_conv is incomplete, not decoder-only.
     let err = load_err(&without_tensors("tiny-sd/vae", &["quant_conv."]));
@@ -143,22 +143,22 @@ fn decoder_only_checkpoints_load_without_encoder() {
 
 #[test]
 fn kl_tiny_sd_matches_diffusers() {
-    let vae = Decoder::load(&tiny_sd(), "vae", &device()).unwrap();
-    assert!(matches!(vae, Decoder::Kl(_)));
-    assert_eq!((vae.scale_factor(), vae.latent_channels()), (8, 4));
-    assert_eq!((vae.scaling_factor(), vae.shift_factor()), (0.18215, 0.0));
+    let vae = Autoencoder::load(&tiny_sd(), "vae", &device()).unwrap();
+    assert!(matches!(vae, Autoencoder::Kl(_)));
+    assert_eq!((vae.pixels_per_latent(), vae.latent_channels()), (8, 4));
+    assert_eq!((vae.latent_scaling_factor(), vae.latent_shift_factor()), (0.18215, 0.0));
     check_kl("tiny-sd/vae", &vae, "vae_kl");
 }
 
 #[test]
 fn kl_without_quant_convs_or_attention_matches_diffusers() {
     let vae = load("tiny-kl-variant");
-    assert_eq!((vae.scale_factor(), vae.latent_channels()), (2, 16));
-    assert_eq!((vae.scaling_factor(), vae.shift_factor()), (0.3611, 0.1159));
+    assert_eq!((vae.pixels_per_latent(), vae.latent_channels()), (2, 16));
+    assert_eq!((vae.latent_scaling_factor(), vae.latent_shift_factor()), (0.3611, 0.1159));
     check_kl("tiny-kl-variant", &vae, "vae_kl_variant");
 }
 
-fn check_kl(what: &str, vae: &Decoder, case: &str) {
+fn check_kl(what: &str, vae: &Autoencoder, case: &str) {
     let r = reference(case);
     assert_close(&format!("{what} decode"), vae.decode(r.tensor::<4>("latents")), r.tensor::<4>("decoded"), TOL);
     let Some(Encoded::Dist(dist)) = vae.encode(r.tensor::<4>("image")) else { panic!("{what}: no KL encoder") };
@@ -186,16 +186,32 @@ fn edited(folder: &str, edit: impl Fn(&mut serde_json::Value)) -> MemorySource {
 }
 
 fn load_err(src: &dyn ModelSource) -> String {
-    match Decoder::load(src, "vae", &device()) {
+    match Autoencoder::load(src, "vae", &device()) {
         Ok(_) => panic!("expected an error"),
         Err(e) => e.to_string(),
     }
 }
 
+/// `src` with its `vae/` files under `dir/` instead.
+fn moved(src: MemorySource, dir: &str) -> MemorySource {
+    let files = src.files.into_iter().map(|(k, v)| (k.replacen("vae/", &format!("{dir}/"), 1), v)).collect();
+    MemorySource { files, ..src }
+}
+
+#[test]
+fn config_errors_name_the_file_they_were_read_from() {
+    let tiny = moved(edited("tiny-taesd", |c| c["act_fn"] = "gelu".into()), "vae_b");
+    let err = Autoencoder::load(&tiny, "vae_b", &device()).unwrap_err().to_string();
+    assert_eq!(err, "vae_b/config.json: unsupported value \"gelu\" for `act_fn`");
+    let kl = moved(edited("tiny-sd/vae", |c| c["down_block_types"][0] = "KDownEncoderBlock2D".into()), "vae_b");
+    let err = Autoencoder::load(&kl, "vae_b", &device()).unwrap_err().to_string();
+    assert_eq!(err, "vae_b/config.json: unsupported value KDownEncoderBlock2D for `down_block_types`");
+}
+
 #[test]
 fn wrong_taesd_width_names_the_tensor() {
     let src = edited("tiny-taesd", |c| c["decoder_block_out_channels"] = serde_json::json!([32, 32, 32, 32]));
-    let err = Decoder::load(&src, "vae", &device()).unwrap_err();
+    let err = Autoencoder::load(&src, "vae", &device()).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
     assert_eq!(
         err.to_string(),
@@ -207,7 +223,7 @@ fn wrong_taesd_width_names_the_tensor() {
 fn legacy_block_out_channels_key_is_ignored() {
     // diffusers writes `block_out_channels` (a copy of the decoder widths) and never reads it.
     let src = edited("tiny-taesd", |c| c["block_out_channels"] = serde_json::json!([7, 7]));
-    let vae = Decoder::load(&src, "vae", &device()).unwrap();
+    let vae = Autoencoder::load(&src, "vae", &device()).unwrap();
     check_tiny("tiny-taesd (legacy key edited)", &vae, "vae_taesd", true);
 }
 
@@ -241,7 +257,7 @@ fn kl_legacy_attention_names_load() {
     });
     let mut src = src;
     src.files.insert(path.into(), Arc::from(renamed));
-    let vae = Decoder::load(&src, "vae", &device()).unwrap();
+    let vae = Autoencoder::load(&src, "vae", &device()).unwrap();
     check_kl("tiny-sd/vae (legacy attention keys)", &vae, "vae_kl");
 }
 

@@ -118,7 +118,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let pipe = Pipeline::load_with_dtype(&src, &device, dtype)?;
     eprintln!("loaded {} ({dtype:?}) in {:.1}s", args.model.display(), t0.elapsed().as_secs_f64());
 
-    let f = pipe.decoder.scale_factor();
+    let f = pipe.decoder.pixels_per_latent();
     let latents = args.latents.as_deref().map(read_latents).transpose()?;
     let (default_w, default_h) = match &latents {
         Some((_, shape)) => (shape[3] * f, shape[2] * f),

@@ -2,10 +2,32 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ensure;
-use crate::error::Result;
+use super::{ActFn, ensure};
+use crate::error::{Error, Result};
 
+/// Where the config lives in a pipeline folder: what errors name unless told otherwise.
 const FILE: &str = "vae/config.json";
+
+choice! {
+    /// `AutoencoderTiny.upsample_fn`.
+    UpsampleFn {
+        Nearest = "nearest",
+    }
+}
+
+choice! {
+    /// `AutoencoderKL.down_block_types` entries.
+    DownEncoderBlockType {
+        DownEncoderBlock2D = "DownEncoderBlock2D",
+    }
+}
+
+choice! {
+    /// `AutoencoderKL.up_block_types` entries.
+    UpDecoderBlockType {
+        UpDecoderBlock2D = "UpDecoderBlock2D",
+    }
+}
 
 /// `AutoencoderTiny`. The legacy `block_out_channels` key is ignored, as diffusers does.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -15,8 +37,8 @@ pub struct AutoencoderTinyConfig {
     pub out_channels: usize,
     pub encoder_block_out_channels: Vec<usize>,
     pub decoder_block_out_channels: Vec<usize>,
-    pub act_fn: String,
-    pub upsample_fn: String,
+    pub act_fn: ActFn,
+    pub upsample_fn: UpsampleFn,
     pub latent_channels: usize,
     pub upsampling_scaling_factor: usize,
     pub num_encoder_blocks: Vec<usize>,
@@ -35,8 +57,8 @@ impl Default for AutoencoderTinyConfig {
             out_channels: 3,
             encoder_block_out_channels: vec![64; 4],
             decoder_block_out_channels: vec![64; 4],
-            act_fn: "relu".into(),
-            upsample_fn: "nearest".into(),
+            act_fn: ActFn::Relu,
+            upsample_fn: UpsampleFn::Nearest,
             latent_channels: 4,
             upsampling_scaling_factor: 2,
             num_encoder_blocks: vec![1, 3, 3, 3],
@@ -51,22 +73,50 @@ impl Default for AutoencoderTinyConfig {
 }
 
 impl AutoencoderTinyConfig {
+    /// Rejects what the decoder does not implement; errors name `vae/config.json`.
     pub fn validate(&self) -> Result<()> {
-        ensure(self.act_fn == "relu", FILE, "act_fn", &self.act_fn)?;
-        ensure(self.upsample_fn == "nearest", FILE, "upsample_fn", &self.upsample_fn)?;
+        self.validate_in(FILE)
+    }
+
+    /// [`Self::validate`], naming `file` (where the config was read from) in errors.
+    pub fn validate_in(&self, file: &str) -> Result<()> {
+        ensure(self.act_fn == ActFn::Relu, file, "act_fn", &self.act_fn)?;
+        ensure(self.upsample_fn.is_supported(), file, "upsample_fn", &self.upsample_fn)?;
         ensure(
             !self.decoder_block_out_channels.is_empty()
                 && self.decoder_block_out_channels.len() == self.num_decoder_blocks.len(),
-            FILE,
+            file,
             "num_decoder_blocks",
             &self.num_decoder_blocks,
         )?;
-        ensure(self.upsampling_scaling_factor >= 1, FILE, "upsampling_scaling_factor", self.upsampling_scaling_factor)
+        ensure(self.upsampling_scaling_factor >= 1, file, "upsampling_scaling_factor", self.upsampling_scaling_factor)?;
+        uniform_width(&self.decoder_block_out_channels, file, "decoder_block_out_channels")
+    }
+
+    /// The encoder half's checks, for checkpoints that have one.
+    pub fn validate_encoder_in(&self, file: &str) -> Result<()> {
+        let blocks = &self.num_encoder_blocks;
+        ensure(self.encoder_block_out_channels.len() == blocks.len(), file, "num_encoder_blocks", blocks)?;
+        uniform_width(&self.encoder_block_out_channels, file, "encoder_block_out_channels")
     }
 
     /// Pixels per latent along one side: every block but the last upsamples.
-    pub fn scale_factor(&self) -> usize {
+    pub fn pixels_per_latent(&self) -> usize {
         self.upsampling_scaling_factor.pow(self.decoder_block_out_channels.len() as u32 - 1)
+    }
+}
+
+/// diffusers builds every block of level `i` as `width[i] → width[i]` and feeds it the previous
+/// level's output unchanged, so unequal widths cannot run there either: reject them up front.
+fn uniform_width(widths: &[usize], file: &str, field: &str) -> Result<()> {
+    match widths {
+        [first, rest @ ..] if rest.iter().all(|w| w == first) => Ok(()),
+        _ => Err(Error::UnsupportedConfig {
+            file: file.into(),
+            field: field.into(),
+            value: format!("{widths:?}"),
+            hint: Some("AutoencoderTiny passes each level's output to the next unchanged: widths must be equal".into()),
+        }),
     }
 }
 
@@ -76,11 +126,11 @@ impl AutoencoderTinyConfig {
 pub struct AutoencoderKLConfig {
     pub in_channels: usize,
     pub out_channels: usize,
-    pub down_block_types: Vec<String>,
-    pub up_block_types: Vec<String>,
+    pub down_block_types: Vec<DownEncoderBlockType>,
+    pub up_block_types: Vec<UpDecoderBlockType>,
     pub block_out_channels: Vec<usize>,
     pub layers_per_block: usize,
-    pub act_fn: String,
+    pub act_fn: ActFn,
     pub latent_channels: usize,
     pub norm_num_groups: usize,
     pub sample_size: Option<serde_json::Value>,
@@ -97,11 +147,11 @@ impl Default for AutoencoderKLConfig {
         Self {
             in_channels: 3,
             out_channels: 3,
-            down_block_types: vec!["DownEncoderBlock2D".into()],
-            up_block_types: vec!["UpDecoderBlock2D".into()],
+            down_block_types: vec![DownEncoderBlockType::DownEncoderBlock2D],
+            up_block_types: vec![UpDecoderBlockType::UpDecoderBlock2D],
             block_out_channels: vec![64],
             layers_per_block: 1,
-            act_fn: "silu".into(),
+            act_fn: ActFn::Silu,
             latent_channels: 4,
             norm_num_groups: 32,
             sample_size: None,
@@ -116,21 +166,38 @@ impl Default for AutoencoderKLConfig {
 }
 
 impl AutoencoderKLConfig {
+    /// Rejects what the decoder does not implement; errors name `vae/config.json`.
     pub fn validate(&self) -> Result<()> {
-        ensure(self.act_fn == "silu", FILE, "act_fn", &self.act_fn)?;
-        ensure(!self.block_out_channels.is_empty(), FILE, "block_out_channels", &self.block_out_channels)?;
-        ensure(self.up_block_types.len() == self.block_out_channels.len(), FILE, "up_block_types", &self.up_block_types)?;
+        self.validate_in(FILE)
+    }
+
+    /// [`Self::validate`], naming `file` (where the config was read from) in errors.
+    pub fn validate_in(&self, file: &str) -> Result<()> {
+        ensure(self.act_fn == ActFn::Silu, file, "act_fn", &self.act_fn)?;
+        ensure(!self.block_out_channels.is_empty(), file, "block_out_channels", &self.block_out_channels)?;
+        ensure(self.up_block_types.len() == self.block_out_channels.len(), file, "up_block_types", &self.up_block_types)?;
         for t in &self.up_block_types {
-            ensure(t == "UpDecoderBlock2D", FILE, "up_block_types", t)?;
+            ensure(t.is_supported(), file, "up_block_types", t)?;
         }
         for &c in &self.block_out_channels {
-            ensure(c % self.norm_num_groups == 0, FILE, "norm_num_groups", self.norm_num_groups)?;
+            ensure(c % self.norm_num_groups == 0, file, "norm_num_groups", self.norm_num_groups)?;
+        }
+        Ok(())
+    }
+
+    /// The encoder half's checks, for checkpoints that have one.
+    pub fn validate_encoder_in(&self, file: &str) -> Result<()> {
+        for t in &self.down_block_types {
+            if !t.is_supported() {
+                // Unquoted, unlike `ensure`'s values: the message this check has always given.
+                return Err(Error::unsupported(file, "down_block_types", t.as_str()));
+            }
         }
         Ok(())
     }
 
     /// Pixels per latent along one side: every up block but the last doubles the size.
-    pub fn scale_factor(&self) -> usize {
+    pub fn pixels_per_latent(&self) -> usize {
         1 << (self.block_out_channels.len() - 1)
     }
 }

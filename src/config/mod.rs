@@ -2,7 +2,45 @@
 //!
 //! Field names are the upstream ones; unknown fields are ignored (configs grow new keys all the
 //! time), while a value we cannot honour is rejected by each struct's `validate` with an error
-//! naming the field: a silently wrong model is worse than no model.
+//! naming the field: a silently wrong model is worse than no model. String-valued choices are
+//! enums ([`choice!`]), so the models branch on variants, never on strings.
+
+/// Declares the enum of a string-valued config field: one variant per value we implement, plus
+/// `Unsupported` holding any other value as written. Parsing never fails on a value, so that
+/// `validate` can reject it naming the file, the field and the value (a serde error could not).
+macro_rules! choice {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $value:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $value)] $variant,)+
+            /// A value this crate does not implement, as written in the file.
+            #[serde(untagged)]
+            Unsupported(String),
+        }
+
+        impl $name {
+            /// The value as written in the file.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Self::$variant => $value,)+
+                    Self::Unsupported(value) => value,
+                }
+            }
+
+            pub fn is_supported(&self) -> bool {
+                !matches!(self, Self::Unsupported(_))
+            }
+        }
+
+        /// As written in the file (`"gelu"`), which is how errors show the value.
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(self.as_str(), f)
+            }
+        }
+    };
+}
 
 mod autoencoder;
 mod model_index;
@@ -10,19 +48,32 @@ mod scheduler;
 mod text;
 mod unet;
 
-pub use autoencoder::{AutoencoderKLConfig, AutoencoderTinyConfig};
+pub use autoencoder::{
+    AutoencoderKLConfig, AutoencoderTinyConfig, DownEncoderBlockType, UpDecoderBlockType, UpsampleFn,
+};
 pub use model_index::{ComponentSpec, ModelIndex};
 pub use scheduler::{
     DDIMSchedulerConfig, EulerDiscreteSchedulerConfig, FlowMatchEulerDiscreteSchedulerConfig,
     LCMSchedulerConfig, SchedulerConfig,
 };
-pub use text::{BertConfig, ClipTextConfig, TokenizerConfig};
-pub use unet::{TransformerLayers, UNet2DConditionConfig};
+pub use text::{BertConfig, ClipTextConfig, HiddenAct, PositionEmbeddingType, TokenizerConfig};
+pub use unet::{
+    AttentionType, DownBlockType, MidBlockType, ResnetTimeScaleShift, TimeEmbeddingType, TransformerLayers,
+    UNet2DConditionConfig, UNetLevel, UpBlockType,
+};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+choice! {
+    /// `act_fn` of the U-Net and VAE configs (diffusers' `get_activation`).
+    ActFn {
+        Silu = "silu",
+        Relu = "relu",
+    }
+}
 
 /// A config value given either once for all levels or once per level
 /// (`attention_head_dim: 8` or `attention_head_dim: [5, 10, 20]`).

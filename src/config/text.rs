@@ -5,8 +5,28 @@ use serde::{Deserialize, Serialize};
 use super::ensure;
 use crate::error::Result;
 
-const CLIP_FILE: &str = "text_encoder/config.json";
-const BERT_FILE: &str = "text_encoder/config.json";
+/// Where the text configs live in a pipeline folder: what errors name unless told otherwise.
+const FILE: &str = "text_encoder/config.json";
+
+choice! {
+    /// `hidden_act` of the text configs (transformers' `ACT2FN`), applied by the text towers.
+    HiddenAct {
+        /// Exact (erf) GELU.
+        Gelu = "gelu",
+        /// The tanh approximation.
+        GeluNew = "gelu_new",
+        /// `x * sigmoid(1.702 x)`: OpenAI CLIP's activation.
+        QuickGelu = "quick_gelu",
+        Relu = "relu",
+    }
+}
+
+choice! {
+    /// `BertConfig.position_embedding_type`.
+    PositionEmbeddingType {
+        Absolute = "absolute",
+    }
+}
 
 /// `CLIPTextConfig` (`CLIPTextModel`, `CLIPTextModelWithProjection`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,7 +40,7 @@ pub struct ClipTextConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub max_position_embeddings: usize,
-    pub hidden_act: String,
+    pub hidden_act: HiddenAct,
     pub layer_norm_eps: f64,
     pub pad_token_id: Option<i64>,
     pub bos_token_id: Option<i64>,
@@ -38,7 +58,7 @@ impl Default for ClipTextConfig {
             num_hidden_layers: 12,
             num_attention_heads: 8,
             max_position_embeddings: 77,
-            hidden_act: "quick_gelu".into(),
+            hidden_act: HiddenAct::QuickGelu,
             layer_norm_eps: 1e-5,
             pad_token_id: Some(1),
             bos_token_id: Some(49406),
@@ -48,16 +68,18 @@ impl Default for ClipTextConfig {
 }
 
 impl ClipTextConfig {
+    /// Rejects what the tower does not implement; errors name `text_encoder/config.json`.
     pub fn validate(&self) -> Result<()> {
+        self.validate_in(FILE)
+    }
+
+    /// [`Self::validate`], naming `file` (where the config was read from) in errors.
+    pub fn validate_in(&self, file: &str) -> Result<()> {
+        let act = &self.hidden_act;
+        ensure(matches!(act, HiddenAct::QuickGelu | HiddenAct::Gelu), file, "hidden_act", act)?;
         ensure(
-            matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu"),
-            CLIP_FILE,
-            "hidden_act",
-            &self.hidden_act,
-        )?;
-        ensure(
-            self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0,
-            CLIP_FILE,
+            self.num_attention_heads > 0 && self.hidden_size.is_multiple_of(self.num_attention_heads),
+            file,
             "num_attention_heads",
             self.num_attention_heads,
         )
@@ -74,12 +96,12 @@ pub struct BertConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
-    pub hidden_act: String,
+    pub hidden_act: HiddenAct,
     pub max_position_embeddings: usize,
     pub type_vocab_size: usize,
     pub layer_norm_eps: f64,
     pub pad_token_id: i64,
-    pub position_embedding_type: String,
+    pub position_embedding_type: PositionEmbeddingType,
     /// diffusers passes the attention mask to the text encoder only when this is true.
     pub use_attention_mask: Option<bool>,
 }
@@ -93,34 +115,31 @@ impl Default for BertConfig {
             num_hidden_layers: 12,
             num_attention_heads: 12,
             intermediate_size: 3072,
-            hidden_act: "gelu".into(),
+            hidden_act: HiddenAct::Gelu,
             max_position_embeddings: 512,
             type_vocab_size: 2,
             layer_norm_eps: 1e-12,
             pad_token_id: 0,
-            position_embedding_type: "absolute".into(),
+            position_embedding_type: PositionEmbeddingType::Absolute,
             use_attention_mask: None,
         }
     }
 }
 
 impl BertConfig {
+    /// Rejects what the tower does not implement; errors name `text_encoder/config.json`.
     pub fn validate(&self) -> Result<()> {
+        self.validate_in(FILE)
+    }
+
+    /// [`Self::validate`], naming `file` (where the config was read from) in errors.
+    pub fn validate_in(&self, file: &str) -> Result<()> {
+        ensure(self.hidden_act.is_supported(), file, "hidden_act", &self.hidden_act)?;
+        let positions = &self.position_embedding_type;
+        ensure(*positions == PositionEmbeddingType::Absolute, file, "position_embedding_type", positions)?;
         ensure(
-            matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "relu" | "quick_gelu"),
-            BERT_FILE,
-            "hidden_act",
-            &self.hidden_act,
-        )?;
-        ensure(
-            self.position_embedding_type == "absolute",
-            BERT_FILE,
-            "position_embedding_type",
-            &self.position_embedding_type,
-        )?;
-        ensure(
-            self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0,
-            BERT_FILE,
+            self.num_attention_heads > 0 && self.hidden_size.is_multiple_of(self.num_attention_heads),
+            file,
             "num_attention_heads",
             self.num_attention_heads,
         )

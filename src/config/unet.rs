@@ -3,10 +3,57 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{OneOrMany, ensure};
+use super::{ActFn, OneOrMany, ensure};
 use crate::error::{Error, Result};
 
+/// Where the config lives in a pipeline folder: what errors name unless told otherwise.
 const FILE: &str = "unet/config.json";
+
+choice! {
+    /// `down_block_types` entries (diffusers' `get_down_block`).
+    DownBlockType {
+        CrossAttnDownBlock2D = "CrossAttnDownBlock2D",
+        DownBlock2D = "DownBlock2D",
+    }
+}
+
+choice! {
+    /// `up_block_types` entries (diffusers' `get_up_block`).
+    UpBlockType {
+        CrossAttnUpBlock2D = "CrossAttnUpBlock2D",
+        UpBlock2D = "UpBlock2D",
+    }
+}
+
+choice! {
+    /// `mid_block_type` (diffusers' `get_mid_block`).
+    MidBlockType {
+        UNetMidBlock2DCrossAttn = "UNetMidBlock2DCrossAttn",
+    }
+}
+
+choice! {
+    /// `resnet_time_scale_shift`: how resnets take the time embedding.
+    ResnetTimeScaleShift {
+        /// Added to the features.
+        Default = "default",
+    }
+}
+
+choice! {
+    /// `time_embedding_type`.
+    TimeEmbeddingType {
+        /// Sinusoids (`Timesteps`).
+        Positional = "positional",
+    }
+}
+
+choice! {
+    /// `attention_type` of the transformer blocks.
+    AttentionType {
+        Default = "default",
+    }
+}
 
 /// `transformer_layers_per_block`: an int, one int per level, or (SDXL-style) one list per
 /// level; the last form is parsed so that the error can name it.
@@ -27,16 +74,16 @@ pub struct UNet2DConditionConfig {
     pub center_input_sample: bool,
     pub flip_sin_to_cos: bool,
     pub freq_shift: f64,
-    pub down_block_types: Vec<String>,
+    pub down_block_types: Vec<DownBlockType>,
     /// `null` in block-removed distilled models (BK-SDM): no mid block at all.
-    pub mid_block_type: Option<String>,
-    pub up_block_types: Vec<String>,
+    pub mid_block_type: Option<MidBlockType>,
+    pub up_block_types: Vec<UpBlockType>,
     pub only_cross_attention: OneOrMany<bool>,
     pub block_out_channels: Vec<usize>,
     pub layers_per_block: OneOrMany<usize>,
     pub downsample_padding: usize,
     pub mid_block_scale_factor: f64,
-    pub act_fn: String,
+    pub act_fn: ActFn,
     pub norm_num_groups: Option<usize>,
     pub norm_eps: f64,
     pub cross_attention_dim: OneOrMany<usize>,
@@ -54,10 +101,10 @@ pub struct UNet2DConditionConfig {
     pub addition_embed_type: Option<Value>,
     pub num_class_embeds: Option<Value>,
     pub upcast_attention: bool,
-    pub resnet_time_scale_shift: String,
+    pub resnet_time_scale_shift: ResnetTimeScaleShift,
     pub resnet_skip_time_act: bool,
     pub resnet_out_scale_factor: f64,
-    pub time_embedding_type: String,
+    pub time_embedding_type: TimeEmbeddingType,
     pub time_embedding_dim: Option<usize>,
     pub time_embedding_act_fn: Option<Value>,
     pub timestep_post_act: Option<Value>,
@@ -65,7 +112,7 @@ pub struct UNet2DConditionConfig {
     pub time_cond_proj_dim: Option<usize>,
     pub conv_in_kernel: usize,
     pub conv_out_kernel: usize,
-    pub attention_type: String,
+    pub attention_type: AttentionType,
     pub class_embeddings_concat: bool,
     pub cross_attention_norm: Option<Value>,
 }
@@ -79,19 +126,25 @@ impl Default for UNet2DConditionConfig {
             center_input_sample: false,
             flip_sin_to_cos: true,
             freq_shift: 0.0,
-            down_block_types: ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
-                .map(String::from)
-                .to_vec(),
-            mid_block_type: Some("UNetMidBlock2DCrossAttn".into()),
-            up_block_types: ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
-                .map(String::from)
-                .to_vec(),
+            down_block_types: vec![
+                DownBlockType::CrossAttnDownBlock2D,
+                DownBlockType::CrossAttnDownBlock2D,
+                DownBlockType::CrossAttnDownBlock2D,
+                DownBlockType::DownBlock2D,
+            ],
+            mid_block_type: Some(MidBlockType::UNetMidBlock2DCrossAttn),
+            up_block_types: vec![
+                UpBlockType::UpBlock2D,
+                UpBlockType::CrossAttnUpBlock2D,
+                UpBlockType::CrossAttnUpBlock2D,
+                UpBlockType::CrossAttnUpBlock2D,
+            ],
             only_cross_attention: OneOrMany::One(false),
             block_out_channels: vec![320, 640, 1280, 1280],
             layers_per_block: OneOrMany::One(2),
             downsample_padding: 1,
             mid_block_scale_factor: 1.0,
-            act_fn: "silu".into(),
+            act_fn: ActFn::Silu,
             norm_num_groups: Some(32),
             norm_eps: 1e-5,
             cross_attention_dim: OneOrMany::One(1280),
@@ -107,17 +160,17 @@ impl Default for UNet2DConditionConfig {
             addition_embed_type: None,
             num_class_embeds: None,
             upcast_attention: false,
-            resnet_time_scale_shift: "default".into(),
+            resnet_time_scale_shift: ResnetTimeScaleShift::Default,
             resnet_skip_time_act: false,
             resnet_out_scale_factor: 1.0,
-            time_embedding_type: "positional".into(),
+            time_embedding_type: TimeEmbeddingType::Positional,
             time_embedding_dim: None,
             time_embedding_act_fn: None,
             timestep_post_act: None,
             time_cond_proj_dim: None,
             conv_in_kernel: 3,
             conv_out_kernel: 3,
-            attention_type: "default".into(),
+            attention_type: AttentionType::Default,
             class_embeddings_concat: false,
             cross_attention_norm: None,
         }
@@ -139,20 +192,31 @@ pub struct UNetLevel {
 }
 
 impl UNet2DConditionConfig {
-    /// Rejects every value the implementation does not honour, naming the field.
+    /// Rejects every value the implementation does not honour, naming the field; errors name
+    /// `unet/config.json`.
     pub fn validate(&self) -> Result<()> {
+        self.validate_in(FILE)
+    }
+
+    /// [`Self::validate`], naming `file` (where the config was read from) in errors.
+    pub fn validate_in(&self, file: &str) -> Result<()> {
+        self.validated_levels(file).map(drop)
+    }
+
+    /// Validates the config and resolves its levels, once: what the model is built from.
+    pub(crate) fn validated_levels(&self, file: &str) -> Result<Vec<UNetLevel>> {
         let levels = self.block_out_channels.len();
-        ensure(levels > 0, FILE, "block_out_channels", &self.block_out_channels)?;
-        ensure(self.down_block_types.len() == levels, FILE, "down_block_types", &self.down_block_types)?;
-        ensure(self.up_block_types.len() == levels, FILE, "up_block_types", &self.up_block_types)?;
+        ensure(levels > 0, file, "block_out_channels", &self.block_out_channels)?;
+        ensure(self.down_block_types.len() == levels, file, "down_block_types", &self.down_block_types)?;
+        ensure(self.up_block_types.len() == levels, file, "up_block_types", &self.up_block_types)?;
         for t in &self.down_block_types {
-            ensure(matches!(t.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D"), FILE, "down_block_types", t)?;
+            ensure(t.is_supported(), file, "down_block_types", t)?;
         }
         for t in &self.up_block_types {
-            ensure(matches!(t.as_str(), "CrossAttnUpBlock2D" | "UpBlock2D"), FILE, "up_block_types", t)?;
+            ensure(t.is_supported(), file, "up_block_types", t)?;
         }
         if let Some(mid) = &self.mid_block_type {
-            ensure(mid == "UNetMidBlock2DCrossAttn", FILE, "mid_block_type", mid)?;
+            ensure(mid.is_supported(), file, "mid_block_type", mid)?;
         }
         let must_be_null = [
             ("class_embed_type", &self.class_embed_type),
@@ -167,36 +231,43 @@ impl UNet2DConditionConfig {
         ];
         for (field, value) in must_be_null {
             if let Some(v) = value.as_ref().filter(|v| !v.is_null()) {
-                return Err(Error::unsupported(FILE, field, v));
+                return Err(Error::unsupported(file, field, v));
             }
         }
-        ensure(self.act_fn == "silu", FILE, "act_fn", &self.act_fn)?;
-        ensure(self.resnet_time_scale_shift == "default", FILE, "resnet_time_scale_shift", &self.resnet_time_scale_shift)?;
-        ensure(self.time_embedding_type == "positional", FILE, "time_embedding_type", &self.time_embedding_type)?;
-        ensure(self.attention_type == "default", FILE, "attention_type", &self.attention_type)?;
-        ensure(!self.dual_cross_attention, FILE, "dual_cross_attention", self.dual_cross_attention)?;
-        ensure(!self.resnet_skip_time_act, FILE, "resnet_skip_time_act", self.resnet_skip_time_act)?;
-        ensure(!self.class_embeddings_concat, FILE, "class_embeddings_concat", self.class_embeddings_concat)?;
-        ensure(self.norm_num_groups.is_some(), FILE, "norm_num_groups", self.norm_num_groups)?;
-        ensure(self.conv_in_kernel % 2 == 1, FILE, "conv_in_kernel", self.conv_in_kernel)?;
-        ensure(self.conv_out_kernel % 2 == 1, FILE, "conv_out_kernel", self.conv_out_kernel)?;
-        if let TransformerLayers::PerLayer(v) = &self.transformer_layers_per_block {
-            return Err(Error::unsupported(FILE, "transformer_layers_per_block", format!("{v:?}")));
-        }
-        let resolved = self.levels()?;
+        ensure(self.act_fn == ActFn::Silu, file, "act_fn", &self.act_fn)?;
+        let shift = &self.resnet_time_scale_shift;
+        ensure(shift.is_supported(), file, "resnet_time_scale_shift", shift)?;
+        ensure(self.time_embedding_type.is_supported(), file, "time_embedding_type", &self.time_embedding_type)?;
+        ensure(self.attention_type.is_supported(), file, "attention_type", &self.attention_type)?;
+        ensure(!self.dual_cross_attention, file, "dual_cross_attention", self.dual_cross_attention)?;
+        ensure(!self.resnet_skip_time_act, file, "resnet_skip_time_act", self.resnet_skip_time_act)?;
+        ensure(!self.class_embeddings_concat, file, "class_embeddings_concat", self.class_embeddings_concat)?;
+        ensure(self.norm_num_groups.is_some(), file, "norm_num_groups", self.norm_num_groups)?;
+        ensure(self.conv_in_kernel % 2 == 1, file, "conv_in_kernel", self.conv_in_kernel)?;
+        ensure(self.conv_out_kernel % 2 == 1, file, "conv_out_kernel", self.conv_out_kernel)?;
+        let resolved = self.levels_in(file)?;
+        let groups = self.norm_groups();
+        // Heads must divide the width of every block that attends: cross-attention down levels,
+        // the mid block (at the deepest level) and cross-attention up blocks (mirrored levels).
+        let heads = |level: &UNetLevel, what: &str| {
+            let ok = level.heads > 0 && level.channels.is_multiple_of(level.heads);
+            ensure(ok, file, &format!("attention heads of {what}"), level.heads)
+        };
         for (i, level) in resolved.iter().enumerate() {
-            let groups = self.norm_groups();
-            ensure(level.channels % groups == 0, FILE, "norm_num_groups", groups)?;
+            ensure(level.channels % groups == 0, file, "norm_num_groups", groups)?;
             if level.cross_attention {
-                ensure(
-                    level.heads > 0 && level.channels % level.heads == 0,
-                    FILE,
-                    &format!("attention heads of level {i}"),
-                    level.heads,
-                )?;
+                heads(level, &format!("level {i}"))?;
             }
         }
-        Ok(())
+        if self.mid_block_type.is_some() {
+            heads(&resolved[levels - 1], "the mid block")?;
+        }
+        for (i, t) in self.up_block_types.iter().enumerate() {
+            if *t == UpBlockType::CrossAttnUpBlock2D {
+                heads(&resolved[levels - 1 - i], &format!("up block {i}"))?;
+            }
+        }
+        Ok(resolved)
     }
 
     pub fn norm_groups(&self) -> usize {
@@ -211,25 +282,31 @@ impl UNet2DConditionConfig {
     /// Resolves the int-or-list fields into one record per down level (index 0 = highest
     /// resolution). Up level `i` mirrors down level `levels - 1 - i`, as in diffusers.
     pub fn levels(&self) -> Result<Vec<UNetLevel>> {
+        self.levels_in(FILE)
+    }
+
+    fn levels_in(&self, file: &str) -> Result<Vec<UNetLevel>> {
         let n = self.block_out_channels.len();
-        let heads = self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim);
-        let heads_field = if self.num_attention_heads.is_some() { "num_attention_heads" } else { "attention_head_dim" };
-        let heads = heads.per_level(n, FILE, heads_field)?;
-        let layers = self.layers_per_block.per_level(n, FILE, "layers_per_block")?;
-        let cross_dims = self.cross_attention_dim.per_level(n, FILE, "cross_attention_dim")?;
-        let only_cross = self.only_cross_attention.per_level(n, FILE, "only_cross_attention")?;
         let transformer_layers = match &self.transformer_layers_per_block {
             TransformerLayers::One(v) => vec![*v; n],
-            TransformerLayers::PerLevel(v) => OneOrMany::Many(v.clone()).per_level(n, FILE, "transformer_layers_per_block")?,
+            TransformerLayers::PerLevel(v) => {
+                OneOrMany::Many(v.clone()).per_level(n, file, "transformer_layers_per_block")?
+            }
             TransformerLayers::PerLayer(v) => {
-                return Err(Error::unsupported(FILE, "transformer_layers_per_block", format!("{v:?}")));
+                return Err(Error::unsupported(file, "transformer_layers_per_block", format!("{v:?}")));
             }
         };
+        let heads = self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim);
+        let heads_field = if self.num_attention_heads.is_some() { "num_attention_heads" } else { "attention_head_dim" };
+        let heads = heads.per_level(n, file, heads_field)?;
+        let layers = self.layers_per_block.per_level(n, file, "layers_per_block")?;
+        let cross_dims = self.cross_attention_dim.per_level(n, file, "cross_attention_dim")?;
+        let only_cross = self.only_cross_attention.per_level(n, file, "only_cross_attention")?;
         Ok((0..n)
             .map(|i| UNetLevel {
                 channels: self.block_out_channels[i],
                 layers: layers[i],
-                cross_attention: self.down_block_types[i] == "CrossAttnDownBlock2D",
+                cross_attention: self.down_block_types[i] == DownBlockType::CrossAttnDownBlock2D,
                 heads: heads[i],
                 transformer_layers: transformer_layers[i],
                 cross_attention_dim: cross_dims[i],

@@ -4,8 +4,8 @@
 
 use burn::tensor::{Int, Tensor};
 
-use super::{Activation, attention, attention_bias};
-use crate::config::BertConfig;
+use super::{attention_bias, multi_head_attention};
+use crate::config::{BertConfig, HiddenAct};
 use crate::error::Result;
 use crate::nn::{Embedding, LayerNorm, Linear};
 use crate::weights::VarBuilder;
@@ -82,7 +82,7 @@ pub struct BertAttention {
 #[derive(Debug, Clone)]
 pub struct BertIntermediate {
     pub dense: Linear,
-    pub activation: Activation,
+    pub activation: HiddenAct,
 }
 
 /// Post-LN block: `ln(x + attn(x))`, then `ln(h + ffn(h))`.
@@ -109,7 +109,7 @@ impl BertLayer {
             },
             intermediate: BertIntermediate {
                 dense: Linear::load(&vb.pp("intermediate").pp("dense"), h, i, true)?,
-                activation: Activation::parse(&c.hidden_act, "text_encoder/config.json")?,
+                activation: c.hidden_act.clone(),
             },
             output: BertResidualOutput::load(&vb.pp("output"), i, c)?,
         })
@@ -117,7 +117,8 @@ impl BertLayer {
 
     fn forward(&self, x: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
         let sa = &self.attention.self_;
-        let ctx = attention(sa.query.forward(x.clone()), sa.key.forward(x.clone()), sa.value.forward(x.clone()), sa.heads, bias);
+        let (q, k, v) = (sa.query.forward(x.clone()), sa.key.forward(x.clone()), sa.value.forward(x.clone()));
+        let ctx = multi_head_attention(q, k, v, sa.heads, bias);
         let h = self.attention.output.forward(ctx, x);
         let ffn = self.intermediate.activation.forward(self.intermediate.dense.forward(h.clone()));
         self.output.forward(ffn, h)
@@ -152,8 +153,10 @@ pub struct BertModel {
 }
 
 impl BertModel {
-    pub fn load(vb: &VarBuilder, config: &BertConfig) -> Result<Self> {
-        config.validate()?;
+    /// Validates `config` (errors name `config_path`, the file it was read from), then loads
+    /// from a VarBuilder at the model root (the `bert.` prefix already stripped).
+    pub fn load(vb: &VarBuilder, config: &BertConfig, config_path: &str) -> Result<Self> {
+        config.validate_in(config_path)?;
         let layer = (0..config.num_hidden_layers)
             .map(|i| BertLayer::load(&vb.pp("encoder.layer").pp(i), config))
             .collect::<Result<Vec<_>>>()?;

@@ -4,8 +4,8 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::{Activation, attention};
-use crate::config::ClipTextConfig;
+use super::multi_head_attention;
+use crate::config::{ClipTextConfig, HiddenAct};
 use crate::error::{Error, Result};
 use crate::nn::{Embedding, LayerNorm, Linear};
 use crate::weights::VarBuilder;
@@ -55,7 +55,7 @@ impl ClipAttention {
     }
 
     fn forward(&self, x: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
-        let out = attention(
+        let out = multi_head_attention(
             self.q_proj.forward(x.clone()),
             self.k_proj.forward(x.clone()),
             self.v_proj.forward(x),
@@ -70,7 +70,7 @@ impl ClipAttention {
 pub struct ClipMlp {
     pub fc1: Linear,
     pub fc2: Linear,
-    pub activation: Activation,
+    pub activation: HiddenAct,
 }
 
 impl ClipMlp {
@@ -78,7 +78,7 @@ impl ClipMlp {
         Ok(Self {
             fc1: Linear::load(&vb.pp("fc1"), c.hidden_size, c.intermediate_size, true)?,
             fc2: Linear::load(&vb.pp("fc2"), c.intermediate_size, c.hidden_size, true)?,
-            activation: Activation::parse(&c.hidden_act, "text_encoder/config.json")?,
+            activation: c.hidden_act.clone(),
         })
     }
 
@@ -144,10 +144,11 @@ pub struct ClipTextModel {
 }
 
 impl ClipTextModel {
-    /// Loads from a VarBuilder at the text-model root (the `text_model.` prefix already
-    /// stripped); `text_projection.weight` is loaded when `with_projection`.
-    pub fn load(vb: &VarBuilder, config: &ClipTextConfig, with_projection: bool) -> Result<Self> {
-        config.validate()?;
+    /// Validates `config` (errors name `config_path`, the file it was read from), then loads from
+    /// a VarBuilder at the text-model root (the `text_model.` prefix already stripped);
+    /// `text_projection.weight` is loaded when `with_projection`.
+    pub fn load(vb: &VarBuilder, config: &ClipTextConfig, config_path: &str, with_projection: bool) -> Result<Self> {
+        config.validate_in(config_path)?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| ClipEncoderLayer::load(&vb.pp("encoder.layers").pp(i), config))
             .collect::<Result<Vec<_>>>()?;

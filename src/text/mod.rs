@@ -6,14 +6,14 @@ pub mod bert;
 pub mod clip;
 pub mod tokenizer;
 
-use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
+use burn::tensor::activation::{gelu, gelu_approximate, relu, sigmoid, softmax};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 pub use bert::{BertModel, BertOutput};
 pub use clip::{ClipTextModel, ClipTextOutput};
 pub use tokenizer::{Encoded, PromptTokenizer, TokenizerKind};
 
-use crate::config::{BertConfig, ClipTextConfig, from_json};
+use crate::config::{BertConfig, ClipTextConfig, HiddenAct, from_json};
 use crate::error::{Error, Result};
 use crate::folder;
 use crate::source::ModelSource;
@@ -37,7 +37,7 @@ struct ConfigHead {
 
 impl TextEncoder {
     /// Reads `<dir>/config.json` (architectures / model_type picks the kind), validates, loads
-    /// weights with full coverage (`weights.finish()`).
+    /// weights with full coverage (`weights.finish()`). Config errors name that file.
     pub fn load(src: &dyn ModelSource, dir: &str, device: &Device) -> Result<Self> {
         let path = format!("{dir}/config.json");
         let bytes = src.read(&path)?;
@@ -51,14 +51,14 @@ impl TextEncoder {
             let weights = src.weights(dir, device)?.strip_prefix("text_model.");
             // The pipeline never runs the projection: loaded when stored, fine when absent.
             let projection = weights.contains("text_projection.weight");
-            let mut model = ClipTextModel::load(&weights.root(), &config, projection)?;
+            let mut model = ClipTextModel::load(&weights.root(), &config, &path, projection)?;
             model.use_attention_mask = head.use_attention_mask.unwrap_or(false);
             finish(&weights)?;
             Ok(Self::Clip(model))
         } else if bert {
             let config: BertConfig = from_json(&path, &bytes)?;
             let weights = src.weights(dir, device)?.strip_prefix("bert.");
-            let model = BertModel::load(&weights.root(), &config)?;
+            let model = BertModel::load(&weights.root(), &config, &path)?;
             finish(&weights)?;
             Ok(Self::Bert(model))
         } else {
@@ -110,35 +110,16 @@ fn finish(weights: &Weights) -> Result<()> {
     }
 }
 
-/// `hidden_act` of the text configs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// Exact (erf) GELU: transformers' `"gelu"`.
-    Gelu,
-    /// tanh approximation: `"gelu_new"`.
-    GeluNew,
-    /// `x * sigmoid(1.702 x)`: OpenAI CLIP's activation.
-    QuickGelu,
-    Relu,
-}
-
-impl Activation {
-    pub fn parse(name: &str, file: &str) -> Result<Self> {
-        Ok(match name {
-            "gelu" => Self::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" => Self::GeluNew,
-            "quick_gelu" => Self::QuickGelu,
-            "relu" => Self::Relu,
-            other => return Err(Error::unsupported(file, "hidden_act", format!("{other:?}"))),
-        })
-    }
-
-    pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+impl HiddenAct {
+    /// Applies the activation. Only validated configs build a tower, and `validate` rejects
+    /// `Unsupported`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Self::Gelu => gelu(x),
             Self::GeluNew => gelu_approximate(x),
             Self::QuickGelu => x.clone() * sigmoid(x * 1.702),
-            Self::Relu => burn::tensor::activation::relu(x),
+            Self::Relu => relu(x),
+            Self::Unsupported(name) => unreachable!("hidden_act {name:?} passed validation"),
         }
     }
 }
@@ -172,10 +153,18 @@ pub(crate) fn attention_bias(
     }
 }
 
-/// softmax(q kᵀ / √d + bias) v over `[batch, seq, heads·d]` projections. Text sequences are
-/// short (77–512 tokens), so the whole score matrix is formed at once. The bias and softmax are
-/// in f32 whatever the model's dtype: the f32 bias minimum has no f16 counterpart.
-pub(crate) fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, bias: &Tensor<4>) -> Tensor<3> {
+/// The text towers' multi-head self-attention core: softmax(q kᵀ / √d + bias) v over
+/// `[batch, seq, heads·d]` projections. Text sequences are short (77–512 tokens), so the whole
+/// score matrix is formed at once (unlike [`crate::nn::scaled_dot_product_attention`]). The
+/// bias and softmax are in f32 whatever the model's dtype: the f32 bias minimum has no f16
+/// counterpart.
+pub(crate) fn multi_head_attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    heads: usize,
+    bias: &Tensor<4>,
+) -> Tensor<3> {
     let [batch, seq, hidden] = q.dims();
     let dtype = q.dtype();
     let d = hidden / heads;

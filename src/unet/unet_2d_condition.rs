@@ -1,20 +1,22 @@
 //! diffusers `unets/unet_2d_condition.py`: `UNet2DConditionModel`, the SD-family denoiser.
 //! Every structural choice comes from the config (levels, block kinds, heads, layers per
-//! block, mid block or none, projection kind, time-condition input); `load` validates it first.
+//! block, mid block or none, projection kind, time-condition input), validated before the
+//! model is built.
 
 use burn::tensor::{DType, Device, Tensor};
 use burn::tensor::activation::silu;
 
 use super::attention::TransformerConfig;
 use super::embeddings::{TimestepEmbedding, Timesteps};
-use super::unet_blocks::{BlockConfig, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D};
-use crate::config::{UNet2DConditionConfig, from_json};
-use crate::error::{Error, Result};
+use super::unet_blocks::{BlockConfig, DownBlock2D, DownBlockConfig, UNetMidBlock2DCrossAttn, UpBlock2D, UpBlockConfig};
+use crate::config::{UNet2DConditionConfig, UNetLevel, UpBlockType, from_json};
+use crate::error::Result;
 use crate::folder::join;
 use crate::source::ModelSource;
 use crate::nn::{Conv2d, Conv2dConfig, GroupNorm};
 use crate::weights::Weights;
 
+/// What errors name when the config's real path is not known ([`UNet2DConditionModel::load`]).
 const FILE: &str = "unet/config.json";
 
 #[derive(Debug, Clone)]
@@ -32,22 +34,25 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
-    /// Loads the U-Net in folder `dir` of `src`: `<dir>/config.json` and the folder's weights,
-    /// every stored tensor used (`Weights::finish`).
+    /// Loads the U-Net in folder `dir` of `src`: `<dir>/config.json` (which config errors
+    /// name) and the folder's weights, every stored tensor used (`Weights::finish`).
     pub fn from_source(src: &dyn ModelSource, dir: &str, device: &Device) -> Result<Self> {
         let path = join(dir, "config.json");
         let config: UNet2DConditionConfig = from_json(&path, &src.read(&path)?)?;
         let weights = src.weights(dir, device)?;
-        let unet = Self::load(&weights, &config)?;
+        let unet = Self::build(&weights, &config, config.validated_levels(&path)?)?;
         weights.finish()?;
         Ok(unet)
     }
 
     /// Builds the model from `weights` (all of the component's tensors must be used) after
-    /// validating `config`.
+    /// validating `config`; config errors name `unet/config.json`.
     pub fn load(weights: &Weights, config: &UNet2DConditionConfig) -> Result<Self> {
-        config.validate()?;
-        let levels = config.levels()?;
+        Self::build(weights, config, config.validated_levels(FILE)?)
+    }
+
+    /// `levels`: the validated config's, from [`UNet2DConditionConfig::validated_levels`].
+    fn build(weights: &Weights, config: &UNet2DConditionConfig, levels: Vec<UNetLevel>) -> Result<Self> {
         let n = levels.len();
         let vb = weights.root();
         let ch = &config.block_out_channels;
@@ -55,21 +60,16 @@ impl UNet2DConditionModel {
         let time_embed_dim = config.time_embed_dim();
         let groups = config.norm_groups();
         let blocks = BlockConfig { temb_channels: time_embed_dim, groups, eps: config.norm_eps };
-        let transformer = |channels: usize, level: usize, what: &str| -> Result<TransformerConfig> {
-            let l = &levels[level];
-            if l.heads == 0 || channels % l.heads != 0 {
-                return Err(Error::unsupported(FILE, &format!("attention heads of {what}"), l.heads));
-            }
-            Ok(TransformerConfig {
-                channels,
-                heads: l.heads,
-                layers: l.transformer_layers,
-                cross_attention_dim: l.cross_attention_dim,
-                norm_groups: groups,
-                use_linear_projection: config.use_linear_projection,
-                only_cross_attention: l.only_cross_attention,
-                upcast_attention: config.upcast_attention,
-            })
+        // The spatial transformer of a block at `level`'s width (heads checked by validation).
+        let transformer = |level: &UNetLevel| TransformerConfig {
+            channels: level.channels,
+            heads: level.heads,
+            layers: level.transformer_layers,
+            cross_attention_dim: level.cross_attention_dim,
+            norm_groups: groups,
+            use_linear_projection: config.use_linear_projection,
+            only_cross_attention: level.only_cross_attention,
+            upcast_attention: config.upcast_attention,
         };
 
         // Loaded in the upstream module order, so a wrong checkpoint fails on its first tensor.
@@ -80,50 +80,39 @@ impl UNet2DConditionModel {
 
         let mut down_blocks = Vec::with_capacity(n);
         for (i, level) in levels.iter().enumerate() {
-            let t = if level.cross_attention { Some(transformer(ch[i], i, &format!("down block {i}"))?) } else { None };
-            let cin = if i == 0 { c0 } else { ch[i - 1] };
-            let pad = (i + 1 < n).then_some(config.downsample_padding);
-            let vb = vb.pp("down_blocks").pp(i);
-            down_blocks.push(DownBlock2D::load(&vb, &blocks, cin, ch[i], level.layers, t.as_ref(), pad)?);
+            let block = DownBlockConfig {
+                num_layers: level.layers,
+                in_channels: if i == 0 { c0 } else { ch[i - 1] },
+                out_channels: ch[i],
+                downsample_padding: (i + 1 < n).then_some(config.downsample_padding),
+                transformer: level.cross_attention.then(|| transformer(level)),
+            };
+            down_blocks.push(DownBlock2D::load(&vb.pp("down_blocks").pp(i), &blocks, &block)?);
         }
 
         let mid_block = match config.mid_block_type {
             Some(_) => {
                 // The mid block never uses `only_cross_attention` (diffusers does not pass it).
-                let t = TransformerConfig {
-                    only_cross_attention: false,
-                    ..transformer(ch[n - 1], n - 1, "the mid block")?
-                };
-                Some(UNetMidBlock2DCrossAttn::load(
-                    &vb.pp("mid_block"),
-                    &blocks,
-                    ch[n - 1],
-                    config.mid_block_scale_factor,
-                    &t,
-                )?)
+                let t = TransformerConfig { only_cross_attention: false, ..transformer(&levels[n - 1]) };
+                let scale = config.mid_block_scale_factor;
+                Some(UNetMidBlock2DCrossAttn::load(&vb.pp("mid_block"), &blocks, ch[n - 1], scale, &t)?)
             }
             None => None,
         };
 
         // Up block i mirrors down level n-1-i; whether it attends is its own type's say.
         let mut up_blocks = Vec::with_capacity(n);
-        for i in 0..n {
+        for (i, up_type) in config.up_block_types.iter().enumerate() {
             let r = n - 1 - i;
-            let cross = config.up_block_types[i] == "CrossAttnUpBlock2D";
-            let t = if cross { Some(transformer(ch[r], r, &format!("up block {i}"))?) } else { None };
-            let prev = if i == 0 { ch[n - 1] } else { ch[r + 1] };
-            let cin = ch[r.saturating_sub(1)];
-            let vb = vb.pp("up_blocks").pp(i);
-            up_blocks.push(UpBlock2D::load(
-                &vb,
-                &blocks,
-                cin,
-                prev,
-                ch[r],
-                levels[r].layers + 1,
-                t.as_ref(),
-                i + 1 < n,
-            )?);
+            let block = UpBlockConfig {
+                num_layers: levels[r].layers + 1,
+                in_channels: ch[r.saturating_sub(1)],
+                prev_output_channel: if i == 0 { ch[n - 1] } else { ch[r + 1] },
+                out_channels: ch[r],
+                add_upsample: i + 1 < n,
+                transformer: (*up_type == UpBlockType::CrossAttnUpBlock2D).then(|| transformer(&levels[r])),
+            };
+            up_blocks.push(UpBlock2D::load(&vb.pp("up_blocks").pp(i), &blocks, &block)?);
         }
 
         Ok(Self {

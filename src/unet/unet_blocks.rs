@@ -9,7 +9,8 @@ use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::error::Result;
 use crate::weights::VarBuilder;
 
-/// Shared by every block of one U-Net.
+/// The resnet settings shared by every block of one U-Net (diffusers' `temb_channels`,
+/// `resnet_groups`, `resnet_eps`).
 #[derive(Debug, Clone, Copy)]
 pub struct BlockConfig {
     pub temb_channels: usize,
@@ -37,7 +38,19 @@ fn load_attentions(vb: &VarBuilder, n: usize, t: Option<&TransformerConfig>) -> 
     }
 }
 
-/// `DownBlock2D` (`transformer: None`) or `CrossAttnDownBlock2D`: `layers` × (resnet
+/// The per-block arguments of diffusers' `get_down_block`.
+#[derive(Debug, Clone, Copy)]
+pub struct DownBlockConfig {
+    pub num_layers: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// `Some(downsample_padding)` with `add_downsample` (every level but the last).
+    pub downsample_padding: Option<usize>,
+    /// `Some` for `CrossAttnDownBlock2D`.
+    pub transformer: Option<TransformerConfig>,
+}
+
+/// `DownBlock2D` (`transformer: None`) or `CrossAttnDownBlock2D`: `num_layers` × (resnet
 /// [→ transformer]), then an optional stride-2 conv. Every layer's output is a skip.
 #[derive(Debug, Clone)]
 pub struct DownBlock2D {
@@ -47,27 +60,20 @@ pub struct DownBlock2D {
 }
 
 impl DownBlock2D {
-    #[allow(clippy::too_many_arguments)]
-    pub fn load(
-        vb: &VarBuilder,
-        c: &BlockConfig,
-        in_channels: usize,
-        out_channels: usize,
-        layers: usize,
-        transformer: Option<&TransformerConfig>,
-        downsample_padding: Option<usize>,
-    ) -> Result<Self> {
-        let resnets = (0..layers)
+    pub fn load(vb: &VarBuilder, c: &BlockConfig, block: &DownBlockConfig) -> Result<Self> {
+        let out = block.out_channels;
+        let resnets = (0..block.num_layers)
             .map(|i| {
-                let cin = if i == 0 { in_channels } else { out_channels };
-                ResnetBlock2D::load(&vb.pp("resnets").pp(i), c.resnet(cin, out_channels, 1.0))
+                let cin = if i == 0 { block.in_channels } else { out };
+                ResnetBlock2D::load(&vb.pp("resnets").pp(i), c.resnet(cin, out, 1.0))
             })
             .collect::<Result<_>>()?;
-        let downsampler = match downsample_padding {
-            Some(p) => Some(Downsample2D::load(&vb.pp("downsamplers").pp(0), out_channels, p)?),
+        let downsampler = match block.downsample_padding {
+            Some(p) => Some(Downsample2D::load(&vb.pp("downsamplers").pp(0), out, p)?),
             None => None,
         };
-        Ok(Self { resnets, attentions: load_attentions(vb, layers, transformer)?, downsampler })
+        let attentions = load_attentions(vb, block.num_layers, block.transformer.as_ref())?;
+        Ok(Self { resnets, attentions, downsampler })
     }
 
     /// Returns the block output and appends its skip connections to `skips`.
@@ -93,8 +99,23 @@ impl DownBlock2D {
     }
 }
 
-/// `UpBlock2D` or `CrossAttnUpBlock2D`: `layers` × (concat a skip → resnet [→ transformer]),
-/// then an optional nearest ×2 (or to the next skip's size) upsampler.
+/// The per-block arguments of diffusers' `get_up_block`.
+#[derive(Debug, Clone, Copy)]
+pub struct UpBlockConfig {
+    pub num_layers: usize,
+    /// Width of the deepest skip this block consumes (the mirrored level's down input).
+    pub in_channels: usize,
+    /// Width coming from below.
+    pub prev_output_channel: usize,
+    pub out_channels: usize,
+    /// Every level but the last (highest resolution) upsamples.
+    pub add_upsample: bool,
+    /// `Some` for `CrossAttnUpBlock2D`.
+    pub transformer: Option<TransformerConfig>,
+}
+
+/// `UpBlock2D` or `CrossAttnUpBlock2D`: `num_layers` × (concat a skip → resnet
+/// [→ transformer]), then an optional nearest ×2 (or to the next skip's size) upsampler.
 #[derive(Debug, Clone)]
 pub struct UpBlock2D {
     resnets: Vec<ResnetBlock2D>,
@@ -103,29 +124,19 @@ pub struct UpBlock2D {
 }
 
 impl UpBlock2D {
-    /// `prev_output_channels`: width coming from below; `in_channels`: width of the deepest
-    /// skip this block consumes (the level's down input), as diffusers names them.
-    #[allow(clippy::too_many_arguments)]
-    pub fn load(
-        vb: &VarBuilder,
-        c: &BlockConfig,
-        in_channels: usize,
-        prev_output_channels: usize,
-        out_channels: usize,
-        layers: usize,
-        transformer: Option<&TransformerConfig>,
-        add_upsample: bool,
-    ) -> Result<Self> {
+    pub fn load(vb: &VarBuilder, c: &BlockConfig, block: &UpBlockConfig) -> Result<Self> {
+        let (layers, out) = (block.num_layers, block.out_channels);
         let resnets = (0..layers)
             .map(|i| {
-                let skip = if i == layers - 1 { in_channels } else { out_channels };
-                let cin = if i == 0 { prev_output_channels } else { out_channels };
-                ResnetBlock2D::load(&vb.pp("resnets").pp(i), c.resnet(cin + skip, out_channels, 1.0))
+                let skip = if i == layers - 1 { block.in_channels } else { out };
+                let cin = if i == 0 { block.prev_output_channel } else { out };
+                ResnetBlock2D::load(&vb.pp("resnets").pp(i), c.resnet(cin + skip, out, 1.0))
             })
             .collect::<Result<_>>()?;
         let upsampler =
-            if add_upsample { Some(Upsample2D::load(&vb.pp("upsamplers").pp(0), out_channels)?) } else { None };
-        Ok(Self { resnets, attentions: load_attentions(vb, layers, transformer)?, upsampler })
+            if block.add_upsample { Some(Upsample2D::load(&vb.pp("upsamplers").pp(0), out)?) } else { None };
+        let attentions = load_attentions(vb, layers, block.transformer.as_ref())?;
+        Ok(Self { resnets, attentions, upsampler })
     }
 
     /// Skip connections this block consumes (one per resnet).

@@ -1,13 +1,13 @@
 //! diffusers `AutoencoderKL`: `Encoder` / `Decoder` (`models/autoencoders/vae.py`), their
 //! blocks `DownEncoderBlock2D`, `UpDecoderBlock2D`, `UNetMidBlock2D` (`unets/unet_2d_blocks.py`)
-//! and the mid-block's single-head spatial self-attention.
+//! and the mid-block's single-head spatial self-attention ([`AttentionBlock`]).
 
 use burn::tensor::{DType, Tensor};
 use burn::tensor::activation::silu;
 use burn::tensor::ops::PadMode;
 
 use crate::config::AutoencoderKLConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, in_dtype, scaled_dot_product_attention};
 use crate::unet::resnet::{ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::weights::{VarBuilder, Weights};
@@ -27,10 +27,11 @@ fn resnet(vb: &VarBuilder, c_in: usize, c_out: usize, groups: usize) -> Result<R
     ResnetBlock2D::load(vb, cfg)
 }
 
-/// The mid-block `Attention` (`_from_deprecated_attn_block`): group norm, one head as wide as the
-/// channels over all pixels, output projection, residual.
+/// The VAE mid block's spatial self-attention: diffusers' former `AttentionBlock`, today an
+/// `Attention` built `_from_deprecated_attn_block`. Group norm, one head as wide as the channels
+/// over all pixels, output projection, residual. (The U-Net's is `unet::attention::Attention`.)
 #[derive(Debug, Clone)]
-pub struct Attention {
+pub struct AttentionBlock {
     group_norm: GroupNorm,
     to_q: Linear,
     to_k: Linear,
@@ -38,7 +39,7 @@ pub struct Attention {
     to_out: Linear,
 }
 
-impl Attention {
+impl AttentionBlock {
     pub fn load(vb: &VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         Ok(Self {
             group_norm: GroupNorm::load(&vb.pp("group_norm"), groups, channels, EPS)?,
@@ -80,14 +81,14 @@ pub fn legacy_attention_key(key: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct UNetMidBlock2D {
     resnets: [ResnetBlock2D; 2],
-    attention: Option<Attention>,
+    attention: Option<AttentionBlock>,
 }
 
 impl UNetMidBlock2D {
     pub fn load(vb: &VarBuilder, channels: usize, groups: usize, add_attention: bool) -> Result<Self> {
         let r = vb.pp("resnets");
         let attention =
-            if add_attention { Some(Attention::load(&vb.pp("attentions").pp(0), channels, groups)?) } else { None };
+            add_attention.then(|| AttentionBlock::load(&vb.pp("attentions").pp(0), channels, groups)).transpose()?;
         Ok(Self {
             resnets: [resnet(&r.pp(0), channels, channels, groups)?, resnet(&r.pp(1), channels, channels, groups)?],
             attention,
@@ -297,19 +298,16 @@ pub struct AutoencoderKL {
 
 impl AutoencoderKL {
     /// Builds from diffusers-layout weights and checks that no tensor is left over. Older
-    /// checkpoints' attention names (`query`, `proj_attn`, ...) are accepted.
-    pub fn load(weights: Weights, config: AutoencoderKLConfig) -> Result<Self> {
-        config.validate()?;
+    /// checkpoints' attention names (`query`, `proj_attn`, ...) are accepted. Config errors name
+    /// `config_path`, the file `config` came from.
+    pub fn load(weights: Weights, config: AutoencoderKLConfig, config_path: &str) -> Result<Self> {
+        config.validate_in(config_path)?;
         let weights = weights.rename(legacy_attention_key);
         let vb = weights.root();
         let latent = config.latent_channels;
         let quant = |name: &str, c: usize| Conv2d::load(&vb.pp(name), c, c, Conv2dConfig::same(1));
         let (encoder, quant_conv) = if vb.pp("encoder").has_prefix() {
-            for t in &config.down_block_types {
-                if t != "DownEncoderBlock2D" {
-                    return Err(Error::unsupported("vae/config.json", "down_block_types", t));
-                }
-            }
+            config.validate_encoder_in(config_path)?;
             let quant_conv = if config.use_quant_conv { Some(quant("quant_conv", 2 * latent)?) } else { None };
             (Some(Encoder::load(&vb.pp("encoder"), &config)?), quant_conv)
         } else {

@@ -14,10 +14,10 @@ use crate::error::{Error, Result};
 use crate::folder::{self, VaeFiles, join};
 use crate::source::ModelSource;
 
-
-/// The image decoder of a pipeline (with its encoder when the checkpoint has one).
+/// The pipeline's `vae` component: decodes latents to pixels and, when the checkpoint has its
+/// encoder, encodes pixels to latents.
 #[derive(Debug, Clone)]
-pub enum Decoder {
+pub enum Autoencoder {
     Tiny(AutoencoderTiny),
     Kl(AutoencoderKL),
 }
@@ -47,7 +47,7 @@ impl Encoded {
     }
 }
 
-impl Decoder {
+impl Autoencoder {
     /// Reads `<dir>/config.json` (`_class_name` AutoencoderTiny / AutoencoderKL), or a folder with
     /// only `taesd_decoder.safetensors` (original layout, default TAESD config; also its
     /// relatives such as `taesdxl_decoder.safetensors`, and the `*_encoder` file next to it).
@@ -69,11 +69,11 @@ impl Decoder {
         match class.as_str() {
             "AutoencoderTiny" => {
                 let config: AutoencoderTinyConfig = from_json(&config_path, &bytes)?;
-                Ok(Self::Tiny(AutoencoderTiny::load(src.weights_in(dir, device, dtype)?, config)?))
+                Ok(Self::Tiny(AutoencoderTiny::load(src.weights_in(dir, device, dtype)?, config, &config_path)?))
             }
             "AutoencoderKL" => {
                 let config: AutoencoderKLConfig = from_json(&config_path, &bytes)?;
-                Ok(Self::Kl(AutoencoderKL::load(src.weights_in(dir, device, dtype)?, config)?))
+                Ok(Self::Kl(AutoencoderKL::load(src.weights_in(dir, device, dtype)?, config, &config_path)?))
             }
             other => Err(Error::UnsupportedConfig {
                 file: config_path,
@@ -85,11 +85,11 @@ impl Decoder {
     }
 
     /// Equivalent of diffusers `vae.decode(z).sample` (pixel range about [-1, 1]); `z` is the
-    /// unscaled latent (`latents / scaling_factor + shift_factor`).
+    /// unscaled latent (`latents / latent_scaling_factor + latent_shift_factor`).
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
         match self {
-            Decoder::Tiny(m) => m.decode(z),
-            Decoder::Kl(m) => m.decode(z),
+            Self::Tiny(m) => m.decode(z),
+            Self::Kl(m) => m.decode(z),
         }
     }
 
@@ -97,38 +97,40 @@ impl Decoder {
     /// encoder weights.
     pub fn encode(&self, image: Tensor<4>) -> Option<Encoded> {
         match self {
-            Decoder::Tiny(m) => m.encode(image).map(Encoded::Latents),
-            Decoder::Kl(m) => m.encode(image).map(Encoded::Dist),
+            Self::Tiny(m) => m.encode(image).map(Encoded::Latents),
+            Self::Kl(m) => m.encode(image).map(Encoded::Dist),
         }
     }
 
-    pub fn scaling_factor(&self) -> f64 {
+    /// The config's `scaling_factor` (0.18215 for SD 1.x): the sampler works on
+    /// `(z - latent_shift_factor) · latent_scaling_factor` of the autoencoder's latents `z`.
+    pub fn latent_scaling_factor(&self) -> f64 {
         match self {
-            Decoder::Tiny(m) => m.config.scaling_factor,
-            Decoder::Kl(m) => m.config.scaling_factor,
+            Self::Tiny(m) => m.config.scaling_factor,
+            Self::Kl(m) => m.config.scaling_factor,
         }
     }
 
-    /// 0 when the config has none (SD 1.x/2.x).
-    pub fn shift_factor(&self) -> f64 {
+    /// The config's `shift_factor`; 0 when it has none (SD 1.x/2.x).
+    pub fn latent_shift_factor(&self) -> f64 {
         match self {
-            Decoder::Tiny(m) => m.config.shift_factor,
-            Decoder::Kl(m) => m.config.shift_factor.unwrap_or(0.0),
+            Self::Tiny(m) => m.config.shift_factor,
+            Self::Kl(m) => m.config.shift_factor.unwrap_or(0.0),
         }
     }
 
-    /// Pixels per latent along one side (8 for SD).
-    pub fn scale_factor(&self) -> usize {
+    /// Pixels per latent along one side (8 for SD; diffusers' `vae_scale_factor`).
+    pub fn pixels_per_latent(&self) -> usize {
         match self {
-            Decoder::Tiny(m) => m.config.scale_factor(),
-            Decoder::Kl(m) => m.config.scale_factor(),
+            Self::Tiny(m) => m.config.pixels_per_latent(),
+            Self::Kl(m) => m.config.pixels_per_latent(),
         }
     }
 
     pub fn latent_channels(&self) -> usize {
         match self {
-            Decoder::Tiny(m) => m.config.latent_channels,
-            Decoder::Kl(m) => m.config.latent_channels,
+            Self::Tiny(m) => m.config.latent_channels,
+            Self::Kl(m) => m.config.latent_channels,
         }
     }
 }

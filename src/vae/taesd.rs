@@ -16,8 +16,6 @@ use crate::error::{Error, Result};
 use crate::nn::{Conv2d, Conv2dConfig, in_dtype};
 use crate::weights::{VarBuilder, Weights};
 
-const CONFIG_FILE: &str = "vae/config.json";
-
 /// `AutoencoderTinyBlock`: relu(conv(x) + skip(x)), where `conv` is conv–ReLU–conv–ReLU–conv
 /// (keys `conv.0`, `conv.2`, `conv.4`) and `skip` a bias-free 1×1 conv when the width changes.
 #[derive(Debug, Clone)]
@@ -108,20 +106,6 @@ impl<'a> Sequential<'a> {
     }
 }
 
-/// diffusers builds every block of level `i` as `width[i] → width[i]` and feeds it the previous
-/// level's output unchanged, so unequal widths cannot run there either: reject them up front.
-fn uniform_width(widths: &[usize], field: &str) -> Result<usize> {
-    match widths {
-        [first, rest @ ..] if rest.iter().all(|w| w == first) => Ok(*first),
-        _ => Err(Error::UnsupportedConfig {
-            file: CONFIG_FILE.into(),
-            field: field.into(),
-            value: format!("{widths:?}"),
-            hint: Some("AutoencoderTiny passes each level's output to the next unchanged: widths must be equal".into()),
-        }),
-    }
-}
-
 /// `DecoderTiny`: tanh clamp to ±3, conv + ReLU, then per level `num_blocks` blocks, nearest
 /// upsampling (all levels but the last) and a conv (bias-free except the last, to RGB).
 #[derive(Debug, Clone)]
@@ -130,8 +114,9 @@ pub struct DecoderTiny {
 }
 
 impl DecoderTiny {
+    /// `cfg` has passed `validate` (equal widths, at least one level).
     pub fn load(vb: &VarBuilder, cfg: &AutoencoderTinyConfig) -> Result<Self> {
-        let width = uniform_width(&cfg.decoder_block_out_channels, "decoder_block_out_channels")?;
+        let width = cfg.decoder_block_out_channels[0];
         let mut seq = Sequential::new(vb.clone());
         seq.conv(cfg.latent_channels, width, 1, true)?;
         seq.layers.push(Layer::Relu);
@@ -164,8 +149,9 @@ pub struct EncoderTiny {
 }
 
 impl EncoderTiny {
+    /// `cfg` has passed `validate_encoder_in` (equal widths, at least one level).
     pub fn load(vb: &VarBuilder, cfg: &AutoencoderTinyConfig) -> Result<Self> {
-        let width = uniform_width(&cfg.encoder_block_out_channels, "encoder_block_out_channels")?;
+        let width = cfg.encoder_block_out_channels[0];
         let mut seq = Sequential::new(vb.clone());
         for (i, &blocks) in cfg.num_encoder_blocks.iter().enumerate() {
             if i == 0 {
@@ -198,14 +184,12 @@ pub struct AutoencoderTiny {
 
 impl AutoencoderTiny {
     /// Builds from diffusers-layout weights (`encoder.layers.*`, `decoder.layers.*`) and checks
-    /// that no tensor is left over.
-    pub fn load(weights: Weights, config: AutoencoderTinyConfig) -> Result<Self> {
-        config.validate()?;
+    /// that no tensor is left over. Config errors name `config_path`, the file `config` came from.
+    pub fn load(weights: Weights, config: AutoencoderTinyConfig, config_path: &str) -> Result<Self> {
+        config.validate_in(config_path)?;
         let vb = weights.root();
         let encoder = if vb.pp("encoder").has_prefix() {
-            if config.encoder_block_out_channels.len() != config.num_encoder_blocks.len() {
-                return Err(Error::unsupported(CONFIG_FILE, "num_encoder_blocks", format!("{:?}", config.num_encoder_blocks)));
-            }
+            config.validate_encoder_in(config_path)?;
             Some(EncoderTiny::load(&vb.pp("encoder"), &config)?)
         } else {
             None
