@@ -13,8 +13,9 @@ mod unet;
 pub use autoencoder::{AutoencoderKLConfig, AutoencoderTinyConfig};
 pub use model_index::{ComponentSpec, ModelIndex};
 pub use scheduler::{
-    DDIMSchedulerConfig, EulerDiscreteSchedulerConfig, FlowMatchEulerDiscreteSchedulerConfig,
-    LCMSchedulerConfig, SchedulerConfig,
+    BetaSchedule, DDIMSchedulerConfig, DDPMSchedulerConfig, DPMSolverMultistepSchedulerConfig,
+    EulerAncestralDiscreteSchedulerConfig, EulerDiscreteSchedulerConfig, FlowMatchEulerDiscreteSchedulerConfig,
+    LCMSchedulerConfig, PNDMSchedulerConfig, PredictionType, SchedulerConfig, TimestepSpacing,
 };
 pub use text::{BertConfig, ClipTextConfig, TokenizerConfig};
 pub use unet::{TransformerLayers, UNet2DConditionConfig};
