@@ -47,7 +47,7 @@ impl Ddpm {
 
     /// diffusers adds noise while t > 0.
     pub fn needs_noise(&self, step: usize) -> bool {
-        self.timesteps[step] > 0.0
+        self.timesteps.get(step).is_some_and(|&t| t > 0.0)
     }
 
     /// alphas_cumprod at the step's timestep and at the next one of the schedule (1 past the end).
