@@ -7,7 +7,7 @@ mod common;
 use burn::tensor::{Tensor, TensorData};
 use common::{RefTensors, assert_close, device, fixture, max_abs_diff, reference};
 use inkstone::config::SchedulerConfig;
-use inkstone::schedulers::Scheduler;
+use inkstone::schedulers::{Sampler, Scheduler};
 
 /// Max abs error allowed on model inputs and samples (f32 arithmetic, ours vs diffusers').
 const SAMPLE_TOL: f32 = 1e-5;
@@ -420,4 +420,54 @@ fn try_new_rejects_unvalidated_configs() {
     c.use_karras_sigmas = true;
     let msg = Scheduler::try_new(&SchedulerConfig::EulerDiscrete(c)).unwrap_err().to_string();
     assert_eq!(msg, "scheduler/scheduler_config.json: unsupported value true for `use_karras_sigmas`");
+}
+
+/// The names the page's picker, the `.d.ts` and the README offer are exactly the ones that parse.
+#[test]
+fn sampler_names_are_the_same_everywhere() {
+    let names: Vec<&str> = Sampler::NAMES.iter().map(|(n, _)| *n).collect();
+    for n in &names {
+        assert_eq!(Sampler::parse(n).unwrap().name(), *n);
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let html = std::fs::read_to_string(root.join("www/index.html")).unwrap();
+    let select = &html[html.find(r#"<select id="scheduler">"#).expect("picker")..];
+    let select = &select[..select.find("</select>").unwrap()];
+    let options: Vec<&str> =
+        select.split(r#"<option value=""#).skip(1).map(|o| &o[..o.find('"').unwrap()]).collect();
+    assert_eq!(options[0], "", "the default is the model's own");
+    assert_eq!(options[1..], names[..]);
+    let dts = std::fs::read_to_string(root.join("pkg/index.d.ts")).unwrap();
+    let union = &dts[dts.find("export type SchedulerName =").unwrap()..];
+    let union = &union[..union.find(';').unwrap()];
+    let quoted: Vec<&str> = union.split('\'').skip(1).step_by(2).collect();
+    assert_eq!(quoted, names);
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for n in &names {
+        assert!(readme.contains(&format!("`{n}`")), "README does not document {n}");
+    }
+}
+
+/// diffusers' `from_config`: keys the file sets carry over, the others take the new class's
+/// defaults, and the name's own switches win.
+#[test]
+fn sampler_configs_are_built_like_from_config() {
+    use inkstone::config::{PredictionType, TimestepSpacing};
+    let text = br#"{"_class_name": "EulerDiscreteScheduler", "_diffusers_version": "0.42.1",
+        "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+        "prediction_type": "v_prediction", "steps_offset": 1, "use_karras_sigmas": false}"#;
+    let own = SchedulerConfig::from_json(text).unwrap();
+    let file = SchedulerConfig::json_value(text).unwrap();
+    let SchedulerConfig::DpmSolverMultistep(c) = Sampler::parse("dpm++2m-sde-karras").unwrap().config(&file, &own).unwrap()
+    else {
+        panic!("DPM")
+    };
+    assert_eq!((c.prediction_type, c.steps_offset, c.beta_start), (PredictionType::VPrediction, 1, 0.00085));
+    assert_eq!((c.algorithm_type.as_str(), c.solver_order, c.use_karras_sigmas), ("sde-dpmsolver++", 2, true));
+    // The Euler file has no timestep_spacing: DPM's own default (linspace), not Euler's.
+    assert_eq!(c.timestep_spacing, TimestepSpacing::Linspace);
+    let SchedulerConfig::Ddim(d) = Sampler::parse("ddim").unwrap().config(&file, &own).unwrap() else { panic!("DDIM") };
+    assert_eq!((d.timestep_spacing, d.clip_sample), (TimestepSpacing::Leading, true));
+    let SchedulerConfig::Pndm(p) = Sampler::parse("pndm").unwrap().config(&file, &own).unwrap() else { panic!("PNDM") };
+    assert!(p.skip_prk_steps);
 }
