@@ -86,10 +86,11 @@ fn replay_with(name: &str, steps: usize, custom: Custom, tol: f32) {
     let used = r.i64s("noise_used");
     let mut sample = r.tensor::<4>("latents_noise").mul_scalar(s.init_noise_sigma() as f32);
     let mut worst = 0.0f32;
-    for i in 0..s.timesteps().len() {
+    assert_eq!(used.len(), s.timesteps().len(), "{name}: step count");
+    for (i, &drew) in used.iter().enumerate() {
         let input = s.scale_model_input(sample.clone(), i);
         assert_close(&format!("{name} step {i} model input"), input, row(&r, "model_input", i), tol);
-        assert_eq!(s.needs_noise(i), used[i] == 1, "{name} step {i}: needs_noise");
+        assert_eq!(s.needs_noise(i), drew == 1, "{name} step {i}: needs_noise");
         let noise = s.needs_noise(i).then(|| row(&r, "noise", i));
         sample = s.step(row(&r, "model_output", i), i, sample, noise);
         let err = max_abs_diff(sample.clone(), row(&r, "sample", i));

@@ -55,6 +55,8 @@ use crate::error::{Error, Result};
 
 const FILE: &str = "scheduler/scheduler_config.json";
 
+// One per generation, never moved in a loop: boxing the multistep samplers buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Scheduler {
     FlowMatch(FlowMatchEulerDiscrete),
