@@ -27,14 +27,6 @@ use crate::vae::Decoder;
 /// What to generate. `None` steps/guidance take the scheduler kind's defaults.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
-    /// A sampler name ([`Sampler::NAMES`]) used instead of the model's own, built from the
-    /// model's scheduler config like diffusers' `from_config`.
-    pub scheduler: Option<String>,
-    /// Explicit timesteps (diffusers' `timesteps=`), for the samplers that take them; `steps`
-    /// may then be omitted.
-    pub timesteps: Option<Vec<f64>>,
-    /// Explicit noise levels (diffusers' `sigmas=`), for Euler and flow-match.
-    pub sigmas: Option<Vec<f64>>,
     pub prompt: String,
     pub negative_prompt: String,
     pub steps: Option<usize>,
@@ -45,6 +37,14 @@ pub struct GenerateOptions {
     /// Initial latents `[1, C, H/f, W/f]` row-major, used instead of the RNG (diffusers'
     /// `latents=`; still multiplied by `init_noise_sigma`).
     pub latents: Option<Vec<f32>>,
+    /// A sampler name ([`Sampler::NAMES`]) used instead of the model's own, built from the
+    /// model's scheduler config like diffusers' `from_config`.
+    pub scheduler: Option<String>,
+    /// Explicit timesteps (diffusers' `timesteps=`), for the samplers that take them; `steps`
+    /// may then be omitted.
+    pub timesteps: Option<Vec<f64>>,
+    /// Explicit noise levels (diffusers' `sigmas=`), for Euler and flow-match.
+    pub sigmas: Option<Vec<f64>>,
 }
 
 impl Default for GenerateOptions {

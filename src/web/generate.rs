@@ -89,7 +89,9 @@ fn integer(name: &str, v: f64, lo: f64, hi: f64) -> std::result::Result<f64, Str
 
 fn finite_list(name: &str, values: Option<Vec<f64>>) -> std::result::Result<Option<Vec<f64>>, String> {
     match values {
-        Some(v) if v.iter().any(|x| !x.is_finite()) => Err(format!("generate(): `{name}` must hold finite numbers, got {v:?}")),
+        Some(v) if v.iter().any(|x| !x.is_finite()) => {
+            Err(format!("generate(): `{name}` must hold finite numbers, got {v:?}"))
+        }
         v => Ok(v),
     }
 }
