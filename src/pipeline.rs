@@ -364,6 +364,11 @@ pub struct Generation<'a> {
 }
 
 impl Generation<'_> {
+    /// The sampler this generation runs (the model's own or the chosen one).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
     pub fn total_steps(&self) -> usize {
         self.scheduler.timesteps().len()
     }

@@ -266,6 +266,16 @@ fn ddpm_v_prediction_trailing_clipped_small_log() {
 }
 
 #[test]
+fn ddpm_trained_betas_linspace_clipped() {
+    replay("ddpm_trained_linspace", 5, None, SAMPLE_TOL);
+}
+
+#[test]
+fn euler_ancestral_trained_betas_trailing() {
+    replay("euler_a_trained_trailing", 5, None, SAMPLE_TOL);
+}
+
+#[test]
 fn ddpm_custom_timesteps_fixed_large() {
     replay("ddpm_custom_large_linspace", 4, Some(&[999.0, 749.0, 499.0, 249.0]), SAMPLE_TOL);
 }

@@ -174,6 +174,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
 
     let t1 = Instant::now();
     let mut run = pipe.start(&opts)?;
+    eprintln!("sampler {}, {} steps", run.scheduler().class_name(), run.total_steps());
     let bar = ProgressBar::new(run.total_steps() as u64).with_style(
         ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta}")
             .expect("valid template")

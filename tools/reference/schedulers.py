@@ -133,6 +133,8 @@ TRACES = {
         None,
     ),
     "ddpm_custom_large_linspace": (DDPMScheduler, dict(variance_type="fixed_large", timestep_spacing="linspace"), 4, [999, 749, 499, 249]),
+    "ddpm_trained_linspace": (DDPMScheduler, dict(trained_betas=TRAINED_BETAS, timestep_spacing="linspace"), 5, None),
+    "euler_a_trained_trailing": (EulerAncestralDiscreteScheduler, dict(trained_betas=TRAINED_BETAS, timestep_spacing="trailing"), 5, None),
 }
 
 # Schedule sweeps: name: (class, config)
