@@ -76,9 +76,20 @@ export interface Preview {
   rgba: Uint8ClampedArray;
 }
 
+/** Samplers by name, built from the model's own scheduler config (betas, prediction type,
+ *  spacing, offsets) like diffusers' `from_config`. `flow-euler` fits flow-matching models
+ *  only, every other name the rest: the wrong family rejects. */
+export type SchedulerName =
+  | 'euler' | 'euler-a'
+  | 'dpm++2m' | 'dpm++2m-karras' | 'dpm++2m-sde' | 'dpm++2m-sde-karras'
+  | 'ddim' | 'pndm' | 'lcm' | 'ddpm' | 'flow-euler';
+
+/** Options are strict: an unknown name, a wrong type, a non-integer or out-of-range `steps`,
+ *  `width`, `height` or `seed`, or a non-finite `guidance` rejects with an error naming it. */
 export interface GenerateOptions {
   prompt: string;
   negativePrompt?: string;
+  /** A positive integer (default: the sampler's usual count). Omit it with `timesteps`. */
   steps?: number;
   guidance?: number;
   /** Random when omitted; returned in the output. */
@@ -87,6 +98,15 @@ export interface GenerateOptions {
   height?: number;
   /** Initial latents, [1, C, height/8, width/8]. */
   latents?: Float32Array;
+  /** A sampler instead of the model's own (default). */
+  scheduler?: SchedulerName;
+  /** Explicit descending timesteps, e.g. `[999]` for one-step SDXS or `[999, 749, 499, 249]`;
+   *  for the samplers whose diffusers `set_timesteps` takes them: euler, lcm, ddpm, dpm++2m
+   *  (not the Karras ones), flow-euler. */
+  timesteps?: number[];
+  /** Explicit descending noise levels: for euler the final one included (`[14.6, 3, 0]` is two
+   *  steps), for flow-euler one per step. Not together with `timesteps`. */
+  sigmas?: number[];
   /** Cancels between steps; the promise rejects with an AbortError. */
   signal?: AbortSignal;
   onStep?: (step: number, total: number, preview: Preview | null) => void;

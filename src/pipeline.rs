@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use crate::config::{ModelIndex, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::folder;
-use crate::schedulers::Scheduler;
+use crate::schedulers::{Sampler, Scheduler};
 use crate::source::{MemorySource, ModelSource, WithDtype};
 use crate::weights::Weights;
 use crate::text::{PromptTokenizer, TextEncoder};
@@ -38,6 +38,14 @@ pub struct GenerateOptions {
     /// Initial latents `[1, C, H/f, W/f]` row-major, used instead of the RNG (diffusers'
     /// `latents=`; still multiplied by `init_noise_sigma`).
     pub latents: Option<Vec<f32>>,
+    /// A sampler name ([`Sampler::NAMES`]) used instead of the model's own, built from the
+    /// model's scheduler config like diffusers' `from_config`.
+    pub scheduler: Option<String>,
+    /// Explicit timesteps (diffusers' `timesteps=`), for the samplers that take them; `steps`
+    /// may then be omitted.
+    pub timesteps: Option<Vec<f64>>,
+    /// Explicit noise levels (diffusers' `sigmas=`), for Euler and flow-match.
+    pub sigmas: Option<Vec<f64>>,
 }
 
 impl Default for GenerateOptions {
@@ -51,6 +59,9 @@ impl Default for GenerateOptions {
             width: 512,
             height: 512,
             latents: None,
+            scheduler: None,
+            timesteps: None,
+            sigmas: None,
         }
     }
 }
@@ -63,6 +74,8 @@ pub struct Pipeline {
     pub unet: UNet2DConditionModel,
     pub decoder: Autoencoder,
     pub scheduler_config: SchedulerConfig,
+    /// `scheduler/scheduler_config.json` as written, what a sampler override is built from.
+    pub scheduler_file: serde_json::Value,
     device: Device,
     dtype: DType,
 }
@@ -91,8 +104,20 @@ impl Pipeline {
         let text_encoder = TextEncoder::load(src, "text_encoder", device)?;
         let unet = UNet2DConditionModel::from_source(src, "unet", device)?;
         let decoder = Autoencoder::load(src, "vae", device)?;
-        let scheduler_config = SchedulerConfig::from_json(&src.read(folder::SCHEDULER_CONFIG)?)?;
-        Ok(Self { index, tokenizer, text_encoder, unet, decoder, scheduler_config, device: device.clone(), dtype })
+        let scheduler_text = src.read(folder::SCHEDULER_CONFIG)?;
+        let scheduler_config = SchedulerConfig::from_json(&scheduler_text)?;
+        let scheduler_file = SchedulerConfig::json_value(&scheduler_text)?;
+        Ok(Self {
+            index,
+            tokenizer,
+            text_encoder,
+            unet,
+            decoder,
+            scheduler_config,
+            scheduler_file,
+            device: device.clone(),
+            dtype,
+        })
     }
 
     /// The browser's way in: configs and tokenizer files in `files`, and the weights of each
@@ -134,6 +159,14 @@ impl Pipeline {
         Scheduler::new(&self.scheduler_config)
     }
 
+    /// The named sampler built from this model's scheduler config, or the model's own.
+    pub fn scheduler_named(&self, name: Option<&str>) -> Result<Scheduler> {
+        match name {
+            Some(name) => Sampler::parse(name)?.build(&self.scheduler_file, &self.scheduler_config),
+            None => Ok(self.scheduler()),
+        }
+    }
+
     /// Validates the options, encodes the prompts and prepares the initial latents.
     pub fn start(&self, opts: &GenerateOptions) -> Result<Generation<'_>> {
         let f = self.decoder.pixels_per_latent();
@@ -144,14 +177,16 @@ impl Pipeline {
                 )));
             }
         }
-        let mut scheduler = self.scheduler();
+        let mut scheduler = self.scheduler_named(opts.scheduler.as_deref())?;
         let (default_steps, default_guidance) = scheduler.default_steps_and_guidance();
-        let steps = opts.steps.unwrap_or(default_steps);
-        if steps == 0 {
+        let guidance = opts.guidance.unwrap_or(default_guidance);
+        if !guidance.is_finite() {
+            return Err(Error::InvalidArgument(format!("guidance must be a finite number, got {guidance}")));
+        }
+        if opts.steps == Some(0) {
             return Err(Error::InvalidArgument("steps must be at least 1".into()));
         }
-        let guidance = opts.guidance.unwrap_or(default_guidance);
-        scheduler.set_timesteps(steps, None)?;
+        set_schedule(&mut scheduler, opts.steps.unwrap_or(default_steps), opts)?;
 
         let cond_dim = self.unet.config().time_cond_proj_dim;
         let cfg = guidance > 1.0 && cond_dim.is_none();
@@ -214,6 +249,27 @@ impl Pipeline {
     fn decode_latents(&self, latents: Tensor<4>) -> Tensor<4> {
         let z = latents / self.decoder.latent_scaling_factor() + self.decoder.latent_shift_factor();
         (self.decoder.decode(z) / 2.0 + 0.5).clamp(0.0, 1.0)
+    }
+}
+
+/// Sets the schedule: `steps` spaced timesteps, or the user's timesteps or sigmas (then `steps`,
+/// if given, must agree with their count).
+fn set_schedule(scheduler: &mut Scheduler, steps: usize, opts: &GenerateOptions) -> Result<()> {
+    let agree = |n: usize, what: &str| match opts.steps {
+        Some(s) if s != n => Err(Error::InvalidArgument(format!("steps {s} does not match the {n} steps of the given {what}"))),
+        _ => Ok(()),
+    };
+    match (&opts.timesteps, &opts.sigmas) {
+        (Some(_), Some(_)) => Err(Error::InvalidArgument("give timesteps or sigmas, not both".into())),
+        (Some(ts), None) => {
+            agree(ts.len(), "timesteps")?;
+            scheduler.set_timesteps(ts.len(), Some(ts))
+        }
+        (None, Some(sigmas)) => {
+            scheduler.set_sigmas(sigmas)?;
+            agree(scheduler.timesteps().len(), "sigmas")
+        }
+        (None, None) => scheduler.set_timesteps(steps, None),
     }
 }
 
@@ -297,6 +353,11 @@ pub struct Generation<'a> {
 }
 
 impl Generation<'_> {
+    /// The sampler this generation runs (the model's own or the chosen one).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
     pub fn total_steps(&self) -> usize {
         self.scheduler.timesteps().len()
     }

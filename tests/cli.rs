@@ -86,6 +86,68 @@ fn same_seed_gives_the_same_png() {
     assert_eq!(run(&tmp("a.png")), run(&tmp("b.png")));
 }
 
+fn read_image(path: &Path, w: usize, h: usize) -> Tensor<4> {
+    let file = SafetensorsFile::from_bytes("out", std::fs::read(path).unwrap()).unwrap();
+    let info = &file.header.tensors["image"];
+    let values = to_f32("out", "image", info.dtype, file.raw(info)).unwrap();
+    Tensor::<4>::from_data(TensorData::new(values, [1, 3, h, w]), &device())
+}
+
+/// `--scheduler dpm++2m-karras` on a folder laid out like SD 1.x (PNDM): diffusers' image.
+#[test]
+fn scheduler_override_matches_diffusers() {
+    let case = fixture("ref/pipeline_sd_dpm_karras.safetensors");
+    let note = reference("pipeline_sd_dpm_karras").note();
+    let tensor = tmp("dpm-karras.safetensors");
+    let o = inkstone(&[
+        "generate", "--model", s(&fixture("tiny-sd-pndm")), "--prompt", note["prompt"].as_str().unwrap(),
+        "--negative-prompt", note["negative_prompt"].as_str().unwrap(), "--steps", &note["steps"].to_string(),
+        "--guidance", &note["guidance"].to_string(), "--scheduler", "dpm++2m-karras", "--latents", s(&case),
+        "--out-tensor", s(&tensor),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_close("cli dpm++2m-karras", read_image(&tensor, 64, 64), reference("pipeline_sd_dpm_karras").tensor::<4>("image"), 1e-3);
+}
+
+/// `--timesteps 999` (one step, SDXS-style) and `--sigmas` run; the sampler's rules apply.
+#[test]
+fn custom_timesteps_and_sigmas() {
+    let model = fixture("tiny-sd");
+    let base = ["generate", "--model", s(&model), "--prompt", "sea", "--seed", "3", "--width", "32", "--height", "32"];
+    let run = |extra: &[&str], out: &Path| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out-tensor", s(out)]);
+        inkstone(&args)
+    };
+    let (one, four, sigmas) = (tmp("ts-one.safetensors"), tmp("ts-four.safetensors"), tmp("sigmas.safetensors"));
+    let o = run(&["--timesteps", "999"], &one);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["--scheduler", "lcm", "--timesteps", "999,749,499,249", "--guidance", "1"], &four);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["--sigmas", "14.6,3,0"], &sigmas);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (read_image(&one, 32, 32), read_image(&four, 32, 32));
+    assert!(common::max_abs_diff(a, b) > 1e-3, "one and four steps gave the same image");
+
+    let o = inkstone(&[&base[..], &["--scheduler", "ddim", "--timesteps", "999"]].concat());
+    assert_one_line_error(&o, "custom timesteps are not supported by DDIMScheduler");
+    let o = inkstone(&[&base[..], &["--scheduler", "heun"]].concat());
+    assert_one_line_error(&o, "unknown scheduler \"heun\"");
+    let o = inkstone(&[&base[..], &["--timesteps", "999", "--sigmas", "1,0"]].concat());
+    assert!(!o.status.success() && stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+}
+
+#[test]
+fn non_finite_guidance_is_refused() {
+    for bad in ["nan", "inf", "-inf"] {
+        let o = inkstone(&["generate", "--model", s(&fixture("tiny-sd")), "--prompt", "x", &format!("--guidance={bad}")]);
+        assert!(!o.status.success());
+        let err = stderr(&o);
+        assert!(err.contains("--guidance") && err.contains("is not a finite number"), "{err}");
+    }
+}
+
 /// A failing run ends with exactly one `error: ...` line (progress lines may precede it).
 fn assert_one_line_error(o: &Output, needle: &str) {
     assert!(!o.status.success());

@@ -125,8 +125,8 @@ fn text_configs_validate() {
 fn scheduler_class_name_dispatches_and_rejects_unknown() {
     let s = SchedulerConfig::from_json(br#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}"#).unwrap();
     assert!(matches!(s, SchedulerConfig::FlowMatchEulerDiscrete(ref c) if c.shift == 3.0));
-    let e = SchedulerConfig::from_json(br#"{"_class_name": "DPMSolverMultistepScheduler"}"#).unwrap_err().to_string();
-    assert!(e.contains("`_class_name`") && e.contains("DPMSolverMultistepScheduler"), "{e}");
+    let e = SchedulerConfig::from_json(br#"{"_class_name": "KDPM2DiscreteScheduler"}"#).unwrap_err().to_string();
+    assert!(e.contains("`_class_name`") && e.contains("KDPM2DiscreteScheduler") && e.contains("PNDMScheduler"), "{e}");
     let e = SchedulerConfig::from_json(br#"{"_class_name": "EulerDiscreteScheduler", "prediction_type": "sample"}"#)
         .unwrap_err()
         .to_string();

@@ -124,10 +124,12 @@ $('generate').onclick = async () => {
   setState('generating');
   status($('gen-status'), 'Starting…');
   try {
+    // Custom timesteps set the step count themselves; the sampler picker's '' is the model's own.
+    const timesteps = $('timesteps').value.trim() ? $('timesteps').value.split(',').map(Number) : undefined;
     const out = await generator.generate({
       prompt: $('prompt').value, negativePrompt: $('negative').value,
-      steps: Number($('steps').value), guidance: Number($('guidance').value), seed: Number($('seed').value),
-      width: size, height: size, signal: controller.signal,
+      steps: timesteps ? undefined : Number($('steps').value), guidance: Number($('guidance').value), seed: Number($('seed').value),
+      width: size, height: size, scheduler: $('scheduler').value || undefined, timesteps, signal: controller.signal,
       onStep: (step, total, preview) => {
         bar.max = total;
         bar.value = step;

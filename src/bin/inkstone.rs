@@ -3,7 +3,8 @@
 //! ```text
 //! inkstone generate --model DIR --prompt TEXT [--negative-prompt TEXT] [--steps N] [--guidance G]
 //!                   [--seed S] [--width W] [--height H] [--latents FILE] [--out FILE.png]
-//!                   [--out-tensor FILE.safetensors] [--dtype f32|f16]
+//!                   [--out-tensor FILE.safetensors] [--dtype f32|f16] [--scheduler NAME]
+//!                   [--timesteps T,T,...] [--sigmas S,S,...]
 //! inkstone info --model DIR
 //! ```
 
@@ -26,6 +27,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of `GenerateArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Generate an image from a prompt.
@@ -52,7 +55,7 @@ struct GenerateArgs {
     #[arg(long)]
     steps: Option<usize>,
     /// Classifier-free guidance scale; <= 1 disables CFG (default: per scheduler kind).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f32)]
     guidance: Option<f32>,
     /// RNG seed for the initial latents (default: random, printed).
     #[arg(long)]
@@ -76,6 +79,36 @@ struct GenerateArgs {
     /// GPUs with shader-f16); latents and the sampler stay f32.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     dtype: Precision,
+    /// Sampler instead of the model's own, built from the model's scheduler config like
+    /// diffusers' from_config: euler, euler-a, dpm++2m, dpm++2m-karras, dpm++2m-sde,
+    /// dpm++2m-sde-karras, ddim, pndm, lcm, ddpm, flow-euler (flow-matching models only).
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Explicit timesteps, descending (e.g. 999 for one-step SDXS, 999,749,499,249 for DMD2);
+    /// for the samplers whose diffusers set_timesteps takes them (euler, lcm, ddpm, dpm++2m,
+    /// flow-euler). --steps may be omitted.
+    #[arg(long, value_delimiter = ',', value_parser = finite_f64, conflicts_with = "sigmas")]
+    timesteps: Option<Vec<f64>>,
+    /// Explicit noise levels, descending: for euler the final one included (14.6,3,0 is two
+    /// steps), for flow-euler one per step (shifted like the model's own schedule).
+    #[arg(long, value_delimiter = ',', value_parser = finite_f64)]
+    sigmas: Option<Vec<f64>>,
+}
+
+fn finite_f32(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("{v} is not a finite number")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn finite_f64(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("{v} is not a finite number")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -134,10 +167,14 @@ fn generate(args: GenerateArgs) -> Result<()> {
         width: args.width.unwrap_or(default_w),
         height: args.height.unwrap_or(default_h),
         latents: latents.map(|(values, _)| values),
+        scheduler: args.scheduler,
+        timesteps: args.timesteps,
+        sigmas: args.sigmas,
     };
 
     let t1 = Instant::now();
     let mut run = pipe.start(&opts)?;
+    eprintln!("sampler {}, {} steps", run.scheduler().class_name(), run.total_steps());
     let bar = ProgressBar::new(run.total_steps() as u64).with_style(
         ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta}")
             .expect("valid template")

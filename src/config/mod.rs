@@ -53,8 +53,9 @@ pub use autoencoder::{
 };
 pub use model_index::{ComponentSpec, ModelIndex};
 pub use scheduler::{
-    DDIMSchedulerConfig, EulerDiscreteSchedulerConfig, FlowMatchEulerDiscreteSchedulerConfig,
-    LCMSchedulerConfig, SchedulerConfig,
+    BetaSchedule, DDIMSchedulerConfig, DDPMSchedulerConfig, DPMSolverMultistepSchedulerConfig,
+    EulerAncestralDiscreteSchedulerConfig, EulerDiscreteSchedulerConfig, FlowMatchEulerDiscreteSchedulerConfig,
+    LCMSchedulerConfig, PNDMSchedulerConfig, PredictionType, SchedulerConfig, TimestepSpacing,
 };
 pub use text::{BertConfig, ClipTextConfig, HiddenAct, PositionEmbeddingType, TokenizerConfig};
 pub use unet::{

@@ -6,6 +6,7 @@
 //! linspace, cumprod accumulated in f64, numpy's half-to-even rounding) so timesteps match
 //! exactly and samples to ~1e-6.
 
+use crate::config::{BetaSchedule, TimestepSpacing};
 use crate::error::{Error, Result};
 
 use super::FILE;
@@ -68,32 +69,35 @@ fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
     out
 }
 
-/// The config fields that define a DDPM beta schedule.
-/// The beta-schedule fields, named alike in the Euler, LCM and DDIM configs.
+/// The beta-schedule fields, named alike in the DDPM-family configs (PNDM has no zero-SNR
+/// rescale: `beta_schedule_of!(config, rescale: false)`).
 macro_rules! beta_schedule_of {
     ($config:expr) => {
-        $crate::schedulers::betas::BetaSchedule {
+        $crate::schedulers::betas::beta_schedule_of!($config, rescale: $config.rescale_betas_zero_snr)
+    };
+    ($config:expr, rescale: $rescale:expr) => {
+        $crate::schedulers::betas::NoiseSchedule {
             num_train_timesteps: $config.num_train_timesteps,
             beta_start: $config.beta_start,
             beta_end: $config.beta_end,
-            beta_schedule: &$config.beta_schedule,
+            beta_schedule: $config.beta_schedule,
             trained_betas: $config.trained_betas.as_deref(),
-            rescale_betas_zero_snr: $config.rescale_betas_zero_snr,
+            rescale_betas_zero_snr: $rescale,
         }
     };
 }
 pub(crate) use beta_schedule_of;
 
-pub(crate) struct BetaSchedule<'a> {
+pub(crate) struct NoiseSchedule<'a> {
     pub num_train_timesteps: usize,
     pub beta_start: f64,
     pub beta_end: f64,
-    pub beta_schedule: &'a str,
+    pub beta_schedule: BetaSchedule,
     pub trained_betas: Option<&'a [f64]>,
     pub rescale_betas_zero_snr: bool,
 }
 
-impl BetaSchedule<'_> {
+impl NoiseSchedule<'_> {
     fn betas(&self) -> Result<Vec<f32>> {
         let n = self.num_train_timesteps;
         let betas = match (self.trained_betas, self.beta_schedule) {
@@ -105,12 +109,11 @@ impl BetaSchedule<'_> {
                 ));
             }
             (Some(b), _) => b.iter().map(|&v| v as f32).collect(),
-            (None, "linear") => torch_linspace_f32(self.beta_start, self.beta_end, n),
-            (None, "scaled_linear") => {
+            (None, BetaSchedule::Linear) => torch_linspace_f32(self.beta_start, self.beta_end, n),
+            (None, BetaSchedule::ScaledLinear) => {
                 torch_linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n).into_iter().map(|b| b * b).collect()
             }
-            (None, "squaredcos_cap_v2") => cosine_betas(n),
-            (None, other) => return Err(Error::unsupported(FILE, "beta_schedule", format!("{other:?}"))),
+            (None, BetaSchedule::SquaredcosCapV2) => cosine_betas(n),
         };
         Ok(if self.rescale_betas_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas })
     }
@@ -149,14 +152,14 @@ pub(crate) fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
 /// scheduler's final cast (`round` is numpy's half-to-even). Euler keeps linspace fractional
 /// (`round_linspace` false); DDIM rounds it to integers.
 pub(crate) fn spaced_timesteps(
-    spacing: &str,
+    spacing: TimestepSpacing,
     num_train: usize,
     steps: usize,
     steps_offset: usize,
     round_linspace: bool,
-) -> Result<Vec<f64>> {
+) -> Vec<f64> {
     let mut ts = match spacing {
-        "linspace" => {
+        TimestepSpacing::Linspace => {
             let mut ts = np_linspace(0.0, (num_train - 1) as f64, steps, true);
             if round_linspace {
                 ts.iter_mut().for_each(|t| *t = t.round_ties_even());
@@ -164,19 +167,18 @@ pub(crate) fn spaced_timesteps(
             ts.reverse();
             ts
         }
-        "leading" => {
+        TimestepSpacing::Leading => {
             let ratio = num_train / steps;
             (0..steps).rev().map(|i| (i * ratio + steps_offset) as f64).collect()
         }
-        "trailing" => {
+        TimestepSpacing::Trailing => {
             let ratio = num_train as f64 / steps as f64;
             np_arange(num_train as f64, 0.0, -ratio).into_iter().map(|t| t.round_ties_even() - 1.0).collect()
         }
-        other => return Err(Error::unsupported(FILE, "timestep_spacing", format!("{other:?}"))),
     };
     // Euler casts to float32; integers (DDIM) are unaffected.
     ts.iter_mut().for_each(|t| *t = f32r(*t));
-    Ok(ts)
+    ts
 }
 
 /// Rejects a step count diffusers would reject (or silently mishandle).
@@ -207,6 +209,40 @@ pub(crate) fn check_custom(class: &str, ts: &[f64], steps: usize, max: f64, inte
         return bad("must be strictly descending".into());
     }
     Ok(())
+}
+
+/// User sigmas: finite, non-negative, non-increasing, at least `min_len` of them.
+pub(crate) fn check_sigmas(class: &str, sigmas: &[f64], min_len: usize) -> Result<()> {
+    let bad = |why: String| Err(Error::InvalidArgument(format!("{class} custom sigmas {sigmas:?}: {why}")));
+    if sigmas.len() < min_len {
+        return bad(format!("need at least {min_len}"));
+    }
+    if let Some(s) = sigmas.iter().find(|s| !s.is_finite() || **s < 0.0) {
+        return bad(format!("{s} is not a finite number >= 0"));
+    }
+    if sigmas.windows(2).any(|w| w[1] > w[0]) {
+        return bad("must be descending".into());
+    }
+    Ok(())
+}
+
+/// diffusers' `_sigma_to_t`: the (fractional) training timestep of a noise level, interpolating
+/// linearly in log sigma between the neighbouring training sigmas. `f32_math`: the sigma came
+/// from a float32 array, so numpy does the log and the weight in float32 (else float64).
+pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32], f32_math: bool) -> f64 {
+    let n = log_sigmas.len();
+    let ls = if f32_math { (sigma as f32).max(1e-10).ln() as f64 } else { sigma.max(1e-10).ln() };
+    // The last index whose log sigma is <= ours (0 if none), at most n - 2.
+    let low = log_sigmas.iter().rposition(|&l| l as f64 <= ls).unwrap_or(0).min(n - 2);
+    let (lo, hi) = (log_sigmas[low], log_sigmas[low + 1]);
+    let w = if f32_math {
+        let ls = ls as f32;
+        (((lo - ls) / (lo - hi)).clamp(0.0, 1.0) as f64, (1.0 - ((lo - ls) / (lo - hi)).clamp(0.0, 1.0)) as f64)
+    } else {
+        let w = ((lo as f64 - ls) / (lo as f64 - hi as f64)).clamp(0.0, 1.0);
+        (w, 1.0 - w)
+    };
+    w.1 * low as f64 + w.0 * (low + 1) as f64
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::config::DDIMSchedulerConfig;
+use crate::config::{DDIMSchedulerConfig, PredictionType};
 use crate::error::{Error, Result};
 
 use super::betas::{beta_schedule_of, check_steps, spaced_timesteps};
@@ -32,7 +32,7 @@ impl Ddim {
         }
         let n = self.config.num_train_timesteps;
         check_steps(steps, n)?;
-        let ts = spaced_timesteps(&self.config.timestep_spacing, n, steps, self.config.steps_offset, true)?;
+        let ts = spaced_timesteps(self.config.timestep_spacing, n, steps, self.config.steps_offset, true);
         if let Some(t) = ts.iter().find(|&&t| t < 0.0 || t >= n as f64) {
             return Err(Error::InvalidArgument(format!(
                 "DDIMScheduler: {steps} steps with steps_offset {} give timestep {t}, outside 0..{n}",
@@ -61,16 +61,16 @@ impl Ddim {
         let alpha_prev = if prev >= 0 { self.alphas_cumprod[prev as usize] } else { self.final_alpha_cumprod } as f32;
         let beta = 1.0 - alpha;
         let (sa, sb) = (alpha.sqrt(), beta.sqrt());
-        let (mut x0, eps) = match self.config.prediction_type.as_str() {
-            "sample" => {
+        let (mut x0, eps) = match self.config.prediction_type {
+            PredictionType::Sample => {
                 let eps = sample.sub(model_output.clone().mul_scalar(sa)).div_scalar(sb);
                 (model_output, eps)
             }
-            "v_prediction" => (
+            PredictionType::VPrediction => (
                 sample.clone().mul_scalar(sa).sub(model_output.clone().mul_scalar(sb)),
                 model_output.mul_scalar(sa).add(sample.mul_scalar(sb)),
             ),
-            _ => (sample.sub(model_output.clone().mul_scalar(sb)).div_scalar(sa), model_output),
+            PredictionType::Epsilon => (sample.sub(model_output.clone().mul_scalar(sb)).div_scalar(sa), model_output),
         };
         if self.config.clip_sample {
             let r = self.config.clip_sample_range as f32;

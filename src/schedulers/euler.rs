@@ -4,10 +4,10 @@
 
 use burn::tensor::Tensor;
 
-use crate::config::EulerDiscreteSchedulerConfig;
+use crate::config::{EulerDiscreteSchedulerConfig, PredictionType, TimestepSpacing};
 use crate::error::Result;
 
-use super::betas::{beta_schedule_of, check_custom, check_steps, f32r, spaced_timesteps};
+use super::betas::{beta_schedule_of, check_custom, check_sigmas, check_steps, f32r, sigma_to_t, spaced_timesteps};
 
 #[derive(Debug, Clone)]
 pub struct EulerDiscrete {
@@ -39,8 +39,8 @@ impl EulerDiscrete {
     /// linspace/trailing schedules start at the top sigma; "leading" starts below it, where
     /// diffusers scales the initial noise to the full variance sqrt(sigma^2 + 1).
     fn init_sigma_from_max(&self, max: f64) -> f64 {
-        match self.config.timestep_spacing.as_str() {
-            "linspace" | "trailing" => max,
+        match self.config.timestep_spacing {
+            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
             _ => ((max as f32) * (max as f32) + 1.0).sqrt() as f64,
         }
     }
@@ -57,7 +57,7 @@ impl EulerDiscrete {
             }
             None => {
                 check_steps(steps, n)?;
-                spaced_timesteps(&c.timestep_spacing, n, steps, c.steps_offset, false)?
+                spaced_timesteps(c.timestep_spacing, n, steps, c.steps_offset, false)
             }
         };
         let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| f32r(self.interp_sigma(t))).collect();
@@ -65,6 +65,20 @@ impl EulerDiscrete {
         let max = sigmas.iter().copied().fold(0.0, f64::max);
         self.init_noise_sigma = self.init_sigma_from_max(max);
         self.timesteps = timesteps;
+        self.sigmas = sigmas;
+        Ok(())
+    }
+
+    /// diffusers' `set_timesteps(sigmas=...)`: the user's noise levels, the final one included
+    /// (so `sigmas.len() - 1` steps); timesteps are interpolated back from them.
+    pub fn set_sigmas(&mut self, sigmas: &[f64]) -> Result<()> {
+        check_sigmas("EulerDiscreteScheduler", sigmas, 2)?;
+        let log_sigmas: Vec<f32> = self.train_sigmas.iter().map(|&s| (s as f32).ln()).collect();
+        let sigmas: Vec<f64> = sigmas.iter().map(|&s| f32r(s)).collect();
+        self.timesteps =
+            sigmas[..sigmas.len() - 1].iter().map(|&s| f32r(sigma_to_t(s, &log_sigmas, true))).collect();
+        let max = sigmas.iter().copied().fold(0.0, f64::max);
+        self.init_noise_sigma = self.init_sigma_from_max(max);
         self.sigmas = sigmas;
         Ok(())
     }
@@ -104,14 +118,23 @@ impl EulerDiscrete {
         sample.div_scalar((sigma * sigma + 1.0).sqrt())
     }
 
+    /// x_0 predicted at `step` (in sigma space, x = x_0 + sigma eps).
+    pub(crate) fn pred_original_sample(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> Tensor<4> {
+        let sigma = self.sigmas[step] as f32;
+        match self.config.prediction_type {
+            PredictionType::Epsilon => sample.sub(model_output.mul_scalar(sigma)),
+            PredictionType::VPrediction => {
+                let var = sigma * sigma + 1.0;
+                model_output.mul_scalar(-sigma / var.sqrt()).add(sample.div_scalar(var))
+            }
+            PredictionType::Sample => unreachable!("rejected by validate()"),
+        }
+    }
+
     pub fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> Tensor<4> {
         let (sigma, next) = (self.sigmas[step] as f32, self.sigmas[step + 1] as f32);
-        let var = sigma * sigma + 1.0;
         // x_0 from the prediction, then the ODE derivative (x - x_0) / sigma, as diffusers does.
-        let x0 = match self.config.prediction_type.as_str() {
-            "v_prediction" => model_output.mul_scalar(-sigma / var.sqrt()).add(sample.clone().div_scalar(var)),
-            _ => sample.clone().sub(model_output.mul_scalar(sigma)),
-        };
+        let x0 = self.pred_original_sample(model_output, step, sample.clone());
         let derivative = sample.clone().sub(x0).div_scalar(sigma);
         sample.add(derivative.mul_scalar(next - sigma))
     }

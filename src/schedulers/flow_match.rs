@@ -5,9 +5,9 @@
 use burn::tensor::Tensor;
 
 use crate::config::FlowMatchEulerDiscreteSchedulerConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-use super::betas::{check_custom, check_steps, f32r, np_linspace};
+use super::betas::{check_custom, check_sigmas, check_steps, f32r, np_linspace};
 
 #[derive(Debug, Clone)]
 pub struct FlowMatchEulerDiscrete {
@@ -74,6 +74,21 @@ impl FlowMatchEulerDiscrete {
         };
         self.sigmas = sigmas;
         self.sigmas.push(0.0);
+        Ok(())
+    }
+
+    /// diffusers' `set_timesteps(sigmas=...)`: one noise level per step, shifted (float32
+    /// arithmetic) like the schedule's own; the model gets sigma * N; a final 0 is appended.
+    pub fn set_sigmas(&mut self, sigmas: &[f64]) -> Result<()> {
+        check_sigmas("FlowMatchEulerDiscreteScheduler", sigmas, 1)?;
+        if let Some(s) = sigmas.iter().find(|&&s| s > 1.0) {
+            return Err(Error::InvalidArgument(format!("FlowMatchEulerDiscreteScheduler custom sigmas: {s} is above 1")));
+        }
+        let n = self.config.num_train_timesteps as f32;
+        let (shift, shift_m1) = (self.config.shift as f32, (self.config.shift - 1.0) as f32);
+        let shifted: Vec<f32> = sigmas.iter().map(|&s| s as f32).map(|s| shift * s / (1.0 + shift_m1 * s)).collect();
+        self.timesteps = shifted.iter().map(|&s| (s * n) as f64).collect();
+        self.sigmas = shifted.into_iter().map(f64::from).chain([0.0]).collect();
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::config::LCMSchedulerConfig;
+use crate::config::{LCMSchedulerConfig, PredictionType};
 use crate::error::{Error, Result};
 
 use super::betas::{beta_schedule_of, check_custom, check_steps, np_linspace};
@@ -74,10 +74,10 @@ impl Lcm {
         let alpha = self.alphas_cumprod[t as usize] as f32;
         let beta = 1.0 - alpha;
         let (c_skip, c_out) = self.scalings(t);
-        let mut x0 = match self.config.prediction_type.as_str() {
-            "sample" => model_output,
-            "v_prediction" => sample.clone().mul_scalar(alpha.sqrt()).sub(model_output.mul_scalar(beta.sqrt())),
-            _ => sample.clone().sub(model_output.mul_scalar(beta.sqrt())).div_scalar(alpha.sqrt()),
+        let mut x0 = match self.config.prediction_type {
+            PredictionType::Sample => model_output,
+            PredictionType::VPrediction => sample.clone().mul_scalar(alpha.sqrt()).sub(model_output.mul_scalar(beta.sqrt())),
+            PredictionType::Epsilon => sample.clone().sub(model_output.mul_scalar(beta.sqrt())).div_scalar(alpha.sqrt()),
         };
         if self.config.clip_sample {
             let r = self.config.clip_sample_range as f32;

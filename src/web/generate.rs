@@ -18,39 +18,115 @@ use crate::pipeline::GenerateOptions;
 use crate::source::MemorySource;
 use crate::weights::Weights;
 
-fn field(o: &JsValue, name: &str) -> JsValue {
-    Reflect::get(o, &JsValue::from_str(name)).unwrap_or(JsValue::UNDEFINED)
+/// `generate({ prompt, negativePrompt, steps, guidance, seed, width, height, latents, scheduler,
+/// timesteps, sigmas })` as JS passes it (null and undefined mean "not given"). Strict: an
+/// unknown option, a wrong type, a number that is not a finite integer in range (steps, sizes,
+/// seed) or not finite (guidance, timesteps, sigmas) is an error naming the option.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct JsOptions {
+    #[serde(default, deserialize_with = "de::prompt")]
+    prompt: Option<String>,
+    #[serde(default, deserialize_with = "de::negative_prompt")]
+    negative_prompt: Option<String>,
+    #[serde(default, deserialize_with = "de::steps")]
+    steps: Option<f64>,
+    #[serde(default, deserialize_with = "de::guidance")]
+    guidance: Option<f64>,
+    #[serde(default, deserialize_with = "de::seed")]
+    seed: Option<f64>,
+    #[serde(default, deserialize_with = "de::width")]
+    width: Option<f64>,
+    #[serde(default, deserialize_with = "de::height")]
+    height: Option<f64>,
+    /// A `Float32Array`, kept as the JS object (no element-wise conversion).
+    #[serde(default, with = "serde_wasm_bindgen::preserve")]
+    latents: JsValue,
+    #[serde(default, deserialize_with = "de::scheduler")]
+    scheduler: Option<String>,
+    #[serde(default, deserialize_with = "de::timesteps")]
+    timesteps: Option<Vec<f64>>,
+    #[serde(default, deserialize_with = "de::sigmas")]
+    sigmas: Option<Vec<f64>>,
 }
 
-fn opt_f64(o: &JsValue, name: &str) -> std::result::Result<Option<f64>, String> {
-    let v = field(o, name);
-    if v.is_undefined() || v.is_null() {
-        return Ok(None);
+/// Per-option deserializers: serde's type errors do not say which field failed, so each one
+/// prefixes its option's JS name.
+mod de {
+    use serde::{Deserialize, Deserializer};
+
+    macro_rules! named {
+        ($($f:ident: $t:ty = $js:literal),* $(,)?) => {$(
+            pub fn $f<'de, D: Deserializer<'de>>(d: D) -> Result<Option<$t>, D::Error> {
+                Option::<$t>::deserialize(d)
+                    .map_err(|e| serde::de::Error::custom(format!(concat!("`", $js, "`: {}"), e)))
+            }
+        )*};
     }
-    v.as_f64().map(Some).ok_or_else(|| format!("generate(): `{name}` must be a number"))
+
+    named!(
+        prompt: String = "prompt",
+        negative_prompt: String = "negativePrompt",
+        steps: f64 = "steps",
+        guidance: f64 = "guidance",
+        seed: f64 = "seed",
+        width: f64 = "width",
+        height: f64 = "height",
+        scheduler: String = "scheduler",
+        timesteps: Vec<f64> = "timesteps",
+        sigmas: Vec<f64> = "sigmas",
+    );
 }
 
-/// `generate({ prompt, negativePrompt, steps, guidance, seed, width, height, latents })`.
-pub fn options_from_js(o: &JsValue) -> std::result::Result<GenerateOptions, String> {
-    let text = |name: &str| field(o, name).as_string().unwrap_or_default();
-    let size = |name: &str| -> std::result::Result<usize, String> {
-        let v = opt_f64(o, name)?.unwrap_or(512.0);
-        // Multiples of the decoder's scale factor are checked by the pipeline, which knows it.
-        if v < 1.0 || v.fract() != 0.0 {
-            return Err(format!("generate(): `{name}` must be a positive integer, got {v}"));
+/// `v` as an integer in `lo..=hi`, or an error naming option `name`.
+fn integer(name: &str, v: f64, lo: f64, hi: f64) -> std::result::Result<f64, String> {
+    if v.is_finite() && v.fract() == 0.0 && (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("generate(): `{name}` must be an integer in {lo}..={hi}, got {v}"))
+    }
+}
+
+fn finite_list(name: &str, values: Option<Vec<f64>>) -> std::result::Result<Option<Vec<f64>>, String> {
+    match values {
+        Some(v) if v.iter().any(|x| !x.is_finite()) => {
+            Err(format!("generate(): `{name}` must hold finite numbers, got {v:?}"))
         }
-        Ok(v as usize)
+        v => Ok(v),
+    }
+}
+
+/// The largest integer a JS number holds exactly (`Number.MAX_SAFE_INTEGER`).
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+/// Parses and checks the options of `generate()` (see [`JsOptions`]).
+pub fn options_from_js(o: &JsValue) -> std::result::Result<GenerateOptions, String> {
+    let js: JsOptions = serde_wasm_bindgen::from_value(o.clone()).map_err(|e| format!("generate(): {e}"))?;
+    let size = |name: &str, v: Option<f64>| -> std::result::Result<usize, String> {
+        // Multiples of the decoder's scale factor are checked by the pipeline, which knows it.
+        Ok(integer(name, v.unwrap_or(512.0), 1.0, 16384.0)? as usize)
     };
-    let latents = field(o, "latents");
+    let latents = if js.latents.is_undefined() || js.latents.is_null() {
+        None
+    } else {
+        let array = js.latents.dyn_ref::<Float32Array>().ok_or("generate(): `latents` must be a Float32Array")?;
+        Some(array.to_vec())
+    };
+    if let Some(g) = js.guidance.filter(|&g| !(g as f32).is_finite()) {
+        return Err(format!("generate(): `guidance` must be a finite number, got {g}"));
+    }
     Ok(GenerateOptions {
-        prompt: text("prompt"),
-        negative_prompt: text("negativePrompt"),
-        steps: opt_f64(o, "steps")?.map(|v| v as usize),
-        guidance: opt_f64(o, "guidance")?.map(|v| v as f32),
-        seed: opt_f64(o, "seed")?.unwrap_or(0.0) as u64,
-        width: size("width")?,
-        height: size("height")?,
-        latents: latents.dyn_ref::<Float32Array>().map(Float32Array::to_vec),
+        prompt: js.prompt.unwrap_or_default(),
+        negative_prompt: js.negative_prompt.unwrap_or_default(),
+        steps: js.steps.map(|v| integer("steps", v, 1.0, 10_000.0)).transpose()?.map(|v| v as usize),
+        guidance: js.guidance.map(|v| v as f32),
+        seed: integer("seed", js.seed.unwrap_or(0.0), 0.0, MAX_SAFE_INTEGER)? as u64,
+        width: size("width", js.width)?,
+        height: size("height", js.height)?,
+        latents,
+        scheduler: js.scheduler,
+        timesteps: finite_list("timesteps", js.timesteps)?,
+        sigmas: finite_list("sigmas", js.sigmas)?,
     })
 }
 

@@ -456,6 +456,149 @@ for (const [model, refName] of [['tiny-sd', 'pipeline_sd'], ['tiny-flow', 'pipel
   });
 }
 
+/** tiny-sd-pndm (the SD-1.x layout: PNDMScheduler; its components are symlinks into tiny-sd),
+ *  copied with the links resolved under www/models/ for the server. */
+function pndmModel() {
+  const dir = join(WWW, 'models/tiny-sd-pndm');
+  rmSync(dir, { recursive: true, force: true });
+  cpSync(join(ROOT, 'tests/fixtures/tiny-sd-pndm'), dir, { recursive: true, dereference: true });
+  return dir;
+}
+
+/** Runs the native CLI on `model` with `args` and returns its `--out-tensor` image. */
+function nativeImage(model, args, name) {
+  assert.ok(existsSync(INKSTONE_BIN), `native CLI not built at ${INKSTONE_BIN} (run cargo build first)`);
+  const outTensor = join(OUT, `native-${name}.safetensors`);
+  execFileSync(INKSTONE_BIN, ['generate', '--model', model, ...args, '--out-tensor', outTensor], { stdio: 'pipe' });
+  return readSafetensors(outTensor).tensor('image').data;
+}
+
+// The SD-1.x repo layout (PNDM) as shipped, and DPM++ 2M Karras picked over it: browser, native
+// CLI and diffusers (`DPMSolverMultistepScheduler.from_config(..., use_karras_sigmas=True)`) agree.
+for (const [refName, scheduler] of [['pipeline_sd_pndm', undefined], ['pipeline_sd_dpm_karras', 'dpm++2m-karras']]) {
+  test(`tiny-sd-pndm${scheduler ? ` with scheduler ${scheduler}` : ' (PNDMScheduler)'}: browser pixels match the native CLI and diffusers`, async () => {
+    const dir = pndmModel();
+    const refPath = join(ROOT, `tests/fixtures/ref/${refName}.safetensors`);
+    const ref = readSafetensors(refPath);
+    const c = ref.note;
+    assert.equal(c.scheduler, scheduler);
+    const native = nativeImage(dir, ['--prompt', c.prompt, '--negative-prompt', c.negative_prompt, '--steps', String(c.steps),
+      '--guidance', String(c.guidance), '--latents', refPath, ...(scheduler ? ['--scheduler', scheduler] : [])], refName);
+
+    const page = await openPage(browser);
+    const { error } = await loadIn(page, `${srv.origin}/models/tiny-sd-pndm/`);
+    assert.equal(error, undefined, error);
+    const out = await page.evaluate(async ({ c, latents }) => {
+      const steps = [];
+      const r = await window.lastGenerator.generate({ prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps,
+        guidance: c.guidance, width: c.width, height: c.height, seed: 0, latents: new Float32Array(latents),
+        scheduler: c.scheduler, onStep: (s, t) => steps.push([s, t]) });
+      return { pixels: Array.from(r.pixels), steps };
+    }, { c, latents: Array.from(ref.tensor('latents').data) });
+    const vsNative = maxAbs(out.pixels, native);
+    const vsDiffusers = maxAbs(out.pixels, ref.tensor('image').data);
+    console.log(`  ${refName}: browser vs native max abs ${vsNative.toExponential(3)}, vs diffusers ${vsDiffusers.toExponential(3)} (tolerance 1e-3)`);
+    assert.ok(vsNative <= 1e-3, `browser vs native: ${vsNative}`);
+    assert.ok(vsDiffusers <= 1e-3, `browser vs diffusers: ${vsDiffusers}`);
+    // PLMS evaluates the U-Net steps + 1 times (its second step repeats a timestep).
+    const total = scheduler ? c.steps : c.steps + 1;
+    assert.deepEqual(out.steps, Array.from({ length: total }, (_, i) => [i + 1, total]));
+  });
+}
+
+test('a stochastic sampler (euler-a) gives the native image for the same seed', async () => {
+  const dir = pndmModel();
+  const o = { prompt: 'a red house', steps: 3, guidance: 7.5, seed: 5, width: 64, height: 64 };
+  const native = nativeImage(dir, ['--prompt', o.prompt, '--steps', '3', '--guidance', '7.5', '--seed', '5', '--width', '64',
+    '--height', '64', '--scheduler', 'euler-a'], 'euler-a');
+  const page = await openPage(browser);
+  const { error } = await loadIn(page, `${srv.origin}/models/tiny-sd-pndm/`);
+  assert.equal(error, undefined, error);
+  const pixels = await page.evaluate(async (o) => Array.from((await window.lastGenerator.generate({ ...o, scheduler: 'euler-a' })).pixels), o);
+  const other = await page.evaluate(async (o) => Array.from((await window.lastGenerator.generate({ ...o, seed: 6, scheduler: 'euler-a' })).pixels), o);
+  const err = maxAbs(pixels, native);
+  console.log(`  euler-a seed 5: browser vs native max abs ${err.toExponential(3)} (tolerance 1e-3)`);
+  assert.ok(err <= 1e-3, `browser vs native: ${err}`);
+  assert.ok(maxAbs(other, native) > 1e-3, 'another seed gives another image');
+});
+
+test('generate() options are strict; scheduler, timesteps and sigmas follow the samplers\' rules', async () => {
+  const page = await openPage(browser);
+  const { error } = await loadIn(page, MODEL());
+  assert.equal(error, undefined, error);
+  const r = await page.evaluate(async () => {
+    const g = window.lastGenerator;
+    const base = { prompt: 'x', width: 64, height: 64, seed: 1, guidance: 0 };
+    const attempt = async (o) => {
+      const steps = [];
+      try {
+        await g.generate({ ...base, ...o, onStep: (s, t) => steps.push([s, t]) });
+        return { steps };
+      } catch (e) {
+        return { error: e.message };
+      }
+    };
+    const cases = {
+      fractionalSteps: { steps: 2.5 }, unknownOption: { step: 2 }, nanGuidance: { steps: 1, guidance: NaN },
+      stringSteps: { steps: '2' }, fractionalWidth: { steps: 1, width: 64.5 }, negativeSeed: { steps: 1, seed: -1 },
+      infiniteTimestep: { timesteps: [Infinity] }, flowOnSd: { steps: 1, scheduler: 'flow-euler' },
+      unknownScheduler: { steps: 1, scheduler: 'heun' }, ddimTimesteps: { scheduler: 'ddim', timesteps: [999] },
+      both: { timesteps: [999], sigmas: [1, 0] }, oneStep: { timesteps: [999] },
+      lcmFour: { scheduler: 'lcm', timesteps: [999, 749, 499, 249] }, eulerSigmas: { sigmas: [14.6, 3, 0] },
+      dpmSde: { scheduler: 'dpm++2m-sde-karras', steps: 2 },
+    };
+    const out = {};
+    for (const [name, o] of Object.entries(cases)) out[name] = await attempt(o);
+    return out;
+  });
+  assert.match(r.fractionalSteps.error, /`steps` must be an integer in 1\.\.=10000, got 2\.5/);
+  assert.match(r.unknownOption.error, /unknown field `step`/);
+  assert.match(r.nanGuidance.error, /`guidance` must be a finite number, got NaN/);
+  assert.match(r.stringSteps.error, /`steps`: invalid type/);
+  assert.match(r.fractionalWidth.error, /`width` must be an integer/);
+  assert.match(r.negativeSeed.error, /`seed` must be an integer in 0\.\./);
+  assert.match(r.infiniteTimestep.error, /`timesteps` must hold finite numbers/);
+  assert.match(r.flowOnSd.error, /flow-euler samples flow-matching models only/);
+  assert.match(r.unknownScheduler.error, /unknown scheduler "heun"/);
+  assert.match(r.ddimTimesteps.error, /custom timesteps are not supported by DDIMScheduler/);
+  assert.match(r.both.error, /give timesteps or sigmas, not both/);
+  assert.deepEqual(r.oneStep, { steps: [[1, 1]] });
+  assert.deepEqual(r.lcmFour, { steps: [[1, 4], [2, 4], [3, 4], [4, 4]] });
+  assert.deepEqual(r.eulerSigmas, { steps: [[1, 2], [2, 2]] });
+  assert.deepEqual(r.dpmSde, { steps: [[1, 2], [2, 2]] });
+});
+
+test('the page\'s sampler picker defaults to the model\'s own and passes the choice and timesteps', async () => {
+  const page = await openPage(browser);
+  assert.equal(await page.inputValue('#scheduler'), '');
+  await page.click('#load');
+  await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: 60_000 });
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', await page.textContent('#load-status'));
+  await page.selectOption('#size', '64');
+  await page.selectOption('#scheduler', 'dpm++2m-karras');
+  await page.fill('#timesteps', '999');
+  await page.click('#generate');
+  await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
+  // Karras sigmas fix their own timesteps: diffusers refuses custom ones there, and so does the page.
+  assert.match(await page.textContent('#gen-status'), /cannot be used with use_karras_sigmas/);
+  await page.selectOption('#scheduler', 'euler-a');
+  await page.fill('#timesteps', '');
+  await page.fill('#steps', '2');
+  await page.click('#generate');
+  await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'generated', await page.textContent('#gen-status'));
+  await page.selectOption('#scheduler', 'dpm++2m');
+  await page.fill('#timesteps', '999');
+  await page.click('#generate');
+  await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'generated', await page.textContent('#gen-status'));
+  await page.selectOption('#scheduler', 'flow-euler');
+  await page.click('#generate');
+  await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'generate-error');
+  assert.match(await page.textContent('#gen-status'), /flow-euler samples flow-matching models only/);
+});
+
 test('the page loads the bundled model, generates with the form and shows the result (screenshot)', async () => {
   const page = await openPage(browser);
   await page.click('#load');

@@ -137,6 +137,9 @@ pub fn case_options(case: &str) -> GenerateOptions {
         width: note["width"].as_u64().unwrap() as usize,
         height: note["height"].as_u64().unwrap() as usize,
         latents: Some(r.f32s("latents")),
+        scheduler: note["scheduler"].as_str().map(String::from),
+        timesteps: None,
+        sigmas: None,
     }
 }
 

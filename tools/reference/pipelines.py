@@ -5,24 +5,58 @@
 2. `tiny-flow`: a rectified-flow model of the edge kind built here: BERT-Chinese text tower
    (WordPiece vocab.txt), UNet, TAESD-style AutoencoderTiny, FlowMatchEulerDiscreteScheduler with
    shift, 28 steps + CFG → ref/pipeline_flow.safetensors
+3. `tiny-sd-pndm`: tiny-sd's components (symlinked) with the `PNDMScheduler` config every SD-1.x
+   repo ships (BK-SDM, Taiyi, SD 1.5: PLMS, steps_offset 1) → ref/pipeline_sd_pndm.safetensors; the
+   same folder with `DPMSolverMultistepScheduler.from_config(pipe.scheduler.config,
+   use_karras_sigmas=True)` (DPM++ 2M Karras, what users pick for these models) →
+   ref/pipeline_sd_dpm_karras.safetensors
 The Rust tests (tests/pipeline.rs) use the same prompts and settings as written here."""
 import json
 import shutil
 
 import torch
-from diffusers import AutoencoderTiny, FlowMatchEulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderTiny,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import BertConfig, BertModel, BertTokenizer
 
 import sd_pipeline
 from common import FIXTURES, REF, bert_chinese_vocab_path, randomize_norms, randomize_zero_params, save_tensors
 
 FLOW = FIXTURES / "tiny-flow"
+PNDM = FIXTURES / "tiny-sd-pndm"
+
+# runwayml/stable-diffusion-v1-5's scheduler/scheduler_config.json, key for key (no
+# timestep_spacing or prediction_type: their defaults are not carried over by from_config).
+SD1_PNDM_CONFIG = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
 
 SD_CASE = dict(prompt="a photo of a cat", negative_prompt="blurry, low quality", steps=4, guidance=7.5,
                width=64, height=64, seed=42)
 # A latent of 9×5: does not halve evenly through the U-Net levels (diffusers passes skip sizes).
 SD_ODD_CASE = dict(prompt="床前明月光，疑是地上霜 🌙！", negative_prompt="", steps=2, guidance=3.0,
                    width=72, height=40, seed=3)
+PNDM_CASE = dict(prompt="a lighthouse on a cliff at dawn", negative_prompt="fog", steps=4, guidance=7.5,
+                 width=64, height=64, seed=11)
+# `scheduler` names the sampler override the Rust side applies (Sampler names).
+DPM_KARRAS_CASE = dict(prompt="a lighthouse on a cliff at dawn", negative_prompt="fog", steps=4, guidance=7.5,
+                       width=64, height=64, seed=12, scheduler="dpm++2m-karras")
 FLOW_CASE = dict(prompt="床前明月光，疑是地上霜", negative_prompt="", steps=28, guidance=4.5,
                  width=64, height=48, seed=7)
 
@@ -111,6 +145,24 @@ def flow():
     save_tensors(REF / "pipeline_flow.safetensors", {"latents": latents, "image": image}, json.dumps(FLOW_CASE, ensure_ascii=False))
 
 
+def sd_samplers():
+    """The SD-1.x layout (PNDM), then DPM++ 2M Karras built from its config."""
+    index = json.loads((FIXTURES / "tiny-sd" / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "PNDMScheduler"]
+    (PNDM / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    (PNDM / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD1_PNDM_CONFIG, indent=2) + "\n")
+    pipe = StableDiffusionPipeline.from_pretrained(PNDM, safety_checker=None, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.scheduler, PNDMScheduler)
+    latents, image = run(pipe, PNDM_CASE, 4, 8)
+    save_tensors(REF / "pipeline_sd_pndm.safetensors", {"latents": latents, "image": image}, json.dumps(PNDM_CASE))
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=True)
+    latents, image = run(pipe, DPM_KARRAS_CASE, 4, 8)
+    save_tensors(REF / "pipeline_sd_dpm_karras.safetensors", {"latents": latents, "image": image},
+                 json.dumps(DPM_KARRAS_CASE))
+
+
 def generate():
     sd()
     flow()
+    sd_samplers()

@@ -1,10 +1,12 @@
-"""Step-by-step traces of the samplers (FlowMatchEuler, Euler, LCM, DDIM) and their schedules.
+"""Step-by-step traces of the samplers (FlowMatchEuler, Euler, Euler ancestral, LCM, DDIM, DDPM, PNDM,
+DPM-Solver multistep) and their schedules.
 
 Per trace case `sched_<case>.safetensors` holds, for each step i: `timesteps[i]` (what the model
 receives), `model_input[i]` (after scale_model_input), `model_output[i]` (a deterministic
 synthetic "model": a linear function of the input plus a fixed random tensor times a function of
 t), `noise[i]` (the noise the step drew, zeros if none; `noise_used[i]` says which) and
 `sample[i]` (the step's result). `latents_noise` * `init_noise_sigma` is the starting sample.
+Custom schedules are given as a list (timesteps) or a dict of set_timesteps keywords (`sigmas=`).
 The scheduler config is written next to it as `sched_<case>.scheduler_config.json`
 (save_pretrained's format, `_class_name` included) so the Rust test parses the real file.
 
@@ -13,16 +15,31 @@ scheduler has them) plus alphas_cumprod per beta schedule, to pin the rounding o
 arithmetic (np.round half-to-even, np.arange lengths, float32 linspace) beyond the traced cases.
 """
 import importlib
+import inspect
 import zlib
 
 import torch
-from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, LCMScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    LCMScheduler,
+    PNDMScheduler,
+)
 
 from common import REF, save_tensors
 
 SHAPE = (2, 4, 4, 4)
 
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+# The scheduler_config.json every SD-1.x repo ships (BK-SDM, Taiyi, SD 1.4/1.5 fine-tunes).
+SD1_PNDM = dict(SD_BETAS, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+# A beta schedule given as values (trained_betas): a steeper ramp than the named schedules.
+TRAINED_BETAS = [float(b) for b in torch.linspace(1e-4**0.25, 0.02**0.25, 1000, dtype=torch.float64) ** 4]
+DPM = DPMSolverMultistepScheduler
 
 # name: (class, config, steps, custom timesteps)
 TRACES = {
@@ -64,6 +81,60 @@ TRACES = {
         5,
         None,
     ),
+    "euler_sigmas": (EulerDiscreteScheduler, dict(SD_BETAS), 5, dict(sigmas=[14.6, 7.0, 3.0, 1.0, 0.3, 0.0])),
+    "flow_sigmas": (FlowMatchEulerDiscreteScheduler, dict(shift=3.0), 4, dict(sigmas=[1.0, 0.75, 0.5, 0.25])),
+    "pndm_sd1": (PNDMScheduler, SD1_PNDM, 10, None),
+    "pndm_prk_linspace": (PNDMScheduler, dict(timestep_spacing="linspace", set_alpha_to_one=True), 6, None),
+    "pndm_v_trailing_trained": (
+        PNDMScheduler,
+        dict(trained_betas=TRAINED_BETAS, prediction_type="v_prediction", timestep_spacing="trailing", skip_prk_steps=True),
+        7,
+        None,
+    ),
+    "dpm_2m_karras": (DPM, dict(SD_BETAS, steps_offset=1, use_karras_sigmas=True), 20, None),
+    "dpm_2m_linspace": (DPM, dict(SD_BETAS), 8, None),
+    "dpm_3m_v_leading_sigma_min": (
+        DPM,
+        dict(SD_BETAS, solver_order=3, prediction_type="v_prediction", timestep_spacing="leading", steps_offset=1,
+             final_sigmas_type="sigma_min"),
+        12,
+        None,
+    ),
+    "dpm_1_trailing_trained": (DPM, dict(trained_betas=TRAINED_BETAS, solver_order=1, timestep_spacing="trailing"), 6, None),
+    "dpm_2m_heun_euler_at_final": (
+        DPM,
+        dict(SD_BETAS, solver_type="heun", lower_order_final=False, euler_at_final=True, final_sigmas_type="sigma_min"),
+        16,
+        None,
+    ),
+    "dpm_2m_sde_karras": (DPM, dict(SD_BETAS, algorithm_type="sde-dpmsolver++", use_karras_sigmas=True), 10, None),
+    "dpm_3m_sde_v": (DPM, dict(SD_BETAS, algorithm_type="sde-dpmsolver++", solver_order=3, prediction_type="v_prediction"), 9, None),
+    "dpm_2m_sde_heun": (DPM, dict(SD_BETAS, algorithm_type="sde-dpmsolver++", solver_type="heun"), 6, None),
+    "dpm_2m_custom": (DPM, dict(SD_BETAS), 4, [999, 749, 499, 249]),
+    "euler_a_linspace": (EulerAncestralDiscreteScheduler, dict(SD_BETAS, steps_offset=1), 10, None),
+    "euler_a_v_leading": (
+        EulerAncestralDiscreteScheduler,
+        dict(SD_BETAS, prediction_type="v_prediction", timestep_spacing="leading", steps_offset=1),
+        8,
+        None,
+    ),
+    "euler_a_trailing_zero_snr": (
+        EulerAncestralDiscreteScheduler,
+        dict(SD_BETAS, prediction_type="v_prediction", timestep_spacing="trailing", rescale_betas_zero_snr=True),
+        5,
+        None,
+    ),
+    "ddpm_leading": (DDPMScheduler, dict(SD_BETAS, clip_sample=False, steps_offset=1), 10, None),
+    "ddpm_v_trailing_small_log": (
+        DDPMScheduler,
+        dict(SD_BETAS, prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=True,
+             clip_sample_range=1.5, variance_type="fixed_small_log"),
+        6,
+        None,
+    ),
+    "ddpm_custom_large_linspace": (DDPMScheduler, dict(variance_type="fixed_large", timestep_spacing="linspace"), 4, [999, 749, 499, 249]),
+    "ddpm_trained_linspace": (DDPMScheduler, dict(trained_betas=TRAINED_BETAS, timestep_spacing="linspace"), 5, None),
+    "euler_a_trained_trailing": (EulerAncestralDiscreteScheduler, dict(trained_betas=TRAINED_BETAS, timestep_spacing="trailing"), 5, None),
 }
 
 # Schedule sweeps: name: (class, config)
@@ -77,6 +148,17 @@ SWEEPS = {
     "ddim_leading": (DDIMScheduler, dict(SD_BETAS, timestep_spacing="leading", steps_offset=1)),
     "ddim_trailing": (DDIMScheduler, dict(SD_BETAS, timestep_spacing="trailing")),
     "lcm_default": (LCMScheduler, dict()),
+    "pndm_sd1": (PNDMScheduler, SD1_PNDM),
+    "pndm_prk_linspace": (PNDMScheduler, dict(timestep_spacing="linspace")),
+    "pndm_trailing": (PNDMScheduler, dict(SD_BETAS, timestep_spacing="trailing", skip_prk_steps=True)),
+    "dpm_linspace": (DPM, dict(SD_BETAS)),
+    "dpm_leading": (DPM, dict(SD_BETAS, timestep_spacing="leading", steps_offset=1)),
+    "dpm_trailing": (DPM, dict(SD_BETAS, timestep_spacing="trailing")),
+    "dpm_karras": (DPM, dict(SD_BETAS, use_karras_sigmas=True)),
+    "dpm_cosine_clipped": (DPM, dict(beta_schedule="squaredcos_cap_v2", lambda_min_clipped=-5.1)),
+    "euler_a_leading": (EulerAncestralDiscreteScheduler, dict(SD_BETAS, timestep_spacing="leading", steps_offset=1)),
+    "ddpm_linspace": (DDPMScheduler, dict(SD_BETAS, timestep_spacing="linspace")),
+    "ddpm_trailing": (DDPMScheduler, dict(SD_BETAS, timestep_spacing="trailing")),
 }
 # 61: numpy's float arange gives "trailing" spacing 62 timesteps there (diffusers quirk, mirrored).
 SWEEP_STEPS = [1, 2, 3, 4, 6, 7, 9, 10, 25, 28, 50, 61]
@@ -94,6 +176,8 @@ def record_noise(cls):
     """Wraps the scheduler module's randn_tensor so each step's drawn noise is captured."""
     module = importlib.import_module(cls.__module__)
     drawn = []
+    if not hasattr(module, "randn_tensor"):  # a deterministic scheduler (PNDM)
+        return drawn, lambda: None
     original = module.randn_tensor
 
     def recorder(*args, **kwargs):
@@ -115,8 +199,11 @@ def trace(name, cls, config, steps, custom, seed):
     write_config(sched, name)
     if custom is None:
         sched.set_timesteps(steps)
+    elif isinstance(custom, dict):
+        sched.set_timesteps(**custom)
     else:
         sched.set_timesteps(timesteps=custom)
+    takes_generator = "generator" in inspect.signature(sched.step).parameters
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(SHAPE, generator=g)
     latents_noise = torch.randn(SHAPE, generator=g)
@@ -129,7 +216,8 @@ def trace(name, cls, config, steps, custom, seed):
         x = sched.scale_model_input(sample, t) if hasattr(sched, "scale_model_input") else sample
         out = 0.3 * x + torch.cos(t.float() / 1000 * 3) * base
         drawn.clear()
-        sample = sched.step(out, t, sample, generator=g).prev_sample
+        kwargs = dict(generator=g) if takes_generator else {}
+        sample = sched.step(out, t, sample, **kwargs).prev_sample
         assert len(drawn) <= 1
         rows["model_input"].append(x)
         rows["model_output"].append(out)
@@ -157,8 +245,10 @@ def sweeps():
                 sched.set_timesteps(n)
             except ValueError:  # e.g. LCM beyond original_inference_steps: no keys, Rust must refuse too
                 continue
-            if cls is DDIMScheduler and (sched.timesteps < 0).any():
+            if cls is not EulerDiscreteScheduler and (sched.timesteps < 0).any():
                 continue  # trailing 61 ends at t = -1, which would index alphas_cumprod[-1]; we refuse
+            if cls is PNDMScheduler and not sched.config.skip_prk_steps and n < 4:
+                continue  # the Runge-Kutta warm-up needs 4 steps (diffusers runs a degenerate chain); we refuse
             tensors[f"{name}.{n}.timesteps"] = sched.timesteps.to(torch.float64)
             if hasattr(sched, "sigmas"):
                 tensors[f"{name}.{n}.sigmas"] = sched.sigmas

@@ -1,0 +1,94 @@
+//! `DDPMScheduler`: ancestral sampling of the DDPM posterior q(x_{t-1} | x_t, x_0) (Ho et al.
+//! 2020, eqs. 6–7), x_0 estimated from the prediction; fresh noise at every step but the last.
+
+use burn::tensor::Tensor;
+
+use crate::config::{DDPMSchedulerConfig, PredictionType};
+use crate::error::{Error, Result};
+
+use super::betas::{beta_schedule_of, check_custom, check_steps, spaced_timesteps};
+
+#[derive(Debug, Clone)]
+pub struct Ddpm {
+    config: DDPMSchedulerConfig,
+    alphas_cumprod: Vec<f64>,
+    timesteps: Vec<f64>,
+}
+
+impl Ddpm {
+    pub fn new(config: &DDPMSchedulerConfig) -> Result<Self> {
+        let alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
+        Ok(Self { config: config.clone(), alphas_cumprod, timesteps: vec![] })
+    }
+
+    /// Timesteps per `timestep_spacing` (integers), or the user's strictly descending ones.
+    pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
+        let n = self.config.num_train_timesteps;
+        if let Some(ts) = custom {
+            check_custom("DDPMScheduler", ts, steps, (n - 1) as f64, true)?;
+            self.timesteps = ts.to_vec();
+            return Ok(());
+        }
+        check_steps(steps, n)?;
+        let ts = spaced_timesteps(self.config.timestep_spacing, n, steps, self.config.steps_offset, true);
+        if let Some(t) = ts.iter().find(|&&t| t < 0.0 || t >= n as f64) {
+            return Err(Error::InvalidArgument(format!(
+                "DDPMScheduler: {steps} steps with steps_offset {} give timestep {t}, outside 0..{n}",
+                self.config.steps_offset
+            )));
+        }
+        self.timesteps = ts;
+        Ok(())
+    }
+
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// diffusers adds noise while t > 0.
+    pub fn needs_noise(&self, step: usize) -> bool {
+        self.timesteps.get(step).is_some_and(|&t| t > 0.0)
+    }
+
+    /// alphas_cumprod at the step's timestep and at the next one of the schedule (1 past the end).
+    fn alphas(&self, step: usize) -> (f32, f32) {
+        let at = self.alphas_cumprod[self.timesteps[step] as usize] as f32;
+        let prev = self.timesteps.get(step + 1).map_or(1.0, |&t| self.alphas_cumprod[t as usize] as f32);
+        (at, prev)
+    }
+
+    pub fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
+        let (alpha_prod_t, alpha_prod_t_prev) = self.alphas(step);
+        let (beta_prod_t, beta_prod_t_prev) = (1.0 - alpha_prod_t, 1.0 - alpha_prod_t_prev);
+        let current_alpha_t = alpha_prod_t / alpha_prod_t_prev;
+        let current_beta_t = 1.0 - current_alpha_t;
+        let mut x0 = match self.config.prediction_type {
+            PredictionType::Epsilon => {
+                sample.clone().sub(model_output.mul_scalar(beta_prod_t.sqrt())).div_scalar(alpha_prod_t.sqrt())
+            }
+            PredictionType::Sample => model_output,
+            PredictionType::VPrediction => {
+                sample.clone().mul_scalar(alpha_prod_t.sqrt()).sub(model_output.mul_scalar(beta_prod_t.sqrt()))
+            }
+        };
+        if self.config.clip_sample {
+            let r = self.config.clip_sample_range as f32;
+            x0 = x0.clamp(-r, r);
+        }
+        // The posterior mean: a mix of the x_0 estimate and the current sample (eq. 7).
+        let x0_coeff = alpha_prod_t_prev.sqrt() * current_beta_t / beta_prod_t;
+        let sample_coeff = current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t;
+        let mean = x0.mul_scalar(x0_coeff).add(sample.mul_scalar(sample_coeff));
+        if !self.needs_noise(step) {
+            return mean;
+        }
+        let noise = noise.unwrap_or_else(|| panic!("DDPMScheduler step {step} needs noise"));
+        let variance = ((1.0 - alpha_prod_t_prev) / (1.0 - alpha_prod_t) * current_beta_t).max(1e-20);
+        let std = match self.config.variance_type.as_str() {
+            "fixed_small_log" => (0.5 * variance.ln()).exp(),
+            "fixed_large" => current_beta_t.sqrt(),
+            _ => variance.sqrt(),
+        };
+        mean.add(noise.mul_scalar(std))
+    }
+}

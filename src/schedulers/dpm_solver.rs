@@ -1,0 +1,321 @@
+//! `DPMSolverMultistepScheduler`: DPM-Solver++ (Lu et al. 2022,
+//! https://huggingface.co/papers/2211.01095) and its SDE variant, multistep of order 1–3.
+//!
+//! Works in the variance-preserving form x_t = alpha_t x_0 + sigma_t eps with the log-SNR
+//! lambda_t = ln(alpha_t / sigma_t) as the integration variable; the model output is turned
+//! into an x_0 estimate, and each step extrapolates from the last `solver_order` of them.
+//! The state (past estimates) lives here, so steps must be taken in order, once each.
+
+use burn::tensor::Tensor;
+
+use crate::config::{BetaSchedule, DPMSolverMultistepSchedulerConfig, PredictionType, TimestepSpacing};
+use crate::error::{Error, Result};
+
+use super::betas::{beta_schedule_of, check_custom, check_steps, f32r, np_arange, np_linspace, sigma_to_t};
+
+#[derive(Debug, Clone)]
+pub struct DpmSolverMultistep {
+    config: DPMSolverMultistepSchedulerConfig,
+    alphas_cumprod: Vec<f64>,
+    /// sqrt((1 - alphas_cumprod) / alphas_cumprod) per training timestep, in f32.
+    train_sigmas: Vec<f32>,
+    timesteps: Vec<f64>,
+    /// Per step, then the final one (`final_sigmas_type`).
+    sigmas: Vec<f64>,
+    /// x_0 estimates of the last `solver_order` steps, oldest first.
+    model_outputs: Vec<Tensor<4>>,
+    lower_order_nums: usize,
+    step_index: usize,
+}
+
+/// alpha_t, sigma_t (VP form) of a noise level sigma = sigma_t / alpha_t, in f32 like diffusers.
+fn alpha_sigma(sigma: f64) -> (f32, f32) {
+    let s = sigma as f32;
+    let alpha = 1.0 / (s * s + 1.0).sqrt();
+    (alpha, s * alpha)
+}
+
+/// lambda = ln(alpha_t) - ln(sigma_t): +inf at sigma 0.
+fn lambda(alpha: f32, sigma: f32) -> f32 {
+    alpha.ln() - sigma.ln()
+}
+
+impl DpmSolverMultistep {
+    pub fn new(config: &DPMSolverMultistepSchedulerConfig) -> Result<Self> {
+        let mut alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
+        if config.rescale_betas_zero_snr {
+            // diffusers: close to 0 without being 0, so the first sigma is finite.
+            *alphas_cumprod.last_mut().unwrap() = 2f64.powi(-24);
+        }
+        let train_sigmas = alphas_cumprod.iter().map(|&a| ((1.0 - a as f32) / a as f32).sqrt()).collect();
+        Ok(Self {
+            config: config.clone(),
+            alphas_cumprod,
+            train_sigmas,
+            timesteps: vec![],
+            sigmas: vec![],
+            model_outputs: vec![],
+            lower_order_nums: 0,
+            step_index: 0,
+        })
+    }
+
+    /// The last usable training timestep + 1: diffusers clips the schedule where lambda falls
+    /// below `lambda_min_clipped` (for cosine schedules), counting from the noisy end.
+    fn last_timestep(&self) -> usize {
+        let n = self.config.num_train_timesteps;
+        let clipped = self
+            .alphas_cumprod
+            .iter()
+            .rev()
+            .filter(|&&a| {
+                let a = a as f32;
+                (a.sqrt().ln() - (1.0 - a).sqrt().ln()) < self.config.lambda_min_clipped as f32
+            })
+            .count();
+        n - clipped
+    }
+
+    /// Timesteps per `timestep_spacing` (integers; n + 1 points without the final 0 for
+    /// linspace/leading), or per Karras' rho = 7 noise levels mapped back to timesteps, or the
+    /// user's integer timesteps (not with Karras sigmas, as in diffusers).
+    pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
+        let c = &self.config;
+        let n = c.num_train_timesteps;
+        let timesteps: Vec<f64> = match custom {
+            Some(_) if c.use_karras_sigmas => {
+                return Err(Error::InvalidArgument(
+                    "DPMSolverMultistepScheduler: custom timesteps cannot be used with use_karras_sigmas".into(),
+                ));
+            }
+            Some(ts) => {
+                check_custom("DPMSolverMultistepScheduler", ts, steps, (n - 1) as f64, true)?;
+                ts.to_vec()
+            }
+            None => {
+                check_steps(steps, n)?;
+                let last = self.last_timestep();
+                match c.timestep_spacing {
+                    TimestepSpacing::Linspace => {
+                        let mut ts: Vec<f64> =
+                            np_linspace(0.0, last as f64 - 1.0, steps + 1, true).iter().map(|t| t.round_ties_even()).collect();
+                        ts.reverse();
+                        ts.pop();
+                        ts
+                    }
+                    TimestepSpacing::Leading => {
+                        let ratio = last / (steps + 1);
+                        (1..=steps).rev().map(|i| (i * ratio + c.steps_offset) as f64).collect()
+                    }
+                    TimestepSpacing::Trailing => np_arange(last as f64, 0.0, -(n as f64 / steps as f64))
+                        .into_iter()
+                        .map(|t| t.round_ties_even() - 1.0)
+                        .collect(),
+                }
+            }
+        };
+        if let Some(t) = timesteps.iter().find(|&&t| t < 0.0 || t >= n as f64) {
+            return Err(Error::InvalidArgument(format!(
+                "DPMSolverMultistepScheduler: {steps} steps with steps_offset {} give timestep {t}, outside 0..{n}",
+                c.steps_offset
+            )));
+        }
+        let (timesteps, mut sigmas) = if c.use_karras_sigmas {
+            self.karras(steps)
+        } else {
+            let sigmas = timesteps.iter().map(|&t| self.train_sigmas[t as usize] as f64).collect();
+            (timesteps, sigmas)
+        };
+        sigmas.push(match c.final_sigmas_type.as_str() {
+            "sigma_min" => self.train_sigmas[0] as f64,
+            _ => 0.0,
+        });
+        self.timesteps = timesteps;
+        self.sigmas = sigmas;
+        self.model_outputs.clear();
+        self.lower_order_nums = 0;
+        self.step_index = 0;
+        Ok(())
+    }
+
+    /// Karras et al. (2022) eq. 5: rho = 7 spacing between the training schedule's ends, and
+    /// the (rounded, except for cosine schedules) timesteps of those noise levels.
+    fn karras(&self, steps: usize) -> (Vec<f64>, Vec<f64>) {
+        let rho = 7.0;
+        let (sigma_min, sigma_max) = (self.train_sigmas[0] as f64, *self.train_sigmas.last().unwrap() as f64);
+        let (min_inv, max_inv) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
+        let sigmas: Vec<f64> =
+            np_linspace(0.0, 1.0, steps, true).iter().map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho)).collect();
+        let log_sigmas: Vec<f32> = self.train_sigmas.iter().map(|s| s.ln()).collect();
+        let round = self.config.beta_schedule != BetaSchedule::SquaredcosCapV2;
+        let timesteps = sigmas
+            .iter()
+            .map(|&s| {
+                let t = sigma_to_t(s, &log_sigmas, false);
+                // diffusers rounds, then casts to int64 (truncating).
+                if round { t.round_ties_even() } else { t.trunc() }
+            })
+            .collect();
+        (timesteps, sigmas.into_iter().map(f32r).collect())
+    }
+
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    pub fn sigmas(&self) -> &[f64] {
+        &self.sigmas
+    }
+
+    fn is_sde(&self) -> bool {
+        self.config.algorithm_type == "sde-dpmsolver++"
+    }
+
+    /// The SDE variant draws noise at every step.
+    pub fn needs_noise(&self, _step: usize) -> bool {
+        self.is_sde()
+    }
+
+    /// The model output as an x_0 estimate (DPM-Solver++ integrates in x_0).
+    fn convert_model_output(&self, model_output: Tensor<4>, sample: Tensor<4>) -> Tensor<4> {
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[self.step_index]);
+        match self.config.prediction_type {
+            PredictionType::Epsilon => sample.sub(model_output.mul_scalar(sigma_t)).div_scalar(alpha_t),
+            PredictionType::Sample => model_output,
+            PredictionType::VPrediction => sample.mul_scalar(alpha_t).sub(model_output.mul_scalar(sigma_t)),
+        }
+    }
+
+    /// # Panics
+    /// If steps are not taken in order from 0, or the SDE variant gets no noise.
+    pub fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
+        assert_eq!(step, self.step_index, "DPMSolverMultistepScheduler steps must be taken in order");
+        let c = &self.config;
+        let len = self.timesteps.len();
+        // Lower orders at the end keep few-step runs stable (and the last step lands on sigma 0).
+        let lower_order_final = step == len - 1
+            && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == "zero");
+        let lower_order_second = step + 2 == len && c.lower_order_final && len < 15;
+        let x0 = self.convert_model_output(model_output, sample.clone());
+        if self.model_outputs.len() == c.solver_order {
+            self.model_outputs.remove(0);
+        }
+        self.model_outputs.push(x0);
+        let noise = if self.is_sde() {
+            Some(noise.unwrap_or_else(|| panic!("DPMSolverMultistepScheduler (SDE) step {step} needs noise")))
+        } else {
+            None
+        };
+        let order = if c.solver_order == 1 || self.lower_order_nums < 1 || lower_order_final {
+            1
+        } else if c.solver_order == 2 || self.lower_order_nums < 2 || lower_order_second {
+            2
+        } else {
+            3
+        };
+        let out = match order {
+            1 => self.first_order_update(sample, noise),
+            2 => self.second_order_update(sample, noise),
+            _ => self.third_order_update(sample, noise),
+        };
+        if self.lower_order_nums < self.config.solver_order {
+            self.lower_order_nums += 1;
+        }
+        self.step_index += 1;
+        out
+    }
+
+    /// (alpha_t, sigma_t, lambda_t) at `sigmas[i]`.
+    fn at(&self, i: usize) -> (f32, f32, f32) {
+        let (a, s) = alpha_sigma(self.sigmas[i]);
+        (a, s, lambda(a, s))
+    }
+
+    /// The last `k` x_0 estimates, newest first (m0, m1, ...).
+    fn m(&self, k: usize) -> Tensor<4> {
+        self.model_outputs[self.model_outputs.len() - 1 - k].clone()
+    }
+
+    /// The stochastic term sigma_t sqrt(1 - e^{-2h}) z of the SDE variant.
+    fn add_noise(&self, x: Tensor<4>, noise: Option<Tensor<4>>, sigma_t: f32, h: f32) -> Tensor<4> {
+        match noise {
+            Some(z) => x.add(z.mul_scalar(sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())),
+            None => x,
+        }
+    }
+
+    /// DPM-Solver++(1): a DDIM step in x_0.
+    fn first_order_update(&self, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
+        let i = self.step_index;
+        let (alpha_t, sigma_t, lambda_t) = self.at(i + 1);
+        let (_, sigma_s, lambda_s) = self.at(i);
+        let h = lambda_t - lambda_s;
+        let m0 = self.m(0);
+        if self.is_sde() {
+            let x = sample
+                .mul_scalar(sigma_t / sigma_s * (-h).exp())
+                .add(m0.mul_scalar(alpha_t * (1.0 - (-2.0 * h).exp())));
+            self.add_noise(x, noise, sigma_t, h)
+        } else {
+            sample.mul_scalar(sigma_t / sigma_s).sub(m0.mul_scalar(alpha_t * ((-h).exp() - 1.0)))
+        }
+    }
+
+    /// Multistep DPM-Solver++(2M): a first difference of the last two x_0 estimates.
+    fn second_order_update(&self, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
+        let i = self.step_index;
+        let (alpha_t, sigma_t, lambda_t) = self.at(i + 1);
+        let (_, sigma_s0, lambda_s0) = self.at(i);
+        let (_, _, lambda_s1) = self.at(i - 1);
+        let (m0, m1) = (self.m(0), self.m(1));
+        let (h, h_0) = (lambda_t - lambda_s0, lambda_s0 - lambda_s1);
+        let r0 = h_0 / h;
+        let d1 = m0.clone().sub(m1).mul_scalar(1.0 / r0);
+        let heun = self.config.solver_type == "heun";
+        if self.is_sde() {
+            let e = 1.0 - (-2.0 * h).exp();
+            let d1_coeff = if heun { alpha_t * (e / (-2.0 * h) + 1.0) } else { 0.5 * (alpha_t * e) };
+            let x = sample
+                .mul_scalar(sigma_t / sigma_s0 * (-h).exp())
+                .add(m0.mul_scalar(alpha_t * e))
+                .add(d1.mul_scalar(d1_coeff));
+            self.add_noise(x, noise, sigma_t, h)
+        } else {
+            let e = (-h).exp() - 1.0;
+            let x = sample.mul_scalar(sigma_t / sigma_s0).sub(m0.mul_scalar(alpha_t * e));
+            if heun { x.add(d1.mul_scalar(alpha_t * (e / h + 1.0))) } else { x.sub(d1.mul_scalar(0.5 * (alpha_t * e))) }
+        }
+    }
+
+    /// Multistep DPM-Solver++(3M): first and second differences of the last three estimates.
+    fn third_order_update(&self, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
+        let i = self.step_index;
+        let (alpha_t, sigma_t, lambda_t) = self.at(i + 1);
+        let (_, sigma_s0, lambda_s0) = self.at(i);
+        let (_, _, lambda_s1) = self.at(i - 1);
+        let (_, _, lambda_s2) = self.at(i - 2);
+        let (m0, m1, m2) = (self.m(0), self.m(1), self.m(2));
+        let (h, h_0, h_1) = (lambda_t - lambda_s0, lambda_s0 - lambda_s1, lambda_s1 - lambda_s2);
+        let (r0, r1) = (h_0 / h, h_1 / h);
+        let d1_0 = m0.clone().sub(m1.clone()).mul_scalar(1.0 / r0);
+        let d1_1 = m1.sub(m2).mul_scalar(1.0 / r1);
+        let d1 = d1_0.clone().add(d1_0.clone().sub(d1_1.clone()).mul_scalar(r0 / (r0 + r1)));
+        let d2 = d1_0.sub(d1_1).mul_scalar(1.0 / (r0 + r1));
+        if self.is_sde() {
+            let e = 1.0 - (-2.0 * h).exp();
+            let x = sample
+                .mul_scalar(sigma_t / sigma_s0 * (-h).exp())
+                .add(m0.mul_scalar(alpha_t * e))
+                .add(d1.mul_scalar(alpha_t * (e / (-2.0 * h) + 1.0)))
+                .add(d2.mul_scalar(alpha_t * ((1.0 - (-2.0 * h).exp() - 2.0 * h) / ((2.0 * h) * (2.0 * h)) - 0.5)));
+            self.add_noise(x, noise, sigma_t, h)
+        } else {
+            let e = (-h).exp() - 1.0;
+            sample
+                .mul_scalar(sigma_t / sigma_s0)
+                .sub(m0.mul_scalar(alpha_t * e))
+                .add(d1.mul_scalar(alpha_t * (e / h + 1.0)))
+                .sub(d2.mul_scalar(alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5)))
+        }
+    }
+}

@@ -1,0 +1,2 @@
+import './gpu-hooks.mjs';
+import '../pkg/worker.js';
