@@ -145,113 +145,161 @@ export function localFile(src, path, size, chunkSize) {
 }
 
 /**
+ * Where a download's bytes go: cut into `chunkSize` chunks, hashed, stored in IndexedDB (or,
+ * once the quota is full, kept in memory for this session), resuming from the chunks an
+ * interrupted earlier session stored.
+ */
+class ChunkWriter {
+  static async open(model, path, chunkSize, state, onWarning) {
+    let meta = await store.getFile(model, path);
+    if (meta && meta.chunkSize !== chunkSize) {
+      await store.deleteFile(model, path);
+      meta = undefined;
+    }
+    const w = new ChunkWriter(model, path, state, onWarning);
+    w.meta = meta ?? { model, path, size: null, sha256: null, chunkSize, chunks: 0, complete: false };
+    // Re-hash chunks stored by an earlier, interrupted session.
+    for (let i = 0; i < w.meta.chunks; i++) w.hash.update(await store.getChunk(model, path, i));
+    w.persisted = w.meta.chunks * chunkSize;
+    return w;
+  }
+
+  constructor(model, path, state, onWarning) {
+    Object.assign(this, { model, path, state, onWarning });
+    this.inMemory = state.quotaFull;
+    this.memory = []; // chunks held in memory when the cache is full
+    this.hash = new Sha256();
+    this.pending = [];
+    this.pendingLen = 0;
+  }
+
+  /** Bytes received so far: where a resumed request starts. */
+  get position() {
+    return this.persisted + this.pendingLen;
+  }
+
+  /** The server ignored a Range request: everything starts over. */
+  restart() {
+    this.meta.chunks = 0;
+    this.persisted = 0;
+    this.pending = [];
+    this.pendingLen = 0;
+    this.hash = new Sha256();
+    this.memory.length = 0;
+  }
+
+  async push(bytes) {
+    this.pending.push(bytes);
+    this.pendingLen += bytes.length;
+    if (this.pendingLen >= this.meta.chunkSize) await this.flush(false);
+  }
+
+  /** The next `n` pending bytes as one chunk. */
+  take(n) {
+    const chunk = new Uint8Array(n);
+    for (let o = 0; o < n;) {
+      const p = this.pending[0];
+      const k = Math.min(p.length, n - o);
+      chunk.set(p.subarray(0, k), o);
+      o += k;
+      if (k === p.length) this.pending.shift();
+      else this.pending[0] = p.subarray(k);
+    }
+    this.pendingLen -= n;
+    return chunk;
+  }
+
+  /** Stores every whole chunk (and, when `final`, the short last one). */
+  async flush(final) {
+    while (this.pendingLen >= this.meta.chunkSize || (final && this.pendingLen > 0)) {
+      const chunk = this.take(Math.min(this.meta.chunkSize, this.pendingLen));
+      this.hash.update(chunk);
+      if (!this.inMemory) await this.store(chunk);
+      if (this.inMemory) this.memory.push(chunk);
+      this.meta.chunks += 1;
+      this.persisted += chunk.length;
+    }
+  }
+
+  async store(chunk) {
+    try {
+      await store.putChunk({ ...this.meta, chunks: this.meta.chunks + 1 }, this.meta.chunks, chunk);
+    } catch (e) {
+      if (!store.isQuotaError(e)) throw e;
+      this.inMemory = this.state.quotaFull = true;
+      this.onWarning?.(`Storage is full: ${this.model} is not cached and will be downloaded again next time (generation still works).`);
+      // Move what was stored so far into memory so the file stays whole.
+      for (let i = 0; i < this.meta.chunks; i++) this.memory.push(await store.getChunk(this.model, this.path, i));
+      await store.deleteFile(this.model, this.path).catch(() => {});
+    }
+  }
+
+  held() {
+    const { memory } = this;
+    return this.inMemory
+      ? new Held(this.path, this.persisted, async function* () { yield* memory; }, false)
+      : cachedFile(this.model, this.meta);
+  }
+}
+
+/** One request from `w.position` on; resolves once the body has been read to its end. */
+async function fetchFrom(url, path, w) {
+  const pos = w.position;
+  const resp = await fetch(url, { headers: pos > 0 ? { Range: `bytes=${pos}-` } : {}, cache: 'no-store' });
+  if (!resp.ok) throw Object.assign(new Error(`${path}: HTTP ${resp.status}`), { fatal: resp.status !== 503 });
+  if (pos > 0 && resp.status !== 206) w.restart();
+  else if (pos > 0) {
+    const start = Number(/bytes (\d+)-/.exec(resp.headers.get('content-range') ?? '')?.[1]);
+    if (start !== pos) throw Object.assign(new Error(`${path}: server resumed at ${start}, asked ${pos}`), { fatal: true });
+  }
+  const range = /\/(\d+)$/.exec(resp.headers.get('content-range') ?? '');
+  const length = range ? Number(range[1]) : Number(resp.headers.get('content-length')) + (resp.status === 206 ? pos : 0);
+  if (Number.isFinite(length) && length > 0) w.meta.size = length;
+  w.meta.sha256 = announcedSha256(resp.headers) ?? w.meta.sha256;
+  return resp.body.getReader();
+}
+
+/**
  * Downloads `path` with progress, resuming with HTTP Range after a dropped connection (and after
  * a reload, from the chunks already stored), verifies size, sha256 (when announced) and
- * `check(path, firstBytes, size)`, and only then marks it complete in the cache. A failed
- * verification deletes what was stored. When storage is full (QuotaExceededError) the file is
- * kept in memory for this session and `onWarning` says so.
+ * `check(path, held)`, and only then marks it complete in the cache. A failed verification
+ * deletes what was stored. When storage is full (QuotaExceededError) the file is kept in memory
+ * for this session and `onWarning` says so.
  */
 export async function download(src, model, path, { chunkSize, onBytes, check, onWarning, retries = 5, state }) {
-  const url = src.url(path);
-  let meta = await store.getFile(model, path);
+  const meta = await store.getFile(model, path);
   if (meta?.complete) return cachedFile(model, meta);
-  if (meta && meta.chunkSize !== chunkSize) {
-    await store.deleteFile(model, path);
-    meta = undefined;
-  }
-  meta ??= { model, path, size: null, sha256: null, chunkSize, chunks: 0, complete: false };
-  const memory = []; // chunks held in memory when the cache is full
-  let inMemory = state.quotaFull;
-  const hash = new Sha256();
-  // Re-hash chunks stored by an earlier, interrupted session.
-  for (let i = 0; i < meta.chunks; i++) hash.update(await store.getChunk(model, path, i));
-  let persisted = meta.chunks * chunkSize;
-  let pending = [];
-  let pendingLen = 0;
-  const flush = async (final) => {
-    while (pendingLen >= chunkSize || (final && pendingLen > 0)) {
-      const n = Math.min(chunkSize, pendingLen);
-      const chunk = new Uint8Array(n);
-      let o = 0;
-      while (o < n) {
-        const p = pending[0];
-        const take = Math.min(p.length, n - o);
-        chunk.set(p.subarray(0, take), o);
-        o += take;
-        if (take === p.length) pending.shift();
-        else pending[0] = p.subarray(take);
-      }
-      pendingLen -= n;
-      hash.update(chunk);
-      if (!inMemory) {
-        try {
-          await store.putChunk({ ...meta, chunks: meta.chunks + 1 }, meta.chunks, chunk);
-        } catch (e) {
-          if (!store.isQuotaError(e)) throw e;
-          inMemory = state.quotaFull = true;
-          onWarning?.(`Storage is full: ${model} is not cached and will be downloaded again next time (generation still works).`);
-          // Move what was stored so far into memory so the file stays whole.
-          for (let i = 0; i < meta.chunks; i++) memory.push(await store.getChunk(model, path, i));
-          await store.deleteFile(model, path).catch(() => {});
-        }
-      }
-      if (inMemory) memory.push(chunk);
-      meta.chunks += 1;
-      persisted += n;
-    }
-  };
-
-  let total = meta.size;
+  const w = await ChunkWriter.open(model, path, chunkSize, state, onWarning);
   for (let attempt = 0; ; attempt++) {
-    const pos = persisted + pendingLen;
-    const headers = pos > 0 ? { Range: `bytes=${pos}-` } : {};
-    let resp;
     try {
-      resp = await fetch(url, { headers, cache: 'no-store' });
-      if (!resp.ok) throw Object.assign(new Error(`${path}: HTTP ${resp.status}`), { fatal: resp.status !== 503 });
-      if (pos > 0 && resp.status !== 206) {
-        // The server ignored the range: start over.
-        meta.chunks = 0; persisted = 0; pending = []; pendingLen = 0;
-        Object.assign(hash, new Sha256());
-        memory.length = 0;
-      } else if (pos > 0) {
-        const start = Number(/bytes (\d+)-/.exec(resp.headers.get('content-range') ?? '')?.[1]);
-        if (start !== pos) throw Object.assign(new Error(`${path}: server resumed at ${start}, asked ${pos}`), { fatal: true });
-      }
-      const range = /\/(\d+)$/.exec(resp.headers.get('content-range') ?? '');
-      const length = range ? Number(range[1]) : Number(resp.headers.get('content-length')) + (resp.status === 206 ? pos : 0);
-      if (Number.isFinite(length) && length > 0) total = length;
-      meta.size = total;
-      meta.sha256 = announcedSha256(resp.headers) ?? meta.sha256;
-      const reader = resp.body.getReader();
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        pending.push(value);
-        pendingLen += value.length;
-        onBytes?.(value.length);
-        if (pendingLen >= chunkSize) await flush(false);
+      const reader = await fetchFrom(src.url(path), path, w);
+      for (let r = await reader.read(); !r.done; r = await reader.read()) {
+        onBytes?.(r.value.length);
+        await w.push(r.value);
       }
       break;
     } catch (e) {
       if (e.fatal || attempt >= retries) throw e;
-      onWarning?.(`${path}: connection lost at byte ${persisted + pendingLen}; resuming`);
+      onWarning?.(`${path}: connection lost at byte ${w.position}; resuming`);
       await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
     }
   }
-  await flush(true);
+  await w.flush(true);
+  return verified(w, check);
+}
 
+/** The downloaded file once its size, hash and `check` agree; deleted from the cache otherwise. */
+async function verified(w, check) {
+  const { model, path, meta } = w;
   const fail = async (why) => {
     await store.deleteFile(model, path).catch(() => {});
     throw new Error(`${path}: ${why}; the file was not cached`);
   };
-  if (total !== null && persisted !== total) await fail(`received ${persisted} bytes, expected ${total}`);
-  const digest = hash.hex();
+  if (meta.size !== null && w.persisted !== meta.size) await fail(`received ${w.persisted} bytes, expected ${meta.size}`);
+  const digest = w.hash.hex();
   if (meta.sha256 && digest !== meta.sha256) await fail(`sha256 ${digest} does not match the server's ${meta.sha256}`);
-  meta.size = persisted;
-  const held = inMemory
-    ? new Held(path, persisted, async function* () { yield* memory; }, false)
-    : cachedFile(model, meta);
+  meta.size = w.persisted;
+  const held = w.held();
   if (check) {
     try {
       await check(path, held);
@@ -259,6 +307,6 @@ export async function download(src, model, path, { chunkSize, onBytes, check, on
       await fail(e.message ?? String(e));
     }
   }
-  if (!inMemory) await store.putFile({ ...meta, complete: true, sha256: digest });
+  if (!w.inMemory) await store.putFile({ ...meta, complete: true, sha256: digest });
   return held;
 }

@@ -62,100 +62,110 @@ async function checkWeights(path, held) {
   checkSafetensors(path, await held.prefix(n), held.size);
 }
 
+const totalBytes = (list) => list.reduce((a, f) => a + Math.max(f.size ?? 0, 0), 0);
+
+/** Load progress as the page sees it, and the warnings gathered on the way. */
+function progressReporter(post) {
+  const progress = { phase: 'resolve', bytes: 0, totalBytes: 0, files: 0, totalFiles: 0, file: null };
+  const warnings = [];
+  const report = (extra) => post({ type: 'progress', progress: { ...progress, ...extra } });
+  const warn = (w) => { warnings.push(w); report({ warning: w }); };
+  /** Starts a phase over `list` (counts and bytes from zero). */
+  const phase = (name, list) => Object.assign(progress, { phase: name, bytes: 0, files: 0, totalFiles: list.length, totalBytes: totalBytes(list) });
+  return { progress, warnings, report, warn, phase };
+}
+
+/** A picked local folder: planned and read in place, no network. */
+async function fromFiles(msg, dtype, chunkSize) {
+  const src = new FilesSource(msg.files);
+  const { files, skipped } = await resolveModel(src, dtype, planModel);
+  const held = new Map(files.map((f) => [f.path, localFile(src, f.path, f.size, chunkSize)]));
+  return { model: src.name, list: files, skipped, held, cached: false };
+}
+
+/** The model as cached for this dtype, or null unless every file of it is complete. */
+async function fromCache(model, dtype) {
+  const record = await store.getModel(model);
+  // A plan is per dtype (f16 prefers the .fp16 files); one made for another dtype is re-made.
+  if (!record?.complete || (record.dtype ?? 'f32') !== dtype) return null;
+  const metas = await Promise.all(record.files.map((f) => store.getFile(model, f.path)));
+  if (!metas.every((m) => m?.complete)) return null;
+  const held = new Map(metas.map((m) => [m.path, cachedFile(model, m)]));
+  return { model, list: record.files, skipped: record.skipped ?? [], held, cached: true };
+}
+
+/** Plans the model at `model` (a URL) and downloads every planned file into the cache. */
+async function fromNetwork(model, dtype, chunkSize, r) {
+  const src = new UrlSource(model);
+  const { files, skipped } = await resolveModel(src, dtype, planModel);
+  await store.putModel({ model, dtype, files, skipped, complete: false, savedAt: Date.now() }).catch(() => {});
+  r.phase('download', files);
+  const state = { quotaFull: false };
+  const held = new Map();
+  for (const f of files) {
+    r.progress.file = f.path;
+    r.report({});
+    held.set(f.path, await download(src, model, f.path, {
+      chunkSize, state, onWarning: r.warn,
+      check: f.kind === 'weights' ? checkWeights : null,
+      onBytes: (n) => { r.progress.bytes += n; r.report({}); },
+    }));
+    r.progress.files += 1;
+  }
+  const list = files.map((f) => ({ ...f, size: held.get(f.path).size }));
+  if (!state.quotaFull) {
+    await store.putModel({ model, dtype, files: list, skipped, complete: true, savedAt: Date.now() })
+      .catch((e) => r.warn(`not cached: ${e.message}`));
+  }
+  return { model, list, skipped, held, cached: false };
+}
+
+/** Hands one planned file to wasm: a small file whole, a weight file streamed tensor by tensor. */
+async function upload(f, h, r) {
+  if (f.kind === 'weights') {
+    const n = headerLength(await h.prefix(8));
+    engine.beginWeights(f.component, f.path, await h.prefix(n ?? 8), h.size);
+    for await (const chunk of h.chunks()) {
+      for (let o = 0; o < chunk.length; o += FEED) engine.feed(chunk.subarray(o, o + FEED));
+      r.progress.bytes += chunk.length;
+      r.report({});
+    }
+    engine.endWeights();
+    return;
+  }
+  const parts = [];
+  for await (const chunk of h.chunks()) parts.push(chunk);
+  const bytes = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+  parts.reduce((o, p) => (bytes.set(p, o), o + p.length), 0);
+  engine.addFile(f.path, bytes);
+  r.progress.bytes += bytes.length;
+}
+
 async function load(msg, post) {
   const info = await boot();
   // Checked before any download: f16 on a GPU without shader-f16 fails here, not after 1 GB.
   const dtype = engine.resolveDtype(msg.dtype ?? 'auto');
   const chunkSize = msg.chunkSize ?? DEFAULT_CHUNK;
-  const progress = { phase: 'resolve', bytes: 0, totalBytes: 0, files: 0, totalFiles: 0, file: null };
-  const report = (extra) => post({ type: 'progress', progress: { ...progress, ...extra } });
-  const warnings = [];
-  const warn = (w) => { warnings.push(w); report({ warning: w }); };
-  let model, list, skipped = [], held = new Map(), cached = false;
-  report({});
-
-  if (msg.files) {
-    const src = new FilesSource(msg.files);
-    model = src.name;
-    ({ files: list, skipped } = await resolveModel(src, dtype, planModel));
-    for (const f of list) held.set(f.path, localFile(src, f.path, f.size, chunkSize));
-  } else {
-    model = new URL(msg.url, msg.base).href.replace(/\/?$/, '/');
-    const record = await store.getModel(model);
-    // A plan is per dtype (f16 prefers the .fp16 files); one made for another dtype is re-made.
-    const usable = record?.complete && (record.dtype ?? 'f32') === dtype;
-    const metas = usable ? await Promise.all(record.files.map((f) => store.getFile(model, f.path))) : [];
-    if (usable && metas.every((m) => m?.complete)) {
-      // Fully cached: not a single request.
-      cached = true;
-      list = record.files;
-      skipped = record.skipped ?? [];
-      metas.forEach((m) => held.set(m.path, cachedFile(model, m)));
-    } else {
-      const src = new UrlSource(model);
-      ({ files: list, skipped } = await resolveModel(src, dtype, planModel));
-      await store.putModel({ model, dtype, files: list, skipped, complete: false, savedAt: Date.now() }).catch(() => {});
-      progress.phase = 'download';
-      progress.totalFiles = list.length;
-      progress.totalBytes = list.reduce((a, f) => a + Math.max(f.size, 0), 0);
-      const state = { quotaFull: false };
-      for (const f of list) {
-        progress.file = f.path;
-        report({});
-        const h = await download(src, model, f.path, {
-          chunkSize,
-          state,
-          onWarning: warn,
-          check: f.kind === 'weights' ? checkWeights : null,
-          onBytes: (n) => { progress.bytes += n; report({}); },
-        });
-        held.set(f.path, h);
-        progress.files += 1;
-      }
-      const sizes = new Map([...held].map(([p, h]) => [p, h.size]));
-      list = list.map((f) => ({ ...f, size: sizes.get(f.path) }));
-      if (!state.quotaFull) await store.putModel({ model, dtype, files: list, skipped, complete: true, savedAt: Date.now() }).catch((e) => warn(`not cached: ${e.message}`));
-    }
+  const r = progressReporter(post);
+  r.report({});
+  let got;
+  if (msg.files) got = await fromFiles(msg, dtype, chunkSize);
+  else {
+    const model = new URL(msg.url, msg.base).href.replace(/\/?$/, '/');
+    got = (await fromCache(model, dtype)) ?? (await fromNetwork(model, dtype, chunkSize, r));
   }
-
-  // Upload: small files whole, weights streamed tensor by tensor.
-  engine.reset(model, dtype);
-  progress.phase = 'upload';
-  progress.bytes = 0;
-  progress.files = 0;
-  progress.totalFiles = list.length;
-  progress.totalBytes = list.reduce((a, f) => a + Math.max(f.size, 0), 0);
-  for (const f of list) {
-    const h = held.get(f.path);
-    progress.file = f.path;
-    report({});
-    if (f.kind === 'weights') {
-      const n = headerLength(await h.prefix(8));
-      engine.beginWeights(f.component, f.path, await h.prefix(n ?? 8), h.size);
-    }
-    const parts = [];
-    for await (const chunk of h.chunks()) {
-      if (f.kind === 'weights') {
-        for (let o = 0; o < chunk.length; o += FEED) engine.feed(chunk.subarray(o, o + FEED));
-        progress.bytes += chunk.length;
-        report({});
-      } else {
-        parts.push(chunk);
-      }
-    }
-    if (f.kind === 'weights') engine.endWeights();
-    else {
-      const bytes = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
-      parts.reduce((o, p) => (bytes.set(p, o), o + p.length), 0);
-      engine.addFile(f.path, bytes);
-      progress.bytes += bytes.length;
-    }
-    progress.files += 1;
+  engine.reset(got.model, dtype);
+  r.phase('upload', got.list);
+  for (const f of got.list) {
+    r.progress.file = f.path;
+    r.report({});
+    await upload(f, got.held.get(f.path), r);
+    r.progress.files += 1;
   }
   const summary = JSON.parse(engine.build());
-  report({ phase: 'ready', file: null });
-  return { model, gpu: info, dtype: summary.dtype, cached, warnings, files: list, skipped, components: summary.components,
-    bytes: list.reduce((a, f) => a + Math.max(f.size, 0), 0), wasmHeapBytes: wasmHeapBytes() };
+  r.report({ phase: 'ready', file: null });
+  return { model: got.model, gpu: info, dtype: summary.dtype, cached: got.cached, warnings: r.warnings, files: got.list,
+    skipped: got.skipped, components: summary.components, bytes: totalBytes(got.list), wasmHeapBytes: wasmHeapBytes() };
 }
 
 /** [3, H, W] floats in [0, 1] -> RGBA bytes for ImageData / PNG. */

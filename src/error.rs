@@ -58,6 +58,10 @@ pub enum Error {
     #[error("not known yet: {}", paths.join(", "))]
     NotYetKnown { paths: Vec<String> },
 
+    /// A component produced NaN or infinite values; the image would be garbage.
+    #[error("the {component} produced non-finite values (NaN or infinity), so there is no image: {hint}")]
+    NonFinite { component: String, hint: String },
+
     /// Generation was cancelled between two steps.
     #[error("cancelled")]
     Cancelled,

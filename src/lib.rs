@@ -17,6 +17,6 @@ pub mod weights;
 
 pub use error::{Error, Result};
 
-/// Browser bindings (wasm-bindgen); the rest of the crate stays free of web APIs.
-#[cfg(target_arch = "wasm32")]
+/// The browser shell: wasm-bindgen bindings (wasm32 only) and the pipeline built from
+/// GPU-resident weights; the rest of the crate stays free of web APIs.
 pub mod web;

@@ -8,9 +8,6 @@
 //! Generation is step-wise ([`Generation::step`]) so that callers can report progress, show
 //! previews and cancel between steps: the browser must yield to its event loop there.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
-
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -19,8 +16,7 @@ use crate::config::{ModelIndex, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::folder;
 use crate::schedulers::{Sampler, Scheduler};
-use crate::source::{MemorySource, ModelSource, WithDtype};
-use crate::weights::Weights;
+use crate::source::{ModelSource, WithDtype};
 use crate::text::{PromptTokenizer, TextEncoder};
 use crate::unet::{UNet2DConditionModel, guidance_scale_embedding};
 use crate::vae::Autoencoder;
@@ -120,20 +116,6 @@ impl Pipeline {
         })
     }
 
-    /// The browser's way in: configs and tokenizer files in `files`, and the weights of each
-    /// component already on the device in `dtype` (streamed tensor by tensor, never a whole
-    /// file in the wasm heap). `weights` is keyed by component (`unet`), or by file path for
-    /// files loaded on their own (`vae/taesd_decoder.safetensors`).
-    pub fn from_parts(
-        files: &MemorySource,
-        weights: BTreeMap<String, Weights>,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Self> {
-        let src = Prepared { files, weights: RefCell::new(weights) };
-        Self::load_with_dtype(&src, device, dtype)
-    }
-
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -227,7 +209,30 @@ impl Pipeline {
                 return Err(Error::Cancelled);
             }
         }
-        Ok(run.decode())
+        let out = run.finish();
+        let flag = |t: Tensor<1>| {
+            let data = t.into_data().convert::<f32>();
+            data.try_to_vec::<f32>().map(|v| v[0] > 0.5).map_err(|e| Error::InvalidArgument(format!("reading a flag back: {e:?}")))
+        };
+        self.check_finite(flag(out.latents_finite)?, flag(out.pixels_finite)?)?;
+        Ok(out.image)
+    }
+
+    /// Which component overflowed, when a generation's latents or decoded pixels are not all
+    /// finite (the flags of [`Decoded`], read back by the caller: the browser reads them
+    /// asynchronously). A NaN image is never returned as if it were a picture.
+    pub fn check_finite(&self, latents_finite: bool, pixels_finite: bool) -> Result<()> {
+        let (component, dtype) = match (latents_finite, pixels_finite) {
+            (true, true) => return Ok(()),
+            (false, _) => ("unet", self.dtype),
+            (true, false) => ("vae", self.decoder.dtype()),
+        };
+        let hint = if dtype == DType::F16 {
+            "it ran in f16, whose range it exceeded: load the model in f32 (CLI --dtype f32, JS load(..., { dtype: 'f32' }))"
+        } else {
+            "it ran in f32: the weights or the settings (guidance, steps, sampler) make it diverge"
+        };
+        Err(Error::NonFinite { component: component.into(), hint: hint.into() })
     }
 
     /// Text embeddings `[prompts, seq, hidden]` for a batch of prompts.
@@ -270,55 +275,6 @@ fn set_schedule(scheduler: &mut Scheduler, steps: usize, opts: &GenerateOptions)
             agree(scheduler.timesteps().len(), "sigmas")
         }
         (None, None) => scheduler.set_timesteps(steps, None),
-    }
-}
-
-/// A [`ModelSource`] whose components' weights were prepared elsewhere.
-struct Prepared<'a> {
-    files: &'a MemorySource,
-    weights: RefCell<BTreeMap<String, Weights>>,
-}
-
-impl ModelSource for Prepared<'_> {
-    fn read(&self, path: &str) -> Result<std::sync::Arc<[u8]>> {
-        self.files.read(path)
-    }
-
-    fn exists(&self, path: &str) -> bool {
-        self.files.exists(path) || self.weights.borrow().contains_key(path)
-    }
-
-    fn list(&self, dir: &str) -> Vec<String> {
-        let prefix = format!("{dir}/");
-        let mut names = self.files.list(dir);
-        names.extend(self.weights.borrow().keys().filter_map(|k| k.strip_prefix(&prefix)).map(String::from));
-        names.sort();
-        names
-    }
-
-    fn describe(&self) -> String {
-        self.files.describe()
-    }
-
-    fn probe(&self, paths: &[String]) -> Result<Vec<Option<u64>>> {
-        let weights = self.weights.borrow();
-        Ok(paths
-            .iter()
-            .map(|p| self.files.files.get(p).map(|b| b.len() as u64).or(weights.contains_key(p).then_some(0)))
-            .collect())
-    }
-
-    /// The uploaded tensors are in the load's dtype already (the worker converted them).
-    fn weights_in(&self, component: &str, _device: &Device, dtype: DType) -> Result<Weights> {
-        let weights = self.weights.borrow_mut().remove(component).ok_or_else(|| Error::MissingFile {
-            path: format!("{}/{component}", self.files.name),
-            hint: Some("no weights were uploaded for this component".into()),
-        })?;
-        Ok(weights.with_dtype(dtype))
-    }
-
-    fn weights_file_in(&self, path: &str, device: &Device, dtype: DType) -> Result<Weights> {
-        self.weights_in(path, device, dtype)
     }
 }
 
@@ -416,4 +372,29 @@ impl Generation<'_> {
     pub fn decode(self) -> Tensor<4> {
         self.pipe.decode_latents(self.latents)
     }
+
+    /// Decodes the final latents, with device-side flags saying whether the latents and the
+    /// decoded pixels (before clamping, which would hide a NaN) are all finite.
+    pub fn finish(self) -> Decoded {
+        let z = self.latents.clone() / self.pipe.decoder.latent_scaling_factor() + self.pipe.decoder.latent_shift_factor();
+        let raw = self.pipe.decoder.decode(z);
+        Decoded {
+            latents_finite: all_finite(self.latents),
+            pixels_finite: all_finite(raw.clone()),
+            image: (raw / 2.0 + 0.5).clamp(0.0, 1.0),
+        }
+    }
+}
+
+/// The image of a finished generation and its finiteness flags (see [`Pipeline::check_finite`]).
+pub struct Decoded {
+    pub image: Tensor<4>,
+    /// `[1.0]` when all finite, `[0.0]` otherwise (a float: bool storage differs by backend).
+    pub latents_finite: Tensor<1>,
+    pub pixels_finite: Tensor<1>,
+}
+
+/// `[1.0]` when no value of `t` is NaN or infinite; computed on the device (one tiny read-back).
+fn all_finite<const D: usize>(t: Tensor<D>) -> Tensor<1> {
+    t.clone().is_nan().bool_or(t.is_inf()).any().bool_not().float()
 }

@@ -271,30 +271,33 @@ fn a_component_the_pipeline_runs_must_be_listed() {
     assert!(msg.contains("model_index.json: component `unet`"), "{msg}");
 }
 
-/// tiny-sd1-hub with the scheduler diffusers' `EulerDiscreteScheduler.from_config` made of its
-/// PNDM config (the sampler override, by hand).
-fn sd1_with_euler() -> MemorySource {
-    let mut m = memory("tiny-sd1-hub");
-    let euler = std::fs::read(fixture("ref/hub_sd1_euler.scheduler_config.json")).unwrap();
-    m.files.insert("scheduler/scheduler_config.json".into(), Arc::from(euler));
-    m
-}
-
 #[test]
-fn sd1_era_repo_generates_diffusers_image() {
-    let src = sd1_with_euler();
+fn sd1_era_repo_generates_diffusers_image_with_its_own_pndm() {
+    let src = memory("tiny-sd1-hub");
     let rec = Recording::new(&src);
     let pipe = Pipeline::load(&rec, &device()).unwrap();
     rec.assert_untouched("Pipeline::load");
     assert!(rec.reads.borrow().contains(&"unet/diffusion_pytorch_model.safetensors".to_string()));
     assert!(!rec.reads.borrow().iter().any(|p| p.contains(".fp16.")), "an f32 load read an fp16 file");
-    let image = pipe.generate(&case_options("hub_sd1_euler"), |_, _| true).unwrap();
+    let image = pipe.generate(&case_options("hub_sd1_pndm"), |_, _| true).unwrap();
+    assert_close("hub_sd1_pndm", image, reference("hub_sd1_pndm").tensor::<4>("image"), 1e-3);
+}
+
+/// `--scheduler euler` on the PNDM repo is diffusers' `EulerDiscreteScheduler.from_config`.
+fn euler_options() -> inkstone::pipeline::GenerateOptions {
+    inkstone::pipeline::GenerateOptions { scheduler: Some("euler".into()), ..case_options("hub_sd1_euler") }
+}
+
+#[test]
+fn sd1_era_repo_with_the_euler_override_generates_diffusers_image() {
+    let pipe = Pipeline::load(&dir("tiny-sd1-hub"), &device()).unwrap();
+    let image = pipe.generate(&euler_options(), |_, _| true).unwrap();
     assert_close("hub_sd1_euler", image, reference("hub_sd1_euler").tensor::<4>("image"), 1e-3);
 }
 
 #[test]
 fn sd1_era_repo_in_f16_reads_the_fp16_files() {
-    let src = sd1_with_euler();
+    let src = dir("tiny-sd1-hub");
     let rec = Recording::new(&src);
     let pipe = Pipeline::load_with_dtype(&rec, &device(), DType::F16).unwrap();
     assert_eq!(pipe.dtype(), DType::F16);
@@ -306,7 +309,7 @@ fn sd1_era_repo_in_f16_reads_the_fp16_files() {
     // The VAE upcasts (force_upcast): f32 weights from the f32 file.
     assert!(reads.contains(&"vae/diffusion_pytorch_model.safetensors".to_string()));
     assert!(!reads.contains(&"vae/diffusion_pytorch_model.fp16.safetensors".to_string()));
-    let image = pipe.generate(&case_options("hub_sd1_euler"), |_, _| true).unwrap();
+    let image = pipe.generate(&euler_options(), |_, _| true).unwrap();
     assert_close("hub_sd1_euler f16", image, reference("hub_sd1_euler").tensor::<4>("image"), 1e-2);
 }
 
@@ -370,4 +373,31 @@ fn unused_extras_are_known_by_component_and_key() {
     {
         assert!(!folder::is_unused_extra(component, key), "{component} {key}");
     }
+}
+
+/// `model` with the f32 tensor `key` of `file` set to NaN.
+fn poisoned(model: &str, file: &str, key: &str) -> MemorySource {
+    use inkstone::weights::Header;
+    let mut m = memory(model);
+    let mut bytes = m.files[file].to_vec();
+    let header = Header::parse(file, &bytes, bytes.len() as u64).unwrap();
+    let t = &header.tensors[key];
+    for w in bytes[t.start..t.end].chunks_exact_mut(4) {
+        w.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    m.files.insert(file.into(), Arc::from(bytes));
+    m
+}
+
+#[test]
+fn a_nan_image_is_an_error_naming_the_component() {
+    let opts = case_options("hub_sd1_pndm");
+    let unet = poisoned("tiny-sd1-hub", "unet/diffusion_pytorch_model.safetensors", "conv_out.bias");
+    let msg = Pipeline::load(&unet, &device()).unwrap().generate(&opts, |_, _| true).err().unwrap().to_string();
+    assert!(msg.starts_with("the unet produced non-finite values (NaN or infinity), so there is no image"), "{msg}");
+    let vae = poisoned("tiny-sd1-hub", "vae/diffusion_pytorch_model.safetensors", "decoder.conv_out.bias");
+    let msg = Pipeline::load(&vae, &device()).unwrap().generate(&opts, |_, _| true).err().unwrap().to_string();
+    assert!(msg.starts_with("the vae produced non-finite values"), "{msg}");
+    assert!(msg.contains("it ran in f32"), "{msg}");
+    // Finite weights, finite image: no false alarm (the other tests generate the same way).
 }

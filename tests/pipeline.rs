@@ -217,7 +217,7 @@ fn previews_come_from_the_tiny_decoder_only() {
     assert!(run.preview().is_none());
 }
 
-/// The browser's way in (`Pipeline::from_parts`): configs in memory, weights handed over per
+/// The browser's way in (`inkstone::web::from_parts`): configs in memory, weights handed over per
 /// component, and a decoder in the original TAESD layout handed over per file
 /// (`vae/taesd_decoder.safetensors` + `vae/taesd_encoder.safetensors`, no `vae/config.json`):
 /// the same image as diffusers with the diffusers-layout decoder.
@@ -255,7 +255,7 @@ fn from_parts_with_an_original_layout_taesd_matches_diffusers() {
         let w = Weights::new(vec![SafetensorsFile::from_bytes(file, original(part, shift)).unwrap()], &device()).unwrap();
         weights.insert(file.to_string(), w);
     }
-    let pipe = Pipeline::from_parts(&files, weights, &device(), DType::F32).unwrap();
+    let pipe = inkstone::web::from_parts(&files, weights, &device(), DType::F32).unwrap();
     let inkstone::vae::Autoencoder::Tiny(tiny) = &pipe.decoder else { panic!("expected the tiny decoder") };
     assert!(tiny.encoder.is_some(), "the encoder file was used");
     let image = pipe.generate(&case_options("pipeline_flow"), |_, _| true).unwrap();

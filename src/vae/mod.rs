@@ -4,7 +4,7 @@
 pub mod kl;
 pub mod taesd;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 pub use kl::{AutoencoderKL, DiagonalGaussian};
 pub use taesd::AutoencoderTiny;
@@ -131,6 +131,14 @@ impl Autoencoder {
         match self {
             Self::Tiny(m) => m.config.latent_channels,
             Self::Kl(m) => m.config.latent_channels,
+        }
+    }
+
+    /// The float dtype it computes in (f32 for a `force_upcast` VAE in an f16 load).
+    pub fn dtype(&self) -> DType {
+        match self {
+            Self::Tiny(m) => m.dtype,
+            Self::Kl(m) => m.dtype,
         }
     }
 }

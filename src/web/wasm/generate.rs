@@ -14,7 +14,7 @@ use wasm_bindgen_futures::JsFuture;
 
 use super::State;
 use crate::error::Result;
-use crate::pipeline::GenerateOptions;
+use crate::pipeline::{GenerateOptions, Pipeline};
 use crate::source::MemorySource;
 use crate::weights::Weights;
 
@@ -96,12 +96,33 @@ fn finite_list(name: &str, values: Option<Vec<f64>>) -> std::result::Result<Opti
     }
 }
 
+/// The option names `generate()` takes (camelCase, as JS passes them).
+const OPTIONS: [&str; 11] =
+    ["prompt", "negativePrompt", "steps", "guidance", "seed", "width", "height", "latents", "scheduler", "timesteps", "sigmas"];
+
+/// serde-wasm-bindgen reads a struct's fields by name and never sees other keys, so
+/// `deny_unknown_fields` alone would let a misspelt option (`step: 2`) pass silently.
+fn reject_unknown_options(o: &JsValue) -> std::result::Result<(), String> {
+    if !o.is_object() {
+        return Ok(()); // serde names the wrong type
+    }
+    for key in js_sys::Object::keys(o.unchecked_ref::<js_sys::Object>()).iter().filter_map(|k| k.as_string()) {
+        if !OPTIONS.contains(&key.as_str()) {
+            return Err(format!("generate(): unknown field `{key}`, expected one of {}", OPTIONS.join(", ")));
+        }
+    }
+    Ok(())
+}
+
 /// The largest integer a JS number holds exactly (`Number.MAX_SAFE_INTEGER`).
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
 /// Parses and checks the options of `generate()` (see [`JsOptions`]).
 pub fn options_from_js(o: &JsValue) -> std::result::Result<GenerateOptions, String> {
-    let js: JsOptions = serde_wasm_bindgen::from_value(o.clone()).map_err(|e| format!("generate(): {e}"))?;
+    reject_unknown_options(o)?;
+    // serde-wasm-bindgen's errors are JS `Error`s: their text carries `Error: ` prefixes.
+    let js: JsOptions =
+        serde_wasm_bindgen::from_value(o.clone()).map_err(|e| format!("generate(): {}", e.to_string().replace("Error: ", "")))?;
     let size = |name: &str, v: Option<f64>| -> std::result::Result<usize, String> {
         // Multiples of the decoder's scale factor are checked by the pipeline, which knows it.
         Ok(integer(name, v.unwrap_or(512.0), 1.0, 16384.0)? as usize)
@@ -143,6 +164,12 @@ async fn image_to_js(image: Tensor<4>) -> std::result::Result<JsValue, JsError> 
     Ok(out.into())
 }
 
+/// A one-element 0/1 flag from the GPU (asynchronous read-back).
+async fn read_flag(t: Tensor<1>) -> std::result::Result<bool, JsError> {
+    let data = t.into_data_async().await.map_err(|e| JsError::new(&format!("GPU read-back: {e:?}")))?;
+    Ok(data.convert::<f32>().try_to_vec::<f32>().map_err(|e| JsError::new(&format!("GPU read-back: {e:?}")))?[0] > 0.5)
+}
+
 /// Awaits `f(args)` if it returned a Promise (the worker yields to its event loop there).
 async fn call(f: &Function, args: &[JsValue]) -> std::result::Result<JsValue, JsError> {
     let arr = js_sys::Array::new();
@@ -156,43 +183,40 @@ async fn call(f: &Function, args: &[JsValue]) -> std::result::Result<JsValue, Js
     }
 }
 
-mod wired {
-    use super::*;
-    use crate::pipeline::Pipeline;
+pub struct Loaded(pub Rc<Pipeline>);
 
-    pub struct Loaded(pub Rc<Pipeline>);
-
-    impl Loaded {
-        pub fn build(files: &MemorySource, weights: BTreeMap<String, Weights>, device: &Device, dtype: DType) -> Result<Self> {
-            Ok(Self(Rc::new(Pipeline::from_parts(files, weights, device, dtype)?)))
-        }
-    }
-
-    pub async fn run(
-        state: Rc<RefCell<State>>,
-        opts: GenerateOptions,
-        on_step: Function,
-        is_cancelled: Function,
-    ) -> std::result::Result<JsValue, JsError> {
-        let pipeline =
-            state.borrow().pipeline.as_ref().map(|l| l.0.clone()).ok_or_else(|| JsError::new("no model loaded"))?;
-        let mut generation = pipeline.start(&opts).map_err(|e| JsError::new(&e.to_string()))?;
-        let total = generation.total_steps();
-        let mut i = 0;
-        while !generation.is_done() {
-            if call(&is_cancelled, &[]).await?.is_truthy() {
-                return Err(JsError::new("cancelled"));
-            }
-            generation.step().map_err(|e| JsError::new(&e.to_string()))?;
-            i += 1;
-            let preview = match generation.preview() {
-                Some(p) => image_to_js(p).await?,
-                None => JsValue::NULL,
-            };
-            call(&on_step, &[(i as u32).into(), (total as u32).into(), preview]).await?;
-        }
-        image_to_js(generation.decode()).await
+impl Loaded {
+    pub fn build(files: &MemorySource, weights: BTreeMap<String, Weights>, device: &Device, dtype: DType) -> Result<Self> {
+        Ok(Self(Rc::new(crate::web::from_parts(files, weights, device, dtype)?)))
     }
 }
 
-pub use wired::{Loaded, run};
+pub async fn run(
+    state: Rc<RefCell<State>>,
+    opts: GenerateOptions,
+    on_step: Function,
+    is_cancelled: Function,
+) -> std::result::Result<JsValue, JsError> {
+    let pipeline =
+        state.borrow().pipeline.as_ref().map(|l| l.0.clone()).ok_or_else(|| JsError::new("no model loaded"))?;
+    let mut generation = pipeline.start(&opts).map_err(|e| JsError::new(&e.to_string()))?;
+    let total = generation.total_steps();
+    let mut i = 0;
+    while !generation.is_done() {
+        if call(&is_cancelled, &[]).await?.is_truthy() {
+            return Err(JsError::new("cancelled"));
+        }
+        generation.step().map_err(|e| JsError::new(&e.to_string()))?;
+        i += 1;
+        let preview = match generation.preview() {
+            Some(p) => image_to_js(p).await?,
+            None => JsValue::NULL,
+        };
+        call(&on_step, &[(i as u32).into(), (total as u32).into(), preview]).await?;
+    }
+    let out = generation.finish();
+    let (latents_ok, pixels_ok) = (read_flag(out.latents_finite).await?, read_flag(out.pixels_finite).await?);
+    pipeline.check_finite(latents_ok, pixels_ok).map_err(|e| JsError::new(&e.to_string()))?;
+    image_to_js(out.image).await
+}
+

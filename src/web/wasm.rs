@@ -1,0 +1,269 @@
+//! Browser entry points (wasm32 only): the `Inkstone` object the JS worker drives.
+//!
+//! The worker (pkg/worker.js) does the networking and IndexedDB caching in JS and hands bytes
+//! over: small files (configs, tokenizer) whole via [`Inkstone::add_file`], weight files as a
+//! stream of pieces via [`Inkstone::begin_weights`] / [`Inkstone::feed`] /
+//! [`Inkstone::end_weights`]. Each tensor is converted and created on the GPU as soon as its
+//! bytes are complete, so a model file is never whole in the wasm heap.
+
+mod generate;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use burn::tensor::wgpu::{WgpuBackend, wgpu};
+use burn::tensor::{DType, Device, Tensor};
+use wasm_bindgen::prelude::*;
+
+use crate::source::MemorySource;
+use crate::weights::{Header, TensorStream, Weights, tensor_data};
+
+/// Flattened device tensors of one component, with their stored shapes.
+type Uploaded = BTreeMap<String, (Vec<usize>, Tensor<1>)>;
+
+/// A weight file being streamed in.
+struct Incoming {
+    component: String,
+    stream: TensorStream,
+    /// The dtype its tensors are created in (f32 for a `force_upcast` VAE in an f16 load).
+    dtype: DType,
+}
+
+pub(crate) struct State {
+    device: Device,
+    /// The working float dtype of the model being loaded: F16 on `shader-f16` GPUs.
+    dtype: DType,
+    /// Configs, tokenizer files and `*.index.json`: everything but weights.
+    files: MemorySource,
+    uploaded: BTreeMap<String, Uploaded>,
+    /// Weight file paths per component, for error messages.
+    weight_files: BTreeMap<String, Vec<String>>,
+    incoming: Option<Incoming>,
+    pipeline: Option<generate::Loaded>,
+    /// The device's `maxStorageBufferBindingSize`: no tensor may be bigger.
+    max_binding: u64,
+}
+
+/// One WebGPU device plus the model loaded onto it.
+#[wasm_bindgen]
+pub struct Inkstone {
+    state: Rc<RefCell<State>>,
+    gpu: String,
+}
+
+fn js_err(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+#[wasm_bindgen]
+impl Inkstone {
+    /// Initialises WebGPU (asynchronously: the browser has no blocking adapter request) and
+    /// keeps the one device every tensor will live on.
+    pub async fn init() -> Result<Inkstone, JsError> {
+        console_error_panic_hook::set_once();
+        let (device, setup) = Device::wgpu_options()
+            .graphics_api(WgpuBackend::WebGpu)
+            .init_with_setup_async()
+            .await
+            .map_err(|e| js_err(format!("WebGPU initialisation failed: {e}")))?;
+        // cubecl requests the adapter's own limits (not WebGPU's defaults) for the device.
+        let limits = setup.device.limits();
+        let info = setup.adapter.get_info();
+        let gpu = serde_json::json!({
+            "adapter": info.name,
+            "vendor": info.vendor,
+            "architecture": info.driver,
+            "backend": format!("{:?}", setup.backend),
+            "shaderF16": setup.adapter.features().contains(wgpu::Features::SHADER_F16),
+            "maxBufferSize": limits.max_buffer_size,
+            "maxStorageBufferBindingSize": limits.max_storage_buffer_binding_size,
+            "maxComputeWorkgroupStorageSize": limits.max_compute_workgroup_storage_size,
+            "maxComputeInvocationsPerWorkgroup": limits.max_compute_invocations_per_workgroup,
+        })
+        .to_string();
+        let state = State {
+            device,
+            dtype: DType::F32,
+            files: MemorySource { name: "model".into(), files: BTreeMap::new() },
+            uploaded: BTreeMap::new(),
+            weight_files: BTreeMap::new(),
+            incoming: None,
+            pipeline: None,
+            max_binding: limits.max_storage_buffer_binding_size as u64,
+        };
+        Ok(Inkstone { state: Rc::new(RefCell::new(state)), gpu })
+    }
+
+    /// The adapter's name, limits and `shader-f16` support, as JSON.
+    #[wasm_bindgen(getter)]
+    pub fn gpu(&self) -> String {
+        self.gpu.clone()
+    }
+
+    /// The float dtype a load with `requested` (`"auto"`, `"f16"` or `"f32"`) runs in: auto is
+    /// f16 where the GPU has `shader-f16` (half the memory and bandwidth), f32 otherwise.
+    /// Asking for f16 on a GPU without it is an error, before anything is downloaded.
+    #[wasm_bindgen(js_name = resolveDtype)]
+    pub fn resolve_dtype(&self, requested: &str) -> Result<String, JsError> {
+        let f16 = self.state.borrow().device.supports_dtype(DType::F16);
+        match requested {
+            "auto" => Ok(if f16 { "f16" } else { "f32" }.into()),
+            "f32" => Ok("f32".into()),
+            "f16" if f16 => Ok("f16".into()),
+            "f16" => Err(js_err(
+                "dtype 'f16' needs a GPU with the WebGPU feature shader-f16, which this adapter lacks; \
+                 load with dtype 'f32' (or 'auto', which picks f32 here)",
+            )),
+            other => Err(js_err(format!("dtype {other:?}: expected 'auto', 'f16' or 'f32'"))),
+        }
+    }
+
+    /// Forgets the loaded model (before loading another one) and sets the dtype the next one is
+    /// uploaded in (`"f16"` or `"f32"`, as [`Inkstone::resolve_dtype`] returned).
+    pub fn reset(&self, name: &str, dtype: &str) -> Result<(), JsError> {
+        let dtype = match self.resolve_dtype(dtype)?.as_str() {
+            "f16" => DType::F16,
+            _ => DType::F32,
+        };
+        let mut s = self.state.borrow_mut();
+        s.dtype = dtype;
+        s.files = MemorySource { name: name.into(), files: BTreeMap::new() };
+        s.uploaded.clear();
+        s.weight_files.clear();
+        s.incoming = None;
+        s.pipeline = None;
+        Ok(())
+    }
+
+    /// A small non-weight file of the model folder (`unet/config.json`, `tokenizer/vocab.json`).
+    #[wasm_bindgen(js_name = addFile)]
+    pub fn add_file(&self, path: &str, bytes: Vec<u8>) {
+        self.state.borrow_mut().files.files.insert(path.to_string(), bytes.into());
+    }
+
+    /// Starts streaming weight file `path` of `component`, given at least its first
+    /// [`header_len`] bytes and its total length. Validates the header (the error names the file).
+    #[wasm_bindgen(js_name = beginWeights)]
+    pub fn begin_weights(&self, component: &str, path: &str, prefix: &[u8], file_len: f64) -> Result<(), JsError> {
+        let header = Header::parse(path, prefix, file_len as u64).map_err(js_err)?;
+        let stream = TensorStream::new(path, &header, file_len as u64);
+        let mut s = self.state.borrow_mut();
+        // Configs come first in the plan, so the component's config.json is here already.
+        let dtype = crate::folder::component_dtype(&s.files, component, s.dtype).map_err(js_err)?;
+        s.uploaded.entry(component.to_string()).or_default();
+        s.weight_files.entry(component.to_string()).or_default().push(path.to_string());
+        s.incoming = Some(Incoming { component: component.to_string(), stream, dtype });
+        Ok(())
+    }
+
+    /// The next bytes of the current weight file, in order, from its first byte.
+    pub fn feed(&self, bytes: &[u8]) -> Result<(), JsError> {
+        let mut guard = self.state.borrow_mut();
+        let State { device, uploaded, incoming, max_binding, .. } = &mut *guard;
+        let incoming = incoming.as_mut().ok_or_else(|| js_err("feed() without beginWeights()"))?;
+        let target = uploaded.get_mut(&incoming.component).expect("created by beginWeights");
+        incoming
+            .stream
+            .feed(bytes, |key, info, raw| {
+                // Never run by the pipeline (and I64 in transformers-4 files): not uploaded.
+                if crate::folder::is_unused_extra(&incoming.component, key) {
+                    return Ok(());
+                }
+                let n: usize = info.shape.iter().product();
+                let dtype = incoming.dtype;
+                check_binding(&incoming.component, key, n * dtype.size(), dtype, *max_binding)?;
+                let data = tensor_data(&incoming.component, key, info.dtype, raw, vec![n], dtype)?;
+                let t = Tensor::<1>::from_data(data, (&*device, dtype));
+                target.insert(key.to_string(), (info.shape.clone(), t));
+                Ok(())
+            })
+            .map_err(js_err)
+    }
+
+    /// Ends the current weight file; errors if it was incomplete.
+    #[wasm_bindgen(js_name = endWeights)]
+    pub fn end_weights(&self) -> Result<(), JsError> {
+        let incoming = self.state.borrow_mut().incoming.take().ok_or_else(|| js_err("no weight file open"))?;
+        incoming.stream.finish().map_err(js_err)
+    }
+
+    /// Builds the pipeline from the added files and uploaded tensors. Errors name the file and
+    /// tensor (missing, wrong shape, leftover).
+    pub fn build(&self) -> Result<String, JsError> {
+        let mut guard = self.state.borrow_mut();
+        let s = &mut *guard;
+        let weights = std::mem::take(&mut s.uploaded)
+            .into_iter()
+            .map(|(component, tensors)| {
+                let name = s.weight_files.get(&component).map(|f| f.join(", ")).unwrap_or_default();
+                Ok((component, Weights::from_tensors(name, tensors, &s.device)?))
+            })
+            .collect::<crate::Result<BTreeMap<String, Weights>>>()
+            .map_err(js_err)?;
+        let summary = serde_json::json!({
+            "components": weights.iter().map(|(k, w)| (k.clone(), w.keys().count())).collect::<BTreeMap<_, _>>(),
+            "dtype": if s.dtype == DType::F16 { "f16" } else { "f32" },
+        });
+        s.pipeline = Some(generate::Loaded::build(&s.files, weights, &s.device, s.dtype).map_err(js_err)?);
+        Ok(summary.to_string())
+    }
+
+    /// Runs one generation. `options` is the JS options object (prompt, negativePrompt, steps,
+    /// guidance, seed, width, height, latents); `on_step(i, total, preview)` is called after each
+    /// step and may return a Promise (the worker yields there so a cancel message can arrive);
+    /// `is_cancelled()` is checked between steps. Resolves to `{ width, height, pixels }`.
+    pub fn generate(
+        &self,
+        options: JsValue,
+        on_step: js_sys::Function,
+        is_cancelled: js_sys::Function,
+    ) -> js_sys::Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let opts = generate::options_from_js(&options).map_err(|e| JsValue::from(js_err(e)))?;
+            generate::run(state, opts, on_step, is_cancelled).await.map_err(JsValue::from)
+        })
+    }
+}
+
+/// A tensor larger than one storage binding cannot be used by any kernel on this device.
+fn check_binding(file: &str, key: &str, bytes: usize, dtype: DType, max: u64) -> crate::Result<()> {
+    if bytes as u64 <= max {
+        return Ok(());
+    }
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    let advice = if dtype == DType::F16 { "" } else { "load with dtype 'f16' where the GPU has shader-f16, or " };
+    Err(crate::Error::InvalidArgument(format!(
+        "{file}: tensor `{key}` is {:.1} MiB in {dtype:?}, more than this GPU's largest storage binding ({:.1} MiB); \
+         {advice}use a browser/GPU that offers higher WebGPU limits",
+        mb(bytes as u64),
+        mb(max)
+    )))
+}
+
+/// One round of the model-folder plan ([`crate::folder::plan_step`]): `known` is the JSON of a
+/// [`crate::folder::KnownFiles`] (sizes probed so far, texts of the JSON files read), `dtype`
+/// the load's (`"f16"` / `"f32"`). Returns the JSON of a [`crate::folder::PlanStep`]: the paths
+/// to probe and read next, or the finished plan (files in load order, skipped components).
+#[wasm_bindgen(js_name = planModel)]
+pub fn plan_model(known: &str, dtype: &str) -> Result<String, JsError> {
+    let known: crate::folder::KnownFiles = serde_json::from_str(known).map_err(js_err)?;
+    let dtype = if dtype == "f16" { DType::F16 } else { DType::F32 };
+    let step = crate::folder::plan_step(&known, dtype).map_err(js_err)?;
+    serde_json::to_string(&step).map_err(js_err)
+}
+
+/// Bytes needed from the start of a safetensors file to parse its header (`undefined` if fewer
+/// than 8 bytes were given).
+#[wasm_bindgen(js_name = headerLength)]
+pub fn header_length(prefix: &[u8]) -> Option<f64> {
+    Header::needed_len(prefix).map(|n| n as f64)
+}
+
+/// Validates a safetensors header without a device (the worker checks every download before
+/// caching it). Errors name the file.
+#[wasm_bindgen(js_name = checkSafetensors)]
+pub fn check_safetensors(path: &str, prefix: &[u8], file_len: f64) -> Result<u32, JsError> {
+    Header::parse(path, prefix, file_len as u64).map(|h| h.tensors.len() as u32).map_err(js_err)
+}
