@@ -142,7 +142,7 @@ impl Inkstone {
     #[wasm_bindgen(js_name = beginWeights)]
     pub fn begin_weights(&self, component: &str, path: &str, prefix: &[u8], file_len: f64) -> Result<(), JsError> {
         let header = Header::parse(path, prefix, file_len as u64).map_err(js_err)?;
-        let stream = TensorStream::new(path, &header, file_len as u64);
+        let stream = TensorStream::new(path, &header, file_len as u64).map_err(js_err)?;
         let mut s = self.state.borrow_mut();
         s.uploaded.entry(component.to_string()).or_default();
         s.weight_files.entry(component.to_string()).or_default().push(path.to_string());
