@@ -9,4 +9,6 @@ use inkstone_fuzz::checks;
 static TOKENIZERS: LazyLock<Vec<PromptTokenizer>> =
     LazyLock::new(|| checks::tokenizers(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")));
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::prompt(&TOKENIZERS, data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    checks::prompt(&TOKENIZERS, data);
+});

@@ -14,7 +14,7 @@ use inkstone::config::{
     TokenizerConfig, UNet2DConditionConfig, from_json,
 };
 use inkstone::source::DirSource;
-use inkstone::text::{PromptTokenizer, TokenizerKind};
+use inkstone::text::{Encoded, PromptTokenizer, TokenizerKind};
 use inkstone::weights::{Header, SafetensorsFile, TensorStream};
 
 /// The name every fuzzed safetensors file goes by; each error must contain it.
@@ -94,16 +94,16 @@ pub fn within<T>(budget: usize, f: impl FnOnce() -> T) -> (T, usize) {
 
 /// What parsing `len` input bytes may cost: JSON trees take tens of bytes per input byte
 /// (a `serde_json::Value` is 32 bytes, a `[0,0,...]` element 2 input bytes), never more.
-pub fn budget(len: usize, per_byte: usize) -> usize {
-    (1 << 20) + len.saturating_mul(per_byte)
+pub fn parse_budget(len: usize) -> usize {
+    (1 << 20) + len.saturating_mul(64)
 }
 
-/// Bytes of allocation allowed per input byte for header and config parsing.
-pub const PARSE_BYTES_PER_BYTE: usize = 64;
-
-/// The same for tokenizing a prompt (normalised copies with per-byte alignments, offsets,
-/// pre-token splits, the word cache).
-pub const TOKENIZE_BYTES_PER_BYTE: usize = 1024;
+/// What tokenizing a prompt of `len` bytes may cost: normalised copies with per-byte
+/// alignments, offsets and pre-token splits, plus the regex engines' lazy DFA caches, which grow
+/// up to a fixed capacity (2 MiB each) as new inputs reach new states.
+pub fn tokenize_budget(len: usize) -> usize {
+    (32 << 20) + len.saturating_mul(1024)
+}
 
 /// Deterministic pseudo-random numbers (xorshift64*): chunk sizes, and the smoke mutator.
 pub struct Rng(pub u64);
@@ -133,9 +133,9 @@ fn assert_names(e: &inkstone::Error, file: &str) {
 // safetensors
 
 /// `data` as a whole safetensors file: parse it, check the result against the format's rules
-/// and against the `safetensors` crate.
-pub fn header(data: &[u8]) {
-    let (ours, _) = within(budget(data.len(), PARSE_BYTES_PER_BYTE), || Header::parse(FILE, data, data.len() as u64));
+/// and against the `safetensors` crate. Returns whether the file is valid.
+pub fn header(data: &[u8]) -> bool {
+    let (ours, _) = within(parse_budget(data.len()), || Header::parse(FILE, data, data.len() as u64));
     match &ours {
         Err(e) => assert_names(e, FILE),
         Ok(h) => check_layout(h, data.len()),
@@ -152,6 +152,7 @@ pub fn header(data: &[u8]) {
         }
         (Err(_), Err(_)) => {}
     }
+    ours.is_ok()
 }
 
 /// The dtypes `Header::parse` knows (the `safetensors` crate also has F4, F6_*, F8_E8M0, C64).
@@ -186,22 +187,24 @@ fn same_as_crate(h: &Header, st: &safetensors::SafeTensors) {
 
 /// First 8 bytes: the seed of the chunk sizes; the rest: a safetensors file, parsed whole and
 /// streamed in random pieces from a header parsed on a prefix. Both must agree: the same
-/// tensors with the same bytes, or the same error.
-pub fn stream(data: &[u8]) {
+/// tensors with the same bytes, or the same error. Returns whether the file is valid.
+pub fn stream(data: &[u8]) -> bool {
     let (seed, file) = if data.len() >= 8 { data.split_at(8) } else { (&[][..], data) };
     let seed = seed.iter().fold(0u64, |a, &b| a << 8 | b as u64);
     let whole = SafetensorsFile::from_bytes(FILE, file.to_vec());
-    let (streamed, _) = within(budget(file.len(), PARSE_BYTES_PER_BYTE), || stream_pieces(file, seed));
+    let (streamed, _) = within(parse_budget(file.len()), || stream_pieces(file, seed));
     match (whole, streamed) {
         (Ok(f), Ok(got)) => {
             assert_eq!(got.len(), f.header.tensors.len(), "tensors streamed");
             for (key, info) in &f.header.tensors {
                 assert_eq!(got[key], f.raw(info), "{key}: streamed bytes");
             }
+            true
         }
         (Err(a), Err(b)) => {
             assert_names(&b, FILE);
             assert_eq!(a.to_string(), b.to_string(), "whole-file and streamed errors differ");
+            false
         }
         (Ok(_), Err(e)) => panic!("streaming rejects a valid file: {e}"),
         (Err(e), Ok(_)) => panic!("streaming accepts a file the full parse rejects: {e}"),
@@ -256,9 +259,11 @@ const VAE: &str = "vae/config.json";
 const SCHEDULER: &str = "scheduler/scheduler_config.json";
 
 /// Every config parser (and what loading derives from a validated config) on the same bytes.
-pub fn configs(data: &[u8]) {
-    within(budget(data.len(), PARSE_BYTES_PER_BYTE), || {
-        named(ModelIndex::from_json(data).map(drop), "model_index.json");
+/// Returns how many accepted them.
+pub fn configs(data: &[u8]) -> usize {
+    let (accepted, _) = within(parse_budget(data.len()), || {
+        [
+        named(ModelIndex::from_json(data).map(drop), "model_index.json"),
         named(
             from_json::<UNet2DConditionConfig>(UNET, data).and_then(|c| {
                 c.validate()?;
@@ -267,10 +272,10 @@ pub fn configs(data: &[u8]) {
                 Ok(())
             }),
             UNET,
-        );
-        named(from_json::<ClipTextConfig>(TEXT, data).and_then(|c| c.validate()), TEXT);
-        named(from_json::<BertConfig>(TEXT, data).and_then(|c| c.validate()), TEXT);
-        named(from_json::<TokenizerConfig>(TOKENIZER, data).map(drop), TOKENIZER);
+        ),
+        named(from_json::<ClipTextConfig>(TEXT, data).and_then(|c| c.validate()), TEXT),
+        named(from_json::<BertConfig>(TEXT, data).and_then(|c| c.validate()), TEXT),
+        named(from_json::<TokenizerConfig>(TOKENIZER, data).map(drop), TOKENIZER),
         named(
             from_json::<AutoencoderTinyConfig>(VAE, data).and_then(|c| {
                 c.validate()?;
@@ -278,7 +283,7 @@ pub fn configs(data: &[u8]) {
                 Ok(())
             }),
             VAE,
-        );
+        ),
         named(
             from_json::<AutoencoderKLConfig>(VAE, data).and_then(|c| {
                 c.validate()?;
@@ -286,15 +291,19 @@ pub fn configs(data: &[u8]) {
                 Ok(())
             }),
             VAE,
-        );
-        named(SchedulerConfig::from_json(data).map(drop), SCHEDULER);
+        ),
+        named(SchedulerConfig::from_json(data).map(drop), SCHEDULER),
+        ]
+        .into_iter()
+        .filter(|&ok| ok)
+        .count()
     });
+    accepted
 }
 
-fn named(r: inkstone::Result<()>, file: &str) {
-    if let Err(e) = r {
-        assert_names(&e, file);
-    }
+/// Whether `r` is `Ok`; an error must name `file`.
+fn named(r: inkstone::Result<()>, file: &str) -> bool {
+    r.map_err(|e| assert_names(&e, file)).is_ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -314,12 +323,13 @@ pub fn tokenizers(fixtures: &Path) -> Vec<PromptTokenizer> {
 
 /// First byte: which tokenizer; the rest: the prompt (invalid UTF-8 replaced, as a browser's
 /// TextDecoder would). The encoding must be exactly `max_length` long, start and end with the
-/// special tokens, pad only at the end, and report truncation consistently.
-pub fn prompt(toks: &[PromptTokenizer], data: &[u8]) {
-    let Some((&which, rest)) = data.split_first() else { return };
+/// special tokens, pad only at the end, and report truncation consistently. Returns the
+/// encoding and the peak allocation.
+pub fn prompt(toks: &[PromptTokenizer], data: &[u8]) -> Option<(Encoded, usize)> {
+    let (&which, rest) = data.split_first()?;
     let tok = &toks[which as usize % toks.len()];
     let text = String::from_utf8_lossy(rest);
-    let (enc, _) = within(budget(text.len(), TOKENIZE_BYTES_PER_BYTE), || tok.encode(&text));
+    let (enc, peak) = within(tokenize_budget(text.len()), || tok.encode(&text));
     let enc = enc.unwrap_or_else(|e| panic!("encoding failed: {e}"));
     let n = tok.max_length();
     assert_eq!((enc.ids.len(), enc.attention_mask.len()), (n, n), "encoded length");
@@ -333,4 +343,5 @@ pub fn prompt(toks: &[PromptTokenizer], data: &[u8]) {
     assert!(real >= 2, "no room for the special tokens");
     assert_eq!((enc.ids[0], enc.ids[real - 1]), (id(bos), id(eos)), "special tokens");
     assert!(enc.truncated == 0 || real == n, "truncated {} tokens but padded", enc.truncated);
+    Some((enc, peak))
 }
