@@ -61,12 +61,22 @@ impl AutoencoderTinyConfig {
             "num_decoder_blocks",
             &self.num_decoder_blocks,
         )?;
-        ensure(self.upsampling_scaling_factor >= 1, FILE, "upsampling_scaling_factor", self.upsampling_scaling_factor)
+        ensure(self.upsampling_scaling_factor >= 1, FILE, "upsampling_scaling_factor", self.upsampling_scaling_factor)?;
+        // An image size must be computable from it (fuzzing found an overflow here).
+        ensure(self.checked_scale_factor().is_some(), FILE, "decoder_block_out_channels", &self.decoder_block_out_channels)
+    }
+
+    fn checked_scale_factor(&self) -> Option<usize> {
+        let upsamples = u32::try_from(self.decoder_block_out_channels.len().checked_sub(1)?).ok()?;
+        self.upsampling_scaling_factor.checked_pow(upsamples)
     }
 
     /// Pixels per latent along one side: every block but the last upsamples.
+    ///
+    /// # Panics
+    /// On a config [`Self::validate`] rejects.
     pub fn scale_factor(&self) -> usize {
-        self.upsampling_scaling_factor.pow(self.decoder_block_out_channels.len() as u32 - 1)
+        self.checked_scale_factor().expect("validated config")
     }
 }
 
@@ -123,14 +133,24 @@ impl AutoencoderKLConfig {
         for t in &self.up_block_types {
             ensure(t == "UpDecoderBlock2D", FILE, "up_block_types", t)?;
         }
+        ensure(self.norm_num_groups > 0, FILE, "norm_num_groups", self.norm_num_groups)?;
         for &c in &self.block_out_channels {
             ensure(c % self.norm_num_groups == 0, FILE, "norm_num_groups", self.norm_num_groups)?;
         }
-        Ok(())
+        // An image size must be computable from it (fuzzing found an overflow here).
+        ensure(self.checked_scale_factor().is_some(), FILE, "block_out_channels", &self.block_out_channels)
+    }
+
+    fn checked_scale_factor(&self) -> Option<usize> {
+        let upsamples = u32::try_from(self.block_out_channels.len().checked_sub(1)?).ok()?;
+        1usize.checked_shl(upsamples)
     }
 
     /// Pixels per latent along one side: every up block but the last doubles the size.
+    ///
+    /// # Panics
+    /// On a config [`Self::validate`] rejects.
     pub fn scale_factor(&self) -> usize {
-        1 << (self.block_out_channels.len() - 1)
+        self.checked_scale_factor().expect("validated config")
     }
 }

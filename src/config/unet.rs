@@ -177,7 +177,7 @@ impl UNet2DConditionConfig {
         ensure(!self.dual_cross_attention, FILE, "dual_cross_attention", self.dual_cross_attention)?;
         ensure(!self.resnet_skip_time_act, FILE, "resnet_skip_time_act", self.resnet_skip_time_act)?;
         ensure(!self.class_embeddings_concat, FILE, "class_embeddings_concat", self.class_embeddings_concat)?;
-        ensure(self.norm_num_groups.is_some(), FILE, "norm_num_groups", self.norm_num_groups)?;
+        ensure(self.norm_num_groups.is_some_and(|g| g > 0), FILE, "norm_num_groups", self.norm_num_groups)?;
         ensure(self.conv_in_kernel % 2 == 1, FILE, "conv_in_kernel", self.conv_in_kernel)?;
         ensure(self.conv_out_kernel % 2 == 1, FILE, "conv_out_kernel", self.conv_out_kernel)?;
         if let TransformerLayers::PerLayer(v) = &self.transformer_layers_per_block {
