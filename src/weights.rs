@@ -135,7 +135,9 @@ impl Header {
         let mut metadata = BTreeMap::new();
         for (key, value) in raw {
             if key == "__metadata__" {
-                metadata = serde_json::from_value(value)
+                // `null` is no metadata, as the `safetensors` crate reads it.
+                metadata = serde_json::from_value::<Option<_>>(value)
+                    .map(Option::unwrap_or_default)
                     .map_err(|e| corrupt(format!("`__metadata__` is not a string map: {e}")))?;
                 continue;
             }

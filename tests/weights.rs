@@ -380,3 +380,13 @@ fn every_committed_safetensors_fixture_is_valid() {
     println!("{n} committed safetensors files valid");
     assert!(n > 40, "only {n} fixtures found");
 }
+
+#[test]
+fn null_metadata_is_no_metadata_as_in_the_safetensors_crate() {
+    let bytes = wrap(r#"{"__metadata__":null,"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#, &[9]);
+    assert!(safetensors::SafeTensors::deserialize(&bytes).is_ok());
+    let file = SafetensorsFile::from_bytes("x", bytes).unwrap();
+    assert!(file.header.metadata.is_empty());
+    let msg = err_of(SafetensorsFile::from_bytes("x", wrap(r#"{"__metadata__":{"a":1}}"#, &[])));
+    assert!(msg.contains("`__metadata__` is not a string map"), "{msg}");
+}
