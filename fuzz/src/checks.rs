@@ -258,9 +258,13 @@ const TOKENIZER: &str = "tokenizer/tokenizer_config.json";
 const VAE: &str = "vae/config.json";
 const SCHEDULER: &str = "scheduler/scheduler_config.json";
 
+/// The parsers [`configs`] runs, in the order of the bits it returns.
+pub const CONFIG_PARSERS: [&str; 8] =
+    ["model_index", "unet", "clip_text", "bert", "tokenizer_config", "autoencoder_tiny", "autoencoder_kl", "scheduler"];
+
 /// Every config parser (and what loading derives from a validated config) on the same bytes.
-/// Returns how many accepted them.
-pub fn configs(data: &[u8]) -> usize {
+/// Returns which accepted them: bit `i` for `CONFIG_PARSERS[i]`.
+pub fn configs(data: &[u8]) -> u8 {
     let (accepted, _) = within(parse_budget(data.len()), || {
         [
         named(ModelIndex::from_json(data).map(drop), "model_index.json"),
@@ -295,8 +299,8 @@ pub fn configs(data: &[u8]) -> usize {
         named(SchedulerConfig::from_json(data).map(drop), SCHEDULER),
         ]
         .into_iter()
-        .filter(|&ok| ok)
-        .count()
+        .enumerate()
+        .fold(0, |bits, (i, ok)| bits | (ok as u8) << i)
     });
     accepted
 }
