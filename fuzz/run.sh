@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target for RUNS executions (default 1,000,000) from seed corpora made of
 # the committed fixtures, and prints libFuzzer's final stats. Figures: docs/reliability.md.
-# Usage: fuzz/run.sh [target...]     (RUNS=N, CORPUS=dir to keep the grown corpora elsewhere)
+# Usage: fuzz/run.sh [target...]     (RUNS=N, LONG_RUNS=N for tokenizer_long, the long-prompt
+#        pass; CORPUS=dir to keep the grown corpora elsewhere)
 set -euo pipefail
 cd "$(dirname "$0")"
 RUNS=${RUNS:-1000000}
@@ -14,7 +15,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 fixtures=../tests/fixtures
 
 seed() {  # seed <target>: fill $CORPUS/<target> from the fixtures (once)
-  local dir=$CORPUS/$1
+  local dir=$CORPUS/$1 f c i p t
   [ -d "$dir" ] && return
   mkdir -p "$dir"
   case $1 in
@@ -32,22 +33,38 @@ seed() {  # seed <target>: fill $CORPUS/<target> from the fixtures (once)
       i=0; for p in 'a photo of a cat' '床前明月光，疑是地上霜' '你好，世界！（测试）「引号」🐱🎨 emoji：ok？' \
                    '  A   PHOTO	of a Café  naïve CAT' 'hi!! wow! <|endoftext|> <|ENDOFTEXT|> [SEP] [cls]'; do
         for t in 0 1 2 3; do printf "\\x0$t%s" "$p" >"$dir/$((i++))"; done; done ;;
+    tokenizer_long)  # the tokenizer target on 256 KiB - 1 MiB prompts: words, CJK, binary junk
+      for t in 0 1 2 3; do
+        { printf "\\x0$t"; yes 'a photo of a cat,' | head -c 1048576 || true; } >"$dir/words$t"
+        { printf "\\x0$t"; yes '床前明月光，疑是地上霜' | head -c 524288 || true; } >"$dir/cjk$t"
+        { printf "\\x0$t"; head -c 262144 $fixtures/tiny-sd/unet/diffusion_pytorch_model.safetensors; } >"$dir/binary$t"
+      done ;;
   esac
 }
 
-max_len() {
-  case $1 in configs) echo 16384 ;; *) echo 65536 ;; esac
+# Per run: the binary, and libFuzzer options beyond the common ones. libFuzzer grows inputs
+# gradually up to -max_len; the long-prompt pass starts from long seeds at full length.
+binary() { case $1 in tokenizer_long) echo tokenizer ;; *) echo "$1" ;; esac; }
+options() {
+  case $1 in
+    configs) echo -max_len=16384 ;;
+    tokenizer_long) echo -max_len=1100000 -len_control=0 ;;
+    *) echo -max_len=65536 ;;
+  esac
 }
 
 cargo fuzz build -s none
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(safetensors_header tensor_stream configs tokenizer)
+[ ${#targets[@]} -gt 0 ] || targets=(safetensors_header tensor_stream configs tokenizer tokenizer_long)
 for t in "${targets[@]}"; do
   seed "$t"
-  echo "== $t: $RUNS runs"
+  runs=$RUNS
+  [ "$t" != tokenizer_long ] || runs=${LONG_RUNS:-500}
+  echo "== $t: $runs runs"
   start=$(date +%s)
   set +e
-  cargo fuzz run -s none "$t" "$CORPUS/$t" -- -runs="$RUNS" -max_len="$(max_len "$t")" -dict=json.dict \
+  # shellcheck disable=SC2046
+  cargo fuzz run -s none "$(binary "$t")" "$CORPUS/$t" -- -runs="$runs" $(options "$t") -dict=json.dict \
     -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 >"$CORPUS/$t.log" 2>&1
   rc=$?
   set -e
