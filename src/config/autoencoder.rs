@@ -62,7 +62,7 @@ impl AutoencoderTinyConfig {
             &self.num_decoder_blocks,
         )?;
         ensure(self.upsampling_scaling_factor >= 1, FILE, "upsampling_scaling_factor", self.upsampling_scaling_factor)?;
-        // An image size must be computable from it (fuzzing found an overflow here).
+        // The image size derives from it: reject what would overflow (a fuzzed config can).
         ensure(self.checked_scale_factor().is_some(), FILE, "decoder_block_out_channels", &self.decoder_block_out_channels)
     }
 
@@ -137,7 +137,7 @@ impl AutoencoderKLConfig {
         for &c in &self.block_out_channels {
             ensure(c % self.norm_num_groups == 0, FILE, "norm_num_groups", self.norm_num_groups)?;
         }
-        // An image size must be computable from it (fuzzing found an overflow here).
+        // The image size derives from it: reject what would overflow (a fuzzed config can).
         ensure(self.checked_scale_factor().is_some(), FILE, "block_out_channels", &self.block_out_channels)
     }
 

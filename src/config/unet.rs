@@ -183,7 +183,7 @@ impl UNet2DConditionConfig {
         if let TransformerLayers::PerLayer(v) = &self.transformer_layers_per_block {
             return Err(Error::unsupported(FILE, "transformer_layers_per_block", format!("{v:?}")));
         }
-        // The timestep embedding is 4x the first level's width (an overflow fuzzing can reach).
+        // The timestep embedding is 4x the first level's width: reject what would overflow.
         ensure(self.block_out_channels[0].checked_mul(4).is_some(), FILE, "block_out_channels", &self.block_out_channels)?;
         let resolved = self.levels()?;
         for (i, level) in resolved.iter().enumerate() {
