@@ -244,7 +244,7 @@ fn stream_pieces(file: &[u8], seed: u64) -> inkstone::Result<BTreeMap<String, Ve
         }
     }
     s.finish()?;
-    let e = s.feed(&[0], |_, _, _| Ok(())).err().expect("bytes past the end accepted");
+    let e = s.feed(&[0], |_, _, _| Ok(())).expect_err("bytes past the end accepted");
     assert_names(&e, FILE);
     Ok(got)
 }
