@@ -127,22 +127,14 @@ impl Header {
             .get(8..data_start)
             .ok_or_else(|| corrupt(format!("need {data_start} bytes to read the header")))?;
         let json = std::str::from_utf8(json).map_err(|e| corrupt(format!("header is not UTF-8: {e}")))?;
-        let raw: BTreeMap<String, serde_json::Value> =
-            serde_json::from_str(json).map_err(|e| corrupt(format!("header is not a JSON object: {e}")))?;
+        let RawHeader { entries, metadata } = serde_json::from_str(json).map_err(|e| {
+            // Entry errors already say what is wrong and where; syntax errors need the context.
+            corrupt(if e.is_data() { e.to_string() } else { format!("header is not a JSON object: {e}") })
+        })?;
 
         let data_len = (file_len - 8 - n) as usize;
         let mut tensors = BTreeMap::new();
-        let mut metadata = BTreeMap::new();
-        for (key, value) in raw {
-            if key == "__metadata__" {
-                // `null` is no metadata, as the `safetensors` crate reads it.
-                metadata = serde_json::from_value::<Option<_>>(value)
-                    .map(Option::unwrap_or_default)
-                    .map_err(|e| corrupt(format!("`__metadata__` is not a string map: {e}")))?;
-                continue;
-            }
-            let entry: RawEntry = serde_json::from_value(value)
-                .map_err(|e| corrupt(format!("tensor `{key}`: bad header entry: {e}")))?;
+        for (key, entry) in entries {
             let dtype = StoredDtype::parse(&entry.dtype)
                 .ok_or_else(|| corrupt(format!("tensor `{key}`: unknown dtype {}", entry.dtype)))?;
             let [start, end] = entry.data_offsets;
@@ -213,6 +205,53 @@ fn check_coverage(file: &str, tensors: &BTreeMap<String, TensorInfo>, data_start
 
 fn bytes(n: usize) -> String {
     if n == 1 { "1 byte".into() } else { format!("{n} bytes") }
+}
+
+/// The header JSON read straight into entries (no intermediate `Value` tree, so a nested
+/// duplicate field is caught as the `safetensors` crate catches it), rejecting a key that
+/// appears twice: a JSON map would silently keep the last one.
+struct RawHeader {
+    entries: Vec<(String, RawEntry)>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl<'de> serde::Deserialize<'de> for RawHeader {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_map(RawHeaderVisitor)
+    }
+}
+
+struct RawHeaderVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RawHeaderVisitor {
+    type Value = RawHeader;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object of tensor entries")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawHeader, A::Error> {
+        use serde::de::Error as _;
+        let (mut entries, mut metadata, mut seen) = (Vec::new(), None, BTreeSet::new());
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(A::Error::custom(format!("`{key}` appears twice in the header")));
+            }
+            if key == "__metadata__" {
+                // `null` is no metadata, as the `safetensors` crate reads it.
+                let m: Option<BTreeMap<String, String>> = map
+                    .next_value()
+                    .map_err(|e| A::Error::custom(format!("`__metadata__` is not a string map: {e}")))?;
+                metadata = m;
+            } else {
+                let entry = map
+                    .next_value()
+                    .map_err(|e| A::Error::custom(format!("tensor `{key}`: bad header entry: {e}")))?;
+                entries.push((key, entry));
+            }
+        }
+        Ok(RawHeader { entries, metadata: metadata.unwrap_or_default() })
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -390,3 +390,19 @@ fn null_metadata_is_no_metadata_as_in_the_safetensors_crate() {
     let msg = err_of(SafetensorsFile::from_bytes("x", wrap(r#"{"__metadata__":{"a":1}}"#, &[])));
     assert!(msg.contains("`__metadata__` is not a string map"), "{msg}");
 }
+
+#[test]
+fn a_key_given_twice_is_an_error() {
+    // A JSON map would keep the last entry silently; the fuzzer found the crate and a
+    // map-based parse disagreeing on such a header. Both offsets are valid here.
+    let entry = r#"{"dtype":"U8","shape":[1],"data_offsets":[0,1]}"#;
+    let msg = err_of(SafetensorsFile::from_bytes("x", wrap(&format!(r#"{{"a":{entry},"a":{entry}}}"#), &[1])));
+    assert!(msg.starts_with("x: ") && msg.contains("`a` appears twice in the header"), "{msg}");
+    let msg = err_of(SafetensorsFile::from_bytes("x", wrap(r#"{"__metadata__":{},"__metadata__":{}}"#, &[])));
+    assert!(msg.contains("`__metadata__` appears twice"), "{msg}");
+    // A field given twice inside an entry is an error too (as in the crate).
+    let header = r#"{"a":{"dtype":"U8","dtype":"F32","shape":[1],"data_offsets":[0,1]}}"#;
+    let msg = err_of(SafetensorsFile::from_bytes("x", wrap(header, &[1])));
+    assert!(msg.contains("tensor `a`: bad header entry: duplicate field `dtype`"), "{msg}");
+    assert!(safetensors::SafeTensors::deserialize(&wrap(header, &[1])).is_err());
+}
