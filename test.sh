@@ -15,7 +15,13 @@ if ! command -v cargo >/dev/null; then
 fi
 
 echo "== native tests (cargo test, CPU backend)"
+# Includes tests/fuzz_smoke.rs: the fuzz oracles of fuzz/ on ~12k seeded mutations (seconds).
 cargo test --locked --lib --bins --tests -- --nocapture 2>&1
+# Opt-in libFuzzer run of every target (fuzz/run.sh; builds its own instrumented target dir).
+if [ -n "${INKSTONE_FUZZ_RUNS:-}" ]; then
+  echo "== fuzzing (cargo-fuzz, $INKSTONE_FUZZ_RUNS runs per target)"
+  RUNS=$INKSTONE_FUZZ_RUNS fuzz/run.sh
+fi
 # The browser tests compare against this CLI build (the one `cargo test --bins` just made).
 cargo build --locked --bin inkstone
 export INKSTONE_BIN="$CARGO_TARGET_DIR/debug/inkstone"

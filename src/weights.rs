@@ -103,11 +103,15 @@ impl Header {
     ///
     /// Checks: header length within bounds and within the file, UTF-8 JSON object, known
     /// dtypes, `end - start == numel * dtype size`, every range inside the data section, and
-    /// ranges neither overlapping nor leaving the file shorter than the data they describe.
+    /// the ranges covering the data section exactly (see [`check_coverage`]).
     pub fn parse(file: &str, prefix: &[u8], file_len: u64) -> Result<Self> {
         let corrupt = |reason: String| Error::CorruptSafetensors { file: file.to_string(), reason };
         if file_len < 8 || prefix.len() < 8 {
             return Err(corrupt(format!("file is {file_len} bytes, too short for a header")));
+        }
+        // Offsets are `usize`: on wasm32 a file over 4 GiB could not be addressed.
+        if usize::try_from(file_len).is_err() {
+            return Err(corrupt(format!("file is {file_len} bytes, too large for this platform")));
         }
         let n = u64::from_le_bytes(prefix[..8].try_into().unwrap());
         if n > MAX_HEADER_LEN {
@@ -123,20 +127,14 @@ impl Header {
             .get(8..data_start)
             .ok_or_else(|| corrupt(format!("need {data_start} bytes to read the header")))?;
         let json = std::str::from_utf8(json).map_err(|e| corrupt(format!("header is not UTF-8: {e}")))?;
-        let raw: BTreeMap<String, serde_json::Value> =
-            serde_json::from_str(json).map_err(|e| corrupt(format!("header is not a JSON object: {e}")))?;
+        let RawHeader { entries, metadata } = serde_json::from_str(json).map_err(|e| {
+            // Entry errors already say what is wrong and where; syntax errors need the context.
+            corrupt(if e.is_data() { e.to_string() } else { format!("header is not a JSON object: {e}") })
+        })?;
 
         let data_len = (file_len - 8 - n) as usize;
         let mut tensors = BTreeMap::new();
-        let mut metadata = BTreeMap::new();
-        for (key, value) in raw {
-            if key == "__metadata__" {
-                metadata = serde_json::from_value(value)
-                    .map_err(|e| corrupt(format!("`__metadata__` is not a string map: {e}")))?;
-                continue;
-            }
-            let entry: RawEntry = serde_json::from_value(value)
-                .map_err(|e| corrupt(format!("tensor `{key}`: bad header entry: {e}")))?;
+        for (key, entry) in entries {
             let dtype = StoredDtype::parse(&entry.dtype)
                 .ok_or_else(|| corrupt(format!("tensor `{key}`: unknown dtype {}", entry.dtype)))?;
             let [start, end] = entry.data_offsets;
@@ -162,16 +160,97 @@ impl Header {
             );
         }
 
-        let mut ranges: Vec<(&str, usize, usize)> =
-            tensors.iter().map(|(k, t)| (k.as_str(), t.start, t.end)).collect();
-        ranges.sort_by_key(|r| (r.1, r.2));
-        for pair in ranges.windows(2) {
-            let ((a, _, a_end), (b, b_start, _)) = (pair[0], pair[1]);
-            if b_start < a_end {
-                return Err(corrupt(format!("tensors `{a}` and `{b}` overlap")));
+        check_coverage(file, &tensors, data_start, file_len)?;
+        Ok(Header { tensors, metadata, data_start })
+    }
+}
+
+/// The safetensors rule (what the `safetensors` crate's `validate` enforces): sorted by offset,
+/// the tensors tile the data section exactly, from its first byte to the end of the file, with
+/// no hole and no overlap. This is what catches a header length a few bytes off: the JSON may
+/// end in padding spaces, so it still parses, but every tensor would be read shifted.
+fn check_coverage(file: &str, tensors: &BTreeMap<String, TensorInfo>, data_start: usize, file_len: u64) -> Result<()> {
+    let corrupt = |reason: String| Error::CorruptSafetensors { file: file.to_string(), reason };
+    let mut ranges: Vec<(&str, usize, usize)> = tensors.iter().map(|(k, t)| (k.as_str(), t.start, t.end)).collect();
+    ranges.sort_by_key(|r| (r.1, r.2));
+    let (mut at, mut prev) = (data_start, None::<&str>);
+    for (key, start, end) in ranges {
+        if start < at {
+            let other = prev.unwrap_or("the header");
+            return Err(corrupt(format!("tensors `{other}` and `{key}` overlap")));
+        }
+        if start > at {
+            let gap = bytes(start - at);
+            return Err(corrupt(match prev {
+                None => format!("tensor `{key}` starts at data offset {}, not 0: a hole of {gap} before it", start - data_start),
+                Some(p) => format!("a hole of {gap} between tensors `{p}` and `{key}`"),
+            }));
+        }
+        (at, prev) = (end, Some(key));
+    }
+    if at as u64 > file_len {
+        let last = prev.unwrap_or("the header");
+        return Err(corrupt(format!("`{last}` ends at byte {at}, past the end of the file ({file_len} bytes); truncated?")));
+    }
+    let extra = file_len - at as u64;
+    if extra > 0 {
+        let extra = bytes(extra as usize);
+        return Err(corrupt(match prev {
+            Some(p) => format!("{extra} left over after the last tensor `{p}`; header length off, or trailing bytes?"),
+            None => format!("{extra} left over after a header that lists no tensors"),
+        }));
+    }
+    Ok(())
+}
+
+fn bytes(n: usize) -> String {
+    if n == 1 { "1 byte".into() } else { format!("{n} bytes") }
+}
+
+/// The header JSON read straight into entries (no intermediate `Value` tree, so a nested
+/// duplicate field is caught as the `safetensors` crate catches it), rejecting a key that
+/// appears twice: a JSON map would silently keep the last one.
+struct RawHeader {
+    entries: Vec<(String, RawEntry)>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl<'de> serde::Deserialize<'de> for RawHeader {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_map(RawHeaderVisitor)
+    }
+}
+
+struct RawHeaderVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RawHeaderVisitor {
+    type Value = RawHeader;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object of tensor entries")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawHeader, A::Error> {
+        use serde::de::Error as _;
+        let (mut entries, mut metadata, mut seen) = (Vec::new(), None, BTreeSet::new());
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(A::Error::custom(format!("`{key}` appears twice in the header")));
+            }
+            if key == "__metadata__" {
+                // `null` is no metadata, as the `safetensors` crate reads it.
+                let m: Option<BTreeMap<String, String>> = map
+                    .next_value()
+                    .map_err(|e| A::Error::custom(format!("`__metadata__` is not a string map: {e}")))?;
+                metadata = m;
+            } else {
+                let entry = map
+                    .next_value()
+                    .map_err(|e| A::Error::custom(format!("tensor `{key}`: bad header entry: {e}")))?;
+                entries.push((key, entry));
             }
         }
-        Ok(Header { tensors, metadata, data_start })
+        Ok(RawHeader { entries, metadata: metadata.unwrap_or_default() })
     }
 }
 
@@ -522,11 +601,19 @@ pub struct TensorStream {
 }
 
 impl TensorStream {
-    pub fn new(file: impl Into<String>, header: &Header, file_len: u64) -> Self {
+    /// Errors unless `header`'s tensors cover a file of `file_len` bytes exactly: the stream
+    /// relies on it (every fed byte belongs to the header or to exactly one tensor).
+    pub fn new(file: impl Into<String>, header: &Header, file_len: u64) -> Result<Self> {
+        let file = file.into();
+        let file_len_usize = usize::try_from(file_len).map_err(|_| Error::CorruptSafetensors {
+            file: file.clone(),
+            reason: format!("file is {file_len} bytes, too large for this platform"),
+        })?;
+        check_coverage(&file, &header.tensors, header.data_start, file_len)?;
         let mut order: Vec<(String, TensorInfo)> =
             header.tensors.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
-        order.sort_by_key(|(_, t)| t.start);
-        Self { file: file.into(), order, next: 0, pos: 0, file_len: file_len as usize, partial: Vec::new() }
+        order.sort_by_key(|(_, t)| (t.start, t.end));
+        Ok(Self { file, order, next: 0, pos: 0, file_len: file_len_usize, partial: Vec::new() })
     }
 
     /// Feeds the next `bytes` of the file; calls `done(key, info, raw)` for every tensor whose

@@ -122,7 +122,7 @@ fn length_disagreeing_with_shape_is_rejected() {
 /// Feeds `bytes` to a `TensorStream` in pieces of `piece` bytes; returns key → raw bytes.
 fn stream(name: &str, bytes: &[u8], piece: usize) -> inkstone::Result<BTreeMap<String, Vec<u8>>> {
     let header = inkstone::weights::Header::parse(name, bytes, bytes.len() as u64)?;
-    let mut s = TensorStream::new(name, &header, bytes.len() as u64);
+    let mut s = TensorStream::new(name, &header, bytes.len() as u64)?;
     let mut got = BTreeMap::new();
     for chunk in bytes.chunks(piece) {
         s.feed(chunk, |k, _, raw| {
@@ -153,7 +153,7 @@ fn tensor_stream_rejects_a_truncated_stream() {
     let path = "vae/diffusion_pytorch_model.safetensors";
     let bytes = std::fs::read(common::fixture(&format!("tiny-sd/{path}"))).unwrap();
     let header = inkstone::weights::Header::parse(path, &bytes, bytes.len() as u64).unwrap();
-    let mut s = TensorStream::new(path, &header, bytes.len() as u64);
+    let mut s = TensorStream::new(path, &header, bytes.len() as u64).unwrap();
     let mut n = 0;
     s.feed(&bytes[..bytes.len() - 10], |_, _, _| {
         n += 1;

@@ -90,7 +90,14 @@ impl AutoencoderTinyConfig {
             &self.num_decoder_blocks,
         )?;
         ensure(self.upsampling_scaling_factor >= 1, file, "upsampling_scaling_factor", self.upsampling_scaling_factor)?;
+        // The image size derives from it: reject what would overflow (a fuzzed config can).
+        ensure(self.checked_pixels_per_latent().is_some(), file, "decoder_block_out_channels", &self.decoder_block_out_channels)?;
         uniform_width(&self.decoder_block_out_channels, file, "decoder_block_out_channels")
+    }
+
+    fn checked_pixels_per_latent(&self) -> Option<usize> {
+        let upsamples = u32::try_from(self.decoder_block_out_channels.len().checked_sub(1)?).ok()?;
+        self.upsampling_scaling_factor.checked_pow(upsamples)
     }
 
     /// The encoder half's checks, for checkpoints that have one.
@@ -101,8 +108,11 @@ impl AutoencoderTinyConfig {
     }
 
     /// Pixels per latent along one side: every block but the last upsamples.
+    ///
+    /// # Panics
+    /// On a config [`Self::validate_in`] rejects.
     pub fn pixels_per_latent(&self) -> usize {
-        self.upsampling_scaling_factor.pow(self.decoder_block_out_channels.len() as u32 - 1)
+        self.checked_pixels_per_latent().expect("validated config")
     }
 }
 
@@ -179,6 +189,9 @@ impl AutoencoderKLConfig {
         for t in &self.up_block_types {
             ensure(t.is_supported(), file, "up_block_types", t)?;
         }
+        ensure(self.norm_num_groups > 0, file, "norm_num_groups", self.norm_num_groups)?;
+        // The image size derives from it: reject what would overflow (a fuzzed config can).
+        ensure(self.checked_pixels_per_latent().is_some(), file, "block_out_channels", &self.block_out_channels)?;
         for &c in &self.block_out_channels {
             ensure(c % self.norm_num_groups == 0, file, "norm_num_groups", self.norm_num_groups)?;
         }
@@ -196,8 +209,16 @@ impl AutoencoderKLConfig {
         Ok(())
     }
 
+    fn checked_pixels_per_latent(&self) -> Option<usize> {
+        let upsamples = u32::try_from(self.block_out_channels.len().checked_sub(1)?).ok()?;
+        1usize.checked_shl(upsamples)
+    }
+
     /// Pixels per latent along one side: every up block but the last doubles the size.
+    ///
+    /// # Panics
+    /// On a config [`Self::validate_in`] rejects.
     pub fn pixels_per_latent(&self) -> usize {
-        1 << (self.block_out_channels.len() - 1)
+        self.checked_pixels_per_latent().expect("validated config")
     }
 }

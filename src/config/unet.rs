@@ -242,7 +242,10 @@ impl UNet2DConditionConfig {
         ensure(!self.dual_cross_attention, file, "dual_cross_attention", self.dual_cross_attention)?;
         ensure(!self.resnet_skip_time_act, file, "resnet_skip_time_act", self.resnet_skip_time_act)?;
         ensure(!self.class_embeddings_concat, file, "class_embeddings_concat", self.class_embeddings_concat)?;
-        ensure(self.norm_num_groups.is_some(), file, "norm_num_groups", self.norm_num_groups)?;
+        ensure(self.norm_num_groups.is_some_and(|g| g > 0), file, "norm_num_groups", self.norm_num_groups)?;
+        // The timestep embedding is 4x the first level's width: reject what would overflow.
+        let first = self.block_out_channels.first().copied().unwrap_or(0);
+        ensure(first.checked_mul(4).is_some(), file, "block_out_channels", &self.block_out_channels)?;
         ensure(self.conv_in_kernel % 2 == 1, file, "conv_in_kernel", self.conv_in_kernel)?;
         ensure(self.conv_out_kernel % 2 == 1, file, "conv_out_kernel", self.conv_out_kernel)?;
         let resolved = self.levels_in(file)?;

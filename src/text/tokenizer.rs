@@ -20,7 +20,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{
-    AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, SplitDelimiterBehavior, Tokenizer,
+    AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, PostProcessor, SplitDelimiterBehavior, Tokenizer,
     TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
@@ -52,6 +52,9 @@ macro_rules! model_vocab {
 pub struct Encoded {
     pub ids: Vec<u32>,
     pub attention_mask: Vec<u32>,
+    /// Prompt tokens dropped to fit `model_max_length` (0 when the prompt fits), so callers can
+    /// warn as diffusers does ("The following part of your input was truncated ...").
+    pub truncated: usize,
 }
 
 /// Which vocabulary family a tokenizer folder holds.
@@ -67,8 +70,12 @@ pub enum TokenizerKind {
 /// (`padding="max_length", max_length=model_max_length, truncation=True`).
 pub struct PromptTokenizer {
     tokenizer: Tokenizer,
+    /// The same pipeline without truncation and padding: counts the tokens a prompt really has.
+    untruncated: Tokenizer,
     kind: TokenizerKind,
     max_length: usize,
+    /// Tokens the post-processor adds around a prompt (BOS/EOS, [CLS]/[SEP]).
+    specials: usize,
 }
 
 impl std::fmt::Debug for PromptTokenizer {
@@ -95,6 +102,18 @@ impl PromptTokenizer {
             .or_else(|| tokenizer.get_padding().map(|p| p.pad_token.clone()))
             .unwrap_or_else(|| default_pad(kind).to_string());
         let pad_id = token_id(&tokenizer, &pad_token, dir, "pad_token")?;
+        let specials = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        if max_length < specials {
+            return Err(Error::UnsupportedConfig {
+                file: format!("{dir}/tokenizer_config.json"),
+                field: "model_max_length".into(),
+                value: max_length.to_string(),
+                hint: Some(format!("the {specials} special tokens around every prompt do not fit")),
+            });
+        }
+        let mut untruncated = tokenizer.clone();
+        untruncated.with_truncation(None).map_err(tok_err(dir))?;
+        untruncated.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 direction: TruncationDirection::Right,
@@ -111,14 +130,18 @@ impl PromptTokenizer {
             pad_type_id: 0,
             pad_token,
         }));
-        Ok(Self { tokenizer, kind, max_length })
+        Ok(Self { tokenizer, untruncated, kind, max_length, specials })
     }
 
     /// Ids and attention mask of `prompt`, with BOS/EOS ([CLS]/[SEP]), truncated so the end
-    /// token is kept, padded to [`Self::max_length`].
+    /// token is kept, padded to [`Self::max_length`]; `truncated` counts the tokens cut off.
     pub fn encode(&self, prompt: &str) -> Result<Encoded> {
-        let enc = self.tokenizer.encode(prompt, true).map_err(|e| Error::Tokenizer(format!("encoding {prompt:?}: {e}")))?;
-        Ok(Encoded { ids: enc.get_ids().to_vec(), attention_mask: enc.get_attention_mask().to_vec() })
+        let err = |e: tokenizers::Error| Error::Tokenizer(format!("encoding {:?}: {e}", Shortened(prompt)));
+        let enc = self.tokenizer.encode(prompt, true).map_err(err)?;
+        // Right truncation keeps the first `max_length - specials` prompt tokens.
+        let tokens = self.untruncated.encode(prompt, false).map_err(err)?.len();
+        let truncated = tokens.saturating_sub(self.max_length - self.specials);
+        Ok(Encoded { ids: enc.get_ids().to_vec(), attention_mask: enc.get_attention_mask().to_vec(), truncated })
     }
 
     /// `model_max_length` from `tokenizer_config.json` (77 for CLIP).
@@ -133,6 +156,18 @@ impl PromptTokenizer {
     /// The underlying `tokenizers` pipeline (for inspection and decoding).
     pub fn inner(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+}
+
+/// A prompt in an error message: the first 100 characters (a prompt can be megabytes long).
+struct Shortened<'a>(&'a str);
+
+impl std::fmt::Debug for Shortened<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(100) {
+            Some((i, _)) => write!(f, "{:?}… ({} bytes)", &self.0[..i], self.0.len()),
+            None => write!(f, "{:?}", self.0),
+        }
     }
 }
 

@@ -147,7 +147,7 @@ impl Inkstone {
     #[wasm_bindgen(js_name = beginWeights)]
     pub fn begin_weights(&self, component: &str, path: &str, prefix: &[u8], file_len: f64) -> Result<(), JsError> {
         let header = Header::parse(path, prefix, file_len as u64).map_err(js_err)?;
-        let stream = TensorStream::new(path, &header, file_len as u64);
+        let stream = TensorStream::new(path, &header, file_len as u64).map_err(js_err)?;
         let mut s = self.state.borrow_mut();
         // Configs come first in the plan, so the component's config.json is here already.
         let dtype = crate::folder::component_dtype(&s.files, component, s.dtype).map_err(js_err)?;
