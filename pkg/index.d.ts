@@ -122,6 +122,8 @@ export interface GenerateOutput {
   ms: number;
   /** Size of the wasm heap after this generation (the peak so far). */
   wasmHeapBytes: number;
+  /** E.g. a prompt longer than the text encoder's limit, cut as diffusers does. */
+  warnings: string[];
 }
 
 export declare class Generator {

@@ -194,7 +194,7 @@ async function generate(msg, post) {
   const out = await engine.generate(msg.options, onStep, () => cancelled.has(msg.id));
   const rgba = toRgba(out.pixels, out.width, out.height);
   return { width: out.width, height: out.height, rgba, pixels: out.pixels, seed: msg.options.seed ?? 0, ms: performance.now() - t0,
-    wasmHeapBytes: wasmHeapBytes() };
+    wasmHeapBytes: wasmHeapBytes(), warnings: out.warnings };
 }
 
 self.onmessage = async ({ data: msg }) => {

@@ -98,6 +98,16 @@ impl Pipeline {
         let index = folder::read_index(src)?;
         let tokenizer = PromptTokenizer::load(src, "tokenizer")?;
         let text_encoder = TextEncoder::load(src, "text_encoder", device)?;
+        // Padding to model_max_length must stay inside the position table (a tokenizer config
+        // can claim any length; past the table there is no position to embed).
+        if tokenizer.max_length() > text_encoder.max_positions() {
+            return Err(Error::UnsupportedConfig {
+                file: "tokenizer/tokenizer_config.json".into(),
+                field: "model_max_length".into(),
+                value: tokenizer.max_length().to_string(),
+                hint: Some(format!("the text encoder embeds at most {} positions", text_encoder.max_positions())),
+            });
+        }
         let unet = UNet2DConditionModel::from_source(src, "unet", device)?;
         let decoder = Autoencoder::load(src, "vae", device)?;
         let scheduler_text = src.read(folder::SCHEDULER_CONFIG)?;
@@ -170,12 +180,13 @@ impl Pipeline {
         }
         set_schedule(&mut scheduler, opts.steps.unwrap_or(default_steps), opts)?;
 
+        let mut warnings = Vec::new();
         let cond_dim = self.unet.config().time_cond_proj_dim;
         let cfg = guidance > 1.0 && cond_dim.is_none();
         let embeds = if cfg {
-            self.encode(&[opts.negative_prompt.as_str(), opts.prompt.as_str()])?
+            self.encode(&[opts.negative_prompt.as_str(), opts.prompt.as_str()], &mut warnings)?
         } else {
-            self.encode(&[opts.prompt.as_str()])?
+            self.encode(&[opts.prompt.as_str()], &mut warnings)?
         };
         let timestep_cond =
             cond_dim.map(|d| guidance_scale_embedding(&[guidance - 1.0], d, &self.device));
@@ -196,7 +207,7 @@ impl Pipeline {
             None => gaussian(&mut rng, shape, &self.device),
         };
         let latents = latents * scheduler.init_noise_sigma();
-        Ok(Generation { pipe: self, scheduler, latents, embeds, timestep_cond, guidance, cfg, step: 0, rng })
+        Ok(Generation { pipe: self, scheduler, latents, embeds, timestep_cond, guidance, cfg, step: 0, rng, warnings })
     }
 
     /// Native convenience: runs all steps; `on_step(done, total)` returning false cancels.
@@ -209,13 +220,7 @@ impl Pipeline {
                 return Err(Error::Cancelled);
             }
         }
-        let out = run.finish();
-        let flag = |t: Tensor<1>| {
-            let data = t.into_data().convert::<f32>();
-            data.try_to_vec::<f32>().map(|v| v[0] > 0.5).map_err(|e| Error::InvalidArgument(format!("reading a flag back: {e:?}")))
-        };
-        self.check_finite(flag(out.latents_finite)?, flag(out.pixels_finite)?)?;
-        Ok(out.image)
+        run.decode_checked()
     }
 
     /// Which component overflowed, when a generation's latents or decoded pixels are not all
@@ -236,11 +241,19 @@ impl Pipeline {
     }
 
     /// Text embeddings `[prompts, seq, hidden]` for a batch of prompts.
-    fn encode(&self, prompts: &[&str]) -> Result<Tensor<3>> {
+    /// Prompts longer than the tokenizer's limit are cut as diffusers does, with a warning.
+    fn encode(&self, prompts: &[&str], warnings: &mut Vec<String>) -> Result<Tensor<3>> {
         let mut ids = Vec::new();
         let mut mask = Vec::new();
         for p in prompts {
             let e = self.tokenizer.encode(p)?;
+            if e.truncated > 0 {
+                warnings.push(format!(
+                    "the prompt is longer than the text encoder's {} tokens: its last {} tokens were dropped",
+                    self.tokenizer.max_length(),
+                    e.truncated
+                ));
+            }
             ids.extend(e.ids.iter().map(|&i| i as i64));
             mask.extend(e.attention_mask.iter().map(|&m| m as i64));
         }
@@ -306,9 +319,15 @@ pub struct Generation<'a> {
     cfg: bool,
     step: usize,
     rng: StdRng,
+    warnings: Vec<String>,
 }
 
 impl Generation<'_> {
+    /// What the caller should tell the user (a prompt truncated to the tokenizer's limit).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     /// The sampler this generation runs (the model's own or the chosen one).
     pub fn scheduler(&self) -> &Scheduler {
         &self.scheduler
@@ -383,6 +402,19 @@ impl Generation<'_> {
             pixels_finite: all_finite(raw.clone()),
             image: (raw / 2.0 + 0.5).clamp(0.0, 1.0),
         }
+    }
+
+    /// [`Generation::finish`] with the flags read back synchronously and checked (native
+    /// callers; in wasm reads must be asynchronous, so the browser reads the flags itself).
+    pub fn decode_checked(self) -> Result<Tensor<4>> {
+        let pipe = self.pipe;
+        let out = self.finish();
+        let flag = |t: Tensor<1>| {
+            let data = t.into_data().convert::<f32>();
+            data.try_to_vec::<f32>().map(|v| v[0] > 0.5).map_err(|e| Error::InvalidArgument(format!("reading a flag back: {e:?}")))
+        };
+        pipe.check_finite(flag(out.latents_finite)?, flag(out.pixels_finite)?)?;
+        Ok(out.image)
     }
 }
 

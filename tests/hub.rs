@@ -401,3 +401,26 @@ fn a_nan_image_is_an_error_naming_the_component() {
     assert!(msg.contains("it ran in f32"), "{msg}");
     // Finite weights, finite image: no false alarm (the other tests generate the same way).
 }
+
+#[test]
+fn a_prompt_over_the_token_limit_is_cut_with_a_warning() {
+    let pipe = Pipeline::load(&dir("tiny-sd1-hub"), &device()).unwrap();
+    let long = "a watercolor painting of a lighthouse at dawn, ".repeat(12);
+    let opts = inkstone::pipeline::GenerateOptions { prompt: long, steps: Some(1), width: 64, height: 64, ..Default::default() };
+    let run = pipe.start(&opts).unwrap();
+    assert_eq!(run.warnings().len(), 1, "{:?}", run.warnings());
+    assert!(run.warnings()[0].starts_with("the prompt is longer than the text encoder's 77 tokens: its last "), "{:?}", run.warnings());
+    let short = inkstone::pipeline::GenerateOptions { prompt: "a cat".into(), ..opts };
+    assert!(pipe.start(&short).unwrap().warnings().is_empty());
+}
+
+#[test]
+fn a_tokenizer_longer_than_the_position_table_is_rejected_at_load() {
+    let mut m = memory("tiny-sd1-hub");
+    let config = String::from_utf8(m.files["tokenizer/tokenizer_config.json"].to_vec()).unwrap();
+    let config = config.replace("\"model_max_length\": 77", "\"model_max_length\": 1000000");
+    assert!(config.contains("1000000"));
+    m.files.insert("tokenizer/tokenizer_config.json".into(), Arc::from(config.as_bytes()));
+    let msg = Pipeline::load(&m, &device()).err().unwrap().to_string();
+    assert!(msg.contains("model_max_length") && msg.contains("at most 77 positions"), "{msg}");
+}

@@ -142,7 +142,7 @@ $('generate').onclick = async () => {
     const url = URL.createObjectURL(blob);
     Object.assign($('download'), { href: url, hidden: false, download: `inkstone-${out.seed}.png` });
     $('gallery').prepend(Object.assign(document.createElement('img'), { src: url, alt: $('prompt').value, title: `seed ${out.seed}` }));
-    status($('gen-status'), `Done in ${(out.ms / 1000).toFixed(1)} s (seed ${out.seed}).`);
+    status($('gen-status'), `Done in ${(out.ms / 1000).toFixed(1)} s (seed ${out.seed}).${out.warnings.length ? ` Note: ${out.warnings.join('; ')}.` : ''}`);
     setState('generated');
   } catch (e) {
     if (e.name === 'DeviceLostError') return; // onDeviceLost said what happened

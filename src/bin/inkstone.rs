@@ -175,6 +175,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let t1 = Instant::now();
     let mut run = pipe.start(&opts)?;
     eprintln!("sampler {}, {} steps", run.scheduler().class_name(), run.total_steps());
+    for w in run.warnings() {
+        eprintln!("warning: {w}");
+    }
     let bar = ProgressBar::new(run.total_steps() as u64).with_style(
         ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta}")
             .expect("valid template")
@@ -185,7 +188,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let image = run.decode();
+    let image = run.decode_checked()?;
     let [_, _, h, w] = image.dims();
     let pixels = image
         .into_data()

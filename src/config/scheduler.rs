@@ -70,8 +70,12 @@ config_enum!(
 );
 
 /// A beta schedule given as values must have one per training timestep (and there must be some).
+/// Far above any trained model (1000), far below an allocation that could fail.
+const MAX_TRAIN_TIMESTEPS: usize = 1_000_000;
+
 fn check_betas(num_train_timesteps: usize, trained_betas: &Option<Vec<f64>>) -> Result<()> {
-    ensure(num_train_timesteps > 0, FILE, "num_train_timesteps", num_train_timesteps)?;
+    // The schedules are tables of this length: bound it (real models use 1000).
+    ensure((1..=MAX_TRAIN_TIMESTEPS).contains(&num_train_timesteps), FILE, "num_train_timesteps", num_train_timesteps)?;
     match trained_betas {
         Some(b) if b.len() != num_train_timesteps => Err(Error::unsupported(
             FILE,
@@ -238,7 +242,7 @@ impl Default for FlowMatchEulerDiscreteSchedulerConfig {
 
 impl FlowMatchEulerDiscreteSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
-        ensure(self.num_train_timesteps > 0, FILE, "num_train_timesteps", self.num_train_timesteps)?;
+        ensure((1..=MAX_TRAIN_TIMESTEPS).contains(&self.num_train_timesteps), FILE, "num_train_timesteps", self.num_train_timesteps)?;
         ensure(!self.use_dynamic_shifting, FILE, "use_dynamic_shifting", self.use_dynamic_shifting)?;
         ensure(!self.invert_sigmas, FILE, "invert_sigmas", self.invert_sigmas)?;
         ensure(self.shift_terminal.is_none(), FILE, "shift_terminal", self.shift_terminal)?;

@@ -95,9 +95,17 @@ impl TextEncoder {
             Self::Bert(m) => m.hidden_size(),
         }
     }
+
+    /// The longest token sequence its position table covers (`max_position_embeddings`).
+    pub fn max_positions(&self) -> usize {
+        match self {
+            Self::Clip(m) => m.config.max_position_embeddings,
+            Self::Bert(m) => m.config.max_position_embeddings,
+        }
+    }
 }
 
-/// [`Weights::finish`] minus [`IGNORED_BUFFERS`].
+/// [`Weights::finish`] minus the index buffers ([`folder::is_index_buffer`]).
 fn finish(weights: &Weights) -> Result<()> {
     match weights.finish() {
         Err(Error::UnexpectedTensors { file, keys }) => {

@@ -214,9 +214,12 @@ pub async fn run(
         };
         call(&on_step, &[(i as u32).into(), (total as u32).into(), preview]).await?;
     }
+    let warnings: js_sys::Array = generation.warnings().iter().map(|w| JsValue::from_str(w)).collect();
     let out = generation.finish();
     let (latents_ok, pixels_ok) = (read_flag(out.latents_finite).await?, read_flag(out.pixels_finite).await?);
     pipeline.check_finite(latents_ok, pixels_ok).map_err(|e| JsError::new(&e.to_string()))?;
-    image_to_js(out.image).await
+    let result = image_to_js(out.image).await?;
+    Reflect::set(&result, &"warnings".into(), &warnings).unwrap();
+    Ok(result)
 }
 
