@@ -16,6 +16,8 @@ use inkstone::source::{DirSource, load_weights};
 use inkstone::unet::UNet2DConditionModel;
 use inkstone::weights::Weights;
 
+mod random_weights;
+
 const LATENT: usize = 64;
 const SEQ: usize = 77;
 
@@ -64,7 +66,7 @@ fn run_case(case: &str) {
             (unet, params(&load_weights(&src, "unet", &device).unwrap()))
         }
         "full" => {
-            let weights = Weights::random("random unet", 0, &device);
+            let weights = random_weights::random_weights("random unet", 0, &device);
             let unet = UNet2DConditionModel::load(&weights, &full_config()).unwrap();
             (unet, 0)
         }

@@ -342,9 +342,12 @@ pub struct Weights {
     used: RefCell<BTreeSet<String>>,
     device: Device,
     dtype: DType,
-    /// Seed of [`Weights::random`]: tensors absent from the files are generated on request.
-    random: Option<u64>,
+    /// Tensors absent from the files are made by this on request ([`Weights::generated`]).
+    generate: Option<Generator>,
 }
+
+/// Makes the values of tensor `key` of `shape` (row-major f32).
+pub type Generator = Box<dyn Fn(&str, &[usize]) -> Vec<f32>>;
 
 impl Weights {
     /// Builds the key index over one or more files; a key present in two shards is an error.
@@ -369,17 +372,17 @@ impl Weights {
             used: RefCell::default(),
             device: device.clone(),
             dtype: DType::F32,
-            random: None,
+            generate: None,
         })
     }
 
-    /// Benchmarks only: a component with no files whose every requested tensor is generated
-    /// (seeded, uniform in ±1/√fan-in), so a full-size model can be built without a checkpoint
-    /// through the same loading code. Deterministic per (seed, key).
-    pub fn random(name: &str, seed: u64, device: &Device) -> Self {
+    /// A component with no files whose every requested tensor is made by `generate`, so a
+    /// full-size model can be built without a checkpoint through the same loading code (the
+    /// benchmarks' seeded random weights: `benches/random_weights.rs`).
+    pub fn generated(name: &str, generate: Generator, device: &Device) -> Self {
         let mut w = Self::new(Vec::new(), device).expect("no files, no conflicts");
         w.name = name.to_string();
-        w.random = Some(seed);
+        w.generate = Some(generate);
         w
     }
 
@@ -410,7 +413,7 @@ impl Weights {
             used: RefCell::default(),
             device: device.clone(),
             dtype: DType::F32,
-            random: None,
+            generate: None,
         })
     }
 
@@ -451,7 +454,7 @@ impl Weights {
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.index.contains_key(key) || self.random.is_some()
+        self.index.contains_key(key) || self.generate.is_some()
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
@@ -469,9 +472,9 @@ impl Weights {
 
     /// Loads `key` as a float tensor of exactly `shape`.
     pub fn tensor<const D: usize>(&self, key: &str, shape: [usize; D]) -> Result<Tensor<D>> {
-        if let (Some(seed), false) = (self.random, self.index.contains_key(key)) {
+        if let (Some(generate), false) = (&self.generate, self.index.contains_key(key)) {
             self.used.borrow_mut().insert(key.to_string());
-            let data = TensorData::new(random_values(seed, key, &shape), shape);
+            let data = TensorData::new(generate(key, &shape), shape);
             return Ok(Tensor::from_data(data, (&self.device, self.dtype)));
         }
         let (i, stored) = self.index.get(key).ok_or_else(|| Error::MissingTensor {
@@ -522,25 +525,6 @@ impl Weights {
     pub fn root(&self) -> VarBuilder<'_> {
         VarBuilder { weights: self, prefix: String::new() }
     }
-}
-
-/// Uniform values in ±1/√fan-in (fan-in = all dims but the first) from a splitmix64 stream
-/// seeded by `seed` and the key's FNV-1a hash.
-fn random_values(seed: u64, key: &str, shape: &[usize]) -> Vec<f32> {
-    let mut state = key.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    let fan_in: usize = shape.iter().skip(1).product();
-    let scale = 1.0 / (fan_in.max(1) as f32).sqrt();
-    let n: usize = shape.iter().product();
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
 }
 
 /// A position in the state-dict key space, as candle's `VarBuilder`.

@@ -164,6 +164,6 @@ fn committed_fixture_configs_parse() {
 #[test]
 fn a_huge_num_train_timesteps_is_rejected_before_any_table_is_built() {
     let text = br#"{"_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 100000000000}"#;
-    let msg = inkstone::config::SchedulerConfig::from_json(text).err().expect("rejected").to_string();
+    let msg = inkstone::config::SchedulerConfig::from_json(text).expect_err("rejected").to_string();
     assert!(msg.contains("num_train_timesteps"), "{msg}");
 }

@@ -352,7 +352,7 @@ fn write_safetensors(entries: Vec<(String, serde_json::Value, Vec<u8>)>) -> Vec<
         header.insert(k, v);
     }
     let mut json = serde_json::to_string(&header).unwrap();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();

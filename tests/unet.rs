@@ -4,6 +4,8 @@
 //! block, two transformer layers, only_cross_attention), plus config and weight errors.
 
 mod common;
+#[path = "../benches/random_weights.rs"]
+mod random_weights;
 
 use burn::tensor::{DType, Tensor, TensorData};
 use common::{assert_close, device, fixture, load_unet, patterned, reference, tiny_sd};
@@ -234,14 +236,14 @@ fn mid_block_heads_that_do_not_divide_the_width_are_rejected() {
     assert_eq!(msg, "unet/config.json: unsupported value 7 for `attention heads of the mid block`");
 }
 
-/// `Weights::random` (benchmarks): every tensor the model asks for is generated, seeded by key,
+/// The benchmarks' random weights (`benches/random_weights.rs`): every tensor the model asks for is generated, seeded by key,
 /// so the same seed gives the same model and a different seed another.
 #[test]
 fn random_weights_build_a_deterministic_model() {
     let cfg = config(&tiny_sd(), "unet");
     let r = reference("unet_tiny_sd");
     let run = |seed| {
-        let weights = inkstone::weights::Weights::random("random", seed, &device());
+        let weights = random_weights::random_weights("random", seed, &device());
         let unet = UNet2DConditionModel::load(&weights, &cfg).unwrap();
         weights.finish().unwrap();
         unet.forward(r.tensor("sample"), r.tensor("timesteps"), r.tensor("encoder_hidden_states"), None)

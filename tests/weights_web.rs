@@ -94,7 +94,7 @@ fn uploaded_linear_matches_file_linear() {
 #[test]
 fn errors_are_the_same_as_with_files() {
     let (files, tensors) = uploaded("vae");
-    let err = |r: inkstone::Result<Tensor<4>>| r.err().expect("must fail").to_string();
+    let err = |r: inkstone::Result<Tensor<4>>| r.expect_err("must fail").to_string();
     // Missing key: names the component and the key.
     let e = err(tensors.tensor("decoder.nope.weight", [1, 1, 1, 1]));
     assert!(e.contains("decoder.nope.weight") && e.contains("vae/"), "{e}");

@@ -198,7 +198,7 @@ fn from_tokenizer_json(src: &dyn ModelSource, path: &str) -> Result<(Tokenizer, 
 fn max_length(config: &TokenizerConfig, tokenizer: &Tokenizer, dir: &str) -> Result<usize> {
     let file = format!("{dir}/tokenizer_config.json");
     match config.model_max_length {
-        Some(n) if n >= 1.0 && n <= MAX_SANE_LENGTH && n.fract() == 0.0 => Ok(n as usize),
+        Some(n) if (1.0..=MAX_SANE_LENGTH).contains(&n) && n.fract() == 0.0 => Ok(n as usize),
         Some(n) => Err(Error::UnsupportedConfig {
             file,
             field: "model_max_length".into(),
@@ -285,7 +285,7 @@ fn parse_merges(path: &str, bytes: &[u8]) -> Result<Vec<(String, String)>> {
     let text = std::str::from_utf8(bytes).map_err(|e| Error::Tokenizer(format!("{path}: not UTF-8: {e}")))?;
     text.lines()
         .enumerate()
-        .filter(|(i, line)| !(*i == 0 && line.starts_with("#version")) && !line.is_empty())
+        .filter(|(i, line)| (*i != 0 || !line.starts_with("#version")) && !line.is_empty())
         .map(|(i, line)| match line.split(' ').collect::<Vec<_>>()[..] {
             [a, b] => Ok((a.to_string(), b.to_string())),
             _ => Err(Error::Tokenizer(format!("{path}:{}: expected two tokens, got {line:?}", i + 1))),
