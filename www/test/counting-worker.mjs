@@ -1,2 +1,0 @@
-import './gpu-hooks.mjs';
-import '../pkg/worker.js';
