@@ -240,6 +240,30 @@ impl Pipeline {
         Err(Error::NonFinite { component: component.into(), hint: hint.into() })
     }
 
+    /// After non-finite pixels from an f16 decoder, the f32 rerun's verdict.
+    pub fn check_finite_after_rerun(&self, pixels_finite: bool) -> Result<()> {
+        if pixels_finite {
+            return Ok(());
+        }
+        Err(Error::NonFinite {
+            component: "vae".into(),
+            hint: "it overflowed in f16 and again when rerun in f32: the weights or the latents make it diverge".into(),
+        })
+    }
+
+    /// Decodes `latents` with device-side finiteness flags; `f32_rerun` decodes with f32
+    /// activations instead (after an f16 overflow; `None` where the decoder cannot).
+    pub fn decode_flagged(&self, latents: Tensor<4>, f32_rerun: bool) -> Option<Decoded> {
+        let z = latents.clone() / self.decoder.latent_scaling_factor() + self.decoder.latent_shift_factor();
+        let raw = if f32_rerun { self.decoder.decode_f32(z)? } else { self.decoder.decode(z) };
+        Some(Decoded {
+            latents_finite: all_finite(latents.clone()),
+            pixels_finite: all_finite(raw.clone()),
+            image: (raw.cast(DType::F32) / 2.0 + 0.5).clamp(0.0, 1.0),
+            latents,
+        })
+    }
+
     /// Text embeddings `[prompts, seq, hidden]` for a batch of prompts.
     /// Prompts longer than the tokenizer's limit are cut as diffusers does, with a warning.
     fn encode(&self, prompts: &[&str], warnings: &mut Vec<String>) -> Result<Tensor<3>> {
@@ -395,25 +419,27 @@ impl Generation<'_> {
     /// Decodes the final latents, with device-side flags saying whether the latents and the
     /// decoded pixels (before clamping, which would hide a NaN) are all finite.
     pub fn finish(self) -> Decoded {
-        let z = self.latents.clone() / self.pipe.decoder.latent_scaling_factor() + self.pipe.decoder.latent_shift_factor();
-        let raw = self.pipe.decoder.decode(z);
-        Decoded {
-            latents_finite: all_finite(self.latents),
-            pixels_finite: all_finite(raw.clone()),
-            image: (raw / 2.0 + 0.5).clamp(0.0, 1.0),
-        }
+        self.pipe.decode_flagged(self.latents, false).expect("the decoder's own dtype always decodes")
     }
 
     /// [`Generation::finish`] with the flags read back synchronously and checked (native
     /// callers; in wasm reads must be asynchronous, so the browser reads the flags itself).
     pub fn decode_checked(self) -> Result<Tensor<4>> {
         let pipe = self.pipe;
-        let out = self.finish();
         let flag = |t: Tensor<1>| {
             let data = t.into_data().convert::<f32>();
             data.try_to_vec::<f32>().map(|v| v[0] > 0.5).map_err(|e| Error::InvalidArgument(format!("reading a flag back: {e:?}")))
         };
-        pipe.check_finite(flag(out.latents_finite)?, flag(out.pixels_finite)?)?;
+        let out = self.finish();
+        let (latents_ok, pixels_ok) = (flag(out.latents_finite)?, flag(out.pixels_finite)?);
+        if latents_ok && !pixels_ok {
+            if let Some(again) = pipe.decode_flagged(out.latents.clone(), true) {
+                let ok = flag(again.pixels_finite)?;
+                pipe.check_finite_after_rerun(ok)?;
+                return Ok(again.image);
+            }
+        }
+        pipe.check_finite(latents_ok, pixels_ok)?;
         Ok(out.image)
     }
 }
@@ -421,6 +447,8 @@ impl Generation<'_> {
 /// The image of a finished generation and its finiteness flags (see [`Pipeline::check_finite`]).
 pub struct Decoded {
     pub image: Tensor<4>,
+    /// The final latents (for a rerun of the decoder in f32).
+    pub latents: Tensor<4>,
     /// `[1.0]` when all finite, `[0.0]` otherwise (a float: bool storage differs by backend).
     pub latents_finite: Tensor<1>,
     pub pixels_finite: Tensor<1>,

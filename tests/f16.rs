@@ -165,3 +165,61 @@ fn attention_over_4096_tokens_in_f16_stays_near_f32() {
     assert_eq!(got.dtype(), DType::F16);
     assert_close_rel("attention, 4096 tokens", got.cast(DType::F32), want, 5e-3);
 }
+
+/// tiny-flow-hub (TAESD, no force_upcast) whose decoder's first conv is scaled up 1.5e5 and the
+/// next scaled down as much: activations past f16's range (inf in f16, fine in f32). Every VAE
+/// value is stored rounded to f16, so an f32 load and an f16 load hold the same weights.
+fn overflowing_taesd() -> MemorySource {
+    use inkstone::weights::Header;
+    let root = fixture("tiny-flow-hub");
+    let mut m = MemorySource { name: "tiny-flow-hub".into(), ..Default::default() };
+    for dir in ["", "scheduler", "text_encoder", "tokenizer", "unet", "vae"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap().flatten().filter(|e| e.path().is_file()) {
+            let rel = if dir.is_empty() { e.file_name().to_string_lossy().into_owned() } else { format!("{dir}/{}", e.file_name().to_string_lossy()) };
+            m.files.insert(rel, std::fs::read(e.path()).unwrap().into());
+        }
+    }
+    // Only the f32 file, so an f16 load converts it (and sees the scaled weights).
+    m.files.remove("vae/diffusion_pytorch_model.fp16.safetensors");
+    let path = "vae/diffusion_pytorch_model.safetensors";
+    let mut bytes = m.files[path].to_vec();
+    let header = Header::parse(path, &bytes, bytes.len() as u64).unwrap();
+    let scales = [("decoder.layers.0.weight", 1.5e5), ("decoder.layers.0.bias", 1.5e5), ("decoder.layers.2.conv.0.weight", 1.0 / 1.5e5)];
+    // decoder.layers: 0 = conv(latent -> w), 1 = ReLU, 2 = block (conv.0, conv.2, conv.4).
+    for (key, t) in &header.tensors {
+        let by = scales.iter().find(|(k, _)| k == key).map_or(1.0, |(_, s)| *s);
+        for w in bytes[t.start..t.end].chunks_exact_mut(4) {
+            let v = half::f16::from_f32(f32::from_le_bytes(w.try_into().unwrap()) * by).to_f32();
+            w.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    m.files.insert(path.into(), bytes.into());
+    m
+}
+
+#[test]
+fn a_tiny_decoder_that_overflows_in_f16_is_rerun_in_f32() {
+    let src = overflowing_taesd();
+    let opts = case_options("hub_flow");
+    let pipe = Pipeline::load_with_dtype(&src, &device(), DType::F16).unwrap();
+    assert_eq!(pipe.decoder.dtype(), DType::F16);
+    let latents = || {
+        let mut run = pipe.start(&opts).unwrap();
+        while !run.is_done() {
+            run.step().unwrap();
+        }
+        run
+    };
+    // The plain f16 decode does overflow: without the rerun this would be an inf/NaN image.
+    let decoded = latents().finish();
+    assert_eq!(decoded.latents_finite.into_data().convert::<f32>().try_to_vec::<f32>().unwrap(), vec![1.0]);
+    assert_eq!(decoded.pixels_finite.into_data().convert::<f32>().try_to_vec::<f32>().unwrap(), vec![0.0]);
+    // The rerun equals the f32 model's decoder (the same f16-representable weights) on the
+    // same latents.
+    let image = latents().decode_checked().unwrap();
+    let f32_pipe = Pipeline::load(&src, &device()).unwrap();
+    let want = f32_pipe.decode_flagged(decoded.latents, false).unwrap().image;
+    let err = max_abs_diff(image, want);
+    println!("overflowing TAESD: f32 rerun vs the f32 decoder on the same latents {err:.3e}");
+    assert!(err <= 1e-5, "{err:e}");
+}

@@ -93,6 +93,15 @@ impl Autoencoder {
         }
     }
 
+    /// The decode again in f32, after non-finite pixels in f16, where this decoder can (the tiny
+    /// one: only convolutions, which widen their weights per call); `None` otherwise.
+    pub fn decode_f32(&self, z: Tensor<4>) -> Option<Tensor<4>> {
+        match self {
+            Self::Tiny(m) if m.dtype != DType::F32 => Some(m.decode_f32(z)),
+            _ => None,
+        }
+    }
+
     /// diffusers `vae.encode(image)` for pixels in [-1, 1]; `None` when the checkpoint has no
     /// encoder weights.
     pub fn encode(&self, image: Tensor<4>) -> Option<Encoded> {

@@ -204,6 +204,12 @@ impl AutoencoderTiny {
         in_dtype(z, self.dtype, |z| self.decoder.forward(z))
     }
 
+    /// [`Self::decode`] with f32 activations whatever the weights' dtype (its layers are convs,
+    /// which widen their weights per call): the rerun after an f16 overflow.
+    pub fn decode_f32(&self, z: Tensor<4>) -> Tensor<4> {
+        in_dtype(z, DType::F32, |z| self.decoder.forward(z))
+    }
+
     /// diffusers `encode(image).latents`; `None` without encoder weights.
     pub fn encode(&self, image: Tensor<4>) -> Option<Tensor<4>> {
         let encoder = self.encoder.as_ref()?;

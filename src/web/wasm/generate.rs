@@ -217,8 +217,20 @@ pub async fn run(
     let warnings: js_sys::Array = generation.warnings().iter().map(|w| JsValue::from_str(w)).collect();
     let out = generation.finish();
     let (latents_ok, pixels_ok) = (read_flag(out.latents_finite).await?, read_flag(out.pixels_finite).await?);
-    pipeline.check_finite(latents_ok, pixels_ok).map_err(|e| JsError::new(&e.to_string()))?;
-    let result = image_to_js(out.image).await?;
+    let js = |e: crate::Error| JsError::new(&e.to_string());
+    // Pixels that overflowed in f16: the decoder once more in f32 where it can.
+    let rerun = if latents_ok && !pixels_ok { pipeline.decode_flagged(out.latents.clone(), true) } else { None };
+    let image = match rerun {
+        Some(again) => {
+            pipeline.check_finite_after_rerun(read_flag(again.pixels_finite).await?).map_err(js)?;
+            again.image
+        }
+        None => {
+            pipeline.check_finite(latents_ok, pixels_ok).map_err(js)?;
+            out.image
+        }
+    };
+    let result = image_to_js(image).await?;
     Reflect::set(&result, &"warnings".into(), &warnings).unwrap();
     Ok(result)
 }
