@@ -62,7 +62,7 @@ fn run_case(case: &str) {
     let (unet, n_params) = match case {
         "fixture" => {
             let src = DirSource::new(root().join("tests/fixtures/tiny-sd")).unwrap();
-            let unet = UNet2DConditionModel::from_source(&src, "unet", &device).unwrap();
+            let unet = UNet2DConditionModel::from_source(&src, "unet", &device, burn::tensor::DType::F32).unwrap();
             (unet, params(&load_weights(&src, "unet", &device).unwrap()))
         }
         "full" => {

@@ -16,7 +16,7 @@ use crate::config::{ModelIndex, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::folder;
 use crate::schedulers::{Sampler, Scheduler};
-use crate::source::{ModelSource, WithDtype};
+use crate::source::ModelSource;
 use crate::text::{PromptTokenizer, TextEncoder};
 use crate::unet::{UNet2DConditionModel, guidance_scale_embedding};
 use crate::vae::Autoencoder;
@@ -94,10 +94,9 @@ impl Pipeline {
         if !device.supports_dtype(dtype) {
             return Err(Error::InvalidArgument(format!("this device cannot compute in {dtype:?}")));
         }
-        let src = &WithDtype { inner: src, dtype };
         let index = folder::read_index(src)?;
         let tokenizer = PromptTokenizer::load(src, "tokenizer")?;
-        let text_encoder = TextEncoder::load(src, "text_encoder", device)?;
+        let text_encoder = TextEncoder::load(src, "text_encoder", device, dtype)?;
         // Padding to model_max_length must stay inside the position table (a tokenizer config
         // can claim any length; past the table there is no position to embed).
         if tokenizer.max_length() > text_encoder.max_positions() {
@@ -108,8 +107,8 @@ impl Pipeline {
                 hint: Some(format!("the text encoder embeds at most {} positions", text_encoder.max_positions())),
             });
         }
-        let unet = UNet2DConditionModel::from_source(src, "unet", device)?;
-        let decoder = Autoencoder::load(src, "vae", device)?;
+        let unet = UNet2DConditionModel::from_source(src, "unet", device, dtype)?;
+        let decoder = Autoencoder::load(src, "vae", device, dtype)?;
         let scheduler_text = src.read(folder::SCHEDULER_CONFIG)?;
         let scheduler_config = SchedulerConfig::from_json(&scheduler_text)?;
         let scheduler_file = SchedulerConfig::json_value(&scheduler_text)?;
@@ -432,12 +431,13 @@ impl Generation<'_> {
         };
         let out = self.finish();
         let (latents_ok, pixels_ok) = (flag(out.latents_finite)?, flag(out.pixels_finite)?);
-        if latents_ok && !pixels_ok {
-            if let Some(again) = pipe.decode_flagged(out.latents.clone(), true) {
-                let ok = flag(again.pixels_finite)?;
-                pipe.check_finite_after_rerun(ok)?;
-                return Ok(again.image);
-            }
+        // Pixels that overflowed in f16: the decoder once more in f32 where it can.
+        if latents_ok
+            && !pixels_ok
+            && let Some(again) = pipe.decode_flagged(out.latents.clone(), true)
+        {
+            pipe.check_finite_after_rerun(flag(again.pixels_finite)?)?;
+            return Ok(again.image);
         }
         pipe.check_finite(latents_ok, pixels_ok)?;
         Ok(out.image)

@@ -41,79 +41,17 @@ pub trait ModelSource {
         Ok(paths.iter().map(|p| if self.exists(p) { self.size(p).ok() } else { None }).collect())
     }
 
-    /// The working float dtype of the load (F32 unless wrapped in [`WithDtype`]).
-    fn dtype(&self) -> DType {
-        DType::F32
-    }
-
-    /// The weights of `component` in [`ModelSource::dtype`].
-    fn weights(&self, component: &str, device: &Device) -> Result<Weights> {
-        self.weights_in(component, device, self.dtype())
-    }
-
-    /// The weights of `component` in `dtype`. By default its safetensors files are read and
-    /// parsed here; the browser overrides this to hand over tensors it already streamed.
-    fn weights_in(&self, component: &str, device: &Device, dtype: DType) -> Result<Weights> {
+    /// The weights of `component`, created in `dtype` (the file is chosen for it: the `.fp16`
+    /// variant first for F16). By default its safetensors files are read and parsed here; the
+    /// browser overrides this to hand over tensors it already streamed to the GPU.
+    fn weights(&self, component: &str, device: &Device, dtype: DType) -> Result<Weights> {
         load_weights_in(self, component, device, dtype)
     }
 
     /// The weights of one named file (an original-layout `taesd_decoder.safetensors`, whose
-    /// keys must not mix with a sibling encoder file's). The browser overrides this too.
-    fn weights_file(&self, path: &str, device: &Device) -> Result<Weights> {
-        self.weights_file_in(path, device, self.dtype())
-    }
-
-    fn weights_file_in(&self, path: &str, device: &Device, dtype: DType) -> Result<Weights> {
+    /// keys must not mix with a sibling encoder file's), in `dtype`. The browser overrides this too.
+    fn weights_file(&self, path: &str, device: &Device, dtype: DType) -> Result<Weights> {
         Ok(Weights::new(vec![SafetensorsFile::from_bytes(path, self.read(path)?)?], device)?.with_dtype(dtype))
-    }
-}
-
-/// `inner` with its components' weights created in `dtype` (F16 for half-precision GPUs):
-/// stored tensors are converted once, at load, straight from their stored type.
-pub struct WithDtype<'a> {
-    pub inner: &'a dyn ModelSource,
-    pub dtype: DType,
-}
-
-impl ModelSource for WithDtype<'_> {
-    fn read(&self, path: &str) -> Result<Arc<[u8]>> {
-        self.inner.read(path)
-    }
-
-    fn exists(&self, path: &str) -> bool {
-        self.inner.exists(path)
-    }
-
-    fn list(&self, dir: &str) -> Vec<String> {
-        self.inner.list(dir)
-    }
-
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn read_range(&self, path: &str, start: u64, len: u64) -> Result<Vec<u8>> {
-        self.inner.read_range(path, start, len)
-    }
-
-    fn size(&self, path: &str) -> Result<u64> {
-        self.inner.size(path)
-    }
-
-    fn probe(&self, paths: &[String]) -> Result<Vec<Option<u64>>> {
-        self.inner.probe(paths)
-    }
-
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    fn weights_in(&self, component: &str, device: &Device, dtype: DType) -> Result<Weights> {
-        self.inner.weights_in(component, device, dtype)
-    }
-
-    fn weights_file_in(&self, path: &str, device: &Device, dtype: DType) -> Result<Weights> {
-        self.inner.weights_file_in(path, device, dtype)
     }
 }
 

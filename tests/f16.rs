@@ -10,13 +10,9 @@ mod common;
 use burn::tensor::{DType, Tensor};
 use common::{case_options, device, fixture, load_unet, max_abs_diff, patterned, reference, tiny_sd};
 use inkstone::pipeline::Pipeline;
-use inkstone::source::{DirSource, MemorySource, ModelSource, WithDtype, load_weights};
+use inkstone::source::{DirSource, MemorySource, ModelSource, load_weights};
 use inkstone::text::TextEncoder;
 use inkstone::vae::Autoencoder;
-
-fn half(src: &dyn ModelSource) -> WithDtype<'_> {
-    WithDtype { inner: src, dtype: DType::F16 }
-}
 
 /// Max |x| of a reference tensor.
 fn magnitude<const D: usize>(t: &Tensor<D>) -> f32 {
@@ -39,7 +35,7 @@ fn unet_in_f16_matches_diffusers_f32() {
     let unets = DirSource::new(fixture("unets")).unwrap();
     let sd = tiny_sd();
     for (src, component, case) in [(&sd, "unet", "tiny_sd"), (&unets, "three-level", "three_level"), (&unets, "no-mid", "no_mid")] {
-        let unet = load_unet(&half(src), component);
+        let unet = load_unet(src, component, DType::F16);
         assert_eq!(unet.dtype(), DType::F16, "{case}: weights handed out as F16");
         let r = reference(&format!("unet_{case}"));
         let cond = r.has("timestep_cond").then(|| r.tensor::<2>("timestep_cond"));
@@ -52,7 +48,7 @@ fn unet_in_f16_matches_diffusers_f32() {
 fn text_encoders_in_f16_match_transformers_f32() {
     let bert = DirSource::new(fixture("tiny-bert")).unwrap();
     for (src, case) in [(&tiny_sd() as &dyn ModelSource, "text_encoder_clip"), (&bert, "text_encoder_bert")] {
-        let encoder = TextEncoder::load(&half(src), "text_encoder", &device()).unwrap();
+        let encoder = TextEncoder::load(src, "text_encoder", &device(), DType::F16).unwrap();
         let r = reference(case);
         let ids = r.int_tensor::<2>("ids");
         let embeds = encoder.encode(ids.clone(), ids.ones_like());
@@ -66,7 +62,7 @@ fn decoders_in_f16_match_diffusers_f32() {
     let fixtures = DirSource::new(fixture("")).unwrap();
     // The original-layout pair is loaded per file (`ModelSource::weights_file`).
     for (dir, case) in [("tiny-sd/vae", "vae_kl"), ("tiny-taesd", "vae_taesd"), ("tiny-taesd-original-pair", "vae_taesd")] {
-        let vae = Autoencoder::load(&half(&fixtures), dir, &device()).unwrap();
+        let vae = Autoencoder::load(&fixtures, dir, &device(), DType::F16).unwrap();
         // tiny-sd's AutoencoderKL config sets `force_upcast` (as every SD VAE does): it runs in
         // f32 in an f16 load, like diffusers; the test below runs it in f16 with the flag off.
         let want = if case == "vae_kl" { DType::F32 } else { DType::F16 };
@@ -98,7 +94,7 @@ fn kl_decoder_without_force_upcast_runs_in_f16() {
         };
         src.files.insert(format!("vae/{file}"), bytes.into());
     }
-    let vae = Autoencoder::load(&half(&src), "vae", &device()).unwrap();
+    let vae = Autoencoder::load(&src, "vae", &device(), DType::F16).unwrap();
     assert_eq!(decoder_dtype(&vae), DType::F16);
     let r = reference("vae_kl");
     assert_close_rel("vae_kl decode (f16, no upcast)", vae.decode(r.tensor("latents")), r.tensor("decoded"), 5e-3);

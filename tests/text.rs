@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use common::{assert_close, device, fixture, reference, tiny_sd};
 use inkstone::Error;
 use inkstone::source::{DirSource, MemorySource, ModelSource};
@@ -120,7 +120,7 @@ fn batch(src: &dyn ModelSource, prompts: &[&str], case: &str) -> (Tensor<2, Int>
 fn clip_text_model_matches_transformers() {
     let src = tiny_sd();
     let (ids, mask) = batch(&src, &["a photo of a cat", "床前明月光，疑是地上霜"], "text_encoder_clip");
-    let encoder = TextEncoder::load(&src, "text_encoder", &device()).unwrap();
+    let encoder = TextEncoder::load(&src, "text_encoder", &device(), DType::F32).unwrap();
     let TextEncoder::Clip(model) = &encoder else { panic!("expected CLIP") };
     assert!(model.text_projection.is_none());
     let r = reference("text_encoder_clip");
@@ -153,7 +153,7 @@ fn clip_pooling_rule_follows_eos_token_id() {
         let mut config: serde_json::Value = serde_json::from_slice(&src.files["text_encoder/config.json"]).unwrap();
         config["eos_token_id"] = eos.into();
         src.files.insert("text_encoder/config.json".into(), Arc::from(serde_json::to_vec(&config).unwrap()));
-        let TextEncoder::Clip(model) = TextEncoder::load(&src, "text_encoder", &device()).unwrap() else { panic!() };
+        let TextEncoder::Clip(model) = TextEncoder::load(&src, "text_encoder", &device(), DType::F32).unwrap() else { panic!() };
         let pooled = model.forward(r.int_tensor("ids"), None).pooler_output;
         assert_close(&format!("clip pooler_output eos_token_id={eos}"), pooled, r.tensor(&format!("pooler_output_eos{eos}")), 1e-4);
     }
@@ -164,7 +164,7 @@ fn clip_with_projection_from_hub_style_checkpoint() {
     // Keys carry `text_model.` and an I64 `position_ids` buffer; gelu; Open-CLIP pad.
     let src = dir("tiny-clip-proj");
     let (ids, _) = batch(&src, &["a photo of a cat", "床前明月光，疑是地上霜"], "text_encoder_clip_proj");
-    let TextEncoder::Clip(model) = TextEncoder::load(&src, "text_encoder", &device()).unwrap() else {
+    let TextEncoder::Clip(model) = TextEncoder::load(&src, "text_encoder", &device(), DType::F32).unwrap() else {
         panic!("expected CLIP")
     };
     let r = reference("text_encoder_clip_proj");
@@ -180,7 +180,7 @@ fn bert_model_matches_transformers_with_and_without_mask() {
     let (ids, mask) = batch(&src, &["床前明月光，疑是地上霜", "a photo of a cat 🐱"], "text_encoder_bert");
     let r = reference("text_encoder_bert");
     assert_eq!(mask.clone().into_data().iter::<i64>().collect::<Vec<_>>(), r.i64s("mask"));
-    let encoder = TextEncoder::load(&src, "text_encoder", &device()).unwrap();
+    let encoder = TextEncoder::load(&src, "text_encoder", &device(), DType::F32).unwrap();
     let TextEncoder::Bert(model) = &encoder else { panic!("expected BERT") };
 
     let plain = model.forward(ids.clone(), None);
@@ -215,7 +215,7 @@ fn bert_in_memory(edit: impl Fn(&mut serde_json::Value)) -> MemorySource {
 fn bert_use_attention_mask_config_passes_the_mask() {
     let src = bert_in_memory(|c| c["use_attention_mask"] = true.into());
     let (ids, mask) = batch(&src, &["床前明月光，疑是地上霜", "a photo of a cat 🐱"], "text_encoder_bert");
-    let encoder = TextEncoder::load(&src, "text_encoder", &device()).unwrap();
+    let encoder = TextEncoder::load(&src, "text_encoder", &device(), DType::F32).unwrap();
     let r = reference("text_encoder_bert");
     assert_close("bert encode() with use_attention_mask", encoder.encode(ids, mask), r.tensor("last_hidden_state_masked"), 1e-4);
 }
@@ -225,14 +225,14 @@ fn config_errors_name_the_file_they_were_read_from() {
     let src = bert_in_memory(|c| c["hidden_act"] = "swish".into());
     let files = src.files.into_iter().map(|(k, v)| (k.replace("text_encoder/", "text_encoder_2/"), v)).collect();
     let src = MemorySource { files, ..src };
-    let msg = TextEncoder::load(&src, "text_encoder_2", &device()).unwrap_err().to_string();
+    let msg = TextEncoder::load(&src, "text_encoder_2", &device(), DType::F32).unwrap_err().to_string();
     assert_eq!(msg, "text_encoder_2/config.json: unsupported value \"swish\" for `hidden_act`");
 }
 
 #[test]
 fn unknown_text_encoder_architecture_is_an_error() {
     let src = bert_in_memory(|c| c["architectures"] = serde_json::json!(["T5EncoderModel"]));
-    let msg = TextEncoder::load(&src, "text_encoder", &device()).unwrap_err().to_string();
+    let msg = TextEncoder::load(&src, "text_encoder", &device(), DType::F32).unwrap_err().to_string();
     println!("{msg}");
     assert!(msg.contains("text_encoder/config.json") && msg.contains("T5EncoderModel"), "{msg}");
 }
@@ -242,7 +242,7 @@ fn leftover_tensors_other_than_buffers_are_reported() {
     // A checkpoint with fewer layers than the config says loads all its tensors, but a config
     // with fewer layers than the checkpoint leaves layer 1 over: that must be an error.
     let src = bert_in_memory(|c| c["num_hidden_layers"] = 1.into());
-    let msg = TextEncoder::load(&src, "text_encoder", &device()).unwrap_err().to_string();
+    let msg = TextEncoder::load(&src, "text_encoder", &device(), DType::F32).unwrap_err().to_string();
     println!("{msg}");
     assert!(msg.contains("unexpected tensors") && msg.contains("encoder.layer.1."), "{msg}");
     assert!(!msg.contains("position_ids"), "the position_ids buffer is ignored: {msg}");

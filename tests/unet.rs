@@ -38,7 +38,7 @@ fn check(unet: &UNet2DConditionModel, case: &str) {
 
 #[test]
 fn tiny_sd_unet_matches_diffusers() {
-    let unet = load_unet(&tiny_sd(), "unet");
+    let unet = load_unet(&tiny_sd(), "unet", DType::F32);
     check(&unet, "tiny_sd");
 }
 
@@ -64,7 +64,7 @@ fn time_embedding_matches_diffusers() {
 
 #[test]
 fn three_level_unet_with_guidance_embedding_matches_diffusers() {
-    let unet = load_unet(&unets(), "three-level");
+    let unet = load_unet(&unets(), "three-level", DType::F32);
     check(&unet, "three_level");
     // 9×7 does not halve evenly: upsamplers are sized to the skips (9→5→3, 7→4→2 and back).
     check(&unet, "three_level_odd");
@@ -72,7 +72,7 @@ fn three_level_unet_with_guidance_embedding_matches_diffusers() {
 
 #[test]
 fn block_removed_unet_matches_diffusers() {
-    let unet = load_unet(&unets(), "no-mid");
+    let unet = load_unet(&unets(), "no-mid", DType::F32);
     assert!(unet.config().mid_block_type.is_none());
     check(&unet, "no_mid");
 }
@@ -93,7 +93,7 @@ fn guidance_scale_embedding_matches_diffusers() {
 /// The time-condition input feeds the embedding: the same call without it must differ.
 #[test]
 fn timestep_cond_changes_the_output() {
-    let unet = load_unet(&unets(), "three-level");
+    let unet = load_unet(&unets(), "three-level", DType::F32);
     let r = reference("unet_three_level");
     let run = |cond| unet.forward(r.tensor("sample"), r.tensor("timesteps"), r.tensor("encoder_hidden_states"), cond);
     let diff = common::max_abs_diff(run(Some(r.tensor::<2>("timestep_cond"))), run(None));
@@ -103,7 +103,7 @@ fn timestep_cond_changes_the_output() {
 /// A single timestep is broadcast over the batch, as diffusers does.
 #[test]
 fn single_timestep_broadcasts_over_the_batch() {
-    let unet = load_unet(&tiny_sd(), "unet");
+    let unet = load_unet(&tiny_sd(), "unet", DType::F32);
     let r = reference("unet_tiny_sd");
     let t = r.f32s("timesteps");
     let sample: Tensor<4> = r.tensor("sample");
@@ -167,7 +167,7 @@ fn config_errors_name_the_file_they_were_read_from() {
     let mut config: serde_json::Value = serde_json::from_slice(&src.files["three-level/config.json"]).unwrap();
     config["act_fn"] = "gelu".into();
     src.files.insert("three-level/config.json".into(), serde_json::to_vec(&config).unwrap().into());
-    let msg = UNet2DConditionModel::from_source(&src, "three-level", &device()).unwrap_err().to_string();
+    let msg = UNet2DConditionModel::from_source(&src, "three-level", &device(), DType::F32).unwrap_err().to_string();
     assert_eq!(msg, "three-level/config.json: unsupported value \"gelu\" for `act_fn`");
 }
 

@@ -6,6 +6,8 @@ mod common;
 
 use std::sync::Arc;
 
+use burn::tensor::DType;
+
 use common::{assert_close, device, filter_keys, fixture, reference, tiny_sd};
 use inkstone::Error;
 use inkstone::source::{DirSource, MemorySource, ModelSource};
@@ -18,7 +20,7 @@ fn fixtures() -> DirSource {
 }
 
 fn load(dir: &str) -> Autoencoder {
-    Autoencoder::load(&fixtures(), dir, &device()).unwrap_or_else(|e| panic!("{dir}: {e}"))
+    Autoencoder::load(&fixtures(), dir, &device(), DType::F32).unwrap_or_else(|e| panic!("{dir}: {e}"))
 }
 
 /// Decodes the case's latents and, when the encoder is there, encodes its image.
@@ -89,7 +91,7 @@ fn taesd_original_layout_errors_name_file_and_tensor() {
     let whole = |f: &inkstone::weights::SafetensorsFile| Arc::from(rewrite_keys(f, |k| k.into()));
 
     // Sanity: the untouched pair loads.
-    Autoencoder::load(&pair(whole(&dec), whole(&enc)), "vae", &device()).unwrap();
+    Autoencoder::load(&pair(whole(&dec), whole(&enc)), "vae", &device(), DType::F32).unwrap();
     // Without its output conv the decoder cannot be laid out.
     let last = output_conv(&dec);
     let err = load_err(&pair(hide(&dec, last), whole(&enc)));
@@ -113,7 +115,7 @@ fn taesd_original_relatives_are_found_by_name() {
         let bytes = src.read(&format!("tiny-taesd-original-pair/{from}.safetensors")).unwrap();
         mem.files.insert(format!("vae/{to}.safetensors"), bytes);
     }
-    let vae = Autoencoder::load(&mem, "vae", &device()).unwrap();
+    let vae = Autoencoder::load(&mem, "vae", &device(), DType::F32).unwrap();
     check_tiny("taesdxl-named pair", &vae, "vae_taesd", true);
 }
 
@@ -130,11 +132,11 @@ fn without_tensors(folder: &str, drop: &[&str]) -> MemorySource {
 
 #[test]
 fn decoder_only_checkpoints_load_without_encoder() {
-    let vae = Autoencoder::load(&without_tensors("tiny-sd/vae", &["encoder.", "quant_conv."]), "vae", &device()).unwrap();
+    let vae = Autoencoder::load(&without_tensors("tiny-sd/vae", &["encoder.", "quant_conv."]), "vae", &device(), DType::F32).unwrap();
     let r = reference("vae_kl");
     assert_close("tiny-sd/vae (decoder only) decode", vae.decode(r.tensor::<4>("latents")), r.tensor::<4>("decoded"), TOL);
     assert!(vae.encode(r.tensor::<4>("image")).is_none());
-    let vae = Autoencoder::load(&without_tensors("tiny-taesd", &["encoder."]), "vae", &device()).unwrap();
+    let vae = Autoencoder::load(&without_tensors("tiny-taesd", &["encoder."]), "vae", &device(), DType::F32).unwrap();
     check_tiny("tiny-taesd (decoder only)", &vae, "vae_taesd", false);
     // An encoder without its quant_conv is incomplete, not decoder-only.
     let err = load_err(&without_tensors("tiny-sd/vae", &["quant_conv."]));
@@ -143,7 +145,7 @@ fn decoder_only_checkpoints_load_without_encoder() {
 
 #[test]
 fn kl_tiny_sd_matches_diffusers() {
-    let vae = Autoencoder::load(&tiny_sd(), "vae", &device()).unwrap();
+    let vae = Autoencoder::load(&tiny_sd(), "vae", &device(), DType::F32).unwrap();
     assert!(matches!(vae, Autoencoder::Kl(_)));
     assert_eq!((vae.pixels_per_latent(), vae.latent_channels()), (8, 4));
     assert_eq!((vae.latent_scaling_factor(), vae.latent_shift_factor()), (0.18215, 0.0));
@@ -186,7 +188,7 @@ fn edited(folder: &str, edit: impl Fn(&mut serde_json::Value)) -> MemorySource {
 }
 
 fn load_err(src: &dyn ModelSource) -> String {
-    match Autoencoder::load(src, "vae", &device()) {
+    match Autoencoder::load(src, "vae", &device(), DType::F32) {
         Ok(_) => panic!("expected an error"),
         Err(e) => e.to_string(),
     }
@@ -201,17 +203,17 @@ fn moved(src: MemorySource, dir: &str) -> MemorySource {
 #[test]
 fn config_errors_name_the_file_they_were_read_from() {
     let tiny = moved(edited("tiny-taesd", |c| c["act_fn"] = "gelu".into()), "vae_b");
-    let err = Autoencoder::load(&tiny, "vae_b", &device()).unwrap_err().to_string();
+    let err = Autoencoder::load(&tiny, "vae_b", &device(), DType::F32).unwrap_err().to_string();
     assert_eq!(err, "vae_b/config.json: unsupported value \"gelu\" for `act_fn`");
     let kl = moved(edited("tiny-sd/vae", |c| c["down_block_types"][0] = "KDownEncoderBlock2D".into()), "vae_b");
-    let err = Autoencoder::load(&kl, "vae_b", &device()).unwrap_err().to_string();
+    let err = Autoencoder::load(&kl, "vae_b", &device(), DType::F32).unwrap_err().to_string();
     assert_eq!(err, "vae_b/config.json: unsupported value KDownEncoderBlock2D for `down_block_types`");
 }
 
 #[test]
 fn wrong_taesd_width_names_the_tensor() {
     let src = edited("tiny-taesd", |c| c["decoder_block_out_channels"] = serde_json::json!([32, 32, 32, 32]));
-    let err = Autoencoder::load(&src, "vae", &device()).unwrap_err();
+    let err = Autoencoder::load(&src, "vae", &device(), DType::F32).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
     assert_eq!(
         err.to_string(),
@@ -223,7 +225,7 @@ fn wrong_taesd_width_names_the_tensor() {
 fn legacy_block_out_channels_key_is_ignored() {
     // diffusers writes `block_out_channels` (a copy of the decoder widths) and never reads it.
     let src = edited("tiny-taesd", |c| c["block_out_channels"] = serde_json::json!([7, 7]));
-    let vae = Autoencoder::load(&src, "vae", &device()).unwrap();
+    let vae = Autoencoder::load(&src, "vae", &device(), DType::F32).unwrap();
     check_tiny("tiny-taesd (legacy key edited)", &vae, "vae_taesd", true);
 }
 
@@ -257,7 +259,7 @@ fn kl_legacy_attention_names_load() {
     });
     let mut src = src;
     src.files.insert(path.into(), Arc::from(renamed));
-    let vae = Autoencoder::load(&src, "vae", &device()).unwrap();
+    let vae = Autoencoder::load(&src, "vae", &device(), DType::F32).unwrap();
     check_kl("tiny-sd/vae (legacy attention keys)", &vae, "vae_kl");
 }
 

@@ -38,7 +38,7 @@ struct ConfigHead {
 impl TextEncoder {
     /// Reads `<dir>/config.json` (architectures / model_type picks the kind), validates, loads
     /// weights with full coverage (`weights.finish()`). Config errors name that file.
-    pub fn load(src: &dyn ModelSource, dir: &str, device: &Device) -> Result<Self> {
+    pub fn load(src: &dyn ModelSource, dir: &str, device: &Device, dtype: DType) -> Result<Self> {
         let path = format!("{dir}/config.json");
         let bytes = src.read(&path)?;
         let head: ConfigHead = from_json(&path, &bytes)?;
@@ -48,7 +48,7 @@ impl TextEncoder {
         let bert = arch == Some("BertModel") || (arch.is_none() && head.model_type.as_deref() == Some("bert"));
         if clip {
             let config: ClipTextConfig = from_json(&path, &bytes)?;
-            let weights = src.weights(dir, device)?.strip_prefix("text_model.");
+            let weights = src.weights(dir, device, dtype)?.strip_prefix("text_model.");
             // The pipeline never runs the projection: loaded when stored, fine when absent.
             let projection = weights.contains("text_projection.weight");
             let mut model = ClipTextModel::load(&weights.root(), &config, &path, projection)?;
@@ -57,7 +57,7 @@ impl TextEncoder {
             Ok(Self::Clip(model))
         } else if bert {
             let config: BertConfig = from_json(&path, &bytes)?;
-            let weights = src.weights(dir, device)?.strip_prefix("bert.");
+            let weights = src.weights(dir, device, dtype)?.strip_prefix("bert.");
             let model = BertModel::load(&weights.root(), &config, &path)?;
             finish(&weights)?;
             Ok(Self::Bert(model))

@@ -36,10 +36,10 @@ pub struct UNet2DConditionModel {
 impl UNet2DConditionModel {
     /// Loads the U-Net in folder `dir` of `src`: `<dir>/config.json` (which config errors
     /// name) and the folder's weights, every stored tensor used (`Weights::finish`).
-    pub fn from_source(src: &dyn ModelSource, dir: &str, device: &Device) -> Result<Self> {
+    pub fn from_source(src: &dyn ModelSource, dir: &str, device: &Device, dtype: DType) -> Result<Self> {
         let path = join(dir, "config.json");
         let config: UNet2DConditionConfig = from_json(&path, &src.read(&path)?)?;
-        let weights = src.weights(dir, device)?;
+        let weights = src.weights(dir, device, dtype)?;
         let unet = Self::build(&weights, &config, config.validated_levels(&path)?)?;
         weights.finish()?;
         Ok(unet)

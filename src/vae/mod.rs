@@ -51,14 +51,15 @@ impl Autoencoder {
     /// Reads `<dir>/config.json` (`_class_name` AutoencoderTiny / AutoencoderKL), or a folder with
     /// only `taesd_decoder.safetensors` (original layout, default TAESD config; also its
     /// relatives such as `taesdxl_decoder.safetensors`, and the `*_encoder` file next to it).
-    pub fn load(src: &dyn ModelSource, dir: &str, device: &Device) -> Result<Self> {
+    /// Its weights are created in `dtype`, or in f32 when the config sets `force_upcast`.
+    pub fn load(src: &dyn ModelSource, dir: &str, device: &Device, dtype: DType) -> Result<Self> {
         if let VaeFiles::OriginalTaesd { decoder, encoder } = folder::vae_files(src, dir)? {
-            let weights = |file: &str| src.weights_file(file, device);
+            let weights = |file: &str| src.weights_file(file, device, dtype);
             let encoder = encoder.as_deref().map(weights).transpose()?;
             return Ok(Self::Tiny(taesd::load_original(weights(&decoder)?, encoder)?));
         }
         let config_path = join(dir, "config.json");
-        let dtype = folder::component_dtype(src, dir, src.dtype())?;
+        let dtype = folder::component_dtype(src, dir, dtype)?;
         let bytes = src.read(&config_path)?;
         #[derive(serde::Deserialize)]
         struct ClassName {
@@ -69,11 +70,11 @@ impl Autoencoder {
         match class.as_str() {
             "AutoencoderTiny" => {
                 let config: AutoencoderTinyConfig = from_json(&config_path, &bytes)?;
-                Ok(Self::Tiny(AutoencoderTiny::load(src.weights_in(dir, device, dtype)?, config, &config_path)?))
+                Ok(Self::Tiny(AutoencoderTiny::load(src.weights(dir, device, dtype)?, config, &config_path)?))
             }
             "AutoencoderKL" => {
                 let config: AutoencoderKLConfig = from_json(&config_path, &bytes)?;
-                Ok(Self::Kl(AutoencoderKL::load(src.weights_in(dir, device, dtype)?, config, &config_path)?))
+                Ok(Self::Kl(AutoencoderKL::load(src.weights(dir, device, dtype)?, config, &config_path)?))
             }
             other => Err(Error::UnsupportedConfig {
                 file: config_path,

@@ -56,7 +56,7 @@ impl ModelSource for Prepared<'_> {
     }
 
     /// The uploaded tensors are in the load's dtype already (the worker converted them).
-    fn weights_in(&self, component: &str, _device: &Device, dtype: DType) -> Result<Weights> {
+    fn weights(&self, component: &str, _device: &Device, dtype: DType) -> Result<Weights> {
         let weights = self.weights.borrow_mut().remove(component).ok_or_else(|| Error::MissingFile {
             path: format!("{}/{component}", self.files.name),
             hint: Some("no weights were uploaded for this component".into()),
@@ -64,7 +64,7 @@ impl ModelSource for Prepared<'_> {
         Ok(weights.with_dtype(dtype))
     }
 
-    fn weights_file_in(&self, path: &str, device: &Device, dtype: DType) -> Result<Weights> {
-        self.weights_in(path, device, dtype)
+    fn weights_file(&self, path: &str, device: &Device, dtype: DType) -> Result<Weights> {
+        self.weights(path, device, dtype)
     }
 }

@@ -143,10 +143,10 @@ pub fn case_options(case: &str) -> GenerateOptions {
     }
 }
 
-/// Loads the `component` U-Net of `src` (in the dtype `src` gives its weights) and checks that
+/// Loads the `component` U-Net of `src` in `dtype` and checks that
 /// every stored tensor was used.
-pub fn load_unet(src: &dyn ModelSource, component: &str) -> UNet2DConditionModel {
-    UNet2DConditionModel::from_source(src, component, &device()).unwrap()
+pub fn load_unet(src: &dyn ModelSource, component: &str, dtype: burn::tensor::DType) -> UNet2DConditionModel {
+    UNet2DConditionModel::from_source(src, component, &device(), dtype).unwrap()
 }
 
 /// A deterministic, irregular f32 tensor with values in [-amplitude, amplitude): test inputs
