@@ -17,8 +17,9 @@ const WWW = join(ROOT, 'www');
 const OUT = join(ROOT, 'tests/output');
 const TINY = join(ROOT, 'tests/fixtures/tiny-sd');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+// `--expose-gc`: the soak test collects garbage before it reads the JS heap.
 const BASE_ARGS = ['--disable-background-networking', '--disable-component-update', '--disable-sync',
-  '--no-first-run', '--disable-quic', '--no-sandbox'];
+  '--no-first-run', '--disable-quic', '--no-sandbox', '--js-flags=--expose-gc'];
 /** Small IndexedDB chunks so the tiny model's files span several chunks. */
 const CHUNK = 256 * 1024;
 
@@ -890,7 +891,10 @@ test('soak: many generations in one tab keep GPU memory, the wasm heap and the J
   const samples = [];
   for (let i = 0; i < runs; i++) {
     const out = await page.evaluate((i) => window.soakGen.generate({ prompt: `soak ${i}`, steps: 1, width: 64, height: 64, seed: i })
-      .then((o) => ({ wasm: o.wasmHeapBytes, js: performance.memory?.usedJSHeapSize ?? 0 })), i);
+      .then((o) => {
+        globalThis.gc?.(); // what is left after a collection is what the page keeps
+        return { wasm: o.wasmHeapBytes, js: performance.memory?.usedJSHeapSize ?? 0 };
+      }), i);
     samples.push({ ...out, gpu: await worker.evaluate(() => ({ ...self.gpuCounts })) });
   }
   await page.evaluate(() => window.soakGen.dispose());
@@ -903,6 +907,8 @@ test('soak: many generations in one tab keep GPU memory, the wasm heap and the J
   assert.ok(last.gpu.liveBytes <= w.gpu.liveBytes, `GPU bytes grew: ${w.gpu.liveBytes} -> ${last.gpu.liveBytes}`);
   assert.ok(last.gpu.buffers <= w.gpu.buffers, 'live GPU buffers grew');
   assert.equal(last.wasm, w.wasm, 'the wasm heap grew after warm-up');
+  // The page keeps nothing of a finished generation (each hands over ~64 KiB of pixels).
+  assert.ok(last.js <= w.js + 2 ** 20, `page JS heap grew: ${w.js} -> ${last.js}`);
   // Dispatches per generation are deterministic: every generation does the same GPU work.
   assert.ok(per.every((n) => n === per[0]), `dispatches per generation vary: ${per}`);
 });
