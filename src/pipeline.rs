@@ -253,14 +253,29 @@ impl Pipeline {
     /// Decodes `latents` with device-side finiteness flags; `f32_rerun` decodes with f32
     /// activations instead (after an f16 overflow; `None` where the decoder cannot).
     pub fn decode_flagged(&self, latents: Tensor<4>, f32_rerun: bool) -> Option<Decoded> {
-        let z = latents.clone() / self.decoder.latent_scaling_factor() + self.decoder.latent_shift_factor();
+        let z = self.unscale(latents.clone());
         let raw = if f32_rerun { self.decoder.decode_f32(z)? } else { self.decoder.decode(z) };
         Some(Decoded {
             latents_finite: all_finite(latents.clone()),
             pixels_finite: all_finite(raw.clone()),
-            image: (raw.cast(DType::F32) / 2.0 + 0.5).clamp(0.0, 1.0),
+            image: to_image(raw),
             latents,
         })
+    }
+
+    /// What a decode's flags (read back by the caller) mean: `Ok(None)`, the image stands;
+    /// `Ok(Some(rerun))`, the decoder overflowed in f16 and `rerun` is its f32 decode (whose
+    /// own pixel flag goes to [`Pipeline::check_finite_after_rerun`]); `Err`, the component
+    /// that overflowed. The one place this rule lives, for the native and the browser shells.
+    pub fn after_decode(&self, out: &Decoded, latents_finite: bool, pixels_finite: bool) -> Result<Option<Decoded>> {
+        if latents_finite
+            && !pixels_finite
+            && let Some(rerun) = self.decode_flagged(out.latents.clone(), true)
+        {
+            return Ok(Some(rerun));
+        }
+        self.check_finite(latents_finite, pixels_finite)?;
+        Ok(None)
     }
 
     /// Text embeddings `[prompts, seq, hidden]` for a batch of prompts.
@@ -288,8 +303,12 @@ impl Pipeline {
 
     /// `latents` → image in [0, 1].
     fn decode_latents(&self, latents: Tensor<4>) -> Tensor<4> {
-        let z = latents / self.decoder.latent_scaling_factor() + self.decoder.latent_shift_factor();
-        (self.decoder.decode(z) / 2.0 + 0.5).clamp(0.0, 1.0)
+        to_image(self.decoder.decode(self.unscale(latents)))
+    }
+
+    /// Latents as the decoder takes them: `latents / scaling_factor + shift_factor`.
+    fn unscale(&self, latents: Tensor<4>) -> Tensor<4> {
+        latents / self.decoder.latent_scaling_factor() + self.decoder.latent_shift_factor()
     }
 }
 
@@ -410,11 +429,6 @@ impl Generation<'_> {
         matches!(self.pipe.decoder, Autoencoder::Tiny(_)).then(|| self.pipe.decode_latents(self.latents.clone()))
     }
 
-    /// Decodes the final latents: `[1, 3, H, W]` in [0, 1].
-    pub fn decode(self) -> Tensor<4> {
-        self.pipe.decode_latents(self.latents)
-    }
-
     /// Decodes the final latents, with device-side flags saying whether the latents and the
     /// decoded pixels (before clamping, which would hide a NaN) are all finite.
     pub fn finish(self) -> Decoded {
@@ -430,17 +444,14 @@ impl Generation<'_> {
             data.try_to_vec::<f32>().map(|v| v[0] > 0.5).map_err(|e| Error::InvalidArgument(format!("reading a flag back: {e:?}")))
         };
         let out = self.finish();
-        let (latents_ok, pixels_ok) = (flag(out.latents_finite)?, flag(out.pixels_finite)?);
-        // Pixels that overflowed in f16: the decoder once more in f32 where it can.
-        if latents_ok
-            && !pixels_ok
-            && let Some(again) = pipe.decode_flagged(out.latents.clone(), true)
-        {
-            pipe.check_finite_after_rerun(flag(again.pixels_finite)?)?;
-            return Ok(again.image);
+        let (latents_ok, pixels_ok) = (flag(out.latents_finite.clone())?, flag(out.pixels_finite.clone())?);
+        match pipe.after_decode(&out, latents_ok, pixels_ok)? {
+            None => Ok(out.image),
+            Some(rerun) => {
+                pipe.check_finite_after_rerun(flag(rerun.pixels_finite)?)?;
+                Ok(rerun.image)
+            }
         }
-        pipe.check_finite(latents_ok, pixels_ok)?;
-        Ok(out.image)
     }
 }
 
@@ -452,6 +463,11 @@ pub struct Decoded {
     /// `[1.0]` when all finite, `[0.0]` otherwise (a float: bool storage differs by backend).
     pub latents_finite: Tensor<1>,
     pub pixels_finite: Tensor<1>,
+}
+
+/// Decoder output (about [-1, 1]) → image in [0, 1], as diffusers' postprocess.
+fn to_image(raw: Tensor<4>) -> Tensor<4> {
+    (raw.cast(DType::F32) / 2.0 + 0.5).clamp(0.0, 1.0)
 }
 
 /// `[1.0]` when no value of `t` is NaN or infinite; computed on the device (one tiny read-back).

@@ -216,18 +216,13 @@ pub async fn run(
     }
     let warnings: js_sys::Array = generation.warnings().iter().map(|w| JsValue::from_str(w)).collect();
     let out = generation.finish();
-    let (latents_ok, pixels_ok) = (read_flag(out.latents_finite).await?, read_flag(out.pixels_finite).await?);
+    let (latents_ok, pixels_ok) = (read_flag(out.latents_finite.clone()).await?, read_flag(out.pixels_finite.clone()).await?);
     let js = |e: crate::Error| JsError::new(&e.to_string());
-    // Pixels that overflowed in f16: the decoder once more in f32 where it can.
-    let rerun = if latents_ok && !pixels_ok { pipeline.decode_flagged(out.latents.clone(), true) } else { None };
-    let image = match rerun {
-        Some(again) => {
-            pipeline.check_finite_after_rerun(read_flag(again.pixels_finite).await?).map_err(js)?;
-            again.image
-        }
-        None => {
-            pipeline.check_finite(latents_ok, pixels_ok).map_err(js)?;
-            out.image
+    let image = match pipeline.after_decode(&out, latents_ok, pixels_ok).map_err(js)? {
+        None => out.image,
+        Some(rerun) => {
+            pipeline.check_finite_after_rerun(read_flag(rerun.pixels_finite).await?).map_err(js)?;
+            rerun.image
         }
     };
     let result = image_to_js(image).await?;
