@@ -414,10 +414,6 @@ impl ModelSource for KnownFiles {
         self.texts.contains_key(path) || matches!(self.sizes.get(path), Some(Some(_)))
     }
 
-    fn list(&self, _dir: &str) -> Vec<String> {
-        Vec::new()
-    }
-
     fn describe(&self) -> String {
         self.name.clone()
     }

@@ -16,8 +16,6 @@ use crate::weights::{SafetensorsFile, Weights};
 pub trait ModelSource {
     fn read(&self, path: &str) -> Result<Arc<[u8]>>;
     fn exists(&self, path: &str) -> bool;
-    /// Entries of a sub-folder (file names only), for finding weight files.
-    fn list(&self, dir: &str) -> Vec<String>;
     /// How to name the whole source in messages.
     fn describe(&self) -> String;
 
@@ -71,6 +69,20 @@ impl DirSource {
         }
         Ok(Self { root })
     }
+
+    /// The files of a sub-folder (names only, sorted). The folder rules never list (a URL
+    /// cannot be listed, so they probe named candidates); tests and tools do.
+    pub fn list(&self, dir: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.root.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
 }
 
 impl ModelSource for DirSource {
@@ -84,18 +96,6 @@ impl ModelSource for DirSource {
 
     fn exists(&self, path: &str) -> bool {
         self.root.join(path).is_file()
-    }
-
-    fn list(&self, dir: &str) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.root.join(dir))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().is_file())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
     }
 
     fn describe(&self) -> String {
@@ -125,6 +125,19 @@ pub struct MemorySource {
     pub files: BTreeMap<String, Arc<[u8]>>,
 }
 
+impl MemorySource {
+    /// The files of a sub-folder (names only).
+    pub fn list(&self, dir: &str) -> Vec<String> {
+        let prefix = format!("{dir}/");
+        self.files
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter(|rest| !rest.contains('/'))
+            .map(String::from)
+            .collect()
+    }
+}
+
 impl ModelSource for MemorySource {
     fn read(&self, path: &str) -> Result<Arc<[u8]>> {
         self.files.get(path).cloned().ok_or_else(|| Error::MissingFile {
@@ -135,16 +148,6 @@ impl ModelSource for MemorySource {
 
     fn exists(&self, path: &str) -> bool {
         self.files.contains_key(path)
-    }
-
-    fn list(&self, dir: &str) -> Vec<String> {
-        let prefix = format!("{dir}/");
-        self.files
-            .keys()
-            .filter_map(|k| k.strip_prefix(&prefix))
-            .filter(|rest| !rest.contains('/'))
-            .map(String::from)
-            .collect()
     }
 
     fn describe(&self) -> String {

@@ -54,10 +54,6 @@ impl ModelSource for Recording<'_> {
         self.note(path);
         self.inner.exists(path)
     }
-    fn list(&self, dir: &str) -> Vec<String> {
-        self.note(dir);
-        self.inner.list(dir)
-    }
     fn describe(&self) -> String {
         self.inner.describe()
     }

@@ -35,14 +35,6 @@ impl ModelSource for Prepared<'_> {
         self.files.exists(path) || self.weights.borrow().contains_key(path)
     }
 
-    fn list(&self, dir: &str) -> Vec<String> {
-        let prefix = format!("{dir}/");
-        let mut names = self.files.list(dir);
-        names.extend(self.weights.borrow().keys().filter_map(|k| k.strip_prefix(&prefix)).map(String::from));
-        names.sort();
-        names
-    }
-
     fn describe(&self) -> String {
         self.files.describe()
     }
