@@ -6,6 +6,7 @@ pub mod error;
 pub mod folder;
 pub mod image;
 pub mod info;
+pub mod limits;
 pub mod nn;
 pub mod pipeline;
 pub mod schedulers;

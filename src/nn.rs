@@ -9,32 +9,113 @@ use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{DType, Int, Tensor};
 
 use crate::error::Result;
+use crate::limits;
 use crate::weights::VarBuilder;
 
-/// `torch.nn.Linear`. The weight is kept as `[in, out]` (burn's layout), transposed once at load.
+/// `torch.nn.Linear`. The weight is kept as `[in, out]` (burn's layout), transposed once at
+/// load, in pieces of output columns where the whole would not fit one binding on the device
+/// ([`crate::limits`]); the pieces' outputs are concatenated.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Tensor<2>,
-    pub bias: Option<Tensor<1>>,
+    pieces: Vec<(Tensor<2>, Option<Tensor<1>>)>,
+    d_in: usize,
+    d_out: usize,
 }
 
 impl Linear {
     pub fn load(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
-        let weight = vb.get("weight", [d_out, d_in])?.transpose();
-        let bias = if bias { Some(vb.get("bias", [d_out])?) } else { None };
-        Ok(Self { weight, bias })
+        let weights = vb.get_rows("weight", [d_out, d_in])?;
+        let biases = split_like(
+            if bias {
+                Some(vb.get("bias", [d_out])?)
+            } else {
+                None
+            },
+            &weights,
+        );
+        let pieces = weights
+            .into_iter()
+            .map(|w| w.transpose())
+            .zip(biases)
+            .collect();
+        Ok(Self {
+            pieces,
+            d_in,
+            d_out,
+        })
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.d_in
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.d_out
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.pieces[0].0.dtype()
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.clone(), self.bias.clone())
+        let mut dims = x.dims();
+        dims[D - 1] = self.d_out;
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let limits = limits::of(&x.device());
+        if (rows * self.d_out) as u64 * 4 <= limits.max_tensor_bytes() {
+            return self.forward_whole(x);
+        }
+        // The output would outgrow a binding: blocks of rows (tokens), each within it.
+        let flat: Tensor<2> = x.reshape([rows as i64, self.d_in as i64]);
+        let per = (limits.max_elems(4) / self.d_out.max(self.d_in)).max(1);
+        let outs: Vec<Tensor<2>> = (0..rows)
+            .step_by(per)
+            .map(|s| self.forward_whole(flat.clone().slice([s..(s + per).min(rows)])))
+            .collect();
+        Tensor::cat(outs, 0).reshape(dims)
+    }
+
+    fn forward_whole<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let outs: Vec<Tensor<D>> = self
+            .pieces
+            .iter()
+            .map(|(w, b)| linear(x.clone(), w.clone(), b.clone()))
+            .collect();
+        if outs.len() == 1 {
+            outs.into_iter().next().unwrap()
+        } else {
+            Tensor::cat(outs, D - 1)
+        }
     }
 }
 
-/// `torch.nn.Conv2d` with symmetric padding.
+/// `bias` cut into the row counts of `pieces` (a no-op for one piece); `None`s without a bias.
+fn split_like<const D: usize>(
+    bias: Option<Tensor<1>>,
+    pieces: &[Tensor<D>],
+) -> Vec<Option<Tensor<1>>> {
+    let Some(bias) = bias else {
+        return vec![None; pieces.len()];
+    };
+    if pieces.len() == 1 {
+        return vec![Some(bias)];
+    }
+    let mut start = 0;
+    pieces
+        .iter()
+        .map(|p| {
+            let n = p.dims()[0];
+            start += n;
+            Some(bias.clone().slice([start - n..start]))
+        })
+        .collect()
+}
+
+/// `torch.nn.Conv2d` with symmetric padding. The weight is in pieces of output channels where
+/// the whole (in f32, see `forward`) would not fit one binding on the device.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
-    pub weight: Tensor<4>,
-    pub bias: Option<Tensor<1>>,
+    pieces: Vec<(Tensor<4>, Option<Tensor<1>>)>,
     pub stride: usize,
     pub padding: usize,
 }
@@ -50,16 +131,40 @@ pub struct Conv2dConfig {
 impl Conv2dConfig {
     /// A "same" convolution: k×k, stride 1, padding k/2, with bias.
     pub fn same(kernel: usize) -> Self {
-        Self { kernel, stride: 1, padding: kernel / 2, bias: true }
+        Self {
+            kernel,
+            stride: 1,
+            padding: kernel / 2,
+            bias: true,
+        }
     }
 }
 
 impl Conv2d {
     pub fn load(vb: &VarBuilder, c_in: usize, c_out: usize, cfg: Conv2dConfig) -> Result<Self> {
         let k = cfg.kernel;
-        let weight = vb.get("weight", [c_out, c_in, k, k])?;
-        let bias = if cfg.bias { Some(vb.get("bias", [c_out])?) } else { None };
-        Ok(Self { weight, bias, stride: cfg.stride, padding: cfg.padding })
+        let weights = vb.get_rows("weight", [c_out, c_in, k, k])?;
+        let biases = split_like(
+            if cfg.bias {
+                Some(vb.get("bias", [c_out])?)
+            } else {
+                None
+            },
+            &weights,
+        );
+        Ok(Self {
+            pieces: weights.into_iter().zip(biases).collect(),
+            stride: cfg.stride,
+            padding: cfg.padding,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.pieces[0].0.dtype()
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.pieces.iter().map(|(w, _)| w.dims()[0]).sum()
     }
 
     /// Computed in f32 whatever the weights' dtype: burn's GPU direct convolution accumulates
@@ -69,7 +174,25 @@ impl Conv2d {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
         let f32 = |t: &Tensor<1>| t.clone().cast(DType::F32);
-        in_f32(x, |x| conv2d(x, self.weight.clone().cast(DType::F32), self.bias.as_ref().map(f32), options))
+        in_f32(x, |x| {
+            let outs: Vec<Tensor<4>> = self
+                .pieces
+                .iter()
+                .map(|(w, b)| {
+                    conv2d(
+                        x.clone(),
+                        w.clone().cast(DType::F32),
+                        b.as_ref().map(f32),
+                        options.clone(),
+                    )
+                })
+                .collect();
+            if outs.len() == 1 {
+                outs.into_iter().next().unwrap()
+            } else {
+                Tensor::cat(outs, 1)
+            }
+        })
     }
 }
 
@@ -145,21 +268,73 @@ impl LayerNorm {
     }
 }
 
-/// `torch.nn.Embedding`.
+/// `torch.nn.Embedding`. The table is in pieces of rows where the whole would not fit one
+/// binding on the device (CLIP-L's 49408×768 table is 152 MB in f32; WebGPU's default binding
+/// limit is 128 MiB).
 #[derive(Debug, Clone)]
 pub struct Embedding {
-    pub weight: Tensor<2>,
+    pieces: Vec<Tensor<2>>,
 }
 
 impl Embedding {
     pub fn load(vb: &VarBuilder, count: usize, dim: usize) -> Result<Self> {
-        Ok(Self { weight: vb.get("weight", [count, dim])? })
+        Ok(Self {
+            pieces: vb.get_rows("weight", [count, dim])?,
+        })
     }
 
     /// `[batch, seq]` ids → `[batch, seq, dim]`.
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        embedding(self.weight.clone(), ids)
+        if let [table] = &self.pieces[..] {
+            return embedding(table.clone(), ids);
+        }
+        // Each id is in exactly one piece: look it up there (clamped elsewhere) and keep it
+        // with a 0/1 mask, so the sum over pieces is the row itself, bit for bit.
+        let mut start = 0i64;
+        let mut out: Option<Tensor<3>> = None;
+        for table in &self.pieces {
+            let rows = table.dims()[0] as i64;
+            let local = ids.clone() - start;
+            let inside = local
+                .clone()
+                .greater_equal_elem(0)
+                .bool_and(local.clone().lower_elem(rows));
+            let found = embedding(table.clone(), local.clamp(0, rows - 1));
+            let kept = found.clone() * inside.float().cast(found.dtype()).unsqueeze_dim::<3>(2);
+            out = Some(match out {
+                Some(sum) => sum + kept,
+                None => kept,
+            });
+            start += rows;
+        }
+        out.expect("at least one piece")
     }
+}
+
+/// Runs `f` over `x` (`[b, n, c]`) in blocks of rows (of the b·n tokens) so that no
+/// intermediate of `widest` values per row exceeds the device's largest binding; in one call
+/// where it fits. For per-token work (a feed-forward) whose inner width outgrows the limit at
+/// large images (GEGLU at 768²: 2 × 9216 tokens × 2560 values is 189 MB in f32).
+pub fn by_token_blocks(
+    x: Tensor<3>,
+    widest: usize,
+    f: impl Fn(Tensor<3>) -> Tensor<3>,
+) -> Tensor<3> {
+    let [b, n, _] = x.dims();
+    let per = limits::of(&x.device()).max_elems(4) / widest.max(1);
+    if per >= b * n {
+        return f(x);
+    }
+    let c = x.dims()[2];
+    let flat: Tensor<3> = x.reshape([1, b * n, c]);
+    let per = per.max(1);
+    let outs: Vec<Tensor<3>> = (0..b * n)
+        .step_by(per)
+        .map(|s| f(flat.clone().slice([0..1, s..(s + per).min(b * n)])))
+        .collect();
+    let out = Tensor::cat(outs, 1);
+    let c_out = out.dims()[2];
+    out.reshape([b, n, c_out])
 }
 
 /// Upper bound on the elements of one attention score block. WebGPU's default

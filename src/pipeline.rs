@@ -168,6 +168,8 @@ impl Pipeline {
                 )));
             }
         }
+        self.decoder
+            .check_fits(&self.device, opts.height / f, opts.width / f)?;
         let mut scheduler = self.scheduler_named(opts.scheduler.as_deref())?;
         let (default_steps, default_guidance) = scheduler.default_steps_and_guidance();
         let guidance = opts.guidance.unwrap_or(default_guidance);

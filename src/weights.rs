@@ -17,6 +17,12 @@ use std::sync::Arc;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::limits::{self, DeviceLimits};
+
+/// A tensor created on the device: its stored shape and its flattened values, in pieces of whole
+/// rows (along the first dimension) when the whole would exceed the device's largest binding
+/// ([`DeviceLimits::row_pieces`]); one piece otherwise.
+pub type Uploaded = (Vec<usize>, Vec<Tensor<1>>);
 
 /// Headers above this size are rejected before any allocation: real ones are a few hundred KiB
 /// (the `safetensors` crate uses the same 100 MB bound).
@@ -335,8 +341,8 @@ pub struct Weights {
     files: Vec<SafetensorsFile>,
     /// Tensors already on the device (the browser uploads them one by one while streaming
     /// from IndexedDB, so no model file is ever whole in the wasm heap): stored key →
-    /// (shape, flattened tensor). Used instead of `files` when non-empty.
-    uploaded: BTreeMap<String, (Vec<usize>, Tensor<1>)>,
+    /// (shape, flattened pieces). Used instead of `files` when non-empty.
+    uploaded: BTreeMap<String, Uploaded>,
     /// key → (file index, stored key); stored keys may differ by a stripped prefix.
     index: BTreeMap<String, (usize, String)>,
     used: RefCell<BTreeSet<String>>,
@@ -386,25 +392,33 @@ impl Weights {
         w
     }
 
-    /// A component whose tensors were already created on `device`, flattened, with their
-    /// stored shapes. Lookups, shape checks, prefix/rename and `finish` behave as with files;
-    /// `tensor()` only reshapes (the tensors keep the dtype they were uploaded with).
+    /// A component whose tensors were already created on `device`, flattened (in row pieces
+    /// where [`DeviceLimits::row_pieces`] splits them), with their stored shapes. Lookups, shape
+    /// checks, prefix/rename and `finish` behave as with files; `tensor()` only reshapes (the
+    /// tensors keep the dtype they were uploaded with).
     pub fn from_tensors(
         name: impl Into<String>,
-        tensors: BTreeMap<String, (Vec<usize>, Tensor<1>)>,
+        tensors: BTreeMap<String, Uploaded>,
         device: &Device,
     ) -> Result<Self> {
         let name = name.into();
-        for (key, (shape, t)) in &tensors {
+        for (key, (shape, pieces)) in &tensors {
             let numel: usize = shape.iter().product();
-            if t.dims()[0] != numel {
+            let row = shape.iter().skip(1).product::<usize>().max(1);
+            let lens: Vec<usize> = pieces.iter().map(|t| t.dims()[0]).collect();
+            if lens.iter().sum::<usize>() != numel || lens.iter().any(|n| n % row != 0) {
                 return Err(Error::CorruptSafetensors {
                     file: name.clone(),
-                    reason: format!("tensor `{key}`: {} values uploaded for shape {shape:?}", t.dims()[0]),
+                    reason: format!(
+                        "tensor `{key}`: pieces of {lens:?} values uploaded for shape {shape:?}"
+                    ),
                 });
             }
         }
-        let index = tensors.keys().map(|k| (k.clone(), (0, k.clone()))).collect();
+        let index = tensors
+            .keys()
+            .map(|k| (k.clone(), (0, k.clone())))
+            .collect();
         Ok(Self {
             name,
             files: Vec::new(),
@@ -470,18 +484,81 @@ impl Weights {
         Some(&self.files[*i].header.tensors[stored].shape)
     }
 
-    /// Loads `key` as a float tensor of exactly `shape`.
+    /// Loads `key` as a float tensor of exactly `shape`, whole. A tensor too big for one
+    /// binding on this device is an error naming it: modules that can work on pieces use
+    /// [`Self::tensor_rows`].
     pub fn tensor<const D: usize>(&self, key: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        let bytes = shape.iter().product::<usize>() as u64 * self.dtype.size() as u64;
+        let limits = limits::of(&self.device);
+        if bytes > limits.max_tensor_bytes() {
+            return Err(too_large(&self.name, key, bytes, self.dtype, limits));
+        }
+        let mut pieces =
+            self.tensor_pieces(key, shape, &[(0, shape.first().copied().unwrap_or(1))])?;
+        Ok(if pieces.len() == 1 {
+            pieces.pop().unwrap()
+        } else {
+            Tensor::cat(pieces, 0)
+        })
+    }
+
+    /// Loads `key` (of exactly `shape`) in pieces of whole rows along its first dimension, each
+    /// within the device's largest binding ([`DeviceLimits::row_pieces`]); one piece, the
+    /// whole tensor, wherever it fits. For weights whose rows are independent: embedding rows,
+    /// output channels of a linear or a convolution.
+    pub fn tensor_rows<const D: usize>(
+        &self,
+        key: &str,
+        shape: [usize; D],
+    ) -> Result<Vec<Tensor<D>>> {
+        let limits = limits::of(&self.device);
+        let row: usize = shape.iter().skip(1).product();
+        if row as u64 * 4 > limits.max_tensor_bytes() {
+            return Err(too_large(
+                &self.name,
+                key,
+                row as u64 * 4,
+                DType::F32,
+                limits,
+            ));
+        }
+        self.tensor_pieces(key, shape, &limits.row_pieces(shape[0], row))
+    }
+
+    /// `key` as the row ranges `pieces` (`(first row, rows)`), after the presence/shape checks.
+    fn tensor_pieces<const D: usize>(
+        &self,
+        key: &str,
+        shape: [usize; D],
+        pieces: &[(usize, usize)],
+    ) -> Result<Vec<Tensor<D>>> {
+        let row: usize = shape.iter().skip(1).product();
+        let piece_shape = |rows: usize| {
+            let mut s = shape;
+            if D > 0 {
+                s[0] = rows;
+            }
+            s
+        };
         if let (Some(generate), false) = (&self.generate, self.index.contains_key(key)) {
             self.used.borrow_mut().insert(key.to_string());
-            let data = TensorData::new(generate(key, &shape), shape);
-            return Ok(Tensor::from_data(data, (&self.device, self.dtype)));
+            let values = generate(key, &shape);
+            return Ok(pieces
+                .iter()
+                .map(|&(start, rows)| {
+                    let data = TensorData::new(
+                        values[start * row..(start + rows) * row].to_vec(),
+                        piece_shape(rows),
+                    );
+                    Tensor::from_data(data, (&self.device, self.dtype))
+                })
+                .collect());
         }
         let (i, stored) = self.index.get(key).ok_or_else(|| Error::MissingTensor {
             file: self.name.clone(),
             key: key.to_string(),
         })?;
-        if let Some((found, t)) = self.uploaded.get(stored) {
+        if let Some((found, uploaded)) = self.uploaded.get(stored) {
             if found[..] != shape {
                 return Err(Error::ShapeMismatch {
                     file: self.name.clone(),
@@ -492,7 +569,39 @@ impl Weights {
             }
             self.used.borrow_mut().insert(key.to_string());
             // A no-op when uploaded in the working dtype (the browser uploads in it).
-            return Ok(t.clone().reshape(shape).cast(self.dtype));
+            let whole = || {
+                let parts: Vec<Tensor<1>> = uploaded.clone();
+                if parts.len() == 1 {
+                    parts.into_iter().next().unwrap()
+                } else {
+                    Tensor::cat(parts, 0)
+                }
+            };
+            let same = uploaded.len() == pieces.len()
+                && uploaded
+                    .iter()
+                    .zip(pieces)
+                    .all(|(t, &(_, rows))| t.dims()[0] == rows * row);
+            return Ok(if same {
+                uploaded
+                    .iter()
+                    .zip(pieces)
+                    .map(|(t, &(_, rows))| t.clone().reshape(piece_shape(rows)).cast(self.dtype))
+                    .collect()
+            } else {
+                // Pieces cut by another rule (or a whole tensor asked for): one cat, then slices.
+                let whole = whole();
+                pieces
+                    .iter()
+                    .map(|&(start, rows)| {
+                        whole
+                            .clone()
+                            .slice([start * row..(start + rows) * row])
+                            .reshape(piece_shape(rows))
+                            .cast(self.dtype)
+                    })
+                    .collect()
+            });
         }
         let file = &self.files[*i];
         let info = &file.header.tensors[stored];
@@ -504,9 +613,25 @@ impl Weights {
                 found: info.shape.clone(),
             });
         }
-        let data = tensor_data(&file.name, key, info.dtype, file.raw(info), shape.to_vec(), self.dtype)?;
+        let raw = file.raw(info);
+        let elem = info.dtype.size();
+        let tensors = pieces
+            .iter()
+            .map(|&(start, rows)| {
+                let bytes = &raw[start * row * elem..(start + rows) * row * elem];
+                let data = tensor_data(
+                    &file.name,
+                    key,
+                    info.dtype,
+                    bytes,
+                    piece_shape(rows).to_vec(),
+                    self.dtype,
+                )?;
+                Ok(Tensor::from_data(data, (&self.device, self.dtype)))
+            })
+            .collect::<Result<Vec<_>>>()?;
         self.used.borrow_mut().insert(key.to_string());
-        Ok(Tensor::from_data(data, (&self.device, self.dtype)))
+        Ok(tensors)
     }
 
     /// Fails with every key that no module asked for: the checkpoint is not the model the
@@ -547,6 +672,11 @@ impl<'a> VarBuilder<'a> {
 
     pub fn get<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         self.weights.tensor(&self.key(name), shape)
+    }
+
+    /// [`Weights::tensor_rows`]: `name` in row pieces that each fit one binding.
+    pub fn get_rows<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Vec<Tensor<D>>> {
+        self.weights.tensor_rows(&self.key(name), shape)
     }
 
     /// Whether `name` exists under this prefix (for optional parameters such as biases).
@@ -659,4 +789,20 @@ impl TensorStream {
             ),
         })
     }
+}
+
+/// A tensor (or one row of it) bigger than any kernel on this device can bind.
+pub fn too_large(file: &str, key: &str, bytes: u64, dtype: DType, limits: DeviceLimits) -> Error {
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    let advice = if dtype == DType::F16 {
+        ""
+    } else {
+        "load with dtype 'f16' where the GPU has shader-f16, or "
+    };
+    Error::InvalidArgument(format!(
+        "{file}: tensor `{key}` needs {:.1} MiB in {dtype:?} in one piece, more than this GPU's largest \
+         buffer binding ({:.1} MiB); {advice}use a browser/GPU that offers higher WebGPU limits",
+        mb(bytes),
+        mb(limits.max_tensor_bytes())
+    ))
 }

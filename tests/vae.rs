@@ -282,3 +282,24 @@ fn rewrite_keys(file: &inkstone::weights::SafetensorsFile, rename: impl Fn(&str)
     filter_keys(file, |k| Some(rename(k)))
 }
 
+
+/// A decode in tiles (activations capped at 64 KiB) equals the whole decode: each tile carries
+/// the decoder's full receptive field as margin, so there are no seams to blend.
+#[test]
+fn taesd_tiled_decode_equals_the_whole() {
+    // One block per level: each pixel sees 8 latents around it.
+    let Autoencoder::Tiny(vae) = load("tiny-flow/vae") else {
+        panic!("tiny-flow's vae is an AutoencoderTiny")
+    };
+    // 30×22 latents: 240×176 pixels, 1.35 MB of 8-channel f32 activations; 1 MiB allows tiles
+    // of 22×22 latents with 8 of margin on each side, i.e. cores of 6×6: 5×4 tiles.
+    let z = common::patterned([1, 4, 22, 30], 3, 2.0);
+    let whole = vae.decoder.forward_within(z.clone(), u64::MAX);
+    assert_eq!(whole.dims(), [1, 3, 176, 240]);
+    assert_close(
+        "tiled decode",
+        vae.decoder.forward_within(z, 1 << 20),
+        whole,
+        1e-6,
+    );
+}

@@ -25,7 +25,7 @@ fn uploaded(component: &str) -> (Weights, Weights) {
     for (key, info) in &file.header.tensors {
         let values = to_f32(&path, key, info.dtype, file.raw(info)).unwrap();
         let n = values.len();
-        map.insert(key.clone(), (info.shape.clone(), Tensor::<1>::from_data(TensorData::new(values, [n]), &dev)));
+        map.insert(key.clone(), (info.shape.clone(), vec![Tensor::<1>::from_data(TensorData::new(values, [n]), &dev)]));
     }
     (from_files, Weights::from_tensors(path, map, &dev).unwrap())
 }
@@ -114,7 +114,7 @@ fn errors_are_the_same_as_with_files() {
 fn length_disagreeing_with_shape_is_rejected() {
     let dev = common::device();
     let mut map = BTreeMap::new();
-    map.insert("w".to_string(), (vec![2, 3], Tensor::<1>::from_data(TensorData::new(vec![0f32; 5], [5]), &dev)));
+    map.insert("w".to_string(), (vec![2, 3], vec![Tensor::<1>::from_data(TensorData::new(vec![0f32; 5], [5]), &dev)]));
     let e = Weights::from_tensors("unet/x.safetensors", map, &dev).err().unwrap().to_string();
     assert!(e.contains("unet/x.safetensors") && e.contains("`w`") && e.contains("[2, 3]"), "{e}");
 }

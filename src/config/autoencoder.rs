@@ -221,4 +221,22 @@ impl AutoencoderKLConfig {
     pub fn pixels_per_latent(&self) -> usize {
         self.checked_pixels_per_latent().expect("validated config")
     }
+
+    /// Values in the decoder's largest activation for an `h`×`w` latent (batch 1): each up block
+    /// runs at its input width and resolution, then upsamples with its output width.
+    pub fn largest_decode_activation(&self, h: usize, w: usize) -> u64 {
+        let widths = &self.block_out_channels;
+        let mut pixels = (h * w) as u64;
+        let mut c_prev = *widths.last().unwrap_or(&0) as u64;
+        let mut largest = c_prev * pixels;
+        for (i, &c) in widths.iter().rev().enumerate() {
+            largest = largest.max(c_prev.max(c as u64) * pixels);
+            if i + 1 < widths.len() {
+                pixels *= 4;
+                largest = largest.max(c as u64 * pixels);
+            }
+            c_prev = c as u64;
+        }
+        largest
+    }
 }

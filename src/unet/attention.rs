@@ -6,7 +6,10 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{DType, Tensor};
 
 use crate::error::Result;
-use crate::nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, scaled_dot_product_attention};
+use crate::nn::{
+    Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, by_token_blocks,
+    scaled_dot_product_attention,
+};
 use crate::weights::VarBuilder;
 
 /// Multi-head attention; cross-attention when `cross_attention_dim` is given (keys and values
@@ -88,10 +91,13 @@ impl FeedForward {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let mut halves = self.geglu_proj.forward(x).chunk(2, 2);
-        let gate = halves.pop().unwrap();
-        let value = halves.pop().unwrap();
-        self.out.forward(value * gelu(gate))
+        let widest = self.geglu_proj.d_out();
+        by_token_blocks(x, widest, |x| {
+            let mut halves = self.geglu_proj.forward(x).chunk(2, 2);
+            let gate = halves.pop().unwrap();
+            let value = halves.pop().unwrap();
+            self.out.forward(value * gelu(gate))
+        })
     }
 }
 

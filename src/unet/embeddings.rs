@@ -80,7 +80,7 @@ impl TimestepEmbedding {
 
     /// Width of the optional condition input (`time_cond_proj_dim`).
     pub fn cond_dim(&self) -> Option<usize> {
-        self.cond_proj.as_ref().map(|p| p.weight.dims()[0])
+        self.cond_proj.as_ref().map(|p| p.d_in())
     }
 
     /// Without a condition a `cond_proj` model runs unconditioned, as in diffusers; a model

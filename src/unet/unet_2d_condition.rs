@@ -184,6 +184,6 @@ impl UNet2DConditionModel {
 
     /// The float dtype the weights were loaded in.
     pub fn dtype(&self) -> DType {
-        self.conv_in.weight.dtype()
+        self.conv_in.dtype()
     }
 }

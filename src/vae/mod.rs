@@ -94,6 +94,29 @@ impl Autoencoder {
         }
     }
 
+    /// Whether decoding a `h`×`w` latent fits the device's largest binding. The tiny decoder
+    /// always does (it decodes in tiles); the KL decoder's GroupNorms see the whole image, so it
+    /// runs whole, and an activation that outgrows the binding limit would be a silently wrong
+    /// image: an error naming the size, before any step runs.
+    pub fn check_fits(&self, device: &Device, h: usize, w: usize) -> Result<()> {
+        let Self::Kl(m) = self else { return Ok(()) };
+        let limits = crate::limits::of(device);
+        let need = m.config.largest_decode_activation(h, w) * 4;
+        if need <= limits.max_tensor_bytes() {
+            return Ok(());
+        }
+        let f = m.config.pixels_per_latent();
+        Err(Error::InvalidArgument(format!(
+            "the vae (AutoencoderKL) needs {:.0} MiB for one activation to decode {}x{}, more than this GPU's largest \
+             buffer binding ({:.0} MiB); pick a smaller image, a model with a tiny decoder (AutoencoderTiny), or a \
+             GPU/browser with higher WebGPU limits",
+            need as f64 / (1 << 20) as f64,
+            w * f,
+            h * f,
+            limits.max_tensor_bytes() as f64 / (1 << 20) as f64
+        )))
+    }
+
     /// The decode again in f32, after non-finite pixels in f16, where this decoder can (the tiny
     /// one: only convolutions, which widen their weights per call); `None` otherwise.
     pub fn decode_f32(&self, z: Tensor<4>) -> Option<Tensor<4>> {

@@ -13,6 +13,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::config::AutoencoderTinyConfig;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::nn::{Conv2d, Conv2dConfig, in_dtype};
 use crate::weights::{VarBuilder, Weights};
 
@@ -77,6 +78,25 @@ impl Layer {
     }
 }
 
+impl Layer {
+    /// Pixels of context each output pixel needs on every side (at this layer's resolution).
+    fn padding(&self) -> usize {
+        match self {
+            Layer::Conv(conv) => conv.padding,
+            Layer::Block(block) => block.conv.iter().map(|c| c.padding).sum(),
+            Layer::Relu | Layer::Upsample(_) => 0,
+        }
+    }
+
+    fn out_channels(&self) -> Option<usize> {
+        match self {
+            Layer::Conv(conv) => Some(conv.out_channels()),
+            Layer::Block(block) => Some(block.conv[2].out_channels()),
+            Layer::Relu | Layer::Upsample(_) => None,
+        }
+    }
+}
+
 /// Builds `layers.{i}` in order, so each layer's key is its position.
 struct Sequential<'a> {
     vb: VarBuilder<'a>,
@@ -136,8 +156,86 @@ impl DecoderTiny {
 
     /// Latents → pixels in about [-1, 1] (the network itself outputs [0, 1]).
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
+        let max = limits::of(&z.device()).max_tensor_bytes();
+        self.forward_within(z, max)
+    }
+
+    /// [`Self::forward`] with activations of at most `max_bytes` each (in f32).
+    pub fn forward_within(&self, z: Tensor<4>, max_bytes: u64) -> Tensor<4> {
         let z = (z / 3.0).tanh() * 3.0;
-        Sequential::forward(&self.layers, z) * 2.0 - 1.0
+        self.forward_tiled(z, max_bytes) * 2.0 - 1.0
+    }
+
+    /// The layers over `z`, in tiles where the full-resolution activations would outgrow the
+    /// device's largest binding (64 channels at 768² is 151 MB in f32). The decoder has no
+    /// normalisation, so each output pixel depends only on latents within [`Self::halo`]: a tile
+    /// decoded with that margin and cropped to its core equals the whole decode, with no seams.
+    fn forward_tiled(&self, z: Tensor<4>, max: u64) -> Tensor<4> {
+        let [b, c, h, w] = z.dims();
+        let scale = self.scale();
+        let per_pixel = (b * self.widest() * 4) as u64;
+        if (h * w * scale * scale) as u64 * per_pixel <= max {
+            return Sequential::forward(&self.layers, z);
+        }
+        let halo = self.halo();
+        // The largest square tile (margins included) whose activations fit, in latent pixels.
+        let side = ((max / per_pixel) as f64).sqrt() as usize / scale;
+        let core = side.saturating_sub(2 * halo).max(1);
+        let span =
+            |start: usize, len: usize| (start.saturating_sub(halo), (start + core + halo).min(len));
+        let rows = (0..h)
+            .step_by(core)
+            .map(|y0| {
+                let (ya, yb) = span(y0, h);
+                let tiles = (0..w)
+                    .step_by(core)
+                    .map(|x0| {
+                        let (xa, xb) = span(x0, w);
+                        let tile = Sequential::forward(
+                            &self.layers,
+                            z.clone().slice([0..b, 0..c, ya..yb, xa..xb]),
+                        );
+                        let (y, x) = ((y0 - ya) * scale, (x0 - xa) * scale);
+                        let (th, tw) = (core.min(h - y0) * scale, core.min(w - x0) * scale);
+                        let out_c = tile.dims()[1];
+                        tile.slice([0..b, 0..out_c, y..y + th, x..x + tw])
+                    })
+                    .collect();
+                Tensor::cat(tiles, 3)
+            })
+            .collect();
+        Tensor::cat(rows, 2)
+    }
+
+    /// Output pixels per latent pixel (the product of the upsampling factors).
+    fn scale(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| if let Layer::Upsample(f) = l { *f } else { 1 })
+            .product()
+    }
+
+    /// The widest activation, in channels.
+    fn widest(&self) -> usize {
+        self.layers
+            .iter()
+            .filter_map(Layer::out_channels)
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// How far, in latent pixels, an output pixel sees: each convolution widens the view by
+    /// its padding at the resolution it runs at.
+    fn halo(&self) -> usize {
+        let mut scale = 1.0;
+        let mut reach = 0.0;
+        for layer in &self.layers {
+            match layer {
+                Layer::Upsample(f) => scale *= *f as f64,
+                layer => reach += layer.padding() as f64 / scale,
+            }
+        }
+        reach.ceil() as usize
     }
 }
 

@@ -17,10 +17,12 @@ use burn::tensor::{DType, Device, Tensor};
 use wasm_bindgen::prelude::*;
 
 use crate::source::MemorySource;
-use crate::weights::{Header, TensorStream, Weights, tensor_data};
+use crate::limits::DeviceLimits;
+use crate::weights::{Header, TensorInfo, TensorStream, Weights, tensor_data};
 
-/// Flattened device tensors of one component, with their stored shapes.
-type Uploaded = BTreeMap<String, (Vec<usize>, Tensor<1>)>;
+/// Flattened device tensors of one component (in row pieces within the binding limit), with
+/// their stored shapes.
+type Uploaded = BTreeMap<String, crate::weights::Uploaded>;
 
 /// A weight file being streamed in.
 struct Incoming {
@@ -41,8 +43,8 @@ pub(crate) struct State {
     weight_files: BTreeMap<String, Vec<String>>,
     incoming: Option<Incoming>,
     pipeline: Option<generate::Loaded>,
-    /// The device's `maxStorageBufferBindingSize`: no tensor may be bigger.
-    max_binding: u64,
+    /// What the device was granted: no tensor piece may be bigger.
+    limits: DeviceLimits,
 }
 
 /// One WebGPU device plus the model loaded onto it.
@@ -82,6 +84,11 @@ impl Inkstone {
             "maxComputeInvocationsPerWorkgroup": limits.max_compute_invocations_per_workgroup,
         })
         .to_string();
+        let limits = DeviceLimits {
+            max_binding: limits.max_storage_buffer_binding_size as u64,
+            max_buffer: limits.max_buffer_size,
+        };
+        crate::limits::register(&device, limits);
         let state = State {
             device,
             dtype: DType::F32,
@@ -90,7 +97,7 @@ impl Inkstone {
             weight_files: BTreeMap::new(),
             incoming: None,
             pipeline: None,
-            max_binding: limits.max_storage_buffer_binding_size as u64,
+            limits,
         };
         Ok(Inkstone { state: Rc::new(RefCell::new(state)), gpu })
     }
@@ -160,9 +167,19 @@ impl Inkstone {
     /// The next bytes of the current weight file, in order, from its first byte.
     pub fn feed(&self, bytes: &[u8]) -> Result<(), JsError> {
         let mut guard = self.state.borrow_mut();
-        let State { device, uploaded, incoming, max_binding, .. } = &mut *guard;
-        let incoming = incoming.as_mut().ok_or_else(|| js_err("feed() without beginWeights()"))?;
-        let target = uploaded.get_mut(&incoming.component).expect("created by beginWeights");
+        let State {
+            device,
+            uploaded,
+            incoming,
+            limits,
+            ..
+        } = &mut *guard;
+        let incoming = incoming
+            .as_mut()
+            .ok_or_else(|| js_err("feed() without beginWeights()"))?;
+        let target = uploaded
+            .get_mut(&incoming.component)
+            .expect("created by beginWeights");
         incoming
             .stream
             .feed(bytes, |key, info, raw| {
@@ -170,12 +187,15 @@ impl Inkstone {
                 if crate::folder::is_unused_extra(&incoming.component, key) {
                     return Ok(());
                 }
-                let n: usize = info.shape.iter().product();
-                let dtype = incoming.dtype;
-                check_binding(&incoming.component, key, n * dtype.size(), dtype, *max_binding)?;
-                let data = tensor_data(&incoming.component, key, info.dtype, raw, vec![n], dtype)?;
-                let t = Tensor::<1>::from_data(data, (&*device, dtype));
-                target.insert(key.to_string(), (info.shape.clone(), t));
+                let pieces = upload(
+                    (&incoming.component, key),
+                    info,
+                    raw,
+                    incoming.dtype,
+                    device,
+                    *limits,
+                )?;
+                target.insert(key.to_string(), (info.shape.clone(), pieces));
                 Ok(())
             })
             .map_err(js_err)
@@ -227,19 +247,38 @@ impl Inkstone {
     }
 }
 
-/// A tensor larger than one storage binding cannot be used by any kernel on this device.
-fn check_binding(file: &str, key: &str, bytes: usize, dtype: DType, max: u64) -> crate::Result<()> {
-    if bytes as u64 <= max {
-        return Ok(());
+/// Creates one stored tensor on the device, converted to `dtype`, in the row pieces the
+/// device's binding limit allows ([`DeviceLimits::row_pieces`], the cut `Weights` expects).
+fn upload(
+    (component, key): (&str, &str),
+    info: &TensorInfo,
+    raw: &[u8],
+    dtype: DType,
+    device: &Device,
+    limits: DeviceLimits,
+) -> crate::Result<Vec<Tensor<1>>> {
+    let (shape, stored) = (&info.shape, info.dtype);
+    let rows = shape.first().copied().unwrap_or(1);
+    let row: usize = shape.iter().skip(1).product();
+    if row as u64 * 4 > limits.max_tensor_bytes() {
+        return Err(crate::weights::too_large(
+            component,
+            key,
+            row as u64 * 4,
+            DType::F32,
+            limits,
+        ));
     }
-    let mb = |b: u64| b as f64 / (1 << 20) as f64;
-    let advice = if dtype == DType::F16 { "" } else { "load with dtype 'f16' where the GPU has shader-f16, or " };
-    Err(crate::Error::InvalidArgument(format!(
-        "{file}: tensor `{key}` is {:.1} MiB in {dtype:?}, more than this GPU's largest storage binding ({:.1} MiB); \
-         {advice}use a browser/GPU that offers higher WebGPU limits",
-        mb(bytes as u64),
-        mb(max)
-    )))
+    let elem = stored.size();
+    limits
+        .row_pieces(rows, row)
+        .into_iter()
+        .map(|(start, n)| {
+            let bytes = &raw[start * row * elem..(start + n) * row * elem];
+            let data = tensor_data(component, key, stored, bytes, vec![n * row], dtype)?;
+            Ok(Tensor::<1>::from_data(data, (device, dtype)))
+        })
+        .collect()
 }
 
 /// One round of the model-folder plan ([`crate::folder::plan_step`]): `known` is the JSON of a

@@ -1,0 +1,89 @@
+//! The device limits every tensor must respect.
+//!
+//! A WebGPU kernel binds each tensor as one storage buffer, and a buffer bigger than the device's
+//! `maxStorageBufferBindingSize` (128 MiB on many phones and Windows adapters: WebGPU's default)
+//! cannot be bound: the dispatch is rejected and the result is silently wrong. So weights larger
+//! than the limit are kept in pieces along their first dimension (rows of an embedding table,
+//! output channels of a linear or conv), and activations that would outgrow it are computed in
+//! blocks (tokens of a feed-forward, query rows of attention, tiles of a decode).
+//!
+//! The limits come from the device: the shell that creates it registers what was granted
+//! ([`register`]); a device nobody registered (the CPU backend) has none.
+
+use std::sync::Mutex;
+
+use burn::tensor::Device;
+
+/// What one buffer may hold on a device, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceLimits {
+    /// `maxStorageBufferBindingSize`: the largest tensor one kernel can read or write.
+    pub max_binding: u64,
+    /// `maxBufferSize`: the largest buffer that can be created at all.
+    pub max_buffer: u64,
+}
+
+impl DeviceLimits {
+    /// No limit (CPU backends).
+    pub const NONE: Self = Self {
+        max_binding: u64::MAX,
+        max_buffer: u64::MAX,
+    };
+
+    /// The largest tensor, in bytes, any kernel may touch.
+    pub fn max_tensor_bytes(&self) -> u64 {
+        self.max_binding.min(self.max_buffer)
+    }
+
+    /// The largest tensor in elements when every element takes `elem_bytes`.
+    pub fn max_elems(&self, elem_bytes: usize) -> usize {
+        usize::try_from(self.max_tensor_bytes() / elem_bytes.max(1) as u64).unwrap_or(usize::MAX)
+    }
+
+    /// Pieces of at most `max_elems(4)` elements covering `rows` rows of `row_elems` each:
+    /// `(first row, rows)` per piece. Sized for f32 (4 bytes) whatever the storage dtype, because
+    /// convolutions widen their weights to f32 per call ([`crate::nn::Conv2d`]) and the pieces must
+    /// fit then too; one rule for every dtype keeps upload and use agreeing on the pieces.
+    pub fn row_pieces(&self, rows: usize, row_elems: usize) -> Vec<(usize, usize)> {
+        let per = (self.max_elems(4) / row_elems.max(1)).clamp(1, rows.max(1));
+        (0..rows)
+            .step_by(per)
+            .map(|start| (start, per.min(rows - start)))
+            .collect()
+    }
+}
+
+static REGISTERED: Mutex<Vec<(Device, DeviceLimits)>> = Mutex::new(Vec::new());
+
+/// Records the limits `device` was granted (by the shell that created it).
+pub fn register(device: &Device, limits: DeviceLimits) {
+    let mut all = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|(d, _)| d != device);
+    all.push((device.clone(), limits));
+}
+
+/// The limits registered for `device`, or [`DeviceLimits::NONE`].
+pub fn of(device: &Device) -> DeviceLimits {
+    let all = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
+    all.iter()
+        .find(|(d, _)| d == device)
+        .map_or(DeviceLimits::NONE, |(_, l)| *l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_all_rows_within_the_limit() {
+        let l = DeviceLimits {
+            max_binding: 1000,
+            max_buffer: 4000,
+        };
+        // 250 f32 elements per piece: 10-element rows → 25 rows per piece.
+        assert_eq!(l.row_pieces(60, 10), vec![(0, 25), (25, 25), (50, 10)]);
+        assert_eq!(DeviceLimits::NONE.row_pieces(60, 10), vec![(0, 60)]);
+        // A row bigger than the limit still gets a piece of its own (the caller reports it).
+        assert_eq!(l.row_pieces(2, 1000), vec![(0, 1), (1, 1)]);
+    }
+}

@@ -1,0 +1,184 @@
+//! Everything under a small device limit (1 MiB per binding, registered for the test device as a
+//! WebGPU shell registers what its device was granted): weights too big for one binding are
+//! used in row pieces, activations in blocks, and the results still match diffusers and the
+//! unsplit computation. The phone-class case (128 MiB) at tiny-model scale.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Once;
+
+use burn::tensor::module::{conv2d, embedding, linear};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Int, Tensor, TensorData};
+use safetensors::tensor::{Dtype, TensorView};
+
+use common::{assert_close, case_options, device, fixture, patterned, reference};
+use inkstone::limits::{self, DeviceLimits};
+use inkstone::nn::{Conv2d, Conv2dConfig, Embedding, Linear};
+use inkstone::pipeline::Pipeline;
+use inkstone::source::DirSource;
+use inkstone::weights::Weights;
+
+const LIMIT: u64 = 1 << 20;
+
+fn clamp_device() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        limits::register(
+            &device(),
+            DeviceLimits {
+                max_binding: LIMIT,
+                max_buffer: 2 * LIMIT,
+            },
+        )
+    });
+}
+
+fn check_case(model: &str, case: &str) {
+    clamp_device();
+    let pipe = Pipeline::load(&DirSource::new(fixture(model)).unwrap(), &device()).unwrap();
+    let image = pipe.generate(&case_options(case), |_, _| true).unwrap();
+    assert_close(case, image, reference(case).tensor::<4>("image"), 1e-3);
+}
+
+/// CLIP's 49408-row token table (6.3 MB here) is used in 7 pieces.
+#[test]
+fn clip_kl_pipeline_in_pieces_matches_diffusers() {
+    check_case("tiny-sd", "pipeline_sd");
+}
+
+/// BERT's 21128-row table in 3 pieces, the tiny decoder.
+#[test]
+fn bert_taesd_pipeline_in_pieces_matches_diffusers() {
+    check_case("tiny-flow", "pipeline_flow");
+}
+
+/// Seeded values for a safetensors file of f32 tensors.
+fn weights(tensors: &[(&str, Vec<usize>)]) -> (Weights, HashMap<String, Vec<f32>>) {
+    let values: HashMap<String, Vec<f32>> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, (k, shape))| {
+            let n: usize = shape.iter().product();
+            (
+                k.to_string(),
+                (0..n)
+                    .map(|j| ((j * 7919 + i * 104729) % 2001) as f32 / 1000.0 - 1.0)
+                    .collect(),
+            )
+        })
+        .collect();
+    let bytes: HashMap<String, Vec<u8>> = values
+        .iter()
+        .map(|(k, v)| (k.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(k, shape)| {
+            (
+                k.to_string(),
+                TensorView::new(Dtype::F32, shape.clone(), &bytes[*k]).unwrap(),
+            )
+        })
+        .collect();
+    let file = safetensors::serialize(views, None).unwrap();
+    (
+        Weights::from_bytes("split.safetensors", file, &device()).unwrap(),
+        values,
+    )
+}
+
+fn whole<const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), &device())
+}
+
+#[test]
+fn linear_conv_and_embedding_in_pieces_equal_the_whole() {
+    clamp_device();
+    let (w, v) = weights(&[
+        ("lin.weight", vec![700, 500]),
+        ("lin.bias", vec![700]),
+        ("conv.weight", vec![300, 100, 3, 3]),
+        ("conv.bias", vec![300]),
+        ("emb.weight", vec![3000, 100]),
+    ]);
+    // Each is over 1 MiB in f32, so each comes in (at least) two pieces.
+    assert_eq!(w.tensor_rows("lin.weight", [700, 500]).unwrap().len(), 2);
+    assert_eq!(
+        w.tensor_rows("conv.weight", [300, 100, 3, 3])
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(w.tensor_rows("emb.weight", [3000, 100]).unwrap().len(), 2);
+    let vb = w.root();
+
+    let lin = Linear::load(&vb.pp("lin"), 500, 700, true).unwrap();
+    // 400 tokens × 700 outputs is over the limit too: blocks of tokens.
+    let x = patterned([2, 200, 500], 1, 1.0);
+    let want = linear(
+        x.clone(),
+        whole(&v["lin.weight"], [700, 500]).transpose(),
+        Some(whole(&v["lin.bias"], [700])),
+    );
+    assert_close("linear", lin.forward(x), want, 1e-5);
+
+    let conv = Conv2d::load(&vb.pp("conv"), 100, 300, Conv2dConfig::same(3)).unwrap();
+    let x = patterned([1, 100, 12, 12], 2, 1.0);
+    let opts = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let want = conv2d(
+        x.clone(),
+        whole(&v["conv.weight"], [300, 100, 3, 3]),
+        Some(whole(&v["conv.bias"], [300])),
+        opts,
+    );
+    assert_close("conv", conv.forward(x), want, 1e-5);
+
+    let emb = Embedding::load(&vb.pp("emb"), 3000, 100).unwrap();
+    let ids: Vec<i64> = vec![0, 1, 2620, 2621, 2999, 1310, 2622, 7];
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 4]), &device());
+    let want = embedding(whole(&v["emb.weight"], [3000, 100]), ids.clone());
+    // A lookup is a copy: exact.
+    assert_close("embedding", emb.forward(ids), want, 0.0);
+    w.finish().unwrap();
+}
+
+#[test]
+fn a_whole_tensor_over_the_limit_is_an_error_naming_it() {
+    clamp_device();
+    let (w, _) = weights(&[("big.weight", vec![700, 500])]);
+    let e = w.tensor("big.weight", [700, 500]).unwrap_err().to_string();
+    assert!(
+        e.contains("split.safetensors")
+            && e.contains("`big.weight`")
+            && e.contains("1.3 MiB")
+            && e.contains("1.0 MiB"),
+        "{e}"
+    );
+    // A single row over the limit cannot be split either.
+    let (w, _) = weights(&[("wide.weight", vec![2, 300_000])]);
+    let e = w
+        .tensor_rows("wide.weight", [2, 300_000])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`wide.weight`"), "{e}");
+}
+
+/// The KL decoder runs whole (its GroupNorms see the whole image): a size whose activations
+/// outgrow the binding is refused before any step, naming the size.
+#[test]
+fn kl_decode_over_the_limit_is_refused_up_front() {
+    clamp_device();
+    let pipe = Pipeline::load(&DirSource::new(fixture("tiny-sd")).unwrap(), &device()).unwrap();
+    let mut opts = case_options("pipeline_sd");
+    (opts.width, opts.height, opts.latents) = (256, 256, None);
+    let e = pipe
+        .generate(&opts, |_, _| panic!("no step may run"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("vae (AutoencoderKL)") && e.contains("256x256") && e.contains("1 MiB"),
+        "{e}"
+    );
+}
