@@ -25,6 +25,23 @@ export class UrlSource {
     if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
     return new Uint8Array(await r.arrayBuffer());
   }
+  /** The first `n` bytes (a Range request; read off the stream if the server ignores it). */
+  async prefix(path, n) {
+    const r = await fetch(this.url(path), { headers: { Range: `bytes=0-${n - 1}` }, cache: 'no-store' });
+    if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+    const out = new Uint8Array(n);
+    let got = 0;
+    const reader = r.body.getReader();
+    while (got < n) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      const take = value.subarray(0, n - got);
+      out.set(take, got);
+      got += take.length;
+    }
+    await reader.cancel().catch(() => {});
+    return out.subarray(0, got);
+  }
 }
 
 /** A folder picked with `<input type=file webkitdirectory>`: no network at all. */
@@ -47,6 +64,9 @@ export class FilesSource {
     const f = this.files.get(path);
     if (!f) throw new Error(`${path}: not in the picked folder`);
     return new Uint8Array(await f.arrayBuffer());
+  }
+  async prefix(path, n) {
+    return new Uint8Array(await this.files.get(path).slice(0, n).arrayBuffer());
   }
   async *chunks(path, chunkSize) {
     const f = this.files.get(path);
@@ -78,7 +98,7 @@ export async function resolveModel(src, dtype, planModel) {
   // Each round settles at least one step of the rules; real folders take 2-4.
   for (let round = 0; round < 12; round++) {
     const step = JSON.parse(planModel(JSON.stringify(known), dtype));
-    if (step.status === 'done') return step.plan;
+    if (step.status === 'done') return { ...step.plan, known };
     await Promise.all([
       ...step.probe.map(async (path) => {
         const size = await src.probe(path);

@@ -51,6 +51,8 @@ export interface LoadInfo {
   recoveries: number;
   /** Tensor count per component. */
   components: Record<string, number>;
+  /** Bytes each component's weights take on the GPU (in the load's dtype). */
+  gpuBytes: Record<string, number>;
   bytes: number;
 }
 
@@ -68,6 +70,10 @@ export interface LoadOptions {
    *  `shader-f16` (half the GPU memory), else f32. `'f16'` on an adapter without it rejects
    *  before anything is downloaded. */
   dtype?: 'auto' | 'f16' | 'f32';
+  /** Refuse the model, before anything is downloaded, when its weights would take more GPU
+   *  memory than this (bytes; computed from the files' headers). WebGPU reports no memory
+   *  size, so only the caller can know the budget (e.g. 1.5e9 on phones). */
+  maxGpuBytes?: number;
 }
 
 export interface Preview {

@@ -64,7 +64,7 @@ class Worker_ {
 export class Generator {
   constructor(w, info, reload) {
     this._w = w;
-    /** `{ model, gpu, dtype, cached, warnings, files, skipped, components, bytes, recoveries }` */
+    /** `{ model, gpu, dtype, cached, warnings, files, skipped, components, gpuBytes, bytes, recoveries }` */
     this.info = { ...info, recoveries: 0 };
     this._reload = reload;
   }
@@ -102,8 +102,8 @@ export class Generator {
  * uploads it to the GPU. `source`: base URL of the folder (a hub `.../resolve/main/` URL works)
  * or the File list of `<input type=file webkitdirectory>`.
  */
-export async function load(source, { onProgress, onDeviceLost, chunkSize, workerUrl, dtype = 'auto' } = {}) {
-  const msg = { type: 'load', chunkSize, dtype };
+export async function load(source, { onProgress, onDeviceLost, chunkSize, workerUrl, dtype = 'auto', maxGpuBytes } = {}) {
+  const msg = { type: 'load', chunkSize, dtype, maxGpuBytes };
   if (typeof source === 'string' || source instanceof URL) {
     msg.url = String(source);
     msg.base = globalThis.location?.href;

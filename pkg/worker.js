@@ -1,7 +1,7 @@
 // The module Web Worker that owns the WebGPU device: downloads/caches model files (files.js,
 // store.js), streams weights into wasm tensor by tensor, and runs generation step by step so the
 // page never freezes and cancel messages are seen between steps.
-import initWasm, { Inkstone, headerLength, checkSafetensors, planModel } from './inkstone_core.js';
+import initWasm, { Inkstone, headerLength, checkSafetensors, planModel, weightsGpuBytes } from './inkstone_core.js';
 import * as store from './store.js';
 import { UrlSource, FilesSource, resolveModel, download, cachedFile, localFile } from './files.js';
 
@@ -16,6 +16,9 @@ let wasmMemory = null;
 const wasmHeapBytes = () => wasmMemory?.buffer.byteLength ?? 0;
 /** The GPUDevice wgpu requested (caught on its way out, to watch `device.lost`). */
 let gpuDevice = null;
+/** The first GPU validation/out-of-memory error since the last load or generation: such an
+ *  error means some GPU work was skipped, so the result would be silently wrong. */
+let gpuError = null;
 const cancelled = new Set();
 /** Generation id → resolver of the ack the page sends after each step. */
 const acks = new Map();
@@ -49,9 +52,18 @@ function watchDevice() {
   GPUAdapter.prototype.requestDevice = async function (...args) {
     const device = await request.apply(this, args);
     gpuDevice = device;
+    device.addEventListener('uncapturederror', (e) => { gpuError ??= e.error?.message ?? String(e.error); });
     device.lost.then(({ reason, message }) => self.postMessage({ type: 'device-lost', reason, message }));
     return device;
   };
+}
+
+/** Fails `what` when the GPU rejected any of its work (a buffer over the device's limits, out
+ *  of memory): better an error naming the cause than a wrong image. */
+function checkGpuErrors(what) {
+  const e = gpuError;
+  gpuError = null;
+  if (e) throw new Error(`the GPU rejected part of the ${what}, so its result would be wrong: ${e.split('\n')[0]}`);
 }
 
 /** Validates a downloaded safetensors header in wasm before the file is cached. */
@@ -75,29 +87,76 @@ function progressReporter(post) {
   return { progress, warnings, report, warn, phase };
 }
 
+/**
+ * GPU bytes per component the planned weight files will take in `dtype`, from their headers
+ * alone (`prefixOf(path, n)`: a file's first bytes) and the planning round's `known` files: the
+ * rule is the Rust core's (`weightsGpuBytes`).
+ */
+async function gpuEstimate(files, known, dtype, prefixOf) {
+  const json = JSON.stringify(known);
+  const out = {};
+  for (const f of files.filter((f) => f.kind === 'weights')) {
+    const n = headerLength(await prefixOf(f.path, 8));
+    if (n === undefined) continue; // too short: the download's own check names the file
+    const bytes = weightsGpuBytes(json, f.component, f.path, await prefixOf(f.path, n), f.size, dtype);
+    out[f.component] = (out[f.component] ?? 0) + bytes;
+  }
+  return out;
+}
+
+const mib = (n) => `${Math.round(n / 2 ** 20)} MiB`;
+
+/**
+ * Before anything is downloaded or uploaded: fails when the weights alone exceed the caller's
+ * `maxGpuBytes`, and warns when they exceed half of the memory the device reports
+ * (`navigator.deviceMemory`, GiB; phones share it between CPU and GPU). WebGPU itself tells no
+ * memory size, so these are the only budgets there are.
+ */
+function checkGpuBudget(estimate, dtype, maxGpuBytes, r) {
+  const total = Object.values(estimate).reduce((a, b) => a + b, 0);
+  const parts = Object.entries(estimate).map(([c, b]) => `${c} ${mib(b)}`).join(', ');
+  if (maxGpuBytes && total > maxGpuBytes) {
+    const advice = dtype === 'f32' ? 'load it in f16 where the GPU has shader-f16, or pick a smaller model' : 'pick a smaller model';
+    throw new Error(`this model's weights need ${mib(total)} of GPU memory in ${dtype} (${parts}), more than maxGpuBytes (${mib(maxGpuBytes)}): ${advice}`);
+  }
+  const memory = self.navigator.deviceMemory;
+  if (memory && total > (memory * 2 ** 30) / 2) {
+    r.warn(`this model's weights need ${mib(total)} of GPU memory in ${dtype}; this device reports ${memory} GiB of memory in all, so the load may fail or the GPU may be lost`);
+  }
+  return total;
+}
+
 /** A picked local folder: planned and read in place, no network. */
-async function fromFiles(msg, dtype, chunkSize) {
+async function fromFiles(msg, dtype, chunkSize, r) {
   const src = new FilesSource(msg.files);
-  const { files, skipped } = await resolveModel(src, dtype, planModel);
+  const { files, skipped, known } = await resolveModel(src, dtype, planModel);
+  checkGpuBudget(await gpuEstimate(files, known, dtype, (p, n) => src.prefix(p, n)), dtype, msg.maxGpuBytes, r);
   const held = new Map(files.map((f) => [f.path, localFile(src, f.path, f.size, chunkSize)]));
   return { model: src.name, list: files, skipped, held, cached: false };
 }
 
 /** The model as cached for this dtype, or null unless every file of it is complete. */
-async function fromCache(model, dtype) {
+async function fromCache(model, dtype, msg, r) {
   const record = await store.getModel(model);
   // A plan is per dtype (f16 prefers the .fp16 files); one made for another dtype is re-made.
   if (!record?.complete || (record.dtype ?? 'f32') !== dtype) return null;
   const metas = await Promise.all(record.files.map((f) => store.getFile(model, f.path)));
   if (!metas.every((m) => m?.complete)) return null;
   const held = new Map(metas.map((m) => [m.path, cachedFile(model, m)]));
+  const known = { name: model, sizes: Object.fromEntries(record.files.map((f) => [f.path, f.size])), texts: {} };
+  for (const f of record.files.filter((f) => f.path.endsWith('.json'))) {
+    known.texts[f.path] = new TextDecoder().decode(await held.get(f.path).prefix(f.size));
+  }
+  checkGpuBudget(await gpuEstimate(record.files, known, dtype, (p, n) => held.get(p).prefix(n)), dtype, msg.maxGpuBytes, r);
   return { model, list: record.files, skipped: record.skipped ?? [], held, cached: true };
 }
 
 /** Plans the model at `model` (a URL) and downloads every planned file into the cache. */
-async function fromNetwork(model, dtype, chunkSize, r) {
+async function fromNetwork(model, dtype, chunkSize, r, msg) {
   const src = new UrlSource(model);
-  const { files, skipped } = await resolveModel(src, dtype, planModel);
+  const { files, skipped, known } = await resolveModel(src, dtype, planModel);
+  // Headers only (a few hundred KiB): a model that cannot fit is refused before its gigabytes.
+  checkGpuBudget(await gpuEstimate(files, known, dtype, (p, n) => src.prefix(p, n)), dtype, msg.maxGpuBytes, r);
   await store.putModel({ model, dtype, files, skipped, complete: false, savedAt: Date.now() }).catch(() => {});
   r.phase('download', files);
   const state = { quotaFull: false };
@@ -149,10 +208,10 @@ async function load(msg, post) {
   const r = progressReporter(post);
   r.report({});
   let got;
-  if (msg.files) got = await fromFiles(msg, dtype, chunkSize);
+  if (msg.files) got = await fromFiles(msg, dtype, chunkSize, r);
   else {
     const model = new URL(msg.url, msg.base).href.replace(/\/?$/, '/');
-    got = (await fromCache(model, dtype)) ?? (await fromNetwork(model, dtype, chunkSize, r));
+    got = (await fromCache(model, dtype, msg, r)) ?? (await fromNetwork(model, dtype, chunkSize, r, msg));
   }
   engine.reset(got.model, dtype);
   r.phase('upload', got.list);
@@ -163,9 +222,11 @@ async function load(msg, post) {
     r.progress.files += 1;
   }
   const summary = JSON.parse(engine.build());
+  checkGpuErrors('model upload');
   r.report({ phase: 'ready', file: null });
   return { model: got.model, gpu: info, dtype: summary.dtype, cached: got.cached, warnings: r.warnings, files: got.list,
-    skipped: got.skipped, components: summary.components, bytes: totalBytes(got.list), wasmHeapBytes: wasmHeapBytes() };
+    skipped: got.skipped, components: summary.components, gpuBytes: summary.gpuBytes, bytes: totalBytes(got.list),
+    wasmHeapBytes: wasmHeapBytes() };
 }
 
 /** [3, H, W] floats in [0, 1] -> RGBA bytes for ImageData / PNG. */
@@ -191,7 +252,9 @@ async function generate(msg, post) {
     post({ type: 'step', step, total, preview: p }, p ? [p.rgba.buffer] : []);
     await acked;
   };
+  gpuError = null;
   const out = await engine.generate(msg.options, onStep, () => cancelled.has(msg.id));
+  checkGpuErrors('generation');
   const rgba = toRgba(out.pixels, out.width, out.height);
   return { width: out.width, height: out.height, rgba, pixels: out.pixels, seed: msg.options.seed ?? 0, ms: performance.now() - t0,
     wasmHeapBytes: wasmHeapBytes(), warnings: out.warnings };

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ModelIndex, from_json};
 use crate::error::{Error, Result};
 use crate::source::ModelSource;
+use crate::weights::Header;
 
 /// Pipelines whose `model_index.json` we load.
 pub const PIPELINES: [&str; 1] = ["StableDiffusionPipeline"];
@@ -256,6 +257,19 @@ pub fn is_unused_extra(component: &str, key: &str) -> bool {
     }
     let key = key.strip_prefix("text_model.").or_else(|| key.strip_prefix("bert.")).unwrap_or(key);
     is_index_buffer(key) || key.starts_with("pooler.") || key.starts_with("text_projection.")
+}
+
+/// Bytes the tensors of one weight file of `component` take on the GPU in a load in `dtype`
+/// (the component's own dtype: f32 for a `force_upcast` VAE), the ones never uploaded left
+/// out: what the load will allocate for them, known from the header alone, before a download.
+pub fn gpu_bytes(src: &dyn ModelSource, component: &str, header: &Header, dtype: DType) -> Result<u64> {
+    let elem = component_dtype(src, component, dtype)?.size() as u64;
+    Ok(header
+        .tensors
+        .iter()
+        .filter(|(key, _)| !is_unused_extra(component, key))
+        .map(|(_, info)| info.shape.iter().product::<usize>() as u64 * elem)
+        .sum())
 }
 
 /// The non-parameter index buffers of older text-encoder checkpoints (keys without prefix).

@@ -70,6 +70,27 @@ pub fn of(device: &Device) -> DeviceLimits {
         .map_or(DeviceLimits::NONE, |(_, l)| *l)
 }
 
+/// What a wgpu device was granted (`maxStorageBufferBindingSize`, `maxBufferSize`).
+#[cfg(any(feature = "wgpu", feature = "webgpu"))]
+pub fn from_wgpu(limits: &burn::tensor::wgpu::wgpu::Limits) -> DeviceLimits {
+    DeviceLimits { max_binding: limits.max_storage_buffer_binding_size as u64, max_buffer: limits.max_buffer_size }
+}
+
+/// The native wgpu device (Vulkan/Metal/DX12; lavapipe on a machine without a GPU), created once
+/// per process as burn allows, with its limits registered.
+#[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
+pub fn wgpu_device() -> crate::Result<Device> {
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    if let Some(device) = DEVICE.get() {
+        return Ok(device.clone());
+    }
+    let (device, setup) = Device::wgpu_options()
+        .init_with_setup()
+        .map_err(|e| crate::Error::InvalidArgument(format!("wgpu initialisation failed: {e}")))?;
+    register(&device, from_wgpu(&setup.device.limits()));
+    Ok(DEVICE.get_or_init(|| device).clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

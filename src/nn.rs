@@ -196,6 +196,118 @@ impl Conv2d {
     }
 }
 
+/// An activation as consecutive channel chunks, for layers whose whole activation would
+/// outgrow the device's largest binding (the KL decoder at 512²: 256 channels × 512² in f32 is
+/// 256 MiB). Each chunk holds whole norm groups of `unit` channels, so a GroupNorm is exact per
+/// chunk; a convolution sums its per-chunk partial results.
+#[derive(Debug, Clone)]
+pub struct ChannelChunks {
+    pub chunks: Vec<Tensor<4>>,
+}
+
+impl ChannelChunks {
+    /// Channel ranges for `channels` at `pixels` per channel: multiples of `unit` channels, each
+    /// within `max_bytes` in f32 (at least one unit).
+    pub fn ranges(channels: usize, pixels: usize, unit: usize, max_bytes: u64) -> Vec<(usize, usize)> {
+        let unit = unit.max(1);
+        let per = ((max_bytes / (pixels as u64 * 4).max(1)) as usize / unit).max(1) * unit;
+        (0..channels).step_by(per).map(|c| (c, (c + per).min(channels))).collect()
+    }
+
+    pub fn channels(&self) -> usize {
+        self.chunks.iter().map(|t| t.dims()[1]).sum()
+    }
+
+    fn bounds(&self) -> Vec<(usize, usize)> {
+        let mut start = 0;
+        self.chunks
+            .iter()
+            .map(|t| {
+                start += t.dims()[1];
+                (start - t.dims()[1], start)
+            })
+            .collect()
+    }
+
+    /// The same values cut at `ranges` (slices and small concatenations of the current chunks).
+    pub fn rechunk(self, ranges: &[(usize, usize)]) -> Self {
+        let have = self.bounds();
+        if have == ranges {
+            return self;
+        }
+        let chunks = ranges
+            .iter()
+            .map(|&(a, b)| {
+                let parts: Vec<Tensor<4>> = have
+                    .iter()
+                    .zip(&self.chunks)
+                    .filter(|((s, e), _)| *s < b && *e > a)
+                    .map(|(&(s, e), t)| {
+                        let [n, _, h, w] = t.dims();
+                        t.clone().slice([0..n, a.max(s) - s..b.min(e) - s, 0..h, 0..w])
+                    })
+                    .collect();
+                if parts.len() == 1 { parts.into_iter().next().unwrap() } else { Tensor::cat(parts, 1) }
+            })
+            .collect();
+        Self { chunks }
+    }
+
+    pub fn map(self, f: impl FnMut(Tensor<4>) -> Tensor<4>) -> Self {
+        Self { chunks: self.chunks.into_iter().map(f).collect() }
+    }
+
+    /// Chunk-wise sum of two activations cut alike.
+    pub fn add(self, other: Self) -> Self {
+        Self { chunks: self.chunks.into_iter().zip(other.chunks).map(|(a, b)| a + b).collect() }
+    }
+}
+
+impl Conv2d {
+    /// [`Self::forward`] over channel chunks, giving chunks cut at `out` (output channel
+    /// ranges): each output chunk is the sum over input chunks of the convolution with the
+    /// matching weight block. Only the summation order differs from the whole convolution.
+    pub fn forward_chunks(&self, x: &ChannelChunks, out: &[(usize, usize)]) -> ChannelChunks {
+        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+        let weight = self.whole_weight();
+        let bias = self.whole_bias();
+        let inputs = x.bounds();
+        let chunks = out
+            .iter()
+            .map(|&(o0, o1)| {
+                let [_, _, k, _] = weight.dims();
+                let mut sum: Option<Tensor<4>> = None;
+                for (&(i0, i1), x) in inputs.iter().zip(&x.chunks) {
+                    let w = weight.clone().slice([o0..o1, i0..i1, 0..k, 0..k]);
+                    let part = conv2d(x.clone().cast(DType::F32), w, None, options.clone());
+                    sum = Some(match sum {
+                        Some(s) => s + part,
+                        None => part,
+                    });
+                }
+                let sum = sum.expect("at least one input chunk");
+                let sum = match &bias {
+                    Some(b) => sum + b.clone().slice([o0..o1]).reshape([1, o1 - o0, 1, 1]),
+                    None => sum,
+                };
+                sum.cast(x.chunks[0].dtype())
+            })
+            .collect();
+        ChannelChunks { chunks }
+    }
+
+    /// The weight in f32 as one tensor (the chunked path slices it per block).
+    fn whole_weight(&self) -> Tensor<4> {
+        let parts: Vec<Tensor<4>> = self.pieces.iter().map(|(w, _)| w.clone().cast(DType::F32)).collect();
+        if parts.len() == 1 { parts.into_iter().next().unwrap() } else { Tensor::cat(parts, 0) }
+    }
+
+    fn whole_bias(&self) -> Option<Tensor<1>> {
+        let parts: Option<Vec<Tensor<1>>> = self.pieces.iter().map(|(_, b)| b.clone().map(|b| b.cast(DType::F32))).collect();
+        parts.map(|p| if p.len() == 1 { p.into_iter().next().unwrap() } else { Tensor::cat(p, 0) })
+    }
+}
+
 /// `torch.nn.GroupNorm` over NCHW (or N, C, L) inputs.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
@@ -212,6 +324,29 @@ impl GroupNorm {
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         in_f32(x, |x| self.forward_f32(x))
+    }
+
+    /// Channels per group: chunks of an activation must hold whole groups.
+    pub fn group_width(&self) -> usize {
+        self.weight.dims()[0] / self.groups
+    }
+
+    /// [`Self::forward`] chunk by chunk: exact, as each chunk holds whole groups (cut at
+    /// multiples of [`Self::group_width`]).
+    pub fn forward_chunks(&self, x: ChannelChunks) -> ChannelChunks {
+        let unit = self.group_width();
+        let mut start = 0;
+        x.map(|t| {
+            let c = t.dims()[1];
+            let part = Self {
+                weight: self.weight.clone().slice([start..start + c]),
+                bias: self.bias.clone().slice([start..start + c]),
+                groups: c / unit,
+                eps: self.eps,
+            };
+            start += c;
+            part.forward(t)
+        })
     }
 
     fn forward_f32<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {

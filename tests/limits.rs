@@ -165,20 +165,17 @@ fn a_whole_tensor_over_the_limit_is_an_error_naming_it() {
     assert!(e.contains("`wide.weight`"), "{e}");
 }
 
-/// The KL decoder runs whole (its GroupNorms see the whole image): a size whose activations
-/// outgrow the binding is refused before any step, naming the size.
+/// The KL decoder over channel chunks: 256×256 (4 MiB activations) runs under 1 MiB; a size
+/// where one norm group (4 channels here) cannot fit is refused before any step, naming it.
 #[test]
-fn kl_decode_over_the_limit_is_refused_up_front() {
+fn kl_decode_in_chunks_runs_and_an_impossible_size_is_refused_up_front() {
     clamp_device();
     let pipe = Pipeline::load(&DirSource::new(fixture("tiny-sd")).unwrap(), &device()).unwrap();
     let mut opts = case_options("pipeline_sd");
-    (opts.width, opts.height, opts.latents) = (256, 256, None);
-    let e = pipe
-        .generate(&opts, |_, _| panic!("no step may run"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("vae (AutoencoderKL)") && e.contains("256x256") && e.contains("1 MiB"),
-        "{e}"
-    );
+    (opts.width, opts.height, opts.latents, opts.steps) = (256, 256, None, Some(1));
+    let image = pipe.generate(&opts, |_, _| true).unwrap();
+    assert_eq!(image.dims(), [1, 3, 256, 256]);
+    (opts.width, opts.height) = (1024, 1024);
+    let e = pipe.generate(&opts, |_, _| panic!("no step may run")).unwrap_err().to_string();
+    assert!(e.contains("vae (AutoencoderKL)") && e.contains("1024x1024") && e.contains("1 MiB"), "{e}");
 }

@@ -303,3 +303,15 @@ fn taesd_tiled_decode_equals_the_whole() {
         1e-6,
     );
 }
+
+/// The KL decoder over channel chunks (activations capped at 256 KiB: chunks of 4 channels, one
+/// norm group each here) equals the whole decode up to the convolutions' summation order.
+#[test]
+fn kl_decode_in_channel_chunks_equals_the_whole() {
+    let Autoencoder::Kl(vae) = load("tiny-sd/vae") else { panic!("tiny-sd's vae is an AutoencoderKL") };
+    // 16×12 latents: 128×96 pixels, 16 channels × 12288 pixels = 768 KiB per activation.
+    let z = common::patterned([1, 4, 12, 16], 5, 2.0);
+    let whole = vae.decode_within(z.clone(), u64::MAX);
+    assert_eq!(whole.dims(), [1, 3, 96, 128]);
+    assert_close("chunked KL decode", vae.decode_within(z, 256 << 10), whole, 1e-5);
+}

@@ -89,7 +89,7 @@ async function loadModel() {
       },
     });
     const i = generator.info;
-    status($('load-status'), `Loaded ${i.model} (${fmt(i.bytes)}, ${i.files.length} files${i.cached ? ', from the cache' : ''}; running in ${i.dtype}).${i.warnings.length ? ' ' + i.warnings.join(' ') : ''}`);
+    status($('load-status'), `Loaded ${i.model} (${fmt(i.bytes)}, ${i.files.length} files${i.cached ? ', from the cache' : ''}; running in ${i.dtype}, ${fmt(Object.values(i.gpuBytes ?? {}).reduce((a, b) => a + b, 0))} of weights on the GPU).${i.warnings.length ? ' ' + i.warnings.join(' ') : ''}`);
     $('generate').disabled = false;
     await refreshCache();
     setState('loaded');

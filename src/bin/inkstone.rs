@@ -135,7 +135,11 @@ fn main() -> ExitCode {
 fn device() -> Device {
     #[cfg(feature = "wgpu")]
     if std::env::var("INKSTONE_DEVICE").as_deref() == Ok("wgpu") {
-        return Device::wgpu(Default::default());
+        // Its limits registered: tensors over the binding limit are used in pieces.
+        return inkstone::limits::wgpu_device().unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        });
     }
     Device::flex()
 }

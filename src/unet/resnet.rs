@@ -7,7 +7,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::error::Result;
-use crate::nn::{Conv2d, Conv2dConfig, GroupNorm, Linear};
+use crate::nn::{ChannelChunks, Conv2d, Conv2dConfig, GroupNorm, Linear};
 use crate::weights::VarBuilder;
 
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +74,31 @@ impl ResnetBlock2D {
     }
 }
 
+impl ResnetBlock2D {
+    pub fn in_group_width(&self) -> usize {
+        self.norm1.group_width()
+    }
+
+    pub fn out_group_width(&self) -> usize {
+        self.norm2.group_width()
+    }
+
+    /// [`Self::forward`] without a time embedding over channel chunks (whole groups of `norm1`),
+    /// every activation within `max_bytes`: the KL decoder at large sizes.
+    pub fn forward_chunks(&self, x: ChannelChunks, max_bytes: u64) -> ChannelChunks {
+        let [n, _, h, w] = x.chunks[0].dims();
+        let out = ChannelChunks::ranges(self.conv2.out_channels(), n * h * w, self.norm2.group_width(), max_bytes);
+        let h1 = self.conv1.forward_chunks(&self.norm1.forward_chunks(x.clone()).map(silu), &out);
+        let h2 = self.conv2.forward_chunks(&self.norm2.forward_chunks(h1).map(silu), &out);
+        let skip = match &self.conv_shortcut {
+            Some(conv) => conv.forward_chunks(&x, &out),
+            None => x.rechunk(&out),
+        };
+        let sum = skip.add(h2);
+        if self.output_scale_factor == 1.0 { sum } else { sum.map(|t| t / self.output_scale_factor) }
+    }
+}
+
 /// `Upsample2D(use_conv=True)`: nearest-neighbour ×2 (or to the skip connection's size, which
 /// diffusers passes when a latent side does not halve evenly), then a 3×3 conv.
 #[derive(Debug, Clone)]
@@ -91,6 +116,18 @@ impl Upsample2D {
         let size = output_size.unwrap_or([h * 2, w * 2]);
         let opts = InterpolateOptions::new(InterpolateMode::Nearest).with_align_corners(false).with_output_size(size);
         self.conv.forward(interpolate(x, opts))
+    }
+}
+
+impl Upsample2D {
+    /// [`Self::forward`] (×2) over channel chunks, cut again (in multiples of `unit` channels)
+    /// so that each fits `max_bytes` at the doubled size.
+    pub fn forward_chunks(&self, x: ChannelChunks, unit: usize, max_bytes: u64) -> ChannelChunks {
+        let [n, _, h, w] = x.chunks[0].dims();
+        let ranges = ChannelChunks::ranges(x.channels(), n * h * w * 4, unit, max_bytes);
+        let opts = InterpolateOptions::new(InterpolateMode::Nearest).with_align_corners(false).with_output_size([h * 2, w * 2]);
+        let up = x.rechunk(&ranges).map(|t| interpolate(t, opts.clone()));
+        self.conv.forward_chunks(&up, &ranges)
     }
 }
 

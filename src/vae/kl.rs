@@ -8,7 +8,8 @@ use burn::tensor::ops::PadMode;
 
 use crate::config::AutoencoderKLConfig;
 use crate::error::Result;
-use crate::nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, in_dtype, scaled_dot_product_attention};
+use crate::limits;
+use crate::nn::{ChannelChunks, Conv2d, Conv2dConfig, GroupNorm, Linear, in_dtype, scaled_dot_product_attention};
 use crate::unet::resnet::{ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::weights::{VarBuilder, Weights};
 
@@ -129,6 +130,19 @@ impl UpDecoderBlock2D {
     }
 }
 
+impl UpDecoderBlock2D {
+    fn forward_chunks(&self, x: ChannelChunks, max_bytes: u64) -> ChannelChunks {
+        let x = self.resnets.iter().fold(x, |x, r| r.forward_chunks(x, max_bytes));
+        match &self.upsampler {
+            Some(up) => {
+                let unit = self.resnets.last().map_or(1, |r| r.out_group_width());
+                up.forward_chunks(x, unit, max_bytes)
+            }
+            None => x,
+        }
+    }
+}
+
 /// The encoder's `Downsample2D(padding=0)`: zero-pad right and bottom by one, then a 3×3
 /// stride-2 conv (diffusers' asymmetric padding; the U-Net's variant pads symmetrically).
 #[derive(Debug, Clone)]
@@ -190,6 +204,13 @@ impl OutHead {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
     }
+
+    /// To RGB from channel chunks: the output (3 channels) is one tensor.
+    fn forward_chunks(&self, x: ChannelChunks) -> Tensor<4> {
+        let rgb = [(0, self.conv_out.out_channels())];
+        let mut out = self.conv_out.forward_chunks(&self.conv_norm_out.forward_chunks(x).map(silu), &rgb);
+        out.chunks.pop().expect("one chunk")
+    }
 }
 
 /// The KL `Decoder`: conv_in → mid block → up blocks (widths reversed) → norm, SiLU, conv_out.
@@ -223,6 +244,19 @@ impl Decoder {
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
         let x = self.mid_block.forward(self.conv_in.forward(z));
         self.head.forward(self.up_blocks.iter().fold(x, |x, b| b.forward(x)))
+    }
+
+    /// [`Self::forward`] with every activation within `max_bytes`: after the mid block (at latent
+    /// size, whole), the up blocks run over channel chunks of whole norm groups. GroupNorm is
+    /// exact per chunk; convolutions sum per-chunk partial results (only the summation order
+    /// differs). Needs one group's channels at the output size to fit.
+    pub fn forward_within(&self, z: Tensor<4>, max_bytes: u64) -> Tensor<4> {
+        let x = self.mid_block.forward(self.conv_in.forward(z));
+        let [n, c, h, w] = x.dims();
+        let unit = self.up_blocks.first().and_then(|b| b.resnets.first()).map_or(1, |r| r.in_group_width());
+        let x = ChannelChunks { chunks: vec![x] }.rechunk(&ChannelChunks::ranges(c, n * h * w, unit, max_bytes));
+        let x = self.up_blocks.iter().fold(x, |x, b| b.forward_chunks(x, max_bytes));
+        self.head.forward_chunks(x)
     }
 }
 
@@ -319,14 +353,23 @@ impl AutoencoderKL {
         Ok(Self { config, encoder, quant_conv, post_quant_conv, decoder, dtype: weights.dtype() })
     }
 
-    /// diffusers `decode(z).sample`.
+    /// diffusers `decode(z).sample`; over channel chunks where one activation would outgrow the
+    /// device's largest binding ([`Decoder::forward_within`]).
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        let max = limits::of(&z.device()).max_tensor_bytes();
+        self.decode_within(z, max)
+    }
+
+    /// [`Self::decode`] with every activation within `max_bytes` (in f32).
+    pub fn decode_within(&self, z: Tensor<4>, max_bytes: u64) -> Tensor<4> {
+        let [_, _, h, w] = z.dims();
+        let whole = self.config.largest_decode_activation(h, w) * 4 <= max_bytes;
         in_dtype(z, self.dtype, |z| {
             let z = match &self.post_quant_conv {
                 Some(conv) => conv.forward(z),
                 None => z,
             };
-            self.decoder.forward(z)
+            if whole { self.decoder.forward(z) } else { self.decoder.forward_within(z, max_bytes) }
         })
     }
 

@@ -95,21 +95,23 @@ impl Autoencoder {
     }
 
     /// Whether decoding a `h`×`w` latent fits the device's largest binding. The tiny decoder
-    /// always does (it decodes in tiles); the KL decoder's GroupNorms see the whole image, so it
-    /// runs whole, and an activation that outgrows the binding limit would be a silently wrong
-    /// image: an error naming the size, before any step runs.
+    /// always does (it decodes in tiles). The KL decoder's GroupNorms see the whole image, so at
+    /// large sizes it runs over channel chunks of whole norm groups; it needs one group's
+    /// channels at the output size in one binding, else a silently wrong image would follow: an
+    /// error naming the size, before any step runs.
     pub fn check_fits(&self, device: &Device, h: usize, w: usize) -> Result<()> {
         let Self::Kl(m) = self else { return Ok(()) };
         let limits = crate::limits::of(device);
-        let need = m.config.largest_decode_activation(h, w) * 4;
+        let f = m.config.pixels_per_latent();
+        let widest = m.config.block_out_channels.iter().copied().max().unwrap_or(1);
+        let need = (widest / m.config.norm_num_groups.max(1)).max(1) as u64 * (h * w * f * f) as u64 * 4;
         if need <= limits.max_tensor_bytes() {
             return Ok(());
         }
-        let f = m.config.pixels_per_latent();
         Err(Error::InvalidArgument(format!(
-            "the vae (AutoencoderKL) needs {:.0} MiB for one activation to decode {}x{}, more than this GPU's largest \
-             buffer binding ({:.0} MiB); pick a smaller image, a model with a tiny decoder (AutoencoderTiny), or a \
-             GPU/browser with higher WebGPU limits",
+            "the vae (AutoencoderKL) needs {:.0} MiB for one norm group of one activation to decode {}x{}, more than \
+             this GPU's largest buffer binding ({:.0} MiB); pick a smaller image, a model with a tiny decoder \
+             (AutoencoderTiny), or a GPU/browser with higher WebGPU limits",
             need as f64 / (1 << 20) as f64,
             w * f,
             h * f,

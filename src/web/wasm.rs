@@ -84,10 +84,7 @@ impl Inkstone {
             "maxComputeInvocationsPerWorkgroup": limits.max_compute_invocations_per_workgroup,
         })
         .to_string();
-        let limits = DeviceLimits {
-            max_binding: limits.max_storage_buffer_binding_size as u64,
-            max_buffer: limits.max_buffer_size,
-        };
+        let limits = crate::limits::from_wgpu(&limits);
         crate::limits::register(&device, limits);
         let state = State {
             device,
@@ -213,6 +210,15 @@ impl Inkstone {
     pub fn build(&self) -> Result<String, JsError> {
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
+        // What each component's weights hold on the GPU (row pieces included).
+        let gpu_bytes: BTreeMap<String, usize> = s
+            .uploaded
+            .iter()
+            .map(|(component, tensors)| {
+                let pieces = tensors.values().flat_map(|(_, pieces)| pieces);
+                (component.clone(), pieces.map(|t| t.dims()[0] * t.dtype().size()).sum())
+            })
+            .collect();
         let weights = std::mem::take(&mut s.uploaded)
             .into_iter()
             .map(|(component, tensors)| {
@@ -224,6 +230,7 @@ impl Inkstone {
         let summary = serde_json::json!({
             "components": weights.iter().map(|(k, w)| (k.clone(), w.keys().count())).collect::<BTreeMap<_, _>>(),
             "dtype": if s.dtype == DType::F16 { "f16" } else { "f32" },
+            "gpuBytes": gpu_bytes,
         });
         s.pipeline = Some(generate::Loaded::build(&s.files, weights, &s.device, s.dtype).map_err(js_err)?);
         Ok(summary.to_string())
@@ -291,6 +298,17 @@ pub fn plan_model(known: &str, dtype: &str) -> Result<String, JsError> {
     let dtype = if dtype == "f16" { DType::F16 } else { DType::F32 };
     let step = crate::folder::plan_step(&known, dtype).map_err(js_err)?;
     serde_json::to_string(&step).map_err(js_err)
+}
+
+/// GPU bytes weight file `path` of `component` will take in a load in `dtype` (`"f16"`/`"f32"`),
+/// from its header (`prefix`: at least [`header_length`] bytes) and the planning round's
+/// `known` files (the component's config decides its dtype): [`crate::folder::gpu_bytes`].
+#[wasm_bindgen(js_name = weightsGpuBytes)]
+pub fn weights_gpu_bytes(known: &str, component: &str, path: &str, prefix: &[u8], file_len: f64, dtype: &str) -> Result<f64, JsError> {
+    let known: crate::folder::KnownFiles = serde_json::from_str(known).map_err(js_err)?;
+    let header = Header::parse(path, prefix, file_len as u64).map_err(js_err)?;
+    let dtype = if dtype == "f16" { DType::F16 } else { DType::F32 };
+    crate::folder::gpu_bytes(&known, component, &header, dtype).map(|b| b as f64).map_err(js_err)
 }
 
 /// Bytes needed from the start of a safetensors file to parse its header (`undefined` if fewer

@@ -944,3 +944,56 @@ test('without WebGPU the page says so', async () => {
     await ctx.close();
   }
 });
+
+/** A worker whose adapter offers, and whose device is granted, only WebGPU's default buffer
+ *  limits (128 MiB per binding, 256 MiB per buffer), as on many phones and Windows adapters;
+ *  with the counting hooks (largest buffer created included). */
+function writeDefaultLimitsWorker() {
+  writeCountingWorker();
+  cpSync(join(ROOT, 'tests/browser/default-limits.mjs'), join(WWW, 'test/default-limits.mjs'));
+  writeFileSync(join(WWW, 'test/default-limits-worker.mjs'),
+    "import './default-limits.mjs';\nimport './gpu-hooks.mjs';\nimport '../pkg/worker.js';\n");
+  return `${srv.origin}/test/default-limits-worker.mjs`;
+}
+
+/** tools/random_model.rs, built by test.sh (`cargo build --example random-model`). */
+const RANDOM_MODEL = process.env.INKSTONE_RANDOM_MODEL ?? join(INKSTONE_BIN, '../examples/random-model');
+
+// The family's largest tensors on a device with only the default limits: CLIP-L's 49408×768
+// token table (152 MB in f32), 2560→1280 3×3 convs, attention over 9216 tokens, a 768×768
+// decode; seeded random weights (f16 on disk), few layers. The image must equal the native one.
+test('default WebGPU limits (128 MiB binding): real-size worst-case tensors give the native image', async () => {
+  assert.ok(existsSync(RANDOM_MODEL), `tools/random_model.rs not built at ${RANDOM_MODEL} (cargo build --example random-model)`);
+  const dir = join(WWW, 'models/worst-case');
+  rmSync(dir, { recursive: true, force: true });
+  execFileSync(RANDOM_MODEL, ['worst-case', dir, 'f16'], { stdio: 'pipe' });
+  const o = { prompt: 'a lighthouse at dusk', steps: 1, guidance: 0, seed: 7, width: 768, height: 768 };
+  const native = nativeImage(dir, ['--prompt', o.prompt, '--steps', '1', '--guidance', '0', '--seed', '7',
+    '--width', '768', '--height', '768'], 'worst-case');
+  writeFileSync(join(WWW, 'test/worst-case-native.f32'), Buffer.from(native.buffer, native.byteOffset, native.byteLength));
+
+  const workerUrl = writeDefaultLimitsWorker();
+  const page = await openPage(browser);
+  const r = await page.evaluate(async ({ url, workerUrl, o, nativeUrl }) => {
+    const gen = await window.inkstone.load(url, { workerUrl });
+    const out = await gen.generate(o);
+    const native = new Float32Array(await (await fetch(nativeUrl)).arrayBuffer());
+    let err = 0;
+    for (let i = 0; i < native.length; i++) err = Math.max(err, Math.abs(out.pixels[i] - native[i]));
+    window.worstGen = gen;
+    return { err, n: out.pixels.length, gpu: gen.info.gpu, heap: gen.info.wasmHeapBytes, genHeap: out.wasmHeapBytes };
+  }, { url: `${srv.origin}/models/worst-case/`, workerUrl, o, nativeUrl: `${srv.origin}/test/worst-case-native.f32` });
+  const gpu = await page.workers().at(-1).evaluate(() => ({ largest: self.largestBuffer, peak: self.gpuCounts.peakBytes }));
+  await page.evaluate(() => window.worstGen.dispose());
+  const mib = (n) => (n / 2 ** 20).toFixed(1);
+  console.log(`  default limits, worst-case 768×768: browser vs native max abs ${r.err.toExponential(3)} (tolerance 1e-3), `
+    + `wasm heap ${mib(r.heap)} MiB after load, ${mib(r.genHeap)} MiB after generation; largest GPU buffer ${mib(gpu.largest)} MiB, `
+    + `peak GPU bytes ${mib(gpu.peak)} MiB`);
+  assert.equal(r.gpu.maxStorageBufferBindingSize, 128 * 2 ** 20, 'the device was granted only the default binding limit');
+  assert.equal(r.gpu.maxBufferSize, 256 * 2 ** 20);
+  assert.equal(r.n, native.length);
+  assert.ok(r.err <= 1e-3, `browser vs native: ${r.err}`);
+  assert.ok(gpu.largest <= 128 * 2 ** 20, `a ${gpu.largest}-byte buffer cannot be bound on this device`);
+  // Weights are streamed tensor by tensor: the heap holds the largest tensor, not the model.
+  assert.ok(r.genHeap < 300 * 2 ** 20, `wasm heap ${r.genHeap}`);
+});

@@ -1,0 +1,24 @@
+// Worker hooks (imported before pkg/worker.js) that make the adapter offer, and the device be
+// granted, only WebGPU's default buffer limits (128 MiB per binding, 256 MiB per buffer), as on
+// many phones and Windows adapters, on any adapter (SwiftShader offers 1 GiB). Also records the
+// largest buffer created (`self.largestBuffer`). Used by the browser suite and scripts/scale-check.
+const CLAMP = { maxStorageBufferBindingSize: 128 * 2 ** 20, maxBufferSize: 256 * 2 ** 20 };
+const clamp = (real) => new Proxy(real, {
+  get: (t, k) => (k in CLAMP ? Math.min(CLAMP[k], t[k]) : typeof t[k] === 'function' ? t[k].bind(t) : t[k]),
+});
+for (const proto of [GPUAdapter.prototype, GPUDevice.prototype]) {
+  const get = Object.getOwnPropertyDescriptor(proto, 'limits').get;
+  Object.defineProperty(proto, 'limits', { get() { return clamp(get.call(this)); } });
+}
+const request = GPUAdapter.prototype.requestDevice;
+GPUAdapter.prototype.requestDevice = function (d = {}) {
+  const limits = { ...(d.requiredLimits ?? {}) };
+  for (const k of Object.keys(CLAMP)) if (k in limits) limits[k] = Math.min(limits[k], CLAMP[k]);
+  return request.call(this, { ...d, requiredLimits: limits });
+};
+const create = GPUDevice.prototype.createBuffer;
+self.largestBuffer = 0;
+GPUDevice.prototype.createBuffer = function (d) {
+  self.largestBuffer = Math.max(self.largestBuffer, d.size);
+  return create.call(this, d);
+};
