@@ -22,9 +22,11 @@ if [ -n "${INKSTONE_FUZZ_RUNS:-}" ]; then
   echo "== fuzzing (cargo-fuzz, $INKSTONE_FUZZ_RUNS runs per target)"
   RUNS=$INKSTONE_FUZZ_RUNS fuzz/run.sh
 fi
-# The browser tests compare against this CLI build (the one `cargo test --bins` just made).
-cargo build --locked --bin inkstone
+# The browser tests compare against this CLI build (the one `cargo test --bins` just made) and
+# make real-size random-weight models with tools/random_model.rs.
+cargo build --locked --bin inkstone --example random-model
 export INKSTONE_BIN="$CARGO_TARGET_DIR/debug/inkstone"
+export INKSTONE_RANDOM_MODEL="$CARGO_TARGET_DIR/debug/examples/random-model"
 
 echo "== browser bundle (build.sh: wasm on WebGPU, pkg/, www/)"
 ./build.sh

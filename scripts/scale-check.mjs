@@ -83,13 +83,16 @@ try {
     writeFileSync(join(WWW, 'test/scale-native.f32'), Buffer.from(native.buffer));
 
     const page = browser.pages()[0] ?? (await browser.newPage());
+    page.on('crash', () => console.error('the page crashed (out of memory?)'));
+    page.on('console', (m) => console.error(`[page ${m.type()}] ${m.text()}`));
     await page.goto(`${srv.origin}/index.html`);
     await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 120_000 });
     const r = await page.evaluate(async ({ url, workerUrl, o }) => {
       const t0 = performance.now();
       const gen = await window.inkstone.load(url, { workerUrl });
       const loadMs = performance.now() - t0;
-      const out = await gen.generate(o);
+      console.log(`loaded in ${(loadMs / 1000).toFixed(1)} s`);
+      const out = await gen.generate({ ...o, onStep: (i, n) => console.log(`step ${i}/${n} at ${((performance.now() - t0) / 1000).toFixed(1)} s`) });
       const second = await gen.generate({ ...o, seed: 8 });
       const native = new Float32Array(await (await fetch('/test/scale-native.f32')).arrayBuffer());
       let err = 0;

@@ -472,10 +472,10 @@ pub fn by_token_blocks(
     out.reshape([b, n, c_out])
 }
 
-/// Upper bound on the elements of one attention score block. WebGPU's default
-/// `maxStorageBufferBindingSize` is 128 MiB; one f32 score matrix of a single head at a 64×64
-/// latent (4096² tokens) is already 64 MiB, so scores are computed in query blocks of at most
-/// 8M elements (32 MiB in f32). The same code path runs natively and in the browser.
+/// Upper bound on the elements of one attention score block: 8M (32 MiB in f32), or less where
+/// the device's largest binding is smaller still. One f32 score matrix of a single head at a
+/// 64×64 latent (4096² tokens) is already 64 MiB, so scores are computed in query blocks. The
+/// same code path runs natively and in the browser.
 pub const ATTENTION_SCORE_BUDGET: usize = 8 << 20;
 
 /// softmax(q kᵀ · scale) v over `[batch, heads, tokens, head_dim]`, computed in query blocks so
@@ -483,7 +483,8 @@ pub const ATTENTION_SCORE_BUDGET: usize = 8 << 20;
 pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
     let [b, h, n_q, _] = q.dims();
     let n_kv = k.dims()[2];
-    let rows = (ATTENTION_SCORE_BUDGET / (b * h * n_kv).max(1)).clamp(1, n_q);
+    let budget = ATTENTION_SCORE_BUDGET.min(limits::of(&q.device()).max_elems(4));
+    let rows = (budget / (b * h * n_kv).max(1)).clamp(1, n_q);
     // burn's attention op: fused (flash, no score tensor) on the CPU backend; with an explicit
     // scale the GPU backends run their matmul → softmax → matmul fallback, bounded per block.
     let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };

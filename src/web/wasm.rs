@@ -254,6 +254,9 @@ impl Inkstone {
     }
 }
 
+/// The most converted bytes held in the wasm heap at once during an upload.
+const CONVERT_BYTES: usize = 16 << 20;
+
 /// Creates one stored tensor on the device, converted to `dtype`, in the row pieces the
 /// device's binding limit allows ([`DeviceLimits::row_pieces`], the cut `Weights` expects).
 fn upload(
@@ -277,13 +280,22 @@ fn upload(
         ));
     }
     let elem = stored.size();
+    // Converted (f16 -> f32, ...) a few MiB at a time and joined on the GPU, so the wasm heap
+    // holds the stored bytes plus one small conversion, not a converted copy of a 152 MB table.
+    let convert_rows = (CONVERT_BYTES / (row * 4).max(1)).max(1);
     limits
         .row_pieces(rows, row)
         .into_iter()
         .map(|(start, n)| {
-            let bytes = &raw[start * row * elem..(start + n) * row * elem];
-            let data = tensor_data(component, key, stored, bytes, vec![n * row], dtype)?;
-            Ok(Tensor::<1>::from_data(data, (device, dtype)))
+            let parts = (start..start + n)
+                .step_by(convert_rows)
+                .map(|s| {
+                    let e = (s + convert_rows).min(start + n);
+                    let data = tensor_data(component, key, stored, &raw[s * row * elem..e * row * elem], vec![(e - s) * row], dtype)?;
+                    Ok(Tensor::<1>::from_data(data, (device, dtype)))
+                })
+                .collect::<crate::Result<Vec<_>>>()?;
+            Ok(if parts.len() == 1 { parts.into_iter().next().unwrap() } else { Tensor::cat(parts, 0) })
         })
         .collect()
 }

@@ -2,7 +2,16 @@
 // granted, only WebGPU's default buffer limits (128 MiB per binding, 256 MiB per buffer), as on
 // many phones and Windows adapters, on any adapter (SwiftShader offers 1 GiB). Also records the
 // largest buffer created (`self.largestBuffer`). Used by the browser suite and scripts/scale-check.
-const CLAMP = { maxStorageBufferBindingSize: 128 * 2 ** 20, maxBufferSize: 256 * 2 ** 20 };
+//
+// `?binding=N&buffer=N` on this module's URL reports smaller limits still (the device itself is
+// granted no less than WebGPU's defaults, the least it may be): the tiny test models then take
+// the same split/tile/chunk paths as real-size ones under 128 MiB.
+const DEFAULTS = { maxStorageBufferBindingSize: 128 * 2 ** 20, maxBufferSize: 256 * 2 ** 20 };
+const query = new URL(import.meta.url).searchParams;
+const CLAMP = {
+  maxStorageBufferBindingSize: Number(query.get('binding') ?? DEFAULTS.maxStorageBufferBindingSize),
+  maxBufferSize: Number(query.get('buffer') ?? DEFAULTS.maxBufferSize),
+};
 const clamp = (real) => new Proxy(real, {
   get: (t, k) => (k in CLAMP ? Math.min(CLAMP[k], t[k]) : typeof t[k] === 'function' ? t[k].bind(t) : t[k]),
 });
@@ -13,7 +22,7 @@ for (const proto of [GPUAdapter.prototype, GPUDevice.prototype]) {
 const request = GPUAdapter.prototype.requestDevice;
 GPUAdapter.prototype.requestDevice = function (d = {}) {
   const limits = { ...(d.requiredLimits ?? {}) };
-  for (const k of Object.keys(CLAMP)) if (k in limits) limits[k] = Math.min(limits[k], CLAMP[k]);
+  for (const k of Object.keys(CLAMP)) if (k in limits) limits[k] = Math.min(limits[k], Math.max(CLAMP[k], DEFAULTS[k]));
   return request.call(this, { ...d, requiredLimits: limits });
 };
 const create = GPUDevice.prototype.createBuffer;
