@@ -70,7 +70,7 @@ impl Linear {
         let per = (limits.max_elems(4) / self.d_out.max(self.d_in)).max(1);
         let outs: Vec<Tensor<2>> = (0..rows)
             .step_by(per)
-            .map(|s| self.forward_whole(flat.clone().slice([s..(s + per).min(rows)])))
+            .map(|s| self.forward_whole(flat.clone().slice(s..(s + per).min(rows))))
             .collect();
         Tensor::cat(outs, 0).reshape(dims)
     }
@@ -106,7 +106,7 @@ fn split_like<const D: usize>(
         .map(|p| {
             let n = p.dims()[0];
             start += n;
-            Some(bias.clone().slice([start - n..start]))
+            Some(bias.clone().slice(start - n..start))
         })
         .collect()
 }
@@ -258,7 +258,7 @@ impl ChannelChunks {
     }
 
     /// Chunk-wise sum of two activations cut alike.
-    pub fn add(self, other: Self) -> Self {
+    pub fn plus(self, other: Self) -> Self {
         Self { chunks: self.chunks.into_iter().zip(other.chunks).map(|(a, b)| a + b).collect() }
     }
 }
@@ -287,7 +287,7 @@ impl Conv2d {
                 }
                 let sum = sum.expect("at least one input chunk");
                 let sum = match &bias {
-                    Some(b) => sum + b.clone().slice([o0..o1]).reshape([1, o1 - o0, 1, 1]),
+                    Some(b) => sum + b.clone().slice(o0..o1).reshape([1, o1 - o0, 1, 1]),
                     None => sum,
                 };
                 sum.cast(x.chunks[0].dtype())
@@ -339,8 +339,8 @@ impl GroupNorm {
         x.map(|t| {
             let c = t.dims()[1];
             let part = Self {
-                weight: self.weight.clone().slice([start..start + c]),
-                bias: self.bias.clone().slice([start..start + c]),
+                weight: self.weight.clone().slice(start..start + c),
+                bias: self.bias.clone().slice(start..start + c),
                 groups: c / unit,
                 eps: self.eps,
             };

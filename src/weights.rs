@@ -596,7 +596,7 @@ impl Weights {
                     .map(|&(start, rows)| {
                         whole
                             .clone()
-                            .slice([start * row..(start + rows) * row])
+                            .slice(start * row..(start + rows) * row)
                             .reshape(piece_shape(rows))
                             .cast(self.dtype)
                     })

@@ -203,7 +203,7 @@ fn safetensors_file(component: &str, tensors: &[(String, Vec<usize>)], f16: bool
         offset += n;
     }
     let mut head = serde_json::to_vec(&header).unwrap();
-    while head.len() % 8 != 0 {
+    while !head.len().is_multiple_of(8) {
         head.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + head.len() + offset);

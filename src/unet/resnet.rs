@@ -94,7 +94,7 @@ impl ResnetBlock2D {
             Some(conv) => conv.forward_chunks(&x, &out),
             None => x.rechunk(&out),
         };
-        let sum = skip.add(h2);
+        let sum = skip.plus(h2);
         if self.output_scale_factor == 1.0 { sum } else { sum.map(|t| t / self.output_scale_factor) }
     }
 }
