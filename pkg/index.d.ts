@@ -1,5 +1,6 @@
 export interface LoadProgress {
-  phase: 'resolve' | 'download' | 'upload' | 'ready';
+  /** `warm-up`: one small generation that compiles the GPU pipelines, so the first image is not slower. */
+  phase: 'resolve' | 'download' | 'upload' | 'warm-up' | 'ready';
   /** Bytes done in this phase, and the total when known. */
   bytes: number;
   totalBytes: number;
