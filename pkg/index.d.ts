@@ -69,6 +69,10 @@ export interface LoadOptions {
    *  `shader-f16` (half the GPU memory), else f32. `'f16'` on an adapter without it rejects
    *  before anything is downloaded. */
   dtype?: 'auto' | 'f16' | 'f32';
+  /** Run the `warm-up` phase (default true): two 1-step generations at the model's default size
+   *  that compile the GPU pipelines, so the first image is not slower than the next. `false`
+   *  makes the load shorter and the first image pay the compilation instead. */
+  warmUp?: boolean;
 }
 
 export interface Preview {

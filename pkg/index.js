@@ -102,8 +102,8 @@ export class Generator {
  * uploads it to the GPU. `source`: base URL of the folder (a hub `.../resolve/main/` URL works)
  * or the File list of `<input type=file webkitdirectory>`.
  */
-export async function load(source, { onProgress, onDeviceLost, chunkSize, workerUrl, dtype = 'auto' } = {}) {
-  const msg = { type: 'load', chunkSize, dtype };
+export async function load(source, { onProgress, onDeviceLost, chunkSize, workerUrl, dtype = 'auto', warmUp = true } = {}) {
+  const msg = { type: 'load', chunkSize, dtype, warmUp };
   if (typeof source === 'string' || source instanceof URL) {
     msg.url = String(source);
     msg.base = globalThis.location?.href;

@@ -163,7 +163,7 @@ async function load(msg, post) {
     r.progress.files += 1;
   }
   const summary = JSON.parse(engine.build());
-  await warmUp(r);
+  if (msg.warmUp !== false) await warmUp(r);
   r.report({ phase: 'ready', file: null });
   return { model: got.model, gpu: info, dtype: summary.dtype, cached: got.cached, warnings: r.warnings, files: got.list,
     skipped: got.skipped, components: summary.components, bytes: totalBytes(got.list), wasmHeapBytes: wasmHeapBytes() };

@@ -164,7 +164,9 @@ for (const model of Object.keys(BUDGETS)) {
     // Same work every time: a warm generation compiles no pipeline and repeats the counts.
     assert.equal(first.total.pipelines, 0, 'the first image at the default size compiled pipelines: the warm-up missed them');
     assert.equal(next.total.pipelines, 0, 'the second image compiled pipelines');
-    assert.ok(step.dispatches > 0 && step.submits >= 0, JSON.stringify(step));
+    assert.equal(two.snaps.length, 3, 'a 2-step generation posts two steps and a result');
+    assert.ok(step.dispatches > 0, JSON.stringify(step));
+    for (const k of ['dispatches', 'submits', 'reads']) assert.equal(first.total[k], next.total[k], `${k}: the first image did other GPU work than the next`);
     assert.ok(encode <= budget.encode, `${model}: prompt encoding ${encode} dispatches, over the budget ${budget.encode}`);
     assert.ok(decode <= budget.decode, `${model}: decode ${decode} dispatches, over the budget ${budget.decode}`);
     // The one timing check, with a wide margin (SwiftShader on a shared CPU is noisy): without
