@@ -1,10 +1,13 @@
-//! U-Net forward time and peak memory on the CPU backend (burn `flex`), batch 1, 64×64 latent
-//! (512×512 images), for the tiny-sd fixture U-Net and a full-size random-weight config of
-//! 0.45B parameters (3 levels 320/640/1280, 2 layers per block, cross_attention_dim 768); and
-//! the same runs of diffusers on PyTorch when the reference venv exists, with the time ratio.
+//! U-Net forward time, achieved GFLOP/s (analytic count, benches/flops.rs) and peak memory,
+//! batch 1, 64×64 latent (512×512 images), for the tiny-sd fixture U-Net and a full-size
+//! random-weight config of 0.45B parameters (3 levels 320/640/1280, 2 layers per block,
+//! cross_attention_dim 768); and the same runs of diffusers on PyTorch when the reference venv
+//! exists, with the time ratio. On the CPU backend (burn `flex`) by default; built with
+//! `--features wgpu` on the GPU through wgpu (lavapipe on a machine without one), where it also
+//! prints the GPU memory burn's allocator reserved. `INKSTONE_DEVICE=cpu` forces the CPU.
 //!
-//! `cargo bench --bench unet [-- fixture|full]`. Each case runs in a child process (this binary
-//! again) so that its peak memory (VmHWM) is its own.
+//! `scripts/bench.sh [fixture|full]` (shares the test build). Each case runs in a child process
+//! (this binary again) so that its peak memory (VmHWM) is its own.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +19,7 @@ use inkstone::source::{DirSource, load_weights};
 use inkstone::unet::UNet2DConditionModel;
 use inkstone::weights::Weights;
 
+mod flops;
 mod random_weights;
 
 const LATENT: usize = 64;
@@ -55,9 +59,18 @@ fn params(weights: &Weights) -> usize {
     weights.keys().filter_map(|k| weights.shape(k)).map(|s| s.iter().product::<usize>()).sum()
 }
 
+/// The GPU (wgpu) when built with it, unless `INKSTONE_DEVICE=cpu`; the CPU backend otherwise.
+fn bench_device() -> (Device, &'static str) {
+    #[cfg(feature = "wgpu")]
+    if std::env::var("INKSTONE_DEVICE").as_deref() != Ok("cpu") {
+        return (Device::wgpu(Default::default()), "wgpu");
+    }
+    (Device::flex(), "cpu")
+}
+
 /// Child mode: loads one case, runs `warmup + runs` forwards, prints one `RESULT` line.
 fn run_case(case: &str) {
-    let device = Device::flex();
+    let (device, _) = bench_device();
     let t0 = Instant::now();
     let (unet, n_params) = match case {
         "fixture" => {
@@ -96,8 +109,11 @@ fn run_case(case: &str) {
         }
     }
     let params = if n_params > 0 { format!("{n_params}") } else { "null".into() };
+    let gflop = flops::unet_flops(cfg, LATENT, SEQ) / 1e9;
+    // What burn's GPU allocator holds after the runs: its pages only grow, so this is the peak.
+    let gpu = device.memory_pool_usage().map_or("null".into(), |u| format!("{:.0}", u.bytes_reserved as f64 / (1 << 20) as f64));
     println!(
-        "RESULT {{\"load_s\": {load_s:.3}, \"forward_s\": {times:?}, \"load_hwm_mib\": {load_hwm:.0}, \"hwm_mib\": {:.0}, \"finite\": {finite}, \"params\": {params}}}",
+        "RESULT {{\"load_s\": {load_s:.3}, \"forward_s\": {times:?}, \"load_hwm_mib\": {load_hwm:.0}, \"hwm_mib\": {:.0}, \"gpu_pool_mib\": {gpu}, \"gflop\": {gflop:.2}, \"finite\": {finite}, \"params\": {params}}}",
         vm_hwm_mib()
     );
 }
@@ -108,6 +124,7 @@ struct Measured {
     load_s: f64,
     load_hwm_mib: f64,
     hwm_mib: f64,
+    gflop: f64,
     extra: String,
 }
 
@@ -118,7 +135,7 @@ fn parse(stdout: &str) -> Option<Measured> {
     let extra = v
         .as_object()?
         .iter()
-        .filter(|(k, _)| !k.ends_with("_s") && !k.ends_with("_mib"))
+        .filter(|(k, _)| !k.ends_with("_s") && !k.ends_with("_mib") && *k != "gflop")
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(" ");
@@ -127,7 +144,11 @@ fn parse(stdout: &str) -> Option<Measured> {
         load_s: num("load_s"),
         load_hwm_mib: num("load_hwm_mib"),
         hwm_mib: num("hwm_mib"),
-        extra,
+        gflop: num("gflop"),
+        extra: match v["gpu_pool_mib"].as_f64() {
+            Some(mib) => format!("GPU pool {mib:.0} MiB | {extra}"),
+            None => extra,
+        },
     })
 }
 
@@ -143,9 +164,11 @@ fn median(v: &[f64]) -> f64 {
 
 fn report(who: &str, case: &str, m: &Measured) {
     println!(
-        "  {who:<8} {case:<8} forward median {:>8.3} s (runs {:?}) | load {:.2} s | peak RSS {:.0} MiB after load, {:.0} MiB after forward | {}",
+        "  {who:<8} {case:<8} forward median {:>8.3} s (runs {:?}), {:.1} GFLOP/s of {:.1} GFLOP | load {:.2} s | peak RSS {:.0} MiB after load, {:.0} MiB after forward | {}",
         median(&m.forward_s),
         m.forward_s.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+        m.gflop / median(&m.forward_s),
+        m.gflop,
         m.load_s,
         m.load_hwm_mib,
         m.hwm_mib,
@@ -182,7 +205,8 @@ fn main() {
     std::fs::write(&config_file, serde_json::to_string_pretty(&full_config()).unwrap()).unwrap();
 
     println!(
-        "U-Net forward, batch 1, {LATENT}×{LATENT} latent, {SEQ} text tokens, f32, CPU ({} threads available)",
+        "U-Net forward, batch 1, {LATENT}×{LATENT} latent, {SEQ} text tokens, f32, on {} ({} CPU threads available)",
+        bench_device().1,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let exe = std::env::current_exe().unwrap();
@@ -195,7 +219,7 @@ fn main() {
             println!("  (no reference venv at {}: PyTorch run skipped)", venv.display());
             continue;
         }
-        let theirs = spawn(
+        let mut theirs = spawn(
             Command::new(&python)
                 .arg(&script)
                 .arg(case)
@@ -203,7 +227,9 @@ fn main() {
                 .current_dir(root())
                 .env("PYTHONWARNINGS", "ignore"),
         );
-        if let Some(m) = &theirs {
+        if let Some(m) = &mut theirs {
+            // The same model, the same FLOPs (the Python side does not count them).
+            m.gflop = ours.as_ref().map_or(f64::NAN, |o| o.gflop);
             report("pytorch", case, m);
         }
         if let (Some(a), Some(b)) = (&ours, &theirs) {

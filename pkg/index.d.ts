@@ -1,5 +1,6 @@
 export interface LoadProgress {
-  phase: 'resolve' | 'download' | 'upload' | 'ready';
+  /** `warm-up`: one small generation that compiles the GPU pipelines, so the first image is not slower. */
+  phase: 'resolve' | 'download' | 'upload' | 'warm-up' | 'ready';
   /** Bytes done in this phase, and the total when known. */
   bytes: number;
   totalBytes: number;
@@ -74,6 +75,10 @@ export interface LoadOptions {
    *  memory than this (bytes; computed from the files' headers). WebGPU reports no memory
    *  size, so only the caller can know the budget (e.g. 1.5e9 on phones). */
   maxGpuBytes?: number;
+  /** Run the `warm-up` phase (default true): two 1-step generations at the model's default size
+   *  that compile the GPU pipelines, so the first image is not slower than the next. `false`
+   *  makes the load shorter and the first image pay the compilation instead. */
+  warmUp?: boolean;
 }
 
 export interface Preview {

@@ -102,8 +102,8 @@ export class Generator {
  * uploads it to the GPU. `source`: base URL of the folder (a hub `.../resolve/main/` URL works)
  * or the File list of `<input type=file webkitdirectory>`.
  */
-export async function load(source, { onProgress, onDeviceLost, chunkSize, workerUrl, dtype = 'auto', maxGpuBytes } = {}) {
-  const msg = { type: 'load', chunkSize, dtype, maxGpuBytes };
+export async function load(source, { onProgress, onDeviceLost, chunkSize, workerUrl, dtype = 'auto', maxGpuBytes, warmUp = true } = {}) {
+  const msg = { type: 'load', chunkSize, dtype, maxGpuBytes, warmUp };
   if (typeof source === 'string' || source instanceof URL) {
     msg.url = String(source);
     msg.base = globalThis.location?.href;

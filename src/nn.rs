@@ -485,10 +485,15 @@ pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, sc
     let n_kv = k.dims()[2];
     let budget = ATTENTION_SCORE_BUDGET.min(limits::of(&q.device()).max_elems(4));
     let rows = (budget / (b * h * n_kv).max(1)).clamp(1, n_q);
-    // burn's attention op: fused (flash, no score tensor) on the CPU backend; with an explicit
-    // scale the GPU backends run their matmul → softmax → matmul fallback, bounded per block.
+    let flash = has_flash_attention(&q.device());
     let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
-    let block = |q: Tensor<4>| attention(q, k.clone(), v.clone(), None, None, options);
+    let block = |q: Tensor<4>| {
+        if flash {
+            attention(q, k.clone(), v.clone(), None, None, options)
+        } else {
+            attention_unfused(q, k.clone(), v.clone(), scale)
+        }
+    };
     if rows >= n_q {
         return block(q);
     }
@@ -497,4 +502,30 @@ pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, sc
         .map(|start| block(q.clone().slice([0..b, 0..h, start..(start + rows).min(n_q)])))
         .collect();
     Tensor::cat(outs, 2)
+}
+
+/// Whether burn's `attention` op is one fused (flash, no score tensor) kernel on `device`: on the
+/// CPU backend. The cubecl (GPU) backends run it, without autotune, as their matmul → softmax →
+/// matmul fallback *inside* one fusion op, so none of its ~12 kernels fuse with each other
+/// (burn-cubecl `kernel/attention/base.rs`: `AttentionStrategy::default()` is `Fallback`; its
+/// flash kernels are reached only through autotune, and never with an explicit scale).
+fn has_flash_attention(device: &burn::tensor::Device) -> bool {
+    #[cfg(feature = "cpu")]
+    return *device == burn::tensor::Device::flex();
+    #[cfg(not(feature = "cpu"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+/// softmax(q kᵀ · scale) v as plain tensor ops, which burn's fusion can merge: the scale into the
+/// score matmul, max/sum reductions with their element-wise neighbours. No masks here, so a
+/// row is never all -inf and the max shift alone keeps the softmax finite.
+fn attention_unfused(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    let shifted = scores.clone() - scores.max_dim(3);
+    let e = shifted.exp();
+    let probs = e.clone() / e.sum_dim(3);
+    probs.matmul(v)
 }

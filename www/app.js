@@ -84,7 +84,7 @@ async function loadModel() {
         if (p.warning) console.warn(p.warning);
         bar.max = p.totalBytes || 1;
         bar.value = p.bytes;
-        const what = { resolve: 'Reading model_index.json', download: 'Downloading', upload: 'Uploading to the GPU', ready: 'Ready' }[p.phase];
+        const what = { resolve: 'Reading model_index.json', download: 'Downloading', upload: 'Uploading to the GPU', 'warm-up': 'Compiling GPU kernels', ready: 'Ready' }[p.phase];
         status($('load-status'), `${what}${p.file ? ` ${p.file}` : ''}: ${fmt(p.bytes)} of ${fmt(p.totalBytes)}, file ${Math.min(p.files + 1, p.totalFiles)} of ${p.totalFiles}${p.warning ? ` (${p.warning})` : ''}`);
       },
     });

@@ -20,6 +20,11 @@ use crate::source::MemorySource;
 use crate::limits::DeviceLimits;
 use crate::weights::{Header, TensorInfo, TensorStream, Weights, tensor_data};
 
+/// Kernels cubecl records before it submits a command buffer (its default is 32: ~20 submits per
+/// U-Net step). Above one step's dispatches, so a step is one submit: the generation loop
+/// flushes after each step, and uploads flush on their own.
+const TASKS_PER_SUBMIT: usize = 4096;
+
 /// Flattened device tensors of one component (in row pieces within the binding limit), with
 /// their stored shapes.
 type Uploaded = BTreeMap<String, crate::weights::Uploaded>;
@@ -66,6 +71,7 @@ impl Inkstone {
         console_error_panic_hook::set_once();
         let (device, setup) = Device::wgpu_options()
             .graphics_api(WgpuBackend::WebGpu)
+            .tasks_max(TASKS_PER_SUBMIT)
             .init_with_setup_async()
             .await
             .map_err(|e| js_err(format!("WebGPU initialisation failed: {e}")))?;
@@ -234,6 +240,17 @@ impl Inkstone {
         });
         s.pipeline = Some(generate::Loaded::build(&s.files, weights, &s.device, s.dtype).map_err(js_err)?);
         Ok(summary.to_string())
+    }
+
+    /// `[width, height]` of the warm-up generation: the worker runs one 1-step generation at
+    /// this size right after [`Inkstone::build`], so the WebGPU pipelines are compiled at load
+    /// and the first image at this size costs what the next ones do.
+    #[wasm_bindgen(js_name = warmUpSize)]
+    pub fn warm_up_size(&self) -> Result<Vec<u32>, JsError> {
+        let s = self.state.borrow();
+        let loaded = s.pipeline.as_ref().ok_or_else(|| js_err("no model loaded"))?;
+        let (w, h) = loaded.warm_up_size();
+        Ok(vec![w as u32, h as u32])
     }
 
     /// Runs one generation. `options` is the JS options object (prompt, negativePrompt, steps,

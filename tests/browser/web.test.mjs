@@ -20,6 +20,9 @@ const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 // `--expose-gc`: the soak test collects garbage before it reads the JS heap.
 const BASE_ARGS = ['--disable-background-networking', '--disable-component-update', '--disable-sync',
   '--no-first-run', '--disable-quic', '--no-sandbox', '--js-flags=--expose-gc'];
+/** How long a load through the page may take: it ends with the warm-up generations
+ *  (pkg/worker.js), each tens of seconds on SwiftShader under load. */
+const LOAD_TIMEOUT = 180_000;
 /** Small IndexedDB chunks so the tiny model's files span several chunks. */
 const CHUNK = 256 * 1024;
 
@@ -98,18 +101,20 @@ async function openPage(context) {
   return page;
 }
 
-/** Runs load() in the page; returns { info, progress } or { error }. */
-const loadIn = (page, url, chunkSize = CHUNK, dtype = undefined) => page.evaluate(async ({ url, chunkSize, dtype }) => {
+/** Runs load() in the page; returns { info, progress } or { error }. Without the warm-up
+ *  generations by default (they would add ~1 min per load on SwiftShader; gpu.test.mjs and the
+ *  page's own loads cover them). */
+const loadIn = (page, url, chunkSize = CHUNK, dtype = undefined, warmUp = false) => page.evaluate(async ({ url, chunkSize, dtype, warmUp }) => {
   const progress = [];
   try {
-    const g = await window.inkstone.load(url, { chunkSize, dtype, onProgress: (p) => progress.push(p) });
+    const g = await window.inkstone.load(url, { chunkSize, dtype, warmUp, onProgress: (p) => progress.push(p) });
     window.lastGenerator?.dispose();
     window.lastGenerator = g;
     return { info: g.info, progress };
   } catch (e) {
     return { error: e.message, progress };
   }
-}, { url, chunkSize, dtype });
+}, { url, chunkSize, dtype, warmUp });
 
 /** sha256 of the cached bytes of one file (read from IndexedDB in the page), with the chunk
  *  count, or null when the file is not (completely) cached. */
@@ -208,7 +213,7 @@ test('load() downloads every file once with progress and caches it', async () =>
   assert.equal(m.bytes, info.bytes);
   // The page lists it with its size.
   await page.click('#load').catch(() => {}); // also exercises the UI path (bundled preset = same URL)
-  await page.waitForFunction(() => document.body.dataset.state === 'loaded', null, { timeout: 60_000 });
+  await page.waitForFunction(() => document.body.dataset.state === 'loaded', null, { timeout: LOAD_TIMEOUT });
   assert.match(await page.textContent('#cached'), /Tiny demo model.*MB/);
   assert.match(await page.textContent('#load-status'), /from the cache/);
 });
@@ -245,7 +250,7 @@ test('precision: auto follows shader-f16; f16 without it, or an unknown dtype, f
   assert.match(bogus.error ?? '', /dtype "f64": expected 'auto', 'f16' or 'f32'/);
   // The page says which precision the model runs in.
   await page.click('#load');
-  await page.waitForFunction(() => document.body.dataset.state === 'loaded', null, { timeout: 60_000 });
+  await page.waitForFunction(() => document.body.dataset.state === 'loaded', null, { timeout: LOAD_TIMEOUT });
   assert.match(await page.textContent('#load-status'), new RegExp(`running in ${auto.info.dtype}`));
 });
 
@@ -573,7 +578,7 @@ test('the page\'s sampler picker defaults to the model\'s own and passes the cho
   const page = await openPage(browser);
   assert.equal(await page.inputValue('#scheduler'), '');
   await page.click('#load');
-  await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: 60_000 });
+  await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: LOAD_TIMEOUT });
   assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', await page.textContent('#load-status'));
   await page.selectOption('#size', '64');
   await page.selectOption('#scheduler', 'dpm++2m-karras');
@@ -603,7 +608,7 @@ test('the page\'s sampler picker defaults to the model\'s own and passes the cho
 test('the page loads the bundled model, generates with the form and shows the result (screenshot)', async () => {
   const page = await openPage(browser);
   await page.click('#load');
-  await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: 60_000 });
+  await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: LOAD_TIMEOUT });
   assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', await page.textContent('#load-status'));
   await page.fill('#prompt', 'a photo of a cat');
   await page.fill('#steps', '2');
@@ -622,7 +627,7 @@ test('a local folder picked in the page loads with no network', async () => {
   await page.setInputFiles('#model-dir', TINY);
   const before = srv.log.length;
   await page.click('#load');
-  await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: 60_000 });
+  await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: LOAD_TIMEOUT });
   const text = await page.textContent('#load-status');
   assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', text);
   assert.match(text, /Loaded local:tiny-sd/);
@@ -814,14 +819,14 @@ test('presets: every hub preset is offered with its download size for the dtype 
 test('a lost GPU device mid-generation: the page says so, and the next Generate recovers from the cache with no download', async () => {
   const page = await openPage(browser);
   await page.click('#load'); // the bundled tiny model (cached by the earlier tests or downloaded now)
-  await page.waitForFunction(() => document.body.dataset.state === 'loaded', null, { timeout: 60_000 });
+  await page.waitForFunction(() => document.body.dataset.state === 'loaded', null, { timeout: LOAD_TIMEOUT });
   await page.fill('#prompt', 'a lighthouse');
   await page.fill('#steps', '3');
   await page.fill('#seed', '11');
   await page.selectOption('#size', '64');
   const generated = async () => {
     await page.click('#generate');
-    await page.waitForFunction(() => ['generated', 'generate-error', 'device-lost'].includes(document.body.dataset.state), null, { timeout: 120_000 });
+    await page.waitForFunction(() => ['generated', 'generate-error', 'device-lost'].includes(document.body.dataset.state), null, { timeout: 120_000 + LOAD_TIMEOUT });
     return page.evaluate(() => document.body.dataset.state);
   };
   assert.equal(await generated(), 'generated', await page.textContent('#gen-status'));
@@ -925,7 +930,8 @@ test('a U-Net that overflows gives an error naming it, not a NaN image', async (
   bytes.fill(0xff, 8 + n + entry.data_offsets[0], 8 + n + entry.data_offsets[1]); // all-ones: NaN in f32/f16/bf16
   writeFileSync(unet, bytes);
   const page = await openPage(browser);
-  const { error } = await loadIn(page, `${srv.origin}/models/tiny-sd-nan/`);
+  // With the warm-up: its generation fails too, and the load must not.
+  const { error } = await loadIn(page, `${srv.origin}/models/tiny-sd-nan/`, CHUNK, undefined, true);
   assert.equal(error, undefined, error);
   const msg = await page.evaluate(() => window.lastGenerator.generate({ prompt: 'x', steps: 2, width: 64, height: 64, seed: 1 })
     .then(() => 'no error', (e) => e.message));
@@ -969,7 +975,7 @@ for (const model of ['tiny-sd', 'tiny-flow']) {
     const workerUrl = writeDefaultLimitsWorker(`?binding=${2 ** 20}&buffer=${2 ** 21}`);
     const page = await openPage(browser);
     const r = await page.evaluate(async ({ url, workerUrl, o }) => {
-      const gen = await window.inkstone.load(url, { workerUrl });
+      const gen = await window.inkstone.load(url, { workerUrl, warmUp: false });
       const out = await gen.generate(o);
       const info = gen.info;
       gen.dispose();
@@ -1004,7 +1010,7 @@ test('default WebGPU limits (128 MiB binding): real-size worst-case weights give
   const workerUrl = writeDefaultLimitsWorker();
   const page = await openPage(browser);
   const r = await page.evaluate(async ({ url, workerUrl, o, nativeUrl }) => {
-    const gen = await window.inkstone.load(url, { workerUrl });
+    const gen = await window.inkstone.load(url, { workerUrl, warmUp: false });
     const out = await gen.generate(o);
     const native = new Float32Array(await (await fetch(nativeUrl)).arrayBuffer());
     let err = 0;

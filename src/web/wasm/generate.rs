@@ -189,6 +189,14 @@ impl Loaded {
     pub fn build(files: &MemorySource, weights: BTreeMap<String, Weights>, device: &Device, dtype: DType) -> Result<Self> {
         Ok(Self(Rc::new(crate::web::from_parts(files, weights, device, dtype)?)))
     }
+
+    /// (width, height) of the warm-up generation `load()` runs so that the first image compiles
+    /// no pipeline: the model's default size. Not a smaller one: cubecl picks reduce and fused
+    /// kernels by extent (a GroupNorm over 16×16 pixels and one over 8×8 are different
+    /// pipelines), so a 64 px warm-up left 13 of tiny-sd's kernels to a 128 px first image.
+    pub fn warm_up_size(&self) -> (usize, usize) {
+        self.0.default_size()
+    }
 }
 
 pub async fn run(
@@ -199,6 +207,7 @@ pub async fn run(
 ) -> std::result::Result<JsValue, JsError> {
     let pipeline =
         state.borrow().pipeline.as_ref().map(|l| l.0.clone()).ok_or_else(|| JsError::new("no model loaded"))?;
+    let device = state.borrow().device.clone();
     let mut generation = pipeline.start(&opts).map_err(|e| JsError::new(&e.to_string()))?;
     let total = generation.total_steps();
     let mut i = 0;
@@ -207,6 +216,8 @@ pub async fn run(
             return Err(JsError::new("cancelled"));
         }
         generation.step().map_err(|e| JsError::new(&e.to_string()))?;
+        // Hands the step to the GPU now (one submit) so it runs while JS handles the step.
+        device.flush().map_err(|e| JsError::new(&format!("GPU submit: {e:?}")))?;
         i += 1;
         let preview = match generation.preview() {
             Some(p) => image_to_js(p).await?,
