@@ -25,23 +25,6 @@ export class UrlSource {
     if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
     return new Uint8Array(await r.arrayBuffer());
   }
-  /** The first `n` bytes (a Range request; read off the stream if the server ignores it). */
-  async prefix(path, n) {
-    const r = await fetch(this.url(path), { headers: { Range: `bytes=0-${n - 1}` }, cache: 'no-store' });
-    if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
-    const out = new Uint8Array(n);
-    let got = 0;
-    const reader = r.body.getReader();
-    while (got < n) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      const take = value.subarray(0, n - got);
-      out.set(take, got);
-      got += take.length;
-    }
-    await reader.cancel().catch(() => {});
-    return out.subarray(0, got);
-  }
 }
 
 /** A folder picked with `<input type=file webkitdirectory>`: no network at all. */

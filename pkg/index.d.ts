@@ -71,9 +71,10 @@ export interface LoadOptions {
    *  `shader-f16` (half the GPU memory), else f32. `'f16'` on an adapter without it rejects
    *  before anything is downloaded. */
   dtype?: 'auto' | 'f16' | 'f32';
-  /** Refuse the model, before anything is downloaded, when its weights would take more GPU
-   *  memory than this (bytes; computed from the files' headers). WebGPU reports no memory
-   *  size, so only the caller can know the budget (e.g. 1.5e9 on phones). */
+  /** Refuse the model, before anything is uploaded to the GPU, when its weights would take
+   *  more GPU memory than this (bytes; computed from the files' headers: a local folder is
+   *  refused before it is read, a URL after the download). WebGPU reports no memory size, so
+   *  only the caller can know the budget (e.g. 1.5e9 on phones). */
   maxGpuBytes?: number;
   /** Run the `warm-up` phase (default true): two 1-step generations at the model's default size
    *  that compile the GPU pipelines, so the first image is not slower than the next. `false`

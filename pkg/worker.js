@@ -155,8 +155,6 @@ async function fromCache(model, dtype, msg, r) {
 async function fromNetwork(model, dtype, chunkSize, r, msg) {
   const src = new UrlSource(model);
   const { files, skipped, known } = await resolveModel(src, dtype, planModel);
-  // Headers only (a few hundred KiB): a model that cannot fit is refused before its gigabytes.
-  checkGpuBudget(await gpuEstimate(files, known, dtype, (p, n) => src.prefix(p, n)), dtype, msg.maxGpuBytes, r);
   await store.putModel({ model, dtype, files, skipped, complete: false, savedAt: Date.now() }).catch(() => {});
   r.phase('download', files);
   const state = { quotaFull: false };
@@ -172,6 +170,10 @@ async function fromNetwork(model, dtype, chunkSize, r, msg) {
     r.progress.files += 1;
   }
   const list = files.map((f) => ({ ...f, size: held.get(f.path).size }));
+  // From the downloaded (and verified) headers: a model that cannot fit is refused before
+  // anything reaches the GPU. (Read after the download, so a download's retries and checks
+  // stay the only requests made for a file.)
+  checkGpuBudget(await gpuEstimate(list, known, dtype, (p, n) => held.get(p).prefix(n)), dtype, msg.maxGpuBytes, r);
   if (!state.quotaFull) {
     await store.putModel({ model, dtype, files: list, skipped, complete: true, savedAt: Date.now() })
       .catch((e) => r.warn(`not cached: ${e.message}`));
