@@ -53,6 +53,12 @@ impl DeviceLimits {
     }
 }
 
+/// The tensor the pieces `parts` (along `dim`) make: the one piece itself, with no copy, or
+/// their concatenation.
+pub fn join<const D: usize>(mut parts: Vec<burn::tensor::Tensor<D>>, dim: usize) -> burn::tensor::Tensor<D> {
+    if parts.len() == 1 { parts.pop().unwrap() } else { burn::tensor::Tensor::cat(parts, dim) }
+}
+
 static REGISTERED: Mutex<Vec<(Device, DeviceLimits)>> = Mutex::new(Vec::new());
 
 /// Records the limits `device` was granted (by the shell that created it).

@@ -81,11 +81,7 @@ impl Linear {
             .iter()
             .map(|(w, b)| linear(x.clone(), w.clone(), b.clone()))
             .collect();
-        if outs.len() == 1 {
-            outs.into_iter().next().unwrap()
-        } else {
-            Tensor::cat(outs, D - 1)
-        }
+        limits::join(outs, D - 1)
     }
 }
 
@@ -187,11 +183,7 @@ impl Conv2d {
                     )
                 })
                 .collect();
-            if outs.len() == 1 {
-                outs.into_iter().next().unwrap()
-            } else {
-                Tensor::cat(outs, 1)
-            }
+            limits::join(outs, 1)
         })
     }
 }
@@ -247,7 +239,7 @@ impl ChannelChunks {
                         t.clone().slice([0..n, a.max(s) - s..b.min(e) - s, 0..h, 0..w])
                     })
                     .collect();
-                if parts.len() == 1 { parts.into_iter().next().unwrap() } else { Tensor::cat(parts, 1) }
+                limits::join(parts, 1)
             })
             .collect();
         Self { chunks }
@@ -298,13 +290,12 @@ impl Conv2d {
 
     /// The weight in f32 as one tensor (the chunked path slices it per block).
     fn whole_weight(&self) -> Tensor<4> {
-        let parts: Vec<Tensor<4>> = self.pieces.iter().map(|(w, _)| w.clone().cast(DType::F32)).collect();
-        if parts.len() == 1 { parts.into_iter().next().unwrap() } else { Tensor::cat(parts, 0) }
+        limits::join(self.pieces.iter().map(|(w, _)| w.clone().cast(DType::F32)).collect(), 0)
     }
 
     fn whole_bias(&self) -> Option<Tensor<1>> {
         let parts: Option<Vec<Tensor<1>>> = self.pieces.iter().map(|(_, b)| b.clone().map(|b| b.cast(DType::F32))).collect();
-        parts.map(|p| if p.len() == 1 { p.into_iter().next().unwrap() } else { Tensor::cat(p, 0) })
+        parts.map(|p| limits::join(p, 0))
     }
 }
 

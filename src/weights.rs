@@ -493,13 +493,8 @@ impl Weights {
         if bytes > limits.max_tensor_bytes() {
             return Err(too_large(&self.name, key, bytes, self.dtype, limits));
         }
-        let mut pieces =
-            self.tensor_pieces(key, shape, &[(0, shape.first().copied().unwrap_or(1))])?;
-        Ok(if pieces.len() == 1 {
-            pieces.pop().unwrap()
-        } else {
-            Tensor::cat(pieces, 0)
-        })
+        let pieces = self.tensor_pieces(key, shape, &[(0, shape.first().copied().unwrap_or(1))])?;
+        Ok(limits::join(pieces, 0))
     }
 
     /// Loads `key` (of exactly `shape`) in pieces of whole rows along its first dimension, each
@@ -569,14 +564,7 @@ impl Weights {
             }
             self.used.borrow_mut().insert(key.to_string());
             // A no-op when uploaded in the working dtype (the browser uploads in it).
-            let whole = || {
-                let parts: Vec<Tensor<1>> = uploaded.clone();
-                if parts.len() == 1 {
-                    parts.into_iter().next().unwrap()
-                } else {
-                    Tensor::cat(parts, 0)
-                }
-            };
+            let whole = || limits::join(uploaded.clone(), 0);
             let same = uploaded.len() == pieces.len()
                 && uploaded
                     .iter()

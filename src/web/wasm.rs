@@ -312,7 +312,7 @@ fn upload(
                     Ok(Tensor::<1>::from_data(data, (device, dtype)))
                 })
                 .collect::<crate::Result<Vec<_>>>()?;
-            let piece = if parts.len() == 1 { parts.into_iter().next().unwrap() } else { Tensor::cat(parts, 0) };
+            let piece = crate::limits::join(parts, 0);
             // The fusion backend queues uploads with their host data until it runs them: run
             // them now, or the wasm heap holds every converted tensor of the file at once.
             device.flush().map_err(|e| crate::Error::InvalidArgument(format!("{component}: uploading `{key}`: {e:?}")))?;
