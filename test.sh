@@ -15,7 +15,7 @@ if ! command -v cargo >/dev/null; then
 fi
 
 echo "== native tests (cargo test, CPU backend)"
-# Includes tests/fuzz_smoke.rs: the fuzz oracles of fuzz/ on ~12k seeded mutations (seconds).
+# Includes tests/fuzz_smoke.rs: the fuzz oracles of fuzz/ on 53k seeded mutations (seconds).
 cargo test --locked --lib --bins --tests -- --nocapture 2>&1
 # Opt-in libFuzzer run of every target (fuzz/run.sh; builds its own instrumented target dir).
 if [ -n "${INKSTONE_FUZZ_RUNS:-}" ]; then

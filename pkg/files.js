@@ -1,5 +1,6 @@
-// Where model files come from (a base URL, or a folder the user picked) and which files a
-// diffusers-format folder needs, read through model_index.json, like diffusers' loader.
+// Where model files come from (a base URL, or a folder the user picked), and fetching them:
+// which files a folder needs is the Rust core's answer (`planModel`, src/folder.rs), asked round
+// by round; this module only probes the paths it names and moves the bytes.
 import * as store from './store.js';
 import { Sha256 } from './sha256.js';
 

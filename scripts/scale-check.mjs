@@ -3,7 +3,8 @@
 // image natively and in headless Chromium under WebGPU's default limits (128 MiB binding,
 // 256 MiB buffer; tests/browser/default-limits.mjs), and prints load and generation times, the
 // peak wasm heap, GPU weight bytes per component, peak GPU buffer bytes, the largest buffer,
-// dispatch counts per phase, and browser vs native max abs.
+// dispatch counts per phase, and browser vs native max abs; fails (exit 1) unless the image is
+// the native one (≤ 1e-3) and no binding exceeds the default limit.
 //   scripts/scale-check.sh [preset ...]   (presets: sdxs worst-case bk-sdm-tiny; default sdxs)
 // Env: STEPS (default 2), SIZE (default 512), DTYPE of the files written (default f16),
 //      INKSTONE_BIN, INKSTONE_RANDOM_MODEL, CHROMIUM.
@@ -29,34 +30,14 @@ const presets = process.argv.slice(2).length ? process.argv.slice(2) : ['sdxs'];
 const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MiB`;
 const secs = (ms) => `${(ms / 1000).toFixed(1)} s`;
 
-// The worker: default limits, GPU counters, and a counter snapshot at every message it posts
-// (so dispatches fall into phases: load, text encoder + step 1, each further step, decode).
+// The worker: default limits, the suite's GPU counters (tests/browser/gpu-hooks.mjs) with a
+// snapshot at every step and result it posts (so dispatches fall into phases: load, text encoder
+// + step 1, each further step, decode).
 mkdirSync(join(WWW, 'test'), { recursive: true });
 cpSync(join(ROOT, 'tests/browser/default-limits.mjs'), join(WWW, 'test/default-limits.mjs'));
-writeFileSync(join(WWW, 'test/scale-hooks.mjs'), `
-const c = self.gpuCounts = { liveBytes: 0, peakBytes: 0, dispatches: 0, submits: 0 };
-const sizes = new WeakMap();
-const create = GPUDevice.prototype.createBuffer;
-GPUDevice.prototype.createBuffer = function (d) {
-  const b = create.call(this, d);
-  sizes.set(b, d.size); c.liveBytes += d.size; c.peakBytes = Math.max(c.peakBytes, c.liveBytes);
-  return b;
-};
-const destroy = GPUBuffer.prototype.destroy;
-GPUBuffer.prototype.destroy = function () {
-  if (sizes.has(this)) { c.liveBytes -= sizes.get(this); sizes.delete(this); }
-  return destroy.call(this);
-};
-const dispatch = GPUComputePassEncoder.prototype.dispatchWorkgroups;
-GPUComputePassEncoder.prototype.dispatchWorkgroups = function (...a) { c.dispatches += 1; return dispatch.apply(this, a); };
-const submit = GPUQueue.prototype.submit;
-GPUQueue.prototype.submit = function (...a) { c.submits += 1; return submit.apply(this, a); };
-self.marks = [];
-const post = self.postMessage.bind(self);
-self.postMessage = (m, t) => { if (m?.type === 'step' || m?.type === 'done') self.marks.push({ type: m.type, step: m.step, ...c }); post(m, t); };
-`);
+cpSync(join(ROOT, 'tests/browser/gpu-hooks.mjs'), join(WWW, 'test/gpu-hooks.mjs'));
 writeFileSync(join(WWW, 'test/scale-worker.mjs'),
-  "import './default-limits.mjs';\nimport './scale-hooks.mjs';\nimport '../pkg/worker.js';\n");
+  "import './default-limits.mjs';\nimport './gpu-hooks.mjs';\nimport '../pkg/worker.js';\n");
 
 const srv = await startServer(WWW);
 const userDir = mkdtempSync(join(tmpdir(), 'inkstone-scale-'));
@@ -100,7 +81,9 @@ try {
       window.scaleGen = gen;
       return { loadMs, genMs: out.ms, secondMs: second.ms, err, info: gen.info, heap: second.wasmHeapBytes };
     }, { url: `${srv.origin}/models/scale-${name}/`, workerUrl: `${srv.origin}/test/scale-worker.mjs`, o });
-    const w = await page.workers().at(-1).evaluate(() => ({ marks: self.marks, largest: self.largestBuffer, counts: self.gpuCounts }));
+    const w = await page.workers().at(-1).evaluate(() => ({
+      marks: self.gpuSnaps.filter((m) => m.what !== 'warm-up'), largest: self.largestBuffer, binding: self.largestBinding, counts: self.gpuCounts,
+    }));
     await page.evaluate(() => window.scaleGen.dispose());
     // marks: [load done, step 1..STEPS, generation done, (second generation) step 1..STEPS, done]
     const [loaded, ...first] = w.marks;
@@ -111,11 +94,20 @@ try {
     console.log(`\n== ${name} (${SIZE}×${SIZE}, ${STEPS} steps, guidance 0), files ${process.env.DTYPE ?? 'f16'}, browser f32 under default limits`);
     console.log(`native CLI: ${secs(nativeMs)} in all (${log.trim().split('\n').filter((l) => /loaded|generated/.test(l)).join('; ')})`);
     console.log(`browser: load ${secs(r.loadMs)}, first image ${secs(r.genMs)}, second ${secs(r.secondMs)}; browser vs native max abs ${r.err.toExponential(2)}`);
-    console.log(`device limits: binding ${mib(r.info.gpu.maxStorageBufferBindingSize)}, buffer ${mib(r.info.gpu.maxBufferSize)}; largest buffer created ${mib(w.largest)}`);
+    console.log(`device limits: binding ${mib(r.info.gpu.maxStorageBufferBindingSize)}, buffer ${mib(r.info.gpu.maxBufferSize)}; largest buffer created ${mib(w.largest)}, largest binding ${mib(w.binding)}`);
     console.log(`wasm heap: ${mib(r.info.wasmHeapBytes)} after load, ${mib(r.heap)} peak after two images`);
     console.log(`GPU weights: ${Object.entries(r.info.gpuBytes).map(([c, n]) => `${c} ${mib(n)}`).join(', ')}; peak GPU buffer bytes ${mib(w.counts.peakBytes)}`);
     console.log(`dispatches: load ${loaded.dispatches}, text encoder + step 1 (+ preview) ${d(loaded, steps[0])}, `
       + `each further step (+ preview) ${perStep.join(', ') || '-'}, final decode ${d(steps.at(-1), done)}; submits per image ${done.submits - loaded.submits}`);
+    // The check itself: a real-size model under a phone's limits gives the native image.
+    const fail = [];
+    if (!(r.err <= 1e-3)) fail.push(`browser vs native max abs ${r.err} > 1e-3`);
+    if (r.info.gpu.maxStorageBufferBindingSize !== 128 * 2 ** 20) fail.push(`binding limit ${r.info.gpu.maxStorageBufferBindingSize}, not the default 128 MiB`);
+    if (w.binding > 128 * 2 ** 20) fail.push(`a ${w.binding}-byte binding exceeds 128 MiB`);
+    if (w.largest > 256 * 2 ** 20) fail.push(`a ${w.largest}-byte buffer exceeds 256 MiB`);
+    if (steps.length !== STEPS || !done) fail.push(`${steps.length} steps reported, expected ${STEPS}`);
+    if (fail.length) throw new Error(`scale check ${name} failed: ${fail.join('; ')}`);
+    console.log(`${name}: OK`);
   }
 } finally {
   await browser.close();

@@ -218,3 +218,30 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The sampler names exist once, in `Sampler::NAMES`; every list users read must be that list,
+/// in that order: the CLI's help, the README's table, the package's `.d.ts` and the page's picker.
+#[test]
+fn sampler_names_are_the_same_everywhere() {
+    use inkstone::schedulers::Sampler;
+    let names: Vec<&str> = Sampler::NAMES.iter().map(|(n, _)| *n).collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    // The strings quoted by `q`, in order, between `start` and `end` of `text`.
+    let listed = |text: &str, start: &str, end: &str, q: char| -> Vec<String> {
+        let from = text.find(start).unwrap_or_else(|| panic!("no {start:?}")) + start.len();
+        let part = &text[from..from + text[from..].find(end).unwrap()];
+        part.split(q).skip(1).step_by(2).filter(|s| !s.is_empty()).map(String::from).collect()
+    };
+    let dts = listed(&read("pkg/index.d.ts"), "export type SchedulerName =", ";", '\'');
+    let page = listed(&read("www/index.html"), "<select id=\"scheduler\">", "</select>", '"');
+    let readme = listed(&read("README.md"), "| name | diffusers class and settings |", "\n\n", '`');
+    let readme: Vec<String> = readme.into_iter().filter(|n| names.contains(&n.as_str())).collect();
+    for (what, got) in [("pkg/index.d.ts", dts), ("www/index.html", page), ("README.md", readme)] {
+        assert_eq!(got, names, "{what} lists other sampler names than Sampler::NAMES");
+    }
+    let help = String::from_utf8(inkstone(&["generate", "--help"]).stdout).unwrap().replace(char::is_whitespace, "");
+    for n in &names {
+        assert!(help.contains(n), "`inkstone generate --help` does not name {n}");
+    }
+}

@@ -8,7 +8,7 @@
 mod common;
 
 use burn::tensor::{DType, Tensor};
-use common::{case_options, device, fixture, load_unet, max_abs_diff, patterned, reference, tiny_sd};
+use common::{case_options, device, err_of, fixture, load_unet, map_f32, max_abs_diff, memory, patterned, reference, tiny_sd};
 use inkstone::pipeline::Pipeline;
 use inkstone::source::{DirSource, MemorySource, ModelSource, load_weights};
 use inkstone::text::TextEncoder;
@@ -166,31 +166,56 @@ fn attention_over_4096_tokens_in_f16_stays_near_f32() {
 /// next scaled down as much: activations past f16's range (inf in f16, fine in f32). Every VAE
 /// value is stored rounded to f16, so an f32 load and an f16 load hold the same weights.
 fn overflowing_taesd() -> MemorySource {
-    use inkstone::weights::Header;
-    let root = fixture("tiny-flow-hub");
-    let mut m = MemorySource { name: "tiny-flow-hub".into(), ..Default::default() };
-    for dir in ["", "scheduler", "text_encoder", "tokenizer", "unet", "vae"] {
-        for e in std::fs::read_dir(root.join(dir)).unwrap().flatten().filter(|e| e.path().is_file()) {
-            let rel = if dir.is_empty() { e.file_name().to_string_lossy().into_owned() } else { format!("{dir}/{}", e.file_name().to_string_lossy()) };
-            m.files.insert(rel, std::fs::read(e.path()).unwrap().into());
-        }
-    }
+    let mut m = memory("tiny-flow-hub");
     // Only the f32 file, so an f16 load converts it (and sees the scaled weights).
     m.files.remove("vae/diffusion_pytorch_model.fp16.safetensors");
-    let path = "vae/diffusion_pytorch_model.safetensors";
-    let mut bytes = m.files[path].to_vec();
-    let header = Header::parse(path, &bytes, bytes.len() as u64).unwrap();
-    let scales = [("decoder.layers.0.weight", 1.5e5), ("decoder.layers.0.bias", 1.5e5), ("decoder.layers.2.conv.0.weight", 1.0 / 1.5e5)];
     // decoder.layers: 0 = conv(latent -> w), 1 = ReLU, 2 = block (conv.0, conv.2, conv.4).
-    for (key, t) in &header.tensors {
-        let by = scales.iter().find(|(k, _)| k == key).map_or(1.0, |(_, s)| *s);
-        for w in bytes[t.start..t.end].chunks_exact_mut(4) {
-            let v = half::f16::from_f32(f32::from_le_bytes(w.try_into().unwrap()) * by).to_f32();
-            w.copy_from_slice(&v.to_le_bytes());
-        }
-    }
-    m.files.insert(path.into(), bytes.into());
+    let scales = [("decoder.layers.0.weight", 1.5e5), ("decoder.layers.0.bias", 1.5e5), ("decoder.layers.2.conv.0.weight", 1.0 / 1.5e5)];
+    map_f32(&mut m, "vae/diffusion_pytorch_model.safetensors", |key, v| {
+        let by = scales.iter().find(|(k, _)| *k == key).map_or(1.0, |(_, s)| *s);
+        half::f16::from_f32(v * by).to_f32()
+    });
     m
+}
+
+/// A generation of `pipe` with every step run, ready to decode.
+fn run_to_the_end<'a>(pipe: &'a Pipeline, opts: &inkstone::pipeline::GenerateOptions) -> inkstone::pipeline::Generation<'a> {
+    let mut run = pipe.start(opts).unwrap();
+    while !run.is_done() {
+        run.step().unwrap();
+    }
+    run
+}
+
+/// A U-Net that overflows in f16 is named, with the advice to load in f32; in f32 the advice
+/// points at the weights and settings instead (f16 is not the cause there).
+#[test]
+fn a_unet_overflow_names_the_dtype_it_ran_in() {
+    let mut src = memory("tiny-flow-hub");
+    src.files.remove("unet/diffusion_pytorch_model.fp16.safetensors");
+    // Past f16's range (65504) but well within f32's.
+    map_f32(&mut src, "unet/diffusion_pytorch_model.safetensors", |k, v| if k == "conv_out.bias" { 1e6 } else { v });
+    let opts = case_options("hub_flow");
+    let f16 = err_of(Pipeline::load_with_dtype(&src, &device(), DType::F16).unwrap().generate(&opts, |_, _| true));
+    assert!(f16.starts_with("the unet produced non-finite values") && f16.contains("it ran in f16") && f16.contains("load the model in f32"), "{f16}");
+    // The same latents stay finite in f32 (1e6 is a fine f32 value): the f16 advice is right.
+    let pipe = Pipeline::load(&src, &device()).unwrap();
+    pipe.generate(&opts, |_, _| true).unwrap();
+    let mut nan = src.clone();
+    map_f32(&mut nan, "unet/diffusion_pytorch_model.safetensors", |k, v| if k == "conv_out.bias" { f32::NAN } else { v });
+    let f32 = err_of(Pipeline::load(&nan, &device()).unwrap().generate(&opts, |_, _| true));
+    assert!(f32.contains("it ran in f32") && !f32.contains("load the model in f32"), "{f32}");
+}
+
+/// A tiny decoder that is non-finite in f16 and again in its f32 rerun: the error says so
+/// instead of returning the rerun's NaN image.
+#[test]
+fn a_tiny_decoder_that_fails_again_when_rerun_in_f32_is_an_error() {
+    let mut src = overflowing_taesd();
+    map_f32(&mut src, "vae/diffusion_pytorch_model.safetensors", |k, v| if k == "decoder.layers.0.bias" { f32::NAN } else { v });
+    let pipe = Pipeline::load_with_dtype(&src, &device(), DType::F16).unwrap();
+    let e = err_of(run_to_the_end(&pipe, &case_options("hub_flow")).decode_checked());
+    assert!(e.starts_with("the vae produced non-finite values") && e.contains("again when rerun in f32"), "{e}");
 }
 
 #[test]
@@ -199,13 +224,7 @@ fn a_tiny_decoder_that_overflows_in_f16_is_rerun_in_f32() {
     let opts = case_options("hub_flow");
     let pipe = Pipeline::load_with_dtype(&src, &device(), DType::F16).unwrap();
     assert_eq!(pipe.decoder.dtype(), DType::F16);
-    let latents = || {
-        let mut run = pipe.start(&opts).unwrap();
-        while !run.is_done() {
-            run.step().unwrap();
-        }
-        run
-    };
+    let latents = || run_to_the_end(&pipe, &opts);
     // The plain f16 decode does overflow: without the rerun this would be an inf/NaN image.
     let decoded = latents().finish();
     assert_eq!(decoded.latents_finite.into_data().convert::<f32>().try_to_vec::<f32>().unwrap(), vec![1.0]);

@@ -5,11 +5,10 @@
 mod common;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use burn::tensor::DType;
-use common::{assert_close, case_options, device, fixture, reference};
+use common::{assert_close, case_options, device, fixture, memory, poisoned, reference};
 use inkstone::folder::{self, FileKind, KnownFiles, Plan, PlanStep};
 use inkstone::pipeline::Pipeline;
 use inkstone::source::{DirSource, MemorySource, ModelSource};
@@ -133,25 +132,6 @@ fn f16_loads_take_the_fp16_variant_f32_loads_the_full_file() {
     only_full.files.remove("unet/diffusion_pytorch_model.fp16.safetensors");
     let f16_plan = folder::plan(&only_full, DType::F16).unwrap();
     assert!(paths(&f16_plan, FileKind::Weights).contains(&"unet/diffusion_pytorch_model.safetensors"));
-}
-
-/// The whole folder in memory, to remove or replace files.
-fn memory(name: &str) -> MemorySource {
-    let root = fixture(name);
-    let mut files = BTreeMap::new();
-    let mut stack = vec![root.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/");
-                files.insert(rel, Arc::from(std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    MemorySource { name: name.into(), files }
 }
 
 /// What the browser's worker does: answer each round's probes and reads from `src`.
@@ -369,20 +349,6 @@ fn unused_extras_are_known_by_component_and_key() {
     {
         assert!(!folder::is_unused_extra(component, key), "{component} {key}");
     }
-}
-
-/// `model` with the f32 tensor `key` of `file` set to NaN.
-fn poisoned(model: &str, file: &str, key: &str) -> MemorySource {
-    use inkstone::weights::Header;
-    let mut m = memory(model);
-    let mut bytes = m.files[file].to_vec();
-    let header = Header::parse(file, &bytes, bytes.len() as u64).unwrap();
-    let t = &header.tensors[key];
-    for w in bytes[t.start..t.end].chunks_exact_mut(4) {
-        w.copy_from_slice(&f32::NAN.to_le_bytes());
-    }
-    m.files.insert(file.into(), Arc::from(bytes));
-    m
 }
 
 #[test]

@@ -18,6 +18,7 @@ use inkstone::limits::{self, DeviceLimits};
 use inkstone::nn::{Conv2d, Conv2dConfig, Embedding, Linear};
 use inkstone::pipeline::Pipeline;
 use inkstone::source::DirSource;
+use inkstone::vae::Autoencoder;
 use inkstone::weights::Weights;
 
 const LIMIT: u64 = 1 << 20;
@@ -173,8 +174,15 @@ fn kl_decode_in_chunks_runs_and_an_impossible_size_is_refused_up_front() {
     let pipe = Pipeline::load(&DirSource::new(fixture("tiny-sd")).unwrap(), &device()).unwrap();
     let mut opts = case_options("pipeline_sd");
     (opts.width, opts.height, opts.latents, opts.steps) = (256, 256, None, Some(1));
-    let image = pipe.generate(&opts, |_, _| true).unwrap();
-    assert_eq!(image.dims(), [1, 3, 256, 256]);
+    let mut run = pipe.start(&opts).unwrap();
+    run.step().unwrap();
+    let latents = run.latents().clone();
+    let chunked = run.decode_checked().unwrap();
+    // The same latents decoded whole (no limit): the chunks must not change a pixel.
+    let Autoencoder::Kl(kl) = &pipe.decoder else { panic!("tiny-sd has a KL decoder") };
+    let z = latents / pipe.decoder.latent_scaling_factor() + pipe.decoder.latent_shift_factor();
+    let whole = (kl.decode_within(z, u64::MAX) / 2.0 + 0.5).clamp(0.0, 1.0);
+    assert_close("KL decode 256x256 in chunks vs whole", chunked, whole, 1e-5);
     (opts.width, opts.height) = (1024, 1024);
     let e = pipe.generate(&opts, |_, _| panic!("no step may run")).unwrap_err().to_string();
     assert!(e.contains("vae (AutoencoderKL)") && e.contains("1024x1024") && e.contains("1 MiB"), "{e}");

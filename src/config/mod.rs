@@ -3,7 +3,9 @@
 //! Field names are the upstream ones; unknown fields are ignored (configs grow new keys all the
 //! time), while a value we cannot honour is rejected by each struct's `validate` with an error
 //! naming the field: a silently wrong model is worse than no model. String-valued choices are
-//! enums ([`choice!`]), so the models branch on variants, never on strings.
+//! enums, so the models branch on variants, never on strings: [`choice!`] for model configs
+//! (an unknown value is kept and `validate` rejects it naming the file), `config_enum!` in
+//! `scheduler.rs` (an unknown value fails the parse, naming the field and the accepted ones).
 
 /// Declares the enum of a string-valued config field: one variant per value we implement, plus
 /// `Unsupported` holding any other value as written. Parsing never fails on a value, so that
@@ -53,9 +55,10 @@ pub use autoencoder::{
 };
 pub use model_index::{ComponentSpec, ModelIndex};
 pub use scheduler::{
-    BetaSchedule, DDIMSchedulerConfig, DDPMSchedulerConfig, DPMSolverMultistepSchedulerConfig,
-    EulerAncestralDiscreteSchedulerConfig, EulerDiscreteSchedulerConfig, FlowMatchEulerDiscreteSchedulerConfig,
-    LCMSchedulerConfig, PNDMSchedulerConfig, PredictionType, SchedulerConfig, TimestepSpacing,
+    AlgorithmType, BetaSchedule, DDIMSchedulerConfig, DDPMSchedulerConfig, DPMSolverMultistepSchedulerConfig,
+    EulerAncestralDiscreteSchedulerConfig, EulerDiscreteSchedulerConfig, FinalSigmasType,
+    FlowMatchEulerDiscreteSchedulerConfig, InterpolationType, LCMSchedulerConfig, PNDMSchedulerConfig, PredictionType,
+    SchedulerConfig, SolverType, TimeShiftType, TimestepSpacing, TimestepType, VarianceType,
 };
 pub use text::{BertConfig, ClipTextConfig, HiddenAct, PositionEmbeddingType, TokenizerConfig};
 pub use unet::{

@@ -68,6 +68,35 @@ config_enum!(
         SquaredcosCapV2 = "squaredcos_cap_v2",
     }
 );
+config_enum!(
+    /// How Euler interpolates its sigma table (`log_linear` is not implemented).
+    InterpolationType, "interpolation_type" { Linear = "linear" }
+);
+config_enum!(
+    /// Euler's model timesteps: the discrete table's (`continuous` is for EDM-style models).
+    TimestepType, "timestep_type" { Discrete = "discrete" }
+);
+config_enum!(
+    /// The noise level the last step lands on.
+    FinalSigmasType, "final_sigmas_type" { Zero = "zero", SigmaMin = "sigma_min" }
+);
+config_enum!(
+    /// Flow matching's dynamic-shift curve (only read with `use_dynamic_shifting`, which is
+    /// refused: parsed so that a file naming either value loads).
+    TimeShiftType, "time_shift_type" { Exponential = "exponential", Linear = "linear" }
+);
+config_enum!(
+    /// DDPM's posterior variance (learned variances need a model that predicts them).
+    VarianceType, "variance_type" { FixedSmall = "fixed_small", FixedSmallLog = "fixed_small_log", FixedLarge = "fixed_large" }
+);
+config_enum!(
+    /// DPM-Solver's algorithm (the deprecated non-++ forms are refused).
+    AlgorithmType, "algorithm_type" { DpmSolverPp = "dpmsolver++", SdeDpmSolverPp = "sde-dpmsolver++" }
+);
+config_enum!(
+    /// DPM-Solver's second-order correction.
+    SolverType, "solver_type" { Midpoint = "midpoint", Heun = "heun" }
+);
 
 /// A beta schedule given as values must have one per training timestep (and there must be some).
 /// Far above any trained model (1000), far below an allocation that could fail.
@@ -99,15 +128,15 @@ pub struct EulerDiscreteSchedulerConfig {
     pub beta_schedule: BetaSchedule,
     pub trained_betas: Option<Vec<f64>>,
     pub prediction_type: PredictionType,
-    pub interpolation_type: String,
+    pub interpolation_type: InterpolationType,
     pub use_karras_sigmas: bool,
     pub use_exponential_sigmas: bool,
     pub use_beta_sigmas: bool,
     pub timestep_spacing: TimestepSpacing,
-    pub timestep_type: String,
+    pub timestep_type: TimestepType,
     pub steps_offset: usize,
     pub rescale_betas_zero_snr: bool,
-    pub final_sigmas_type: String,
+    pub final_sigmas_type: FinalSigmasType,
 }
 
 impl Default for EulerDiscreteSchedulerConfig {
@@ -119,15 +148,15 @@ impl Default for EulerDiscreteSchedulerConfig {
             beta_schedule: BetaSchedule::Linear,
             trained_betas: None,
             prediction_type: PredictionType::Epsilon,
-            interpolation_type: "linear".into(),
+            interpolation_type: InterpolationType::Linear,
             use_karras_sigmas: false,
             use_exponential_sigmas: false,
             use_beta_sigmas: false,
             timestep_spacing: TimestepSpacing::Linspace,
-            timestep_type: "discrete".into(),
+            timestep_type: TimestepType::Discrete,
             steps_offset: 0,
             rescale_betas_zero_snr: false,
-            final_sigmas_type: "zero".into(),
+            final_sigmas_type: FinalSigmasType::Zero,
         }
     }
 }
@@ -136,12 +165,10 @@ impl EulerDiscreteSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
         check_betas(self.num_train_timesteps, &self.trained_betas)?;
         ensure(eps_or_v(self.prediction_type), FILE, "prediction_type", self.prediction_type.as_str())?;
-        ensure(self.interpolation_type == "linear", FILE, "interpolation_type", &self.interpolation_type)?;
         ensure(!self.use_karras_sigmas, FILE, "use_karras_sigmas", self.use_karras_sigmas)?;
         ensure(!self.use_exponential_sigmas, FILE, "use_exponential_sigmas", self.use_exponential_sigmas)?;
         ensure(!self.use_beta_sigmas, FILE, "use_beta_sigmas", self.use_beta_sigmas)?;
-        ensure(self.timestep_type == "discrete", FILE, "timestep_type", &self.timestep_type)?;
-        ensure(self.final_sigmas_type == "zero", FILE, "final_sigmas_type", &self.final_sigmas_type)
+        ensure(self.final_sigmas_type == FinalSigmasType::Zero, FILE, "final_sigmas_type", self.final_sigmas_type.as_str())
     }
 }
 
@@ -214,7 +241,7 @@ pub struct FlowMatchEulerDiscreteSchedulerConfig {
     pub use_karras_sigmas: bool,
     pub use_exponential_sigmas: bool,
     pub use_beta_sigmas: bool,
-    pub time_shift_type: String,
+    pub time_shift_type: TimeShiftType,
     /// The few-step (DMD2-style) variant: predict x0, then re-noise to the next sigma.
     pub stochastic_sampling: bool,
 }
@@ -234,7 +261,7 @@ impl Default for FlowMatchEulerDiscreteSchedulerConfig {
             use_karras_sigmas: false,
             use_exponential_sigmas: false,
             use_beta_sigmas: false,
-            time_shift_type: "exponential".into(),
+            time_shift_type: TimeShiftType::Exponential,
             stochastic_sampling: false,
         }
     }
@@ -396,9 +423,7 @@ pub struct DDPMSchedulerConfig {
     pub beta_end: f64,
     pub beta_schedule: BetaSchedule,
     pub trained_betas: Option<Vec<f64>>,
-    /// `fixed_small`, `fixed_small_log` or `fixed_large` (learned variances need a model that
-    /// predicts them).
-    pub variance_type: String,
+    pub variance_type: VarianceType,
     pub clip_sample: bool,
     pub prediction_type: PredictionType,
     pub thresholding: bool,
@@ -416,7 +441,7 @@ impl Default for DDPMSchedulerConfig {
             beta_end: 0.02,
             beta_schedule: BetaSchedule::Linear,
             trained_betas: None,
-            variance_type: "fixed_small".into(),
+            variance_type: VarianceType::FixedSmall,
             clip_sample: true,
             prediction_type: PredictionType::Epsilon,
             thresholding: false,
@@ -431,8 +456,6 @@ impl Default for DDPMSchedulerConfig {
 impl DDPMSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
         check_betas(self.num_train_timesteps, &self.trained_betas)?;
-        let variance = matches!(self.variance_type.as_str(), "fixed_small" | "fixed_small_log" | "fixed_large");
-        ensure(variance, FILE, "variance_type", &self.variance_type)?;
         ensure(!self.thresholding, FILE, "thresholding", self.thresholding)
     }
 }
@@ -450,10 +473,8 @@ pub struct DPMSolverMultistepSchedulerConfig {
     pub solver_order: usize,
     pub prediction_type: PredictionType,
     pub thresholding: bool,
-    /// `dpmsolver++` or `sde-dpmsolver++` (the deprecated non-++ forms are refused).
-    pub algorithm_type: String,
-    /// `midpoint` or `heun` (the second-order correction).
-    pub solver_type: String,
+    pub algorithm_type: AlgorithmType,
+    pub solver_type: SolverType,
     pub lower_order_final: bool,
     pub euler_at_final: bool,
     pub use_karras_sigmas: bool,
@@ -461,8 +482,7 @@ pub struct DPMSolverMultistepSchedulerConfig {
     pub use_beta_sigmas: bool,
     pub use_lu_lambdas: bool,
     pub use_flow_sigmas: bool,
-    /// `zero` or `sigma_min`: the noise level the last step lands on.
-    pub final_sigmas_type: String,
+    pub final_sigmas_type: FinalSigmasType,
     /// Written by Python's json as the bare token `-Infinity` (its default); see `from_json`.
     #[serde(deserialize_with = "number_or_infinity")]
     pub lambda_min_clipped: f64,
@@ -484,8 +504,8 @@ impl Default for DPMSolverMultistepSchedulerConfig {
             solver_order: 2,
             prediction_type: PredictionType::Epsilon,
             thresholding: false,
-            algorithm_type: "dpmsolver++".into(),
-            solver_type: "midpoint".into(),
+            algorithm_type: AlgorithmType::DpmSolverPp,
+            solver_type: SolverType::Midpoint,
             lower_order_final: true,
             euler_at_final: false,
             use_karras_sigmas: false,
@@ -493,7 +513,7 @@ impl Default for DPMSolverMultistepSchedulerConfig {
             use_beta_sigmas: false,
             use_lu_lambdas: false,
             use_flow_sigmas: false,
-            final_sigmas_type: "zero".into(),
+            final_sigmas_type: FinalSigmasType::Zero,
             lambda_min_clipped: f64::NEG_INFINITY,
             variance_type: None,
             timestep_spacing: TimestepSpacing::Linspace,
@@ -509,16 +529,11 @@ impl DPMSolverMultistepSchedulerConfig {
         check_betas(self.num_train_timesteps, &self.trained_betas)?;
         ensure((1..=3).contains(&self.solver_order), FILE, "solver_order", self.solver_order)?;
         ensure(!self.thresholding, FILE, "thresholding", self.thresholding)?;
-        let algorithm = matches!(self.algorithm_type.as_str(), "dpmsolver++" | "sde-dpmsolver++");
-        ensure(algorithm, FILE, "algorithm_type", &self.algorithm_type)?;
-        ensure(matches!(self.solver_type.as_str(), "midpoint" | "heun"), FILE, "solver_type", &self.solver_type)?;
         ensure(!self.use_exponential_sigmas, FILE, "use_exponential_sigmas", self.use_exponential_sigmas)?;
         ensure(!self.use_beta_sigmas, FILE, "use_beta_sigmas", self.use_beta_sigmas)?;
         ensure(!self.use_lu_lambdas, FILE, "use_lu_lambdas", self.use_lu_lambdas)?;
         ensure(!self.use_flow_sigmas, FILE, "use_flow_sigmas", self.use_flow_sigmas)?;
         ensure(!self.use_dynamic_shifting, FILE, "use_dynamic_shifting", self.use_dynamic_shifting)?;
-        let final_sigmas = matches!(self.final_sigmas_type.as_str(), "zero" | "sigma_min");
-        ensure(final_sigmas, FILE, "final_sigmas_type", &self.final_sigmas_type)?;
         ensure(!self.lambda_min_clipped.is_nan(), FILE, "lambda_min_clipped", self.lambda_min_clipped)?;
         ensure(self.variance_type.is_none(), FILE, "variance_type", &self.variance_type)
     }
@@ -699,5 +714,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(r#"unsupported value "even" for `timestep_spacing` (expected one of: linspace, leading, trailing)"#), "{e}");
+    }
+
+    /// The choices that used to be strings with a silent default for unknown values.
+    #[test]
+    fn every_string_choice_is_typed() {
+        let cases = [
+            ("DPMSolverMultistepScheduler", "algorithm_type", "dpmsolver", "dpmsolver++, sde-dpmsolver++"),
+            ("DPMSolverMultistepScheduler", "solver_type", "bh2", "midpoint, heun"),
+            ("DPMSolverMultistepScheduler", "final_sigmas_type", "denoise_to_zero", "zero, sigma_min"),
+            ("DDPMScheduler", "variance_type", "learned_range", "fixed_small, fixed_small_log, fixed_large"),
+            ("EulerDiscreteScheduler", "interpolation_type", "log_linear", "linear"),
+            ("EulerDiscreteScheduler", "timestep_type", "continuous", "discrete"),
+            ("FlowMatchEulerDiscreteScheduler", "time_shift_type", "cosine", "exponential, linear"),
+        ];
+        for (class, field, value, expected) in cases {
+            let text = format!(r#"{{"_class_name": "{class}", "{field}": "{value}"}}"#);
+            let e = SchedulerConfig::from_json(text.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(&format!("unsupported value {value:?} for `{field}` (expected one of: {expected})")), "{e}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::config::{DDPMSchedulerConfig, PredictionType};
+use crate::config::{DDPMSchedulerConfig, PredictionType, VarianceType};
 use crate::error::{Error, Result};
 
 use super::betas::{beta_schedule_of, check_custom, check_steps, spaced_timesteps};
@@ -84,10 +84,10 @@ impl Ddpm {
         }
         let noise = noise.unwrap_or_else(|| panic!("DDPMScheduler step {step} needs noise"));
         let variance = ((1.0 - alpha_prod_t_prev) / (1.0 - alpha_prod_t) * current_beta_t).max(1e-20);
-        let std = match self.config.variance_type.as_str() {
-            "fixed_small_log" => (0.5 * variance.ln()).exp(),
-            "fixed_large" => current_beta_t.sqrt(),
-            _ => variance.sqrt(),
+        let std = match self.config.variance_type {
+            VarianceType::FixedSmallLog => (0.5 * variance.ln()).exp(),
+            VarianceType::FixedLarge => current_beta_t.sqrt(),
+            VarianceType::FixedSmall => variance.sqrt(),
         };
         mean.add(noise.mul_scalar(std))
     }

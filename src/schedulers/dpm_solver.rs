@@ -8,7 +8,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::config::{BetaSchedule, DPMSolverMultistepSchedulerConfig, PredictionType, TimestepSpacing};
+use crate::config::{AlgorithmType, BetaSchedule, DPMSolverMultistepSchedulerConfig, FinalSigmasType, PredictionType, SolverType, TimestepSpacing};
 use crate::error::{Error, Result};
 
 use super::betas::{beta_schedule_of, check_custom, check_steps, f32r, np_arange, np_linspace, sigma_to_t};
@@ -126,9 +126,9 @@ impl DpmSolverMultistep {
             let sigmas = timesteps.iter().map(|&t| self.train_sigmas[t as usize] as f64).collect();
             (timesteps, sigmas)
         };
-        sigmas.push(match c.final_sigmas_type.as_str() {
-            "sigma_min" => self.train_sigmas[0] as f64,
-            _ => 0.0,
+        sigmas.push(match c.final_sigmas_type {
+            FinalSigmasType::SigmaMin => self.train_sigmas[0] as f64,
+            FinalSigmasType::Zero => 0.0,
         });
         self.timesteps = timesteps;
         self.sigmas = sigmas;
@@ -168,7 +168,7 @@ impl DpmSolverMultistep {
     }
 
     fn is_sde(&self) -> bool {
-        self.config.algorithm_type == "sde-dpmsolver++"
+        self.config.algorithm_type == AlgorithmType::SdeDpmSolverPp
     }
 
     /// The SDE variant draws noise at every step.
@@ -194,7 +194,7 @@ impl DpmSolverMultistep {
         let len = self.timesteps.len();
         // Lower orders at the end keep few-step runs stable (and the last step lands on sigma 0).
         let lower_order_final = step == len - 1
-            && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == "zero");
+            && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == FinalSigmasType::Zero);
         let lower_order_second = step + 2 == len && c.lower_order_final && len < 15;
         let x0 = self.convert_model_output(model_output, sample.clone());
         if self.model_outputs.len() == c.solver_order {
@@ -271,7 +271,7 @@ impl DpmSolverMultistep {
         let (h, h_0) = (lambda_t - lambda_s0, lambda_s0 - lambda_s1);
         let r0 = h_0 / h;
         let d1 = m0.clone().sub(m1).mul_scalar(1.0 / r0);
-        let heun = self.config.solver_type == "heun";
+        let heun = self.config.solver_type == SolverType::Heun;
         if self.is_sde() {
             let e = 1.0 - (-2.0 * h).exp();
             let d1_coeff = if heun { alpha_t * (e / (-2.0 * h) + 1.0) } else { 0.5 * (alpha_t * e) };

@@ -242,9 +242,9 @@ impl Inkstone {
         Ok(summary.to_string())
     }
 
-    /// `[width, height]` of the warm-up generation: the worker runs one 1-step generation at
-    /// this size right after [`Inkstone::build`], so the WebGPU pipelines are compiled at load
-    /// and the first image at this size costs what the next ones do.
+    /// `[width, height]` of the warm-up: the worker runs two 1-step generations at this size
+    /// right after [`Inkstone::build`] (pkg/worker.js `warmUp`), so the WebGPU pipelines are
+    /// compiled at load and the first image at this size costs what the next ones do.
     #[wasm_bindgen(js_name = warmUpSize)]
     pub fn warm_up_size(&self) -> Result<Vec<u32>, JsError> {
         let s = self.state.borrow();
@@ -253,8 +253,9 @@ impl Inkstone {
         Ok(vec![w as u32, h as u32])
     }
 
-    /// Runs one generation. `options` is the JS options object (prompt, negativePrompt, steps,
-    /// guidance, seed, width, height, latents); `on_step(i, total, preview)` is called after each
+    /// Runs one generation. `options` is the JS options object (the fields of
+    /// `generate::JsOptions`: prompt, negativePrompt, steps, guidance, seed, width, height,
+    /// latents, scheduler, timesteps, sigmas); `on_step(i, total, preview)` is called after each
     /// step and may return a Promise (the worker yields there so a cancel message can arrive);
     /// `is_cancelled()` is checked between steps. Resolves to `{ width, height, pixels }`.
     pub fn generate(

@@ -1,7 +1,8 @@
 // Worker hooks (imported before pkg/worker.js) that make the adapter offer, and the device be
 // granted, only WebGPU's default buffer limits (128 MiB per binding, 256 MiB per buffer), as on
-// many phones and Windows adapters, on any adapter (SwiftShader offers 1 GiB). Also records the
-// largest buffer created (`self.largestBuffer`). Used by the browser suite and scripts/scale-check.
+// many phones and Windows adapters, on any adapter (SwiftShader offers 1 GiB). Import it before
+// gpu-hooks.mjs, which records the largest buffer and binding created. Used by the browser suite
+// and scripts/scale-check.
 //
 // `?binding=N&buffer=N` on this module's URL reports smaller limits still (the device itself is
 // granted no less than WebGPU's defaults, the least it may be): the tiny test models then take
@@ -24,10 +25,4 @@ GPUAdapter.prototype.requestDevice = function (d = {}) {
   const limits = { ...(d.requiredLimits ?? {}) };
   for (const k of Object.keys(CLAMP)) if (k in limits) limits[k] = Math.min(limits[k], Math.max(CLAMP[k], DEFAULTS[k]));
   return request.call(this, { ...d, requiredLimits: limits });
-};
-const create = GPUDevice.prototype.createBuffer;
-self.largestBuffer = 0;
-GPUDevice.prototype.createBuffer = function (d) {
-  self.largestBuffer = Math.max(self.largestBuffer, d.size);
-  return create.call(this, d);
 };

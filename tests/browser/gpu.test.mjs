@@ -6,7 +6,7 @@
 // GPU_COUNTS_OUT=path writes the measured figures as JSON.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -47,8 +47,9 @@ before(async () => {
   userDir = mkdtempSync(join(tmpdir(), 'inkstone-gpu-'));
   ctx = await chromium.launchPersistentContext(userDir, { executablePath: CHROMIUM, headless: true, args: ARGS });
   mkdirSync(join(WWW, 'test'), { recursive: true });
-  writeFileSync(join(WWW, 'test/gpu-counts.mjs'), COUNTING_HOOKS);
-  writeFileSync(join(WWW, 'test/counting-worker-budget.mjs'), "import './gpu-counts.mjs';\nimport '../pkg/worker.js';\n");
+  // The suite's one counting hook (tests/browser/gpu-hooks.mjs), installed before worker.js.
+  cpSync(join(ROOT, 'tests/browser/gpu-hooks.mjs'), join(WWW, 'test/gpu-hooks.mjs'));
+  writeFileSync(join(WWW, 'test/counting-worker-budget.mjs'), "import './gpu-hooks.mjs';\nimport '../pkg/worker.js';\n");
 });
 
 after(async () => {
@@ -58,47 +59,6 @@ after(async () => {
   rmSync(userDir, { recursive: true, force: true, maxRetries: 5 });
 });
 
-/** Installed before worker.js: counts every dispatch (by kernel name: the pipeline label cubecl
- *  gives), submit, buffer map (read-back) and pipeline creation, and snapshots the counters
- *  whenever the worker posts a step or a result. */
-const COUNTING_HOOKS = `
-const c = self.gpuCounts = { dispatches: 0, submits: 0, reads: 0, pipelines: 0, kernels: {} };
-const snaps = self.gpuSnaps = [];
-const snap = (what) => snaps.push({ what, t: performance.now(), dispatches: c.dispatches, submits: c.submits, reads: c.reads, pipelines: c.pipelines, kernels: { ...c.kernels } });
-const labels = new WeakMap();
-for (const name of ['createComputePipeline', 'createComputePipelineAsync']) {
-  const f = GPUDevice.prototype[name];
-  GPUDevice.prototype[name] = function (d) {
-    c.pipelines += 1;
-    const p = f.call(this, d);
-    const label = (d.label || '?').replace(/_[0-9a-f]{6,}.*$/, '');
-    if (p instanceof Promise) return p.then((q) => (labels.set(q, label), q));
-    labels.set(p, label);
-    return p;
-  };
-}
-let current = '?';
-const setPipeline = GPUComputePassEncoder.prototype.setPipeline;
-GPUComputePassEncoder.prototype.setPipeline = function (p) { current = labels.get(p) ?? '?'; return setPipeline.call(this, p); };
-for (const name of ['dispatchWorkgroups', 'dispatchWorkgroupsIndirect']) {
-  const f = GPUComputePassEncoder.prototype[name];
-  GPUComputePassEncoder.prototype[name] = function (...a) {
-    c.dispatches += 1;
-    c.kernels[current] = (c.kernels[current] ?? 0) + 1;
-    return f.apply(this, a);
-  };
-}
-const submit = GPUQueue.prototype.submit;
-GPUQueue.prototype.submit = function (...a) { c.submits += 1; return submit.apply(this, a); };
-const map = GPUBuffer.prototype.mapAsync;
-GPUBuffer.prototype.mapAsync = function (...a) { c.reads += 1; return map.apply(this, a); };
-const post = self.postMessage.bind(self);
-self.postMessage = (m, ...rest) => {
-  if (m?.type === 'step') snap('step');
-  if (m?.type === 'done') snap('done');
-  return post(m, ...rest);
-};
-`;
 
 /** Image side of the counted generations: both tiny models' default size (8 px × 8 latents),
  *  which is what load()'s warm-up generation runs at. */
@@ -133,6 +93,7 @@ for (const model of Object.keys(BUDGETS)) {
       return { ms, start, end, snaps, total: diff(start, end) };
     };
     const afterLoad = await counts();
+    const [warmStart] = await worker.evaluate(() => self.gpuSnaps.splice(0));
     const first = await gen(1, 1);
     const next = await gen(1, 2);
     const two = await gen(2, 3);
@@ -161,7 +122,13 @@ for (const model of Object.keys(BUDGETS)) {
       + `per U-Net step ${JSON.stringify(step)}; rest ${JSON.stringify(rest)} (text encoder ~${encode}, decoder + read-back ${decode} dispatches)`);
     console.log(`  ${model}: kernels per U-Net step: ${hot.map(([k, n]) => `${k} ${n}`).join(', ')}`);
 
-    // Same work every time: a warm generation compiles no pipeline and repeats the counts.
+    // Same work every time: a warm generation compiles no pipeline and repeats the counts. The
+    // control: the warm-up itself compiled pipelines, so the hook sees compilations and a 0
+    // below means the warm-up took them, not that nothing was counted.
+    assert.equal(warmStart?.what, 'warm-up', 'the load reported its warm-up phase');
+    const warmUpPipelines = afterLoad.pipelines - warmStart.pipelines;
+    console.log(`  ${model}: the warm-up compiled ${warmUpPipelines} pipelines`);
+    assert.ok(warmUpPipelines > 0, 'the warm-up compiled no pipeline: nothing would show a missed one');
     assert.equal(first.total.pipelines, 0, 'the first image at the default size compiled pipelines: the warm-up missed them');
     assert.equal(next.total.pipelines, 0, 'the second image compiled pipelines');
     assert.equal(two.snaps.length, 3, 'a 2-step generation posts two steps and a result');

@@ -791,8 +791,30 @@ for (const hub of HUB_CASES) {
 /** The page's size format (www/app.js `fmt`). */
 const size = (n) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GB` : `${(n / 2 ** 20).toFixed(1)} MB`);
 
+/** docs/models.md's summary table: per repo, the download sizes in GB (3 decimals) recorded
+ *  there with their sources. */
+function documentedSizes() {
+  const rows = {};
+  const gb = (c) => Number(c.match(/^(\d+\.\d{3}) GB/)?.[1]);
+  for (const line of readFileSync(join(ROOT, 'docs/models.md'), 'utf8').split('\n')) {
+    const cells = line.split('|').map((c) => c.trim());
+    if (cells.length === 7 && gb(cells[3]) && gb(cells[4])) rows[cells[1]] = { f16: gb(cells[3]), f32: gb(cells[4]) };
+  }
+  return rows;
+}
+
 test('presets: every hub preset is offered with its download size for the dtype and its recommended settings', async () => {
   const { PRESETS } = await import(join(WWW, 'presets.js'));
+  // The presets' figures against docs/models.md, where each rests on a cited source (not
+  // against presets.js itself, which the page reads).
+  const docs = documentedSizes();
+  for (const p of PRESETS) {
+    const d = docs[p.repo];
+    assert.ok(d, `${p.repo}: no row in docs/models.md's summary`);
+    for (const dtype of ['f16', 'f32']) {
+      assert.ok(Math.abs(p.bytes[dtype] / 1e9 - d[dtype]) < 0.0005, `${p.repo} ${dtype}: preset ${p.bytes[dtype]} B, docs ${d[dtype]} GB`);
+    }
+  }
   const page = await openPage(browser);
   const options = await page.$$eval('#preset option', (os) => os.map((o) => ({ value: o.value, text: o.textContent })));
   for (const p of PRESETS) {
@@ -859,28 +881,28 @@ test('a lost GPU device mid-generation: the page says so, and the next Generate 
  *  buffer bytes (createBuffer minus destroy), dispatches and submits. Static imports, in order. */
 function writeCountingWorker() {
   mkdirSync(join(WWW, 'test'), { recursive: true });
-  writeFileSync(join(WWW, 'test/gpu-hooks.mjs'), `
-const c = self.gpuCounts = { liveBytes: 0, peakBytes: 0, buffers: 0, dispatches: 0, submits: 0 };
-const sizes = new WeakMap();
-const create = GPUDevice.prototype.createBuffer;
-GPUDevice.prototype.createBuffer = function (d) {
-  const b = create.call(this, d);
-  sizes.set(b, d.size);
-  c.liveBytes += d.size; c.buffers += 1; c.peakBytes = Math.max(c.peakBytes, c.liveBytes);
-  return b;
-};
-const destroy = GPUBuffer.prototype.destroy;
-GPUBuffer.prototype.destroy = function () {
-  if (sizes.has(this)) { c.liveBytes -= sizes.get(this); c.buffers -= 1; sizes.delete(this); }
-  return destroy.call(this);
-};
-const dispatch = GPUComputePassEncoder.prototype.dispatchWorkgroups;
-GPUComputePassEncoder.prototype.dispatchWorkgroups = function (...a) { c.dispatches += 1; return dispatch.apply(this, a); };
-const submit = GPUQueue.prototype.submit;
-GPUQueue.prototype.submit = function (...a) { c.submits += 1; return submit.apply(this, a); };
-`);
+  cpSync(join(ROOT, 'tests/browser/gpu-hooks.mjs'), join(WWW, 'test/gpu-hooks.mjs'));
   writeFileSync(join(WWW, 'test/counting-worker.mjs'), "import './gpu-hooks.mjs';\nimport '../pkg/worker.js';\n");
   return `${srv.origin}/test/counting-worker.mjs`;
+}
+
+/** A probe of the JS heap of the page's worker whose script URL contains `urlPart`: used bytes
+ *  after a garbage collection, over the DevTools protocol (workers have no performance.memory). */
+async function workerHeapProbe(page, urlPart) {
+  const cdp = await page.context().newCDPSession(page);
+  let session = null;
+  cdp.on('Target.attachedToTarget', (e) => { if (e.targetInfo.type === 'worker' && e.targetInfo.url.includes(urlPart)) session = e.sessionId; });
+  await cdp.send('Target.setAutoAttach', { autoAttach: true, waitForDebuggerOnStart: false, flatten: false });
+  for (let i = 0; i < 50 && !session; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.ok(session, `no worker ${urlPart} to measure`);
+  let id = 0;
+  const waiting = new Map();
+  cdp.on('Target.receivedMessageFromTarget', (e) => { const m = JSON.parse(e.message); waiting.get(m.id)?.(m.result); });
+  const call = (method) => new Promise((resolve) => {
+    waiting.set(++id, resolve);
+    cdp.send('Target.sendMessageToTarget', { sessionId: session, message: JSON.stringify({ id, method, params: {} }) });
+  });
+  return async () => (await call('HeapProfiler.collectGarbage'), (await call('Runtime.getHeapUsage')).usedSize);
 }
 
 test('soak: many generations in one tab keep GPU memory, the wasm heap and the JS heap flat', async () => {
@@ -893,6 +915,7 @@ test('soak: many generations in one tab keep GPU memory, the wasm heap and the J
     window.soakGen = await window.inkstone.load(url, { workerUrl });
   }, { url: MODEL(), workerUrl });
   const worker = page.workers().at(-1);
+  const workerHeap = await workerHeapProbe(page, 'counting-worker');
   const samples = [];
   for (let i = 0; i < runs; i++) {
     const out = await page.evaluate((i) => window.soakGen.generate({ prompt: `soak ${i}`, steps: 1, width: 64, height: 64, seed: i })
@@ -900,7 +923,7 @@ test('soak: many generations in one tab keep GPU memory, the wasm heap and the J
         globalThis.gc?.(); // what is left after a collection is what the page keeps
         return { wasm: o.wasmHeapBytes, js: performance.memory?.usedJSHeapSize ?? 0 };
       }), i);
-    samples.push({ ...out, gpu: await worker.evaluate(() => ({ ...self.gpuCounts })) });
+    samples.push({ ...out, workerJs: await workerHeap(), gpu: await worker.evaluate(() => ({ ...self.gpuCounts })) });
   }
   await page.evaluate(() => window.soakGen.dispose());
   const [w, last] = [samples[warmup - 1], samples.at(-1)];
@@ -908,12 +931,14 @@ test('soak: many generations in one tab keep GPU memory, the wasm heap and the J
   const per = samples.slice(warmup).map((s, i) => s.gpu.dispatches - samples[warmup + i - 1].gpu.dispatches);
   console.log(`  soak ${runs} generations: GPU live ${mb(w.gpu.liveBytes)} -> ${mb(last.gpu.liveBytes)} MiB (peak ${mb(last.gpu.peakBytes)}), `
     + `buffers ${w.gpu.buffers} -> ${last.gpu.buffers}, wasm heap ${mb(w.wasm)} -> ${mb(last.wasm)} MiB, `
-    + `page JS heap ${mb(w.js)} -> ${mb(last.js)} MiB, ${per[0]} dispatches and ${last.gpu.submits - samples.at(-2).gpu.submits} submits per generation`);
+    + `page JS heap ${mb(w.js)} -> ${mb(last.js)} MiB, worker JS heap ${mb(w.workerJs)} -> ${mb(last.workerJs)} MiB, ${per[0]} dispatches and ${last.gpu.submits - samples.at(-2).gpu.submits} submits per generation`);
   assert.ok(last.gpu.liveBytes <= w.gpu.liveBytes, `GPU bytes grew: ${w.gpu.liveBytes} -> ${last.gpu.liveBytes}`);
   assert.ok(last.gpu.buffers <= w.gpu.buffers, 'live GPU buffers grew');
   assert.equal(last.wasm, w.wasm, 'the wasm heap grew after warm-up');
   // The page keeps nothing of a finished generation (each hands over ~64 KiB of pixels).
   assert.ok(last.js <= w.js + 2 ** 20, `page JS heap grew: ${w.js} -> ${last.js}`);
+  // Nor does the worker's JS side (streams, previews, messages) keep anything per generation.
+  assert.ok(w.workerJs > 0 && last.workerJs <= w.workerJs + 2 ** 20, `worker JS heap grew: ${w.workerJs} -> ${last.workerJs}`);
   // Dispatches per generation are deterministic: every generation does the same GPU work.
   assert.ok(per.every((n) => n === per[0]), `dispatches per generation vary: ${per}`);
 });
@@ -977,11 +1002,16 @@ for (const model of ['tiny-sd', 'tiny-flow']) {
     const r = await page.evaluate(async ({ url, workerUrl, o }) => {
       const gen = await window.inkstone.load(url, { workerUrl, warmUp: false });
       const out = await gen.generate(o);
-      const info = gen.info;
-      gen.dispose();
-      return { pixels: Array.from(out.pixels), binding: info.gpu.maxStorageBufferBindingSize, gpuBytes: info.gpuBytes };
+      window.smallGen = gen;
+      return { pixels: Array.from(out.pixels), binding: gen.info.gpu.maxStorageBufferBindingSize, gpuBytes: gen.info.gpuBytes };
     }, { url: `${srv.origin}/models/${model}/`, workerUrl, o });
+    const largest = await page.workers().at(-1).evaluate(() => self.largestBinding);
+    await page.evaluate(() => window.smallGen.dispose());
     assert.equal(r.binding, 2 ** 20, 'the reported limit reached the engine');
+    // A phone with this limit would reject any larger binding: weights in pieces, activations
+    // in blocks, chunks and tiles must all stay under it (the device here is granted more).
+    console.log(`  ${model} under 1 MiB bindings: largest binding ${largest} bytes`);
+    assert.ok(largest > 0 && largest <= 2 ** 20, `a ${largest}-byte binding exceeds the reported 1 MiB limit`);
     const err = maxAbs(r.pixels, native);
     console.log(`  ${model} under 1 MiB bindings: browser vs native max abs ${err.toExponential(3)} (tolerance 1e-3); GPU weights ${JSON.stringify(r.gpuBytes)}`);
     assert.ok(err <= 1e-3, `browser vs native: ${err}`);
@@ -1018,7 +1048,7 @@ test('default WebGPU limits (128 MiB binding): real-size worst-case weights give
     window.worstGen = gen;
     return { err, n: out.pixels.length, gpu: gen.info.gpu, heap: gen.info.wasmHeapBytes, genHeap: out.wasmHeapBytes };
   }, { url: `${srv.origin}/models/worst-case/`, workerUrl, o, nativeUrl: `${srv.origin}/test/worst-case-native.f32` });
-  const gpu = await page.workers().at(-1).evaluate(() => ({ largest: self.largestBuffer, peak: self.gpuCounts.peakBytes }));
+  const gpu = await page.workers().at(-1).evaluate(() => ({ largest: self.largestBuffer, binding: self.largestBinding, peak: self.gpuCounts.peakBytes }));
   await page.evaluate(() => window.worstGen.dispose());
   const mib = (n) => (n / 2 ** 20).toFixed(1);
   console.log(`  default limits, worst-case weights: browser vs native max abs ${r.err.toExponential(3)} (tolerance 1e-3), `
@@ -1029,6 +1059,7 @@ test('default WebGPU limits (128 MiB binding): real-size worst-case weights give
   assert.equal(r.n, native.length);
   assert.ok(r.err <= 1e-3, `browser vs native: ${r.err}`);
   assert.ok(gpu.largest <= 128 * 2 ** 20, `a ${gpu.largest}-byte buffer cannot be bound on this device`);
+  assert.ok(gpu.binding > 64 * 2 ** 20 && gpu.binding <= 128 * 2 ** 20, `largest binding ${gpu.binding} bytes (limit 128 MiB)`);
   // Weights are streamed tensor by tensor: the heap holds the largest tensor, not the model.
   assert.ok(r.genHeap < 300 * 2 ** 20, `wasm heap ${r.genHeap}`);
 });

@@ -2,11 +2,13 @@
 //! tools/reference (f32, or I64 for token ids), and max-abs-error assertions.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use inkstone::pipeline::GenerateOptions;
-use inkstone::source::{DirSource, ModelSource};
+use inkstone::source::{DirSource, MemorySource, ModelSource};
 use inkstone::unet::UNet2DConditionModel;
 use inkstone::weights::{SafetensorsFile, StoredDtype, to_f32};
 
@@ -157,4 +159,51 @@ pub fn patterned<const D: usize>(shape: [usize; D], seed: u32, amplitude: f32) -
         .map(|i| ((((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0) * amplitude)
         .collect();
     Tensor::from_data(TensorData::new(v, shape), &device())
+}
+
+/// A fixture folder wholly in memory, to remove, replace or alter files.
+pub fn memory(name: &str) -> MemorySource {
+    let root = fixture(name);
+    let mut files = BTreeMap::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/");
+                files.insert(rel, Arc::from(std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    MemorySource { name: name.into(), files }
+}
+
+/// Rewrites every value of the f32 tensors of `file` in `src`: `f(key, value)`.
+pub fn map_f32(src: &mut MemorySource, file: &str, f: impl Fn(&str, f32) -> f32) {
+    let mut bytes = src.files[file].to_vec();
+    let header = inkstone::weights::Header::parse(file, &bytes, bytes.len() as u64).unwrap();
+    for (key, t) in &header.tensors {
+        for w in bytes[t.start..t.end].chunks_exact_mut(4) {
+            let v = f(key, f32::from_le_bytes(w.try_into().unwrap()));
+            w.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    src.files.insert(file.into(), Arc::from(bytes));
+}
+
+/// `model` with the f32 tensor `key` of `file` set to NaN.
+pub fn poisoned(model: &str, file: &str, key: &str) -> MemorySource {
+    let mut m = memory(model);
+    map_f32(&mut m, file, |k, v| if k == key { f32::NAN } else { v });
+    m
+}
+
+/// The message of an error result (panics on success, naming what was expected to fail).
+pub fn err_of<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
 }
