@@ -45,8 +45,9 @@ impl UNet2DConditionModel {
         Ok(unet)
     }
 
-    /// Builds the model from `weights` (all of the component's tensors must be used) after
-    /// validating `config`; config errors name `unet/config.json`.
+    /// Builds the model from `weights` after validating `config`; config errors name
+    /// `unet/config.json`. Unlike [`Self::from_source`] it does not check that every stored tensor
+    /// was used: call `weights.finish()` where `weights` hold the U-Net alone.
     pub fn load(weights: &Weights, config: &UNet2DConditionConfig) -> Result<Self> {
         Self::build(weights, config, config.validated_levels(FILE)?)
     }
