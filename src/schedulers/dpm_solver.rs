@@ -167,6 +167,19 @@ impl DpmSolverMultistep {
         &self.sigmas
     }
 
+    /// diffusers' `set_begin_index`: the first step taken is `begin` (img2img), a first-order
+    /// one since no past estimates exist.
+    pub fn set_begin_index(&mut self, begin: usize) {
+        self.step_index = begin;
+    }
+
+    /// diffusers' `add_noise` with `begin_index` set: `alpha_t x_0 + sigma_t noise` at the
+    /// step's noise level (VP form).
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step]);
+        original.mul_scalar(alpha_t).add(noise.mul_scalar(sigma_t))
+    }
+
     fn is_sde(&self) -> bool {
         self.config.algorithm_type == "sde-dpmsolver++"
     }

@@ -128,6 +128,14 @@ impl Autoencoder {
         }
     }
 
+    /// Whether the checkpoint has its encoder (image-to-image needs it).
+    pub fn has_encoder(&self) -> bool {
+        match self {
+            Self::Tiny(m) => m.encoder.is_some(),
+            Self::Kl(m) => m.encoder.is_some(),
+        }
+    }
+
     /// diffusers `vae.encode(image)` for pixels in [-1, 1]; `None` when the checkpoint has no
     /// encoder weights.
     pub fn encode(&self, image: Tensor<4>) -> Option<Encoded> {

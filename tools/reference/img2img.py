@@ -1,0 +1,152 @@
+"""Image-to-image references: diffusers' own `StableDiffusionImg2ImgPipeline.__call__`.
+
+The init image is 8-bit (stored as `init_image`, U8 `[3, H, W]`; the pipeline gets it as a
+float tensor `u8 / 255` in [0, 1], what a decoded PNG gives). The noise the pipeline adds to
+the encoded image is made here and stored as `noise`: the pipeline draws it with
+`randn_tensor` in `prepare_latents` (its `latents=` argument is not that noise), so the
+module's `randn_tensor` is replaced for the call by one that returns `noise` (and fails on any
+other draw). The Rust side gives the same tensor as `latents`.
+
+Cases (`tests/img2img.rs` reads the settings from each file's `note`):
+- `tiny-sd` (AutoencoderKL encoder, posterior mode) with its Euler, and DDIM, DPM++ 2M, LCM
+  (one step: 2 steps at strength 0.5, so no stochastic step) built with `from_config`;
+  `tiny-sd-pndm` (PLMS);
+- the same with an image of another size, resized first as `VaeImageProcessor.resize` does for
+  tensors (`F.interpolate`, nearest) to the asked size;
+- `tiny-flow` (AutoencoderTiny encoder, FlowMatchEulerDiscreteScheduler). diffusers' SD img2img
+  pipeline calls `scheduler.add_noise` and `scale_model_input`, which the flow-match scheduler
+  does not have; as its own flow pipelines (SD3 img2img) do, noising is `scale_noise` and the
+  model input is unscaled: both patched onto the scheduler instance;
+- `tiny-sd-taesd-original`: tiny-sd with `vae/` holding the original-layout TAESD pair
+  (tiny-taesd's weights; the reference runs `AutoencoderTiny` from tiny-taesd).
+"""
+import json
+import os
+import shutil
+
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderTiny,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    LCMScheduler,
+    StableDiffusionImg2ImgPipeline,
+)
+from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img_module
+
+from common import FIXTURES, REF, save_tensors
+
+TAESD_SD = FIXTURES / "tiny-sd-taesd-original"
+TAESD_SD_DECODER_ONLY = FIXTURES / "tiny-sd-taesd-decoder-only"
+
+# `image` is the init image's (width, height); width/height the asked size.
+CASES = {
+    "img2img_sd_euler": dict(model="tiny-sd", scheduler=None, prompt="a photo of a cat", negative_prompt="blurry",
+                             steps=4, strength=0.75, guidance=7.5, width=32, height=32, image=[32, 32], seed=1),
+    "img2img_sd_ddim": dict(model="tiny-sd", scheduler="ddim", prompt="a red house", negative_prompt="",
+                            steps=5, strength=0.6, guidance=5.0, width=32, height=32, image=[32, 32], seed=2),
+    "img2img_sd_dpm": dict(model="tiny-sd", scheduler="dpm++2m", prompt="a lighthouse", negative_prompt="fog",
+                           steps=6, strength=0.5, guidance=7.5, width=32, height=32, image=[32, 32], seed=3),
+    "img2img_sd_lcm": dict(model="tiny-sd", scheduler="lcm", prompt="a bowl of fruit", negative_prompt="",
+                           steps=2, strength=0.5, guidance=1.0, width=32, height=32, image=[32, 32], seed=4),
+    "img2img_sd_pndm": dict(model="tiny-sd-pndm", scheduler=None, prompt="a boat at sea", negative_prompt="",
+                            steps=4, strength=0.7, guidance=7.5, width=32, height=32, image=[32, 32], seed=5),
+    "img2img_sd_resized": dict(model="tiny-sd", scheduler=None, prompt="a photo of a cat", negative_prompt="",
+                               steps=3, strength=1.0, guidance=3.0, width=32, height=24, image=[41, 29], seed=6),
+    "img2img_flow": dict(model="tiny-flow", scheduler=None, prompt="床前明月光", negative_prompt="",
+                         steps=8, strength=0.6, guidance=4.5, width=48, height=32, image=[48, 32], seed=7),
+    "img2img_taesd_original": dict(model="tiny-sd-taesd-original", scheduler=None, prompt="a red house",
+                                   negative_prompt="", steps=4, strength=0.5, guidance=7.5, width=32, height=32,
+                                   image=[32, 32], seed=8),
+}
+
+SAMPLERS = {"ddim": DDIMScheduler, "dpm++2m": DPMSolverMultistepScheduler, "lcm": LCMScheduler}
+
+
+def init_image(width, height, seed):
+    """A smooth, 8-bit picture: random colours at 1/8 resolution, bilinearly upsampled."""
+    g = torch.Generator().manual_seed(100 + seed)
+    low = torch.rand((1, 3, max(height // 8, 2), max(width // 8, 2)), generator=g)
+    img = F.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)[0]
+    return (img * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def link_taesd_folders():
+    """tiny-sd's text encoder, tokenizer, U-Net and scheduler (symlinked) with an original-layout
+    TAESD vae/: the encoder/decoder pair, or the decoder alone (no encoder: img2img refused)."""
+    for folder, vae in [(TAESD_SD, "tiny-taesd-original-pair"), (TAESD_SD_DECODER_ONLY, "tiny-taesd-original")]:
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir()
+        for part in ["text_encoder", "tokenizer", "unet", "scheduler"]:
+            os.symlink(f"../tiny-sd/{part}", folder / part)
+        os.symlink(f"../{vae}", folder / "vae")
+        index = json.loads((FIXTURES / "tiny-sd" / "model_index.json").read_text())
+        index["vae"] = ["diffusers", "AutoencoderTiny"]
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def load(case):
+    model = case["model"]
+    if model == "tiny-sd-taesd-original":
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(FIXTURES / "tiny-sd", safety_checker=None,
+                                                              torch_dtype=torch.float32)
+        pipe.vae = AutoencoderTiny.from_pretrained(FIXTURES / "tiny-taesd", torch_dtype=torch.float32).eval()
+    else:
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(FIXTURES / model, safety_checker=None,
+                                                              torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    if case["scheduler"]:
+        pipe.scheduler = SAMPLERS[case["scheduler"]].from_config(pipe.scheduler.config)
+    if not hasattr(pipe.scheduler, "add_noise"):  # flow matching, see the module docs
+        sched = pipe.scheduler
+        sched.add_noise = lambda sample, noise, t: sched.scale_noise(sample, t, noise)
+        sched.scale_model_input = lambda sample, t: sample
+    return pipe
+
+
+def run(name, case):
+    pipe = load(case)
+    w, h = case["image"]
+    u8 = init_image(w, h, case["seed"])
+    image = (u8.float() / 255)[None]
+    if [w, h] != [case["width"], case["height"]]:
+        image = pipe.image_processor.resize(image, case["height"], case["width"])
+    f = pipe.vae_scale_factor
+    latent_channels = pipe.unet.config.in_channels
+    g = torch.Generator().manual_seed(case["seed"])
+    noise = torch.randn((1, latent_channels, case["height"] // f, case["width"] // f), generator=g)
+    draws = []
+
+    def given_noise(shape, generator=None, device=None, dtype=None, layout=None):
+        assert tuple(shape) == tuple(noise.shape), (shape, noise.shape)
+        assert not draws, "a second draw from the img2img pipeline"
+        draws.append(shape)
+        return noise.clone()
+
+    original = img2img_module.randn_tensor
+    img2img_module.randn_tensor = given_noise
+    try:
+        out = pipe(
+            prompt=case["prompt"],
+            negative_prompt=case["negative_prompt"],
+            image=image,
+            strength=case["strength"],
+            num_inference_steps=case["steps"],
+            guidance_scale=case["guidance"],
+            output_type="pt",
+        ).images
+    finally:
+        img2img_module.randn_tensor = original
+    assert draws, "the pipeline drew no noise"
+    assert out.shape[-2:] == (case["height"], case["width"]), out.shape
+    save_tensors(REF / f"{name}.safetensors", {"init_image": u8, "noise": noise, "image": out},
+                 json.dumps(case, ensure_ascii=False))
+
+
+def generate():
+    link_taesd_folders()
+    for name, case in CASES.items():
+        run(name, case)
+        print("  wrote", name)
