@@ -265,7 +265,8 @@ impl Inkstone {
     ) -> js_sys::Promise {
         let state = self.state.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let opts = generate::options_from_js(&options).map_err(|e| JsValue::from(js_err(e)))?;
+            let f = state.borrow().pipeline.as_ref().map_or(8, |l| l.0.decoder.pixels_per_latent());
+            let opts = generate::options_from_js(&options, f).map_err(|e| JsValue::from(js_err(e)))?;
             generate::run(state, opts, on_step, is_cancelled).await.map_err(JsValue::from)
         })
     }

@@ -145,7 +145,21 @@ def run(name, case):
                  json.dumps(case, ensure_ascii=False))
 
 
+def jpeg_fixture():
+    """A JPEG init image (PIL/libjpeg, quality 95, 4:4:4) and PIL's own decode of it, which the
+    Rust decoder must match to within the rounding of the IDCT."""
+    import numpy as np
+    from PIL import Image
+    u8 = init_image(40, 24, 9)
+    path = FIXTURES / "img2img" / "init.jpg"
+    path.parent.mkdir(exist_ok=True)
+    Image.fromarray(u8.permute(1, 2, 0).numpy()).save(path, quality=95, subsampling=0)
+    decoded = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+    save_tensors(REF / "img2img_jpeg.safetensors", {"decoded": decoded}, json.dumps({"file": "img2img/init.jpg"}))
+
+
 def generate():
+    jpeg_fixture()
     link_taesd_folders()
     for name, case in CASES.items():
         run(name, case)
