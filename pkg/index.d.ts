@@ -52,8 +52,13 @@ export interface LoadInfo {
   recoveries: number;
   /** Tensor count per component. */
   components: Record<string, number>;
-  /** Bytes each component's weights take on the GPU (in the load's dtype). */
+  /** Bytes each component's weights take on the GPU (in the load's dtype). The vae's encoder
+   *  (`vae.encoder`) appears only after the first image-to-image `generate({ image })`: until
+   *  then its tensors stay off the GPU (text-to-image never runs them). */
   gpuBytes: Record<string, number>;
+  /** Tensor counts kept off the GPU until needed: `{ 'vae.encoder': n }` before the first
+   *  image-to-image call, `{}` when the model has no encoder. */
+  deferred: Record<string, number>;
   bytes: number;
 }
 

@@ -98,7 +98,7 @@ async function imageOption(image) {
 export class Generator {
   constructor(w, info, reload) {
     this._w = w;
-    /** `{ model, gpu, dtype, cached, warnings, files, skipped, components, gpuBytes, bytes, recoveries }` */
+    /** `{ model, gpu, dtype, cached, warnings, files, skipped, components, gpuBytes, deferred, bytes, recoveries }` */
     this.info = { ...info, recoveries: 0 };
     this._reload = reload;
   }
@@ -120,7 +120,10 @@ export class Generator {
     const abort = () => this._w.worker.postMessage({ type: 'cancel', target: id });
     signal?.addEventListener('abort', abort, { once: true });
     try {
-      return await promise;
+      const { gpuBytes, ...out } = await promise;
+      // The first image-to-image call uploads the vae's encoder: gen.info says it is resident.
+      if (gpuBytes) this.info = { ...this.info, gpuBytes, deferred: 'vae.encoder' in gpuBytes ? {} : this.info.deferred };
+      return out;
     } finally {
       signal?.removeEventListener('abort', abort);
     }

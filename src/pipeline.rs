@@ -173,8 +173,16 @@ impl Pipeline {
         }
     }
 
-    /// Validates the options, encodes the prompts and prepares the initial latents.
-    pub fn start(&self, opts: &GenerateOptions) -> Result<Generation<'_>> {
+    /// What [`Pipeline::start`] checks before any model runs: the size, the sampler and its
+    /// schedule, and img2img's strength and step count (not whether the encoder is there: the
+    /// browser uploads it after this check, so a refused call uploads nothing).
+    pub fn check(&self, opts: &GenerateOptions) -> Result<()> {
+        self.plan(opts).map(|_| ())
+    }
+
+    /// The checks of [`Pipeline::check`]; returns the sampler with its schedule set, the
+    /// guidance scale and the first step to run (img2img's `t_start`, else 0).
+    fn plan(&self, opts: &GenerateOptions) -> Result<(Scheduler, f32, usize)> {
         let f = self.decoder.pixels_per_latent();
         for (name, v) in [("width", opts.width), ("height", opts.height)] {
             if v == 0 || v % f != 0 {
@@ -196,24 +204,30 @@ impl Pipeline {
         }
         let steps = opts.steps.unwrap_or(default_steps);
         set_schedule(&mut scheduler, steps, opts)?;
-        // img2img: check what is cheap to check before the text encoder runs.
         let first = match &opts.init_image {
-            Some(_) => {
-                // diffusers counts given timesteps/sigmas as the step count (`retrieve_timesteps`).
-                let n = if opts.timesteps.is_some() || opts.sigmas.is_some() { scheduler.timesteps().len() } else { steps };
-                let first = img2img::start_step(n, opts.strength)?;
-                if !self.decoder.has_encoder() {
-                    return Err(Error::InvalidArgument(
-                        "image-to-image needs the vae's encoder, and this model's vae/ has no encoder weights \
-                         (encoder.* tensors, or taesd_encoder.safetensors next to an original-layout decoder); \
-                         text-to-image still works"
-                            .into(),
-                    ));
-                }
-                first
+            // diffusers counts given timesteps/sigmas as the step count (`retrieve_timesteps`).
+            Some(_) if opts.timesteps.is_some() || opts.sigmas.is_some() => {
+                img2img::start_step(scheduler.timesteps().len(), opts.strength)?
             }
+            Some(_) => img2img::start_step(steps, opts.strength)?,
             None => 0,
         };
+        Ok((scheduler, guidance, first))
+    }
+
+    /// Validates the options, encodes the prompts and prepares the initial latents (img2img:
+    /// the noised, encoded init image).
+    pub fn start(&self, opts: &GenerateOptions) -> Result<Generation<'_>> {
+        let f = self.decoder.pixels_per_latent();
+        let (mut scheduler, guidance, first) = self.plan(opts)?;
+        if opts.init_image.is_some() && !self.decoder.has_encoder() {
+            return Err(Error::InvalidArgument(
+                "image-to-image needs the vae's encoder, and this model's vae/ has no encoder weights \
+                 (encoder.* tensors, or taesd_encoder.safetensors next to an original-layout decoder); \
+                 text-to-image still works"
+                    .into(),
+            ));
+        }
 
         let mut warnings = Vec::new();
         let cond_dim = self.unet.config().time_cond_proj_dim;

@@ -154,3 +154,72 @@ fn seeded_noise_is_reproducible() {
     assert_eq!(a, run(3));
     assert_ne!(a, run(4));
 }
+
+/// The browser's way: the vae built without its encoder tensors (they stay off the GPU), img2img
+/// refused until the encoder is attached from them, then diffusers' image (KL, diffusers-layout
+/// tiny, original-layout tiny).
+#[test]
+fn encoder_attached_after_the_load_matches_diffusers() {
+    use burn::tensor::DType;
+    use inkstone::source::{MemorySource, ModelSource, load_weights};
+    use inkstone::vae::is_encoder_tensor;
+    use inkstone::weights::{SafetensorsFile, Weights};
+    use std::collections::BTreeMap;
+
+    for case in ["img2img_sd_dpm", "img2img_flow", "img2img_taesd_original"] {
+        let (model, opts) = case_options(case);
+        let disk = DirSource::new(fixture(&model)).unwrap();
+        let mut files = MemorySource { name: model.clone(), ..Default::default() };
+        for dir in ["", "scheduler", "tokenizer", "text_encoder", "unet", "vae"] {
+            for name in disk.list(dir).into_iter().filter(|n| !n.ends_with(".safetensors")) {
+                let path = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+                files.files.insert(path.clone(), disk.read(&path).unwrap());
+            }
+        }
+        let mut weights = BTreeMap::new();
+        for c in ["text_encoder", "unet"] {
+            weights.insert(c.to_string(), load_weights(&disk, c, &device()).unwrap());
+        }
+        let (encoder, original) = if files.exists("vae/config.json") {
+            let path = "vae/diffusion_pytorch_model.safetensors";
+            let vae = SafetensorsFile::from_bytes(path, disk.read(path).unwrap()).unwrap();
+            let part = |enc: bool| {
+                let bytes = common::filter_keys(&vae, |k| (is_encoder_tensor(path, k) == enc).then(|| k.to_string()));
+                Weights::new(vec![SafetensorsFile::from_bytes(path, bytes).unwrap()], &device()).unwrap()
+            };
+            weights.insert("vae".to_string(), part(false));
+            (part(true), false)
+        } else {
+            let file = |name: &str| {
+                let path = format!("vae/{name}");
+                Weights::new(vec![SafetensorsFile::from_bytes(path.clone(), disk.read(&path).unwrap()).unwrap()], &device())
+                    .unwrap()
+            };
+            assert!(is_encoder_tensor("vae/taesd_encoder.safetensors", "0.weight"));
+            weights.insert("vae/taesd_decoder.safetensors".to_string(), file("taesd_decoder.safetensors"));
+            (file("taesd_encoder.safetensors"), true)
+        };
+        let mut pipe = inkstone::web::from_parts(&files, weights, &device(), DType::F32).unwrap();
+        assert!(!pipe.decoder.has_encoder(), "{case}");
+        let msg = pipe.start(&opts).err().expect("no encoder yet").to_string();
+        assert!(msg.contains("encoder"), "{msg}");
+        pipe.decoder.attach_encoder(encoder, original).unwrap();
+        assert!(pipe.decoder.has_encoder());
+        let image = pipe.generate(&opts, |_, _| true).unwrap();
+        assert_close(&format!("{case} (encoder attached later)"), image, reference(case).tensor::<4>("image"), 1e-3);
+    }
+}
+
+/// A wrong tensor for the encoder is an error naming it, and the vae stays without encoder.
+#[test]
+fn attaching_a_wrong_encoder_fails_and_changes_nothing() {
+    use inkstone::weights::{SafetensorsFile, Weights};
+    let mut pipe = load("tiny-sd-taesd-decoder-only");
+    let bytes = std::fs::read(fixture("tiny-sd/vae/diffusion_pytorch_model.safetensors")).unwrap();
+    let kl = SafetensorsFile::from_bytes("vae/diffusion_pytorch_model.safetensors", bytes).unwrap();
+    let only_encoder = common::filter_keys(&kl, |k| k.starts_with("encoder.").then(|| k.to_string()));
+    let w = Weights::new(vec![SafetensorsFile::from_bytes("kl-encoder", only_encoder).unwrap()], &device()).unwrap();
+    let msg = pipe.decoder.attach_encoder(w, false).err().expect("a KL encoder for a tiny decoder").to_string();
+    assert!(msg.contains("kl-encoder"), "{msg}");
+    assert!(!pipe.decoder.has_encoder());
+}
