@@ -169,7 +169,7 @@ fn assert_one_line_error(o: &Output, needles: &[&str]) {
 #[test]
 fn bad_init_images_and_strengths_are_one_line_errors() {
     let model = fixture("tiny-sd");
-    let gen = |extra: &[&str]| {
+    let run = |extra: &[&str]| {
         let mut args = vec!["generate", "--model", s(&model), "--prompt", "x", "--steps", "2", "--out-tensor"];
         let out = tmp("unused.safetensors");
         args.push(s(&out));
@@ -178,20 +178,20 @@ fn bad_init_images_and_strengths_are_one_line_errors() {
     };
     let text = tmp("notes.txt");
     std::fs::write(&text, "not a picture").unwrap();
-    assert_one_line_error(&gen(&["--init-image", s(&text)]), &["notes.txt", "not a PNG or JPEG image"]);
+    assert_one_line_error(&run(&["--init-image", s(&text)]), &["notes.txt", "not a PNG or JPEG image"]);
 
     let broken = tmp("broken.png");
     std::fs::write(&broken, b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").unwrap();
-    assert_one_line_error(&gen(&["--init-image", s(&broken)]), &["broken.png", "not a readable PNG image"]);
+    assert_one_line_error(&run(&["--init-image", s(&broken)]), &["broken.png", "not a readable PNG image"]);
 
     let missing = tmp("missing.png");
-    assert_one_line_error(&gen(&["--init-image", s(&missing)]), &["missing.png"]);
+    assert_one_line_error(&run(&["--init-image", s(&missing)]), &["missing.png"]);
 
     let (png, _) = case_files("img2img_sd_euler");
-    assert_one_line_error(&gen(&["--init-image", s(&png), "--strength", "1.5"]), &["strength 1.5", "(0, 1]"]);
-    assert_one_line_error(&gen(&["--init-image", s(&png), "--strength", "0.2"]), &["steps 2", "strength 0.2"]);
+    assert_one_line_error(&run(&["--init-image", s(&png), "--strength", "1.5"]), &["strength 1.5", "(0, 1]"]);
+    assert_one_line_error(&run(&["--init-image", s(&png), "--strength", "0.2"]), &["steps 2", "strength 0.2"]);
     // --strength without an image is a usage error.
-    let o = gen(&["--strength", "0.5"]);
+    let o = run(&["--strength", "0.5"]);
     assert!(!o.status.success() && stderr(&o).contains("--init-image"), "{}", stderr(&o));
 
     let decoder_only = fixture("tiny-sd-taesd-decoder-only");

@@ -148,7 +148,7 @@ fn seeded_noise_is_reproducible() {
     let pipe = load("tiny-sd");
     let run = |seed| {
         let opts = GenerateOptions { seed, ..small_img2img(0.5, 2) };
-        pipe.generate(&opts, |_, _| true).unwrap().into_data().to_vec::<f32>().unwrap()
+        pipe.generate(&opts, |_, _| true).unwrap().into_data().try_to_vec::<f32>().unwrap()
     };
     let a = run(3);
     assert_eq!(a, run(3));

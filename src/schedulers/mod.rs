@@ -10,7 +10,8 @@
 //!
 //! The noise sequence (natively and in the browser alike, the same Rust code): one seeded
 //! ChaCha stream (`StdRng::seed_from_u64(seed)`) gives, in this order, the initial latents
-//! (unless given) and then, for each step `i` in order where `needs_noise(i)`, one standard
+//! (unless given; for img2img the noise added to the encoded image, in the same place and shape)
+//! and then, for each step `i` run, in order, where `needs_noise(i)`, one standard
 //! normal tensor of the latents' shape `[1, C, h, w]`, row-major, by Box–Muller on pairs of
 //! uniform f64 draws (`pipeline::gaussian`). Steps that need no noise draw nothing. Which steps
 //! draw follows diffusers: Euler ancestral and SDE-DPM-Solver++ every step, DDPM while t > 0,

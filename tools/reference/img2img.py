@@ -7,6 +7,11 @@ the encoded image is made here and stored as `noise`: the pipeline draws it with
 module's `randn_tensor` is replaced for the call by one that returns `noise` (and fails on any
 other draw). The Rust side gives the same tensor as `latents`.
 
+The KL encoder's output is the posterior's mode: the pipeline's `retrieve_latents` defaults to
+`sample_mode="sample"` (a draw from the posterior with the global RNG), so for the call it is
+replaced by `retrieve_latents(..., sample_mode="argmax")`, what Inkstone does (for real SD VAEs
+the posterior's spread is tiny; a draw would add one more noise tensor to match).
+
 Cases (`tests/img2img.rs` reads the settings from each file's `note`):
 - `tiny-sd` (AutoencoderKL encoder, posterior mode) with its Euler, and DDIM, DPM++ 2M, LCM
   (one step: 2 steps at strength 0.5, so no stochastic step) built with `from_config`;
@@ -125,8 +130,9 @@ def run(name, case):
         draws.append(shape)
         return noise.clone()
 
-    original = img2img_module.randn_tensor
+    original = img2img_module.randn_tensor, img2img_module.retrieve_latents
     img2img_module.randn_tensor = given_noise
+    img2img_module.retrieve_latents = lambda out, generator=None, sample_mode="sample": original[1](out, generator, "argmax")
     try:
         out = pipe(
             prompt=case["prompt"],
@@ -138,7 +144,7 @@ def run(name, case):
             output_type="pt",
         ).images
     finally:
-        img2img_module.randn_tensor = original
+        img2img_module.randn_tensor, img2img_module.retrieve_latents = original
     assert draws, "the pipeline drew no noise"
     assert out.shape[-2:] == (case["height"], case["width"]), out.shape
     save_tensors(REF / f"{name}.safetensors", {"init_image": u8, "noise": noise, "image": out},
