@@ -18,12 +18,18 @@ Cases (`tests/img2img.rs` reads the settings from each file's `note`):
   `tiny-sd-pndm` (PLMS);
 - the same with an image of another size, resized first as `VaeImageProcessor.resize` does for
   tensors (`F.interpolate`, nearest) to the asked size;
-- `tiny-flow` (AutoencoderTiny encoder, FlowMatchEulerDiscreteScheduler). diffusers' SD img2img
+- `tiny-flow-img2img`: tiny-flow with a stronger encoder (below) in its `vae/` (AutoencoderTiny,
+  FlowMatchEulerDiscreteScheduler). diffusers' SD img2img
   pipeline calls `scheduler.add_noise` and `scale_model_input`, which the flow-match scheduler
   does not have; as its own flow pipelines (SD3 img2img) do, noising is `scale_noise` and the
   model input is unscaled: both patched onto the scheduler instance;
-- `tiny-sd-taesd-original`: tiny-sd with `vae/` holding the original-layout TAESD pair
-  (tiny-taesd's weights; the reference runs `AutoencoderTiny` from tiny-taesd).
+- `tiny-sd-taesd-original`: tiny-sd with `vae/` holding an original-layout TAESD pair
+  (`taesd_decoder.safetensors` + `taesd_encoder.safetensors`: tiny-taesd's weights with the
+  stronger encoder; the reference runs them as `AutoencoderTiny`).
+
+Random tiny encoders shrink their input (latents ~0.09 next to unit noise): the image would
+hardly depend on them, so a broken encoder or noising could pass. Their output conv is scaled
+up here so the latents are O(1) (`stronger_encoder`).
 """
 import json
 import os
@@ -40,9 +46,13 @@ from diffusers import (
 )
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img_module
 
+from safetensors.torch import save_file
+
 from common import FIXTURES, REF, save_tensors
 
 TAESD_SD = FIXTURES / "tiny-sd-taesd-original"
+FLOW_IMG2IMG = FIXTURES / "tiny-flow-img2img"
+ENCODER_GAIN = 10.0
 TAESD_SD_DECODER_ONLY = FIXTURES / "tiny-sd-taesd-decoder-only"
 
 # `image` is the init image's (width, height); width/height the asked size.
@@ -59,7 +69,7 @@ CASES = {
                             steps=4, strength=0.7, guidance=7.5, width=32, height=32, image=[32, 32], seed=5),
     "img2img_sd_resized": dict(model="tiny-sd", scheduler=None, prompt="a photo of a cat", negative_prompt="",
                                steps=3, strength=1.0, guidance=3.0, width=32, height=24, image=[41, 29], seed=6),
-    "img2img_flow": dict(model="tiny-flow", scheduler=None, prompt="床前明月光", negative_prompt="",
+    "img2img_flow": dict(model="tiny-flow-img2img", scheduler=None, prompt="床前明月光", negative_prompt="",
                          steps=8, strength=0.6, guidance=4.5, width=48, height=32, image=[48, 32], seed=7),
     "img2img_taesd_original": dict(model="tiny-sd-taesd-original", scheduler=None, prompt="a red house",
                                    negative_prompt="", steps=4, strength=0.5, guidance=7.5, width=32, height=32,
@@ -77,16 +87,59 @@ def init_image(width, height, seed):
     return (img * 255).round().clamp(0, 255).to(torch.uint8)
 
 
+def stronger_encoder(vae):
+    """The encoder's output conv scaled by ENCODER_GAIN, weights rounded to f16 as stored."""
+    last = [m for m in vae.encoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.mul_(ENCODER_GAIN)
+        last.bias.mul_(ENCODER_GAIN)
+    return vae.half().float().eval()
+
+
+def taesd_original_vae():
+    return stronger_encoder(AutoencoderTiny.from_pretrained(FIXTURES / "tiny-taesd", torch_dtype=torch.float32))
+
+
+def write_folders():
+    """tiny-flow-img2img: tiny-flow's components (symlinked) with its vae's encoder made stronger
+    and its decoder's output 5x less damped, so the image depends on the encoded picture
+    (stored in f16). tiny-sd-taesd-original: see link_taesd_folders."""
+    if FLOW_IMG2IMG.exists():
+        shutil.rmtree(FLOW_IMG2IMG)
+    FLOW_IMG2IMG.mkdir()
+    for part in ["text_encoder", "tokenizer", "unet", "scheduler"]:
+        os.symlink(f"../tiny-flow/{part}", FLOW_IMG2IMG / part)
+    shutil.copy(FIXTURES / "tiny-flow" / "model_index.json", FLOW_IMG2IMG / "model_index.json")
+    vae = AutoencoderTiny.from_pretrained(FIXTURES / "tiny-flow" / "vae", torch_dtype=torch.float32)
+    with torch.no_grad():  # tiny-flow's decoder output was damped 10x (pipelines.py): undo most of it
+        last = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        last.weight.mul_(5.0)
+    vae = stronger_encoder(vae)
+    vae.half().save_pretrained(FLOW_IMG2IMG / "vae")
+    link_taesd_folders()
+
+
 def link_taesd_folders():
     """tiny-sd's text encoder, tokenizer, U-Net and scheduler (symlinked) with an original-layout
     TAESD vae/: the encoder/decoder pair, or the decoder alone (no encoder: img2img refused)."""
-    for folder, vae in [(TAESD_SD, "tiny-taesd-original-pair"), (TAESD_SD_DECODER_ONLY, "tiny-taesd-original")]:
+    for folder, vae in [(TAESD_SD, None), (TAESD_SD_DECODER_ONLY, "tiny-taesd-original")]:
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir()
         for part in ["text_encoder", "tokenizer", "unet", "scheduler"]:
             os.symlink(f"../tiny-sd/{part}", folder / part)
-        os.symlink(f"../{vae}", folder / "vae")
+        if vae:
+            os.symlink(f"../{vae}", folder / "vae")
+        else:  # the original layout: decoder layer i+1 is diffusers' i (0 is the clamp), encoder i is i
+            state = taesd_original_vae().half().state_dict()
+            (folder / "vae").mkdir()
+            # The decoder is tiny-taesd-original's, unchanged: linked, not stored twice.
+            os.symlink("../../tiny-taesd-original/taesd_decoder.safetensors", folder / "vae" / "taesd_decoder.safetensors")
+            for part, shift in [("encoder", 0)]:
+                prefix = f"{part}.layers."
+                tensors = {f"{int(k[len(prefix):].split('.', 1)[0]) + shift}.{k[len(prefix):].split('.', 1)[1]}": v.contiguous()
+                           for k, v in state.items() if k.startswith(prefix)}
+                save_file(tensors, str(folder / "vae" / f"taesd_{part}.safetensors"))
         index = json.loads((FIXTURES / "tiny-sd" / "model_index.json").read_text())
         index["vae"] = ["diffusers", "AutoencoderTiny"]
         (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -97,7 +150,7 @@ def load(case):
     if model == "tiny-sd-taesd-original":
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(FIXTURES / "tiny-sd", safety_checker=None,
                                                               torch_dtype=torch.float32)
-        pipe.vae = AutoencoderTiny.from_pretrained(FIXTURES / "tiny-taesd", torch_dtype=torch.float32).eval()
+        pipe.vae = taesd_original_vae()
     else:
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(FIXTURES / model, safety_checker=None,
                                                               torch_dtype=torch.float32)
@@ -166,7 +219,7 @@ def jpeg_fixture():
 
 def generate():
     jpeg_fixture()
-    link_taesd_folders()
+    write_folders()
     for name, case in CASES.items():
         run(name, case)
         print("  wrote", name)
