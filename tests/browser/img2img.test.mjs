@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,8 +26,15 @@ if (!existsSync(join(WWW, 'pkg/inkstone_core_bg.wasm'))) throw new Error('www/ i
 
 let srv, context, userDir;
 
+/** Fixture folders the bundle does not ship, served from www/models/ with their links resolved. */
+const EXTRA_MODELS = ['tiny-flow-img2img'];
+
 before(async () => {
   mkdirSync(OUT, { recursive: true });
+  for (const m of EXTRA_MODELS) {
+    rmSync(join(WWW, 'models', m), { recursive: true, force: true });
+    cpSync(join(ROOT, 'tests/fixtures', m), join(WWW, 'models', m), { recursive: true, dereference: true });
+  }
   srv = await startServer(WWW);
   userDir = mkdtempSync(join(tmpdir(), 'inkstone-chromium-'));
   context = await chromium.launchPersistentContext(userDir, { executablePath: CHROMIUM, headless: true, args: BASE_ARGS });
@@ -37,6 +44,7 @@ after(async () => {
   await context?.close();
   await srv?.close();
   if (userDir) rmSync(userDir, { recursive: true, force: true, maxRetries: 5 });
+  for (const m of EXTRA_MODELS) rmSync(join(WWW, 'models', m), { recursive: true, force: true });
 });
 
 /** A safetensors file read in node: f32 or u8 tensors by name, and the JSON `note`. */
