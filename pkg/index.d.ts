@@ -52,8 +52,13 @@ export interface LoadInfo {
   recoveries: number;
   /** Tensor count per component. */
   components: Record<string, number>;
-  /** Bytes each component's weights take on the GPU (in the load's dtype). */
+  /** Bytes each component's weights take on the GPU (in the load's dtype). The vae's encoder
+   *  (`vae.encoder`) appears only after the first image-to-image `generate({ image })`: until
+   *  then its tensors stay off the GPU (text-to-image never runs them). */
   gpuBytes: Record<string, number>;
+  /** Tensor counts kept off the GPU until needed: `{ 'vae.encoder': n }` before the first
+   *  image-to-image call, `{}` when the model has no encoder. */
+  deferred: Record<string, number>;
   bytes: number;
 }
 
@@ -108,7 +113,7 @@ export interface GenerateOptions {
   seed?: number;
   width?: number;
   height?: number;
-  /** Initial latents, [1, C, height/8, width/8]. */
+  /** Initial latents, [1, C, height/8, width/8] (with `image`: the noise added to it). */
   latents?: Float32Array;
   /** A sampler instead of the model's own (default). */
   scheduler?: SchedulerName;
@@ -119,6 +124,15 @@ export interface GenerateOptions {
   /** Explicit descending noise levels: for euler the final one included (`[14.6, 3, 0]` is two
    *  steps), for flow-euler one per step. Not together with `timesteps`. */
   sigmas?: number[];
+  /** Image-to-image (diffusers' img2img): the picture to start from. A `Float32Array` is
+   *  RGB [3, height, width] in [0, 1] (`width`/`height` then required: its size); any other
+   *  kind is read as 8-bit RGBA, alpha dropped. Without `width`/`height` the output has the
+   *  image's size rounded down to a multiple of 8; an image of another size is resized
+   *  (nearest) with a warning. `latents` then gives the noise added to the encoded image. */
+  image?: ImageData | ImageBitmap | HTMLImageElement | HTMLCanvasElement | Blob | Float32Array;
+  /** With `image`: how much of the schedule runs, in (0, 1] (default 0.8): the last
+   *  `floor(steps × strength)` steps (at least one, else it rejects). */
+  strength?: number;
   /** Cancels between steps; the promise rejects with an AbortError. */
   signal?: AbortSignal;
   onStep?: (step: number, total: number, preview: Preview | null) => void;

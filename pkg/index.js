@@ -60,11 +60,45 @@ class Worker_ {
   }
 }
 
+/**
+ * The `image` option as the worker takes it: a `Float32Array` [3, H, W] as given, anything else
+ * as `{ width, height, data }` with the browser's 8-bit RGBA pixels (the Rust core decides what
+ * becomes of them: alpha dropped, v / 255). Blobs (PNG/JPEG files) are decoded without colour
+ * management or premultiplication, so the pixels are the file's own, as the CLI reads them.
+ */
+async function imageOption(image) {
+  if (image == null || image instanceof Float32Array) return image;
+  if (typeof ImageData !== 'undefined' && image instanceof ImageData) {
+    return { width: image.width, height: image.height, data: image.data };
+  }
+  let source = image;
+  if (typeof Blob !== 'undefined' && image instanceof Blob) {
+    try {
+      source = await createImageBitmap(image, { premultiplyAlpha: 'none', colorSpaceConversion: 'none' });
+    } catch (e) {
+      throw new Error(`generate(): \`image\`: the Blob (${image.type || 'no type'}, ${image.size} bytes) is not an image the browser can decode: ${e.message}`);
+    }
+  } else if (typeof HTMLImageElement !== 'undefined' && image instanceof HTMLImageElement) {
+    await image.decode();
+  }
+  const width = source.naturalWidth ?? source.width;
+  const height = source.naturalHeight ?? source.height;
+  const drawable = [globalThis.ImageBitmap, globalThis.HTMLImageElement, globalThis.HTMLCanvasElement, globalThis.OffscreenCanvas]
+    .some((T) => T && source instanceof T);
+  if (!drawable || !width || !height) {
+    throw new TypeError('generate(): `image` must be an ImageData, ImageBitmap, HTMLImageElement, HTMLCanvasElement, Blob or Float32Array [3, H, W]');
+  }
+  const ctx = new OffscreenCanvas(width, height).getContext('2d', { willReadFrequently: true });
+  ctx.drawImage(source, 0, 0);
+  if (source !== image) source.close?.();
+  return { width, height, data: ctx.getImageData(0, 0, width, height).data };
+}
+
 /** A loaded model; `generate` runs on its worker. */
 export class Generator {
   constructor(w, info, reload) {
     this._w = w;
-    /** `{ model, gpu, dtype, cached, warnings, files, skipped, components, gpuBytes, bytes, recoveries }` */
+    /** `{ model, gpu, dtype, cached, warnings, files, skipped, components, gpuBytes, deferred, bytes, recoveries }` */
     this.info = { ...info, recoveries: 0 };
     this._reload = reload;
   }
@@ -81,11 +115,15 @@ export class Generator {
     signal?.throwIfAborted();
     if (this._w.lost) await this._recover();
     if (options.seed === undefined) options.seed = Math.floor(Math.random() * 2 ** 32);
+    if ('image' in options) options.image = await imageOption(options.image);
     const { id, promise } = this._w.call({ type: 'generate', options }, { onStep });
     const abort = () => this._w.worker.postMessage({ type: 'cancel', target: id });
     signal?.addEventListener('abort', abort, { once: true });
     try {
-      return await promise;
+      const { gpuBytes, ...out } = await promise;
+      // The first image-to-image call uploads the vae's encoder: gen.info says it is resident.
+      if (gpuBytes) this.info = { ...this.info, gpuBytes, deferred: 'vae.encoder' in gpuBytes ? {} : this.info.deferred };
+      return out;
     } finally {
       signal?.removeEventListener('abort', abort);
     }

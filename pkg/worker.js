@@ -228,7 +228,7 @@ async function load(msg, post) {
   if (msg.warmUp !== false) await warmUp(r);
   r.report({ phase: 'ready', file: null });
   return { model: got.model, gpu: info, dtype: summary.dtype, cached: got.cached, warnings: r.warnings, files: got.list,
-    skipped: got.skipped, components: summary.components, gpuBytes: summary.gpuBytes, bytes: totalBytes(got.list),
+    skipped: got.skipped, components: summary.components, gpuBytes: summary.gpuBytes, deferred: summary.deferred, bytes: totalBytes(got.list),
     wasmHeapBytes: wasmHeapBytes() };
 }
 
@@ -278,7 +278,7 @@ async function generate(msg, post) {
   checkGpuErrors('generation');
   const rgba = toRgba(out.pixels, out.width, out.height);
   return { width: out.width, height: out.height, rgba, pixels: out.pixels, seed: msg.options.seed ?? 0, ms: performance.now() - t0,
-    wasmHeapBytes: wasmHeapBytes(), warnings: out.warnings };
+    wasmHeapBytes: wasmHeapBytes(), warnings: out.warnings, gpuBytes: JSON.parse(out.gpuBytes) };
 }
 
 self.onmessage = async ({ data: msg }) => {

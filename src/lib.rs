@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod folder;
 pub mod image;
+pub mod img2img;
 pub mod info;
 pub mod limits;
 pub mod nn;

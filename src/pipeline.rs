@@ -5,6 +5,12 @@
 //! initial latents (seeded, or given) × `init_noise_sigma` → denoising loop → `latents /
 //! scaling_factor (+ shift_factor)` → decode → `(x / 2 + 0.5).clamp(0, 1)`.
 //!
+//! Image-to-image (an `init_image`, diffusers' `StableDiffusionImg2ImgPipeline`): the image,
+//! resized to the requested size if needed and mapped to [-1, 1], is encoded (KL: the
+//! posterior's mode, `retrieve_latents(sample_mode="argmax")`), scaled like the latents
+//! (`(z - shift_factor) · scaling_factor`), and noised with the sampler's own `add_noise` to
+//! the first of the last `int(steps · strength)` steps, which then run as in text-to-image.
+//!
 //! Generation is step-wise ([`Generation::step`]) so that callers can report progress, show
 //! previews and cancel between steps: the browser must yield to its event loop there.
 
@@ -15,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use crate::config::{ModelIndex, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::folder;
+use crate::img2img::{self, InitImage};
 use crate::schedulers::{Sampler, Scheduler};
 use crate::source::ModelSource;
 use crate::text::{PromptTokenizer, TextEncoder};
@@ -42,6 +49,12 @@ pub struct GenerateOptions {
     pub timesteps: Option<Vec<f64>>,
     /// Explicit noise levels (diffusers' `sigmas=`), for Euler and flow-match.
     pub sigmas: Option<Vec<f64>>,
+    /// Image-to-image: the picture to start from. `latents` is then the noise added to it
+    /// (`[1, C, H/f, W/f]`), not the initial latents.
+    pub init_image: Option<InitImage>,
+    /// How much of the schedule img2img runs, in (0, 1] (diffusers' `strength`); ignored
+    /// without `init_image`.
+    pub strength: f64,
 }
 
 impl Default for GenerateOptions {
@@ -58,6 +71,8 @@ impl Default for GenerateOptions {
             scheduler: None,
             timesteps: None,
             sigmas: None,
+            init_image: None,
+            strength: img2img::DEFAULT_STRENGTH,
         }
     }
 }
@@ -158,8 +173,16 @@ impl Pipeline {
         }
     }
 
-    /// Validates the options, encodes the prompts and prepares the initial latents.
-    pub fn start(&self, opts: &GenerateOptions) -> Result<Generation<'_>> {
+    /// What [`Pipeline::start`] checks before any model runs: the size, the sampler and its
+    /// schedule, and img2img's strength and step count (not whether the encoder is there: the
+    /// browser uploads it after this check, so a refused call uploads nothing).
+    pub fn check(&self, opts: &GenerateOptions) -> Result<()> {
+        self.plan(opts).map(|_| ())
+    }
+
+    /// The checks of [`Pipeline::check`]; returns the sampler with its schedule set, the
+    /// guidance scale and the first step to run (img2img's `t_start`, else 0).
+    fn plan(&self, opts: &GenerateOptions) -> Result<(Scheduler, f32, usize)> {
         let f = self.decoder.pixels_per_latent();
         for (name, v) in [("width", opts.width), ("height", opts.height)] {
             if v == 0 || v % f != 0 {
@@ -179,7 +202,32 @@ impl Pipeline {
         if opts.steps == Some(0) {
             return Err(Error::InvalidArgument("steps must be at least 1".into()));
         }
-        set_schedule(&mut scheduler, opts.steps.unwrap_or(default_steps), opts)?;
+        let steps = opts.steps.unwrap_or(default_steps);
+        set_schedule(&mut scheduler, steps, opts)?;
+        let first = match &opts.init_image {
+            // diffusers counts given timesteps/sigmas as the step count (`retrieve_timesteps`).
+            Some(_) if opts.timesteps.is_some() || opts.sigmas.is_some() => {
+                img2img::start_step(scheduler.timesteps().len(), opts.strength)?
+            }
+            Some(_) => img2img::start_step(steps, opts.strength)?,
+            None => 0,
+        };
+        Ok((scheduler, guidance, first))
+    }
+
+    /// Validates the options, encodes the prompts and prepares the initial latents (img2img:
+    /// the noised, encoded init image).
+    pub fn start(&self, opts: &GenerateOptions) -> Result<Generation<'_>> {
+        let f = self.decoder.pixels_per_latent();
+        let (mut scheduler, guidance, first) = self.plan(opts)?;
+        if opts.init_image.is_some() && !self.decoder.has_encoder() {
+            return Err(Error::InvalidArgument(
+                "image-to-image needs the vae's encoder, and this model's vae/ has no encoder weights \
+                 (encoder.* tensors, or taesd_encoder.safetensors next to an original-layout decoder); \
+                 text-to-image still works"
+                    .into(),
+            ));
+        }
 
         let mut warnings = Vec::new();
         let cond_dim = self.unet.config().time_cond_proj_dim;
@@ -207,8 +255,27 @@ impl Pipeline {
             }
             None => gaussian(&mut rng, shape, &self.device),
         };
-        let latents = latents * scheduler.init_noise_sigma();
-        Ok(Generation { pipe: self, scheduler, latents, embeds, timestep_cond, guidance, cfg, step: 0, rng, warnings })
+        let latents = match &opts.init_image {
+            Some(image) => {
+                scheduler.set_begin_index(first);
+                let init = self.encode_image(image, opts.width, opts.height, &mut warnings)?;
+                scheduler.add_noise(init, latents, first)
+            }
+            None => latents * scheduler.init_noise_sigma(),
+        };
+        Ok(Generation {
+            pipe: self,
+            scheduler,
+            latents,
+            embeds,
+            timestep_cond,
+            guidance,
+            cfg,
+            first,
+            step: first,
+            rng,
+            warnings,
+        })
     }
 
     /// Native convenience: runs all steps; `on_step(done, total)` returning false cancels.
@@ -303,6 +370,26 @@ impl Pipeline {
         Ok(self.text_encoder.encode(ids, mask))
     }
 
+    /// The init image as clean latents `[1, C, h, w]`: resized to `width`×`height` when it has
+    /// another size (with a warning), mapped to [-1, 1], encoded (KL: the posterior's mode),
+    /// then `(z - shift_factor) · scaling_factor`.
+    fn encode_image(&self, image: &InitImage, width: usize, height: usize, warnings: &mut Vec<String>) -> Result<Tensor<4>> {
+        let image = if (image.width, image.height) != (width, height) {
+            warnings.push(format!(
+                "the init image is {}x{}: resized to {width}x{height} (nearest, as diffusers resizes tensor images)",
+                image.width, image.height
+            ));
+            &image.resized(width, height)
+        } else {
+            image
+        };
+        let encoded = self.decoder.encode(image.to_tensor(&self.device)).ok_or_else(|| {
+            Error::InvalidArgument("image-to-image needs the vae's encoder, and this model's vae/ has none".into())
+        })?;
+        let z = encoded.mode().cast(DType::F32);
+        Ok((z - self.decoder.latent_shift_factor()) * self.decoder.latent_scaling_factor())
+    }
+
     /// `latents` → image in [0, 1].
     fn decode_latents(&self, latents: Tensor<4>) -> Tensor<4> {
         to_image(self.decoder.decode(self.unscale(latents)))
@@ -361,6 +448,9 @@ pub struct Generation<'a> {
     timestep_cond: Option<Tensor<2>>,
     guidance: f32,
     cfg: bool,
+    /// The first step run (img2img skips the noisiest ones; 0 otherwise).
+    first: usize,
+    /// The next step's index into the sampler's timesteps.
     step: usize,
     rng: StdRng,
     warnings: Vec<String>,
@@ -377,17 +467,18 @@ impl Generation<'_> {
         &self.scheduler
     }
 
+    /// The steps this generation runs (img2img: fewer than the sampler's timesteps).
     pub fn total_steps(&self) -> usize {
-        self.scheduler.timesteps().len()
+        self.scheduler.timesteps().len() - self.first
     }
 
     /// Steps done so far.
     pub fn current_step(&self) -> usize {
-        self.step
+        self.step - self.first
     }
 
     pub fn is_done(&self) -> bool {
-        self.step >= self.total_steps()
+        self.step >= self.scheduler.timesteps().len()
     }
 
     /// One denoising step (the U-Net runs once, on a doubled batch under CFG).

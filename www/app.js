@@ -111,6 +111,40 @@ function draw({ width, height, rgba }) {
   c.getContext('2d').putImageData(new ImageData(rgba, width, height), 0, 0);
 }
 
+// Image-to-image: the input picture (a Blob: a dropped or picked file, or a gallery image).
+let initImage = null;
+const setInitImage = (blob) => {
+  initImage = blob;
+  const img = $('init-preview');
+  if (img.src) URL.revokeObjectURL(img.src);
+  img.hidden = !blob;
+  if (blob) img.src = URL.createObjectURL(blob);
+  else img.removeAttribute('src');
+  $('init-clear').disabled = !blob;
+  if (blob) $('img2img').open = true;
+  document.body.dataset.initImage = blob ? 'set' : 'none';
+};
+$('init-file').onchange = () => setInitImage($('init-file').files[0] ?? null);
+$('init-clear').onclick = () => { $('init-file').value = ''; setInitImage(null); };
+$('init-drop').ondragover = (e) => { e.preventDefault(); $('init-drop').classList.add('over'); };
+$('init-drop').ondragleave = () => $('init-drop').classList.remove('over');
+$('init-drop').ondrop = (e) => {
+  e.preventDefault();
+  $('init-drop').classList.remove('over');
+  const file = [...(e.dataTransfer?.files ?? [])].find((f) => f.type.startsWith('image/'));
+  if (file) setInitImage(file);
+};
+$('strength').oninput = () => { $('strength-value').value = Number($('strength').value).toFixed(2); };
+/** A gallery entry: the image and its "Use as input" button. */
+function galleryItem(url, blob, title) {
+  const fig = document.createElement('figure');
+  fig.append(Object.assign(document.createElement('img'), { src: url, alt: $('prompt').value, title }));
+  const use = Object.assign(document.createElement('button'), { textContent: 'Use as input', className: 'secondary use-as-input' });
+  use.onclick = () => setInitImage(blob);
+  fig.append(use);
+  return fig;
+}
+
 $('randomize').onclick = () => { $('seed').value = Math.floor(Math.random() * 2 ** 32); };
 $('cancel').onclick = () => controller?.abort();
 $('generate').onclick = async () => {
@@ -130,6 +164,7 @@ $('generate').onclick = async () => {
       prompt: $('prompt').value, negativePrompt: $('negative').value,
       steps: timesteps ? undefined : Number($('steps').value), guidance: Number($('guidance').value), seed: Number($('seed').value),
       width: size, height: size, scheduler: $('scheduler').value || undefined, timesteps, signal: controller.signal,
+      ...(initImage ? { image: initImage, strength: Number($('strength').value) } : {}),
       onStep: (step, total, preview) => {
         bar.max = total;
         bar.value = step;
@@ -141,7 +176,7 @@ $('generate').onclick = async () => {
     const blob = await new Promise((r) => $('canvas').toBlob(r, 'image/png'));
     const url = URL.createObjectURL(blob);
     Object.assign($('download'), { href: url, hidden: false, download: `inkstone-${out.seed}.png` });
-    $('gallery').prepend(Object.assign(document.createElement('img'), { src: url, alt: $('prompt').value, title: `seed ${out.seed}` }));
+    $('gallery').prepend(galleryItem(url, blob, `seed ${out.seed}`));
     status($('gen-status'), `Done in ${(out.ms / 1000).toFixed(1)} s (seed ${out.seed}).${out.warnings.length ? ` Note: ${out.warnings.join('; ')}.` : ''}`);
     setState('generated');
   } catch (e) {
@@ -156,7 +191,7 @@ $('generate').onclick = async () => {
 };
 
 // For tests and the console.
-window.inkstone = { load, gpuInfo, cachedModels, clearCache, get generator() { return generator; } };
+window.inkstone = { load, gpuInfo, cachedModels, clearCache, setInitImage, get generator() { return generator; } };
 
 (async () => {
   if ('serviceWorker' in navigator) navigator.serviceWorker.register('sw.js').catch((e) => console.warn('service worker:', e));

@@ -4,7 +4,7 @@
 //! inkstone generate --model DIR --prompt TEXT [--negative-prompt TEXT] [--steps N] [--guidance G]
 //!                   [--seed S] [--width W] [--height H] [--latents FILE] [--out FILE.png]
 //!                   [--out-tensor FILE.safetensors] [--dtype f32|f16] [--scheduler NAME]
-//!                   [--timesteps T,T,...] [--sigmas S,S,...]
+//!                   [--timesteps T,T,...] [--sigmas S,S,...] [--init-image FILE --strength S]
 //! inkstone info --model DIR
 //! ```
 
@@ -66,7 +66,8 @@ struct GenerateArgs {
     /// Image height in pixels (default: the model's).
     #[arg(long)]
     height: Option<usize>,
-    /// safetensors file with tensor `latents` (f32, [1, C, H/f, W/f]) used instead of the RNG.
+    /// safetensors file with tensor `latents` (f32, [1, C, H/f, W/f]) used instead of the RNG
+    /// (with --init-image: the noise added to the encoded image).
     #[arg(long)]
     latents: Option<PathBuf>,
     /// Output PNG (default: inkstone-<seed>.png unless --out-tensor is given).
@@ -93,6 +94,15 @@ struct GenerateArgs {
     /// steps), for flow-euler one per step (shifted like the model's own schedule).
     #[arg(long, value_delimiter = ',', value_parser = finite_f64)]
     sigmas: Option<Vec<f64>>,
+    /// Image-to-image: a PNG or JPEG to start from (grayscale copied to RGB, alpha dropped).
+    /// Default size: the image's, rounded down to a multiple of the scale factor; an image of
+    /// another size than --width/--height is resized (nearest), with a warning.
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// With --init-image: how much of the schedule runs, in (0, 1] (diffusers' strength;
+    /// default 0.8): int(steps x strength) steps.
+    #[arg(long, value_parser = finite_f64, requires = "init_image")]
+    strength: Option<f64>,
 }
 
 fn finite_f32(s: &str) -> std::result::Result<f32, String> {
@@ -157,9 +167,11 @@ fn generate(args: GenerateArgs) -> Result<()> {
 
     let f = pipe.decoder.pixels_per_latent();
     let latents = args.latents.as_deref().map(read_latents).transpose()?;
-    let (default_w, default_h) = match &latents {
-        Some((_, shape)) => (shape[3] * f, shape[2] * f),
-        None => pipe.default_size(),
+    let init_image = args.init_image.as_deref().map(read_init_image).transpose()?;
+    let (default_w, default_h) = match (&latents, &init_image) {
+        (Some((_, shape)), _) => (shape[3] * f, shape[2] * f),
+        (None, Some(image)) => image.default_size(f),
+        (None, None) => pipe.default_size(),
     };
     let seed = args.seed.unwrap_or_else(random_seed);
     let opts = GenerateOptions {
@@ -174,6 +186,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
         scheduler: args.scheduler,
         timesteps: args.timesteps,
         sigmas: args.sigmas,
+        init_image,
+        strength: args.strength.unwrap_or(inkstone::img2img::DEFAULT_STRENGTH),
     };
 
     let t1 = Instant::now();
@@ -238,6 +252,12 @@ fn read_latents(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
         )));
     }
     Ok((to_f32(&name, "latents", info.dtype, file.raw(info))?, info.shape.clone()))
+}
+
+/// Reads and decodes a PNG or JPEG init image.
+fn read_init_image(path: &Path) -> Result<inkstone::img2img::InitImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    inkstone::image::decode_init_image(&path.display().to_string(), &bytes)
 }
 
 fn write_image_tensor(path: &Path, pixels: &[f32], w: usize, h: usize) -> Result<()> {

@@ -6,6 +6,8 @@
 //! linspace, cumprod accumulated in f64, numpy's half-to-even rounding) so timesteps match
 //! exactly and samples to ~1e-6.
 
+use burn::tensor::Tensor;
+
 use crate::config::{BetaSchedule, TimestepSpacing};
 use crate::error::{Error, Result};
 
@@ -261,4 +263,11 @@ mod tests {
         assert_eq!(np_linspace(0.0, 999.0, 1, true), vec![0.0]);
         assert_eq!(np_linspace(0.0, 50.0, 4, false), vec![0.0, 12.5, 25.0, 37.5]);
     }
+}
+
+/// diffusers' `add_noise` of the DDPM-indexed schedulers (DDPM, DDIM, PNDM, LCM):
+/// `sqrt(alphas_cumprod[t]) x_0 + sqrt(1 - alphas_cumprod[t]) noise`, in f32 like its tensors.
+pub(crate) fn add_noise_vp(alphas_cumprod: &[f64], original: Tensor<4>, noise: Tensor<4>, timestep: f64) -> Tensor<4> {
+    let alpha = alphas_cumprod[timestep as usize] as f32;
+    original.mul_scalar(alpha.sqrt()).add(noise.mul_scalar((1.0 - alpha).sqrt()))
 }

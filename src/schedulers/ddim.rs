@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use crate::config::{DDIMSchedulerConfig, PredictionType};
 use crate::error::{Error, Result};
 
-use super::betas::{beta_schedule_of, check_steps, spaced_timesteps};
+use super::betas::{add_noise_vp, beta_schedule_of, check_steps, spaced_timesteps};
 
 #[derive(Debug, Clone)]
 pub struct Ddim {
@@ -51,6 +51,11 @@ impl Ddim {
     /// The training noise schedule, per timestep.
     pub fn alphas_cumprod(&self) -> &[f64] {
         &self.alphas_cumprod
+    }
+
+    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
     }
 
     pub fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> Tensor<4> {

@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use crate::config::{DDPMSchedulerConfig, PredictionType, VarianceType};
 use crate::error::{Error, Result};
 
-use super::betas::{beta_schedule_of, check_custom, check_steps, spaced_timesteps};
+use super::betas::{add_noise_vp, beta_schedule_of, check_custom, check_steps, spaced_timesteps};
 
 #[derive(Debug, Clone)]
 pub struct Ddpm {
@@ -43,6 +43,11 @@ impl Ddpm {
 
     pub fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
     }
 
     /// diffusers adds noise while t > 0.

@@ -167,6 +167,19 @@ impl DpmSolverMultistep {
         &self.sigmas
     }
 
+    /// diffusers' `set_begin_index`: the first step taken is `begin` (img2img), a first-order
+    /// one since no past estimates exist.
+    pub fn set_begin_index(&mut self, begin: usize) {
+        self.step_index = begin;
+    }
+
+    /// diffusers' `add_noise` with `begin_index` set: `alpha_t x_0 + sigma_t noise` at the
+    /// step's noise level (VP form).
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step]);
+        original.mul_scalar(alpha_t).add(noise.mul_scalar(sigma_t))
+    }
+
     fn is_sde(&self) -> bool {
         self.config.algorithm_type == AlgorithmType::SdeDpmSolverPp
     }
@@ -237,7 +250,7 @@ impl DpmSolverMultistep {
     }
 
     /// The stochastic term sigma_t sqrt(1 - e^{-2h}) z of the SDE variant.
-    fn add_noise(&self, x: Tensor<4>, noise: Option<Tensor<4>>, sigma_t: f32, h: f32) -> Tensor<4> {
+    fn sde_noise(&self, x: Tensor<4>, noise: Option<Tensor<4>>, sigma_t: f32, h: f32) -> Tensor<4> {
         match noise {
             Some(z) => x.add(z.mul_scalar(sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())),
             None => x,
@@ -255,7 +268,7 @@ impl DpmSolverMultistep {
             let x = sample
                 .mul_scalar(sigma_t / sigma_s * (-h).exp())
                 .add(m0.mul_scalar(alpha_t * (1.0 - (-2.0 * h).exp())));
-            self.add_noise(x, noise, sigma_t, h)
+            self.sde_noise(x, noise, sigma_t, h)
         } else {
             sample.mul_scalar(sigma_t / sigma_s).sub(m0.mul_scalar(alpha_t * ((-h).exp() - 1.0)))
         }
@@ -279,7 +292,7 @@ impl DpmSolverMultistep {
                 .mul_scalar(sigma_t / sigma_s0 * (-h).exp())
                 .add(m0.mul_scalar(alpha_t * e))
                 .add(d1.mul_scalar(d1_coeff));
-            self.add_noise(x, noise, sigma_t, h)
+            self.sde_noise(x, noise, sigma_t, h)
         } else {
             let e = (-h).exp() - 1.0;
             let x = sample.mul_scalar(sigma_t / sigma_s0).sub(m0.mul_scalar(alpha_t * e));
@@ -308,7 +321,7 @@ impl DpmSolverMultistep {
                 .add(m0.mul_scalar(alpha_t * e))
                 .add(d1.mul_scalar(alpha_t * (e / (-2.0 * h) + 1.0)))
                 .add(d2.mul_scalar(alpha_t * ((1.0 - (-2.0 * h).exp() - 2.0 * h) / ((2.0 * h) * (2.0 * h)) - 0.5)));
-            self.add_noise(x, noise, sigma_t, h)
+            self.sde_noise(x, noise, sigma_t, h)
         } else {
             let e = (-h).exp() - 1.0;
             sample

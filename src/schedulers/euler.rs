@@ -113,6 +113,11 @@ impl EulerDiscrete {
         self.init_noise_sigma
     }
 
+    /// diffusers' `add_noise` with `begin_index` set: `x_0 + sigmas[step] noise` (sigma space).
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        original.add(noise.mul_scalar(self.sigmas[step] as f32))
+    }
+
     pub fn scale_model_input(&self, sample: Tensor<4>, step: usize) -> Tensor<4> {
         let sigma = self.sigmas[step] as f32;
         sample.div_scalar((sigma * sigma + 1.0).sqrt())

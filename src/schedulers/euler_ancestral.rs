@@ -34,6 +34,11 @@ impl EulerAncestralDiscrete {
         self.euler.timesteps()
     }
 
+    /// Euler's `add_noise` (the same sigmas).
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        self.euler.add_noise(original, noise, step)
+    }
+
     pub fn sigmas(&self) -> &[f64] {
         self.euler.sigmas()
     }

@@ -100,6 +100,13 @@ impl FlowMatchEulerDiscrete {
         &self.sigmas
     }
 
+    /// diffusers' `scale_noise` with `begin_index` set: the straight path
+    /// `sigmas[step] noise + (1 - sigmas[step]) x_0`.
+    pub fn scale_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        let sigma = self.sigmas[step] as f32;
+        noise.mul_scalar(sigma).add(original.mul_scalar(1.0 - sigma))
+    }
+
     /// diffusers draws noise at every stochastic step (the last one weighs it by sigma 0).
     pub fn needs_noise(&self, _step: usize) -> bool {
         self.config.stochastic_sampling

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use crate::config::{LCMSchedulerConfig, PredictionType};
 use crate::error::{Error, Result};
 
-use super::betas::{beta_schedule_of, check_custom, check_steps, np_linspace};
+use super::betas::{add_noise_vp, beta_schedule_of, check_custom, check_steps, np_linspace};
 
 #[derive(Debug, Clone)]
 pub struct Lcm {
@@ -55,6 +55,11 @@ impl Lcm {
     /// The training noise schedule, per timestep.
     pub fn alphas_cumprod(&self) -> &[f64] {
         &self.alphas_cumprod
+    }
+
+    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
     }
 
     /// Every step but the last re-noises its clean estimate.

@@ -10,7 +10,8 @@
 //!
 //! The noise sequence (natively and in the browser alike, the same Rust code): one seeded
 //! ChaCha stream (`StdRng::seed_from_u64(seed)`) gives, in this order, the initial latents
-//! (unless given) and then, for each step `i` in order where `needs_noise(i)`, one standard
+//! (unless given; for img2img the noise added to the encoded image, in the same place and shape)
+//! and then, for each step `i` run, in order, where `needs_noise(i)`, one standard
 //! normal tensor of the latents' shape `[1, C, h, w]`, row-major, by Box–Muller on pairs of
 //! uniform f64 draws (`pipeline::gaussian`). Steps that need no noise draw nothing. Which steps
 //! draw follows diffusers: Euler ancestral and SDE-DPM-Solver++ every step, DDPM while t > 0,
@@ -212,6 +213,35 @@ impl Scheduler {
             Self::Ddpm(s) => s.step(model_output, step, sample, noise),
             Self::Pndm(s) => s.step(model_output, step, sample),
             Self::DpmSolver(s) => s.step(model_output, step, sample, noise),
+        }
+    }
+
+    /// diffusers' `set_begin_index` (img2img's `get_timesteps`): the first step taken will be
+    /// `begin`. The multistep samplers start their state there; the others take any step index.
+    /// (Every sampler here has diffusers' `order` 1, so `begin` is `t_start` itself.)
+    pub fn set_begin_index(&mut self, begin: usize) {
+        match self {
+            Self::Pndm(s) => s.set_begin_index(begin),
+            Self::DpmSolver(s) => s.set_begin_index(begin),
+            _ => {}
+        }
+    }
+
+    /// Noises clean latents `original` to the level of `step` with standard-normal `noise`, as
+    /// each diffusers scheduler's own `add_noise` (flow-match: `scale_noise`) does after
+    /// `set_begin_index(step)`: alphas_cumprod of the step's timestep for DDPM, DDIM, PNDM and
+    /// LCM; `x_0 + sigma noise` for the Euler samplers; DPM-Solver's `alpha_t x_0 + sigma_t noise`;
+    /// flow-match's `(1 - sigma) x_0 + sigma noise`.
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        match self {
+            Self::FlowMatch(s) => s.scale_noise(original, noise, step),
+            Self::Euler(s) => s.add_noise(original, noise, step),
+            Self::EulerAncestral(s) => s.add_noise(original, noise, step),
+            Self::Lcm(s) => s.add_noise(original, noise, step),
+            Self::Ddim(s) => s.add_noise(original, noise, step),
+            Self::Ddpm(s) => s.add_noise(original, noise, step),
+            Self::Pndm(s) => s.add_noise(original, noise, step),
+            Self::DpmSolver(s) => s.add_noise(original, noise, step),
         }
     }
 

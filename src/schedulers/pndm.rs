@@ -11,7 +11,7 @@ use burn::tensor::Tensor;
 use crate::config::{PNDMSchedulerConfig, PredictionType};
 use crate::error::{Error, Result};
 
-use super::betas::{beta_schedule_of, check_steps, spaced_timesteps};
+use super::betas::{add_noise_vp, beta_schedule_of, check_steps, spaced_timesteps};
 
 #[derive(Debug, Clone)]
 pub struct Pndm {
@@ -26,6 +26,8 @@ pub struct Pndm {
     /// The running state of diffusers' scheduler: steps taken, past noise estimates, the
     /// sample a PRK group (or PLMS' first two steps) starts from, the PRK sum of estimates.
     counter: usize,
+    /// Index of the first step taken (img2img skips the noisiest ones); `counter` counts from it.
+    begin: usize,
     ets: Vec<Tensor<4>>,
     cur_sample: Option<Tensor<4>>,
     cur_model_output: Option<Tensor<4>>,
@@ -45,6 +47,7 @@ impl Pndm {
             prk_len: 0,
             timesteps: vec![],
             counter: 0,
+            begin: 0,
             ets: vec![],
             cur_sample: None,
             cur_model_output: None,
@@ -92,6 +95,7 @@ impl Pndm {
         self.timesteps = prk.into_iter().chain(plms).collect();
         self.steps = steps;
         self.counter = 0;
+        self.begin = 0;
         self.ets.clear();
         self.cur_sample = None;
         self.cur_model_output = None;
@@ -102,10 +106,21 @@ impl Pndm {
         &self.timesteps
     }
 
+    /// Starts at step `begin` (img2img: diffusers slices `timesteps[t_start:]` and its counter,
+    /// which drives the PLMS warm-up, still starts at 0).
+    pub fn set_begin_index(&mut self, begin: usize) {
+        self.begin = begin;
+    }
+
+    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
+    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
+    }
+
     /// # Panics
     /// If steps are not taken in order from 0 (the multistep state would be wrong).
     pub fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> Tensor<4> {
-        assert_eq!(step, self.counter, "PNDMScheduler steps must be taken in order");
+        assert_eq!(step, self.begin + self.counter, "PNDMScheduler steps must be taken in order");
         let timestep = self.timesteps[step] as i64;
         let out = if self.counter < self.prk_len {
             self.step_prk(model_output, timestep, sample)

@@ -353,6 +353,26 @@ impl AutoencoderKL {
         Ok(Self { config, encoder, quant_conv, post_quant_conv, decoder, dtype: weights.dtype() })
     }
 
+    /// Builds the encoder half (and `quant_conv`) from `weights` holding only those tensors,
+    /// for a model loaded without them (the browser uploads them at the first image). All of
+    /// `weights` must be used; on error `self` is unchanged.
+    pub fn attach_encoder(&mut self, weights: Weights, config_path: &str) -> Result<()> {
+        self.config.validate_encoder_in(config_path)?;
+        let weights = weights.rename(legacy_attention_key);
+        let vb = weights.root();
+        let c = 2 * self.config.latent_channels;
+        let quant_conv = if self.config.use_quant_conv {
+            Some(Conv2d::load(&vb.pp("quant_conv"), c, c, Conv2dConfig::same(1))?)
+        } else {
+            None
+        };
+        let encoder = Encoder::load(&vb.pp("encoder"), &self.config)?;
+        weights.finish()?;
+        self.encoder = Some(encoder);
+        self.quant_conv = quant_conv;
+        Ok(())
+    }
+
     /// diffusers `decode(z).sample`; over channel chunks where one activation would outgrow the
     /// device's largest binding ([`Decoder::forward_within`]).
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {

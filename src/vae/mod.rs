@@ -13,6 +13,16 @@ use crate::config::{AutoencoderKLConfig, AutoencoderTinyConfig, from_json};
 use crate::error::{Error, Result};
 use crate::folder::{self, VaeFiles, join};
 use crate::source::ModelSource;
+use crate::weights::Weights;
+
+/// Whether tensor `key` of the vae's weight file `file` belongs to the encoder half, which only
+/// image-to-image runs: the whole of an original `*_encoder.safetensors`, else `encoder.*` and
+/// (KL) `quant_conv.*` (not `post_quant_conv.*`, the decoder's).
+pub fn is_encoder_tensor(file: &str, key: &str) -> bool {
+    file.rsplit('/').next().is_some_and(|f| f.ends_with("_encoder.safetensors"))
+        || key.starts_with("encoder.")
+        || key.starts_with("quant_conv.")
+}
 
 /// The pipeline's `vae` component: decodes latents to pixels and, when the checkpoint has its
 /// encoder, encodes pixels to latents.
@@ -125,6 +135,30 @@ impl Autoencoder {
         match self {
             Self::Tiny(m) if m.dtype != DType::F32 => Some(m.decode_f32(z)),
             _ => None,
+        }
+    }
+
+    /// Adds the encoder half to a vae loaded without it, from `weights` holding only the
+    /// tensors [`is_encoder_tensor`] picks (`original`: an original `taesd_encoder.safetensors`).
+    /// The browser keeps them off the GPU until the first image-to-image call, so text-to-image
+    /// users pay nothing for the encoder. Errors name the file and tensor; on error nothing changes.
+    pub fn attach_encoder(&mut self, weights: Weights, original: bool) -> Result<()> {
+        let config_path = "vae/config.json";
+        match self {
+            Self::Tiny(m) => m.attach_encoder(weights, original, config_path),
+            Self::Kl(_) if original => Err(Error::InvalidArgument(format!(
+                "{}: an original-layout TAESD encoder cannot serve an AutoencoderKL decoder",
+                weights.name
+            ))),
+            Self::Kl(m) => m.attach_encoder(weights, config_path),
+        }
+    }
+
+    /// Whether the checkpoint has its encoder (image-to-image needs it).
+    pub fn has_encoder(&self) -> bool {
+        match self {
+            Self::Tiny(m) => m.encoder.is_some(),
+            Self::Kl(m) => m.encoder.is_some(),
         }
     }
 

@@ -308,6 +308,26 @@ impl AutoencoderTiny {
         in_dtype(z, DType::F32, |z| self.decoder.forward(z))
     }
 
+    /// Builds the encoder from `weights` holding only its tensors (diffusers layout
+    /// `encoder.layers.*`, or an `original` `taesd_encoder.safetensors`), for a model loaded
+    /// without them (the browser uploads them at the first image). On error `self` is unchanged.
+    pub fn attach_encoder(&mut self, weights: Weights, original: bool, config_path: &str) -> Result<()> {
+        let mut config = self.config.clone();
+        let encoder = if original {
+            original_encoder_config(&weights, &mut config)?;
+            config.validate()?;
+            load_original_part(weights, "encoder", 0, |vb| EncoderTiny::load(vb, &config))?
+        } else {
+            config.validate_encoder_in(config_path)?;
+            let encoder = EncoderTiny::load(&weights.root().pp("encoder"), &config)?;
+            weights.finish()?;
+            encoder
+        };
+        self.config = config;
+        self.encoder = Some(encoder);
+        Ok(())
+    }
+
     /// diffusers `encode(image).latents`; `None` without encoder weights.
     pub fn encode(&self, image: Tensor<4>) -> Option<Tensor<4>> {
         let encoder = self.encoder.as_ref()?;

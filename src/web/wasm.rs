@@ -29,9 +29,21 @@ const TASKS_PER_SUBMIT: usize = 4096;
 /// their stored shapes.
 type Uploaded = BTreeMap<String, crate::weights::Uploaded>;
 
+/// The vae's encoder tensors as stored (bytes in the wasm heap, not on the GPU): image-to-image
+/// alone runs them, so they are uploaded at the first `generate({ image })`
+/// ([`crate::vae::Autoencoder::attach_encoder`]) and text-to-image sessions never pay for them.
+struct HeldEncoder {
+    /// `vae`, or the path of an original `taesd_encoder.safetensors` (loaded on its own).
+    component: String,
+    file: String,
+    dtype: DType,
+    tensors: Vec<(String, TensorInfo, Vec<u8>)>,
+}
+
 /// A weight file being streamed in.
 struct Incoming {
     component: String,
+    file: String,
     stream: TensorStream,
     /// The dtype its tensors are created in (f32 for a `force_upcast` VAE in an f16 load).
     dtype: DType,
@@ -50,6 +62,9 @@ pub(crate) struct State {
     pipeline: Option<generate::Loaded>,
     /// What the device was granted: no tensor piece may be bigger.
     limits: DeviceLimits,
+    held_encoder: Option<HeldEncoder>,
+    /// GPU bytes of each component's weights (`vae.encoder` once uploaded), for `gen.info`.
+    gpu_bytes: BTreeMap<String, usize>,
 }
 
 /// One WebGPU device plus the model loaded onto it.
@@ -101,6 +116,8 @@ impl Inkstone {
             incoming: None,
             pipeline: None,
             limits,
+            held_encoder: None,
+            gpu_bytes: BTreeMap::new(),
         };
         Ok(Inkstone { state: Rc::new(RefCell::new(state)), gpu })
     }
@@ -143,6 +160,8 @@ impl Inkstone {
         s.weight_files.clear();
         s.incoming = None;
         s.pipeline = None;
+        s.held_encoder = None;
+        s.gpu_bytes.clear();
         Ok(())
     }
 
@@ -161,9 +180,15 @@ impl Inkstone {
         let mut s = self.state.borrow_mut();
         // Configs come first in the plan, so the component's config.json is here already.
         let dtype = crate::folder::component_dtype(&s.files, component, s.dtype).map_err(js_err)?;
+        if is_vae(component) && crate::vae::is_encoder_tensor(path, "") {
+            // An original `taesd_encoder.safetensors`: held whole, no component of its own yet.
+            s.held_encoder = Some(HeldEncoder { component: component.into(), file: path.into(), dtype, tensors: vec![] });
+            s.incoming = Some(Incoming { component: component.to_string(), file: path.to_string(), stream, dtype });
+            return Ok(());
+        }
         s.uploaded.entry(component.to_string()).or_default();
         s.weight_files.entry(component.to_string()).or_default().push(path.to_string());
-        s.incoming = Some(Incoming { component: component.to_string(), stream, dtype });
+        s.incoming = Some(Incoming { component: component.to_string(), file: path.to_string(), stream, dtype });
         Ok(())
     }
 
@@ -175,14 +200,14 @@ impl Inkstone {
             uploaded,
             incoming,
             limits,
+            held_encoder,
             ..
         } = &mut *guard;
         let incoming = incoming
             .as_mut()
             .ok_or_else(|| js_err("feed() without beginWeights()"))?;
-        let target = uploaded
-            .get_mut(&incoming.component)
-            .expect("created by beginWeights");
+        let mut target = uploaded.get_mut(&incoming.component);
+        let file = incoming.file.clone();
         incoming
             .stream
             .feed(bytes, |key, info, raw| {
@@ -190,6 +215,17 @@ impl Inkstone {
                 if crate::folder::is_unused_extra(&incoming.component, key) {
                     return Ok(());
                 }
+                if is_vae(&incoming.component) && crate::vae::is_encoder_tensor(&file, key) {
+                    let held = held_encoder.get_or_insert_with(|| HeldEncoder {
+                        component: incoming.component.clone(),
+                        file: file.clone(),
+                        dtype: incoming.dtype,
+                        tensors: vec![],
+                    });
+                    held.tensors.push((key.to_string(), info.clone(), raw.to_vec()));
+                    return Ok(());
+                }
+                let Some(target) = target.as_mut() else { return Ok(()) };
                 let pieces = upload(
                     (&incoming.component, key),
                     info,
@@ -220,11 +256,9 @@ impl Inkstone {
         let gpu_bytes: BTreeMap<String, usize> = s
             .uploaded
             .iter()
-            .map(|(component, tensors)| {
-                let pieces = tensors.values().flat_map(|(_, pieces)| pieces);
-                (component.clone(), pieces.map(|t| t.dims()[0] * t.dtype().size()).sum())
-            })
+            .map(|(component, tensors)| (component.clone(), resident_bytes(tensors)))
             .collect();
+        s.gpu_bytes = gpu_bytes.clone();
         let weights = std::mem::take(&mut s.uploaded)
             .into_iter()
             .map(|(component, tensors)| {
@@ -233,10 +267,13 @@ impl Inkstone {
             })
             .collect::<crate::Result<BTreeMap<String, Weights>>>()
             .map_err(js_err)?;
+        let held: usize = s.held_encoder.as_ref().map_or(0, |h| h.tensors.len());
         let summary = serde_json::json!({
             "components": weights.iter().map(|(k, w)| (k.clone(), w.keys().count())).collect::<BTreeMap<_, _>>(),
             "dtype": if s.dtype == DType::F16 { "f16" } else { "f32" },
             "gpuBytes": gpu_bytes,
+            // Tensors kept off the GPU until image-to-image needs them.
+            "deferred": if held > 0 { serde_json::json!({ "vae.encoder": held }) } else { serde_json::json!({}) },
         });
         s.pipeline = Some(generate::Loaded::build(&s.files, weights, &s.device, s.dtype).map_err(js_err)?);
         Ok(summary.to_string())
@@ -266,10 +303,53 @@ impl Inkstone {
     ) -> js_sys::Promise {
         let state = self.state.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let opts = generate::options_from_js(&options).map_err(|e| JsValue::from(js_err(e)))?;
-            generate::run(state, opts, on_step, is_cancelled).await.map_err(JsValue::from)
+            let f = state.borrow().pipeline.as_ref().map_or(8, |l| l.0.decoder.pixels_per_latent());
+            let opts = generate::options_from_js(&options, f).map_err(|e| JsValue::from(js_err(e)))?;
+            if opts.init_image.is_some() {
+                // Checked first: a call refused for its options uploads nothing.
+                if let Some(l) = state.borrow().pipeline.as_ref() {
+                    l.0.check(&opts).map_err(|e| JsValue::from(js_err(e)))?;
+                }
+                ensure_encoder(&state).map_err(|e| JsValue::from(js_err(e)))?;
+            }
+            let gpu_bytes = serde_json::to_string(&state.borrow().gpu_bytes).unwrap_or_default();
+            let out = generate::run(state, opts, on_step, is_cancelled).await.map_err(JsValue::from)?;
+            js_sys::Reflect::set(&out, &"gpuBytes".into(), &gpu_bytes.into()).unwrap();
+            Ok(out)
         })
     }
+}
+
+fn is_vae(component: &str) -> bool {
+    component == "vae" || component.starts_with("vae/")
+}
+
+fn resident_bytes(tensors: &Uploaded) -> usize {
+    tensors.values().flat_map(|(_, pieces)| pieces).map(|t| t.dims()[0] * t.dtype().size()).sum()
+}
+
+/// Before an image-to-image generation: uploads the held encoder tensors and adds the encoder
+/// to the loaded vae (once; later calls find it resident). On error the tensors stay held and
+/// nothing is kept on the GPU.
+pub(crate) fn ensure_encoder(state: &Rc<RefCell<State>>) -> crate::Result<()> {
+    let mut guard = state.borrow_mut();
+    let s = &mut *guard;
+    let Some(held) = s.held_encoder.as_ref() else { return Ok(()) };
+    let mut tensors = Uploaded::new();
+    for (key, info, raw) in &held.tensors {
+        let pieces = upload((&held.component, key), info, raw, held.dtype, &s.device, s.limits)?;
+        tensors.insert(key.clone(), (info.shape.clone(), pieces));
+    }
+    let bytes = resident_bytes(&tensors);
+    let weights = Weights::from_tensors(held.file.clone(), tensors, &s.device)?.with_dtype(held.dtype);
+    let original = crate::vae::is_encoder_tensor(&held.file, "");
+    let loaded = s.pipeline.as_mut().ok_or_else(|| crate::Error::InvalidArgument("no model loaded".into()))?;
+    let pipe = Rc::get_mut(&mut loaded.0)
+        .ok_or_else(|| crate::Error::InvalidArgument("another generation is running".into()))?;
+    pipe.decoder.attach_encoder(weights, original)?;
+    s.gpu_bytes.insert("vae.encoder".into(), bytes);
+    s.held_encoder = None;
+    Ok(())
 }
 
 /// The most converted bytes held in the wasm heap at once during an upload.

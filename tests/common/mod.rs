@@ -78,6 +78,13 @@ impl RefTensors {
         }
     }
 
+    /// U8 tensors (8-bit images) as stored.
+    pub fn u8s(&self, key: &str) -> Vec<u8> {
+        let info = self.info(key);
+        assert!(matches!(info.dtype, StoredDtype::Other("U8", _)), "{key}: {:?} is not U8", info.dtype);
+        self.file.raw(info).to_vec()
+    }
+
     pub fn int_tensor<const D: usize>(&self, key: &str) -> Tensor<D, Int> {
         let shape: [usize; D] = self.shape(key).try_into().unwrap();
         Tensor::from_data(TensorData::new(self.i64s(key), shape), &device())
@@ -142,6 +149,7 @@ pub fn case_options(case: &str) -> GenerateOptions {
         scheduler: note["scheduler"].as_str().map(String::from),
         timesteps: None,
         sigmas: None,
+        ..GenerateOptions::default()
     }
 }
 

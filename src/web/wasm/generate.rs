@@ -14,12 +14,13 @@ use wasm_bindgen_futures::JsFuture;
 
 use super::State;
 use crate::error::Result;
+use crate::img2img::InitImage;
 use crate::pipeline::{GenerateOptions, Pipeline};
 use crate::source::MemorySource;
 use crate::weights::Weights;
 
 /// `generate({ prompt, negativePrompt, steps, guidance, seed, width, height, latents, scheduler,
-/// timesteps, sigmas })` as JS passes it (null and undefined mean "not given"). Strict: an
+/// timesteps, sigmas, image, strength })` as JS passes it (null and undefined mean "not given"). Strict: an
 /// unknown option, a wrong type, a number that is not a finite integer in range (steps, sizes,
 /// seed) or not finite (guidance, timesteps, sigmas) is an error naming the option.
 #[derive(serde::Deserialize)]
@@ -48,6 +49,12 @@ struct JsOptions {
     timesteps: Option<Vec<f64>>,
     #[serde(default, deserialize_with = "de::sigmas")]
     sigmas: Option<Vec<f64>>,
+    /// img2img: a `Float32Array` `[3, height, width]` in [0, 1], or `{ width, height, data }`
+    /// with 8-bit RGBA `data` (an `ImageData`; pkg/index.js makes one of the other kinds).
+    #[serde(default, with = "serde_wasm_bindgen::preserve")]
+    image: JsValue,
+    #[serde(default, deserialize_with = "de::strength")]
+    strength: Option<f64>,
 }
 
 /// Per-option deserializers: serde's type errors do not say which field failed, so each one
@@ -75,6 +82,7 @@ mod de {
         scheduler: String = "scheduler",
         timesteps: Vec<f64> = "timesteps",
         sigmas: Vec<f64> = "sigmas",
+        strength: f64 = "strength",
     );
 }
 
@@ -97,8 +105,10 @@ fn finite_list(name: &str, values: Option<Vec<f64>>) -> std::result::Result<Opti
 }
 
 /// The option names `generate()` takes (camelCase, as JS passes them).
-const OPTIONS: [&str; 11] =
-    ["prompt", "negativePrompt", "steps", "guidance", "seed", "width", "height", "latents", "scheduler", "timesteps", "sigmas"];
+const OPTIONS: [&str; 13] = [
+    "prompt", "negativePrompt", "steps", "guidance", "seed", "width", "height", "latents", "scheduler", "timesteps", "sigmas",
+    "image", "strength",
+];
 
 /// serde-wasm-bindgen reads a struct's fields by name and never sees other keys, so
 /// `deny_unknown_fields` alone would let a misspelt option (`step: 2`) pass silently.
@@ -117,8 +127,42 @@ fn reject_unknown_options(o: &JsValue) -> std::result::Result<(), String> {
 /// The largest integer a JS number holds exactly (`Number.MAX_SAFE_INTEGER`).
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
-/// Parses and checks the options of `generate()` (see [`JsOptions`]).
-pub fn options_from_js(o: &JsValue) -> std::result::Result<GenerateOptions, String> {
+/// The `image` option: a `Float32Array` `[3, H, W]` (its size is `width` × `height`, which must
+/// then be given) or an `ImageData`-like `{ width, height, data }` (RGBA bytes; alpha dropped by
+/// [`InitImage::from_rgba8`]).
+fn image_from_js(image: &JsValue, width: Option<f64>, height: Option<f64>) -> std::result::Result<Option<InitImage>, String> {
+    if image.is_undefined() || image.is_null() {
+        return Ok(None);
+    }
+    let err = |e: crate::Error| format!("generate(): `image`: {e}");
+    if let Some(array) = image.dyn_ref::<Float32Array>() {
+        let (Some(w), Some(h)) = (width, height) else {
+            return Err("generate(): `image` as a Float32Array [3, H, W] needs `width` and `height` (its size)".into());
+        };
+        let (w, h) = (integer("width", w, 1.0, 16384.0)? as usize, integer("height", h, 1.0, 16384.0)? as usize);
+        return InitImage::new(w, h, array.to_vec()).map(Some).map_err(err);
+    }
+    let field = |name: &str| Reflect::get(image, &name.into()).ok().filter(|v| !v.is_undefined());
+    let bad = || "generate(): `image` must be an ImageData ({ width, height, data: RGBA bytes }), ImageBitmap, \
+                  HTMLImageElement, HTMLCanvasElement, Blob or Float32Array [3, H, W]"
+        .to_string();
+    let (Some(w), Some(h), Some(data)) = (field("width"), field("height"), field("data")) else { return Err(bad()) };
+    let (w, h) = (w.as_f64().ok_or_else(bad)?, h.as_f64().ok_or_else(bad)?);
+    let (w, h) = (integer("image.width", w, 1.0, 16384.0)? as usize, integer("image.height", h, 1.0, 16384.0)? as usize);
+    let bytes = if let Some(a) = data.dyn_ref::<js_sys::Uint8ClampedArray>() {
+        a.to_vec()
+    } else if let Some(a) = data.dyn_ref::<js_sys::Uint8Array>() {
+        a.to_vec()
+    } else {
+        return Err(bad());
+    };
+    InitImage::from_rgba8(w, h, &bytes).map(Some).map_err(err)
+}
+
+/// Parses and checks the options of `generate()` (see [`JsOptions`]); `f` is the loaded model's
+/// pixels per latent (an `ImageData` image without `width`/`height` sets the size, rounded down
+/// to a multiple of it, as diffusers' img2img).
+pub fn options_from_js(o: &JsValue, f: usize) -> std::result::Result<GenerateOptions, String> {
     reject_unknown_options(o)?;
     // serde-wasm-bindgen's errors are JS `Error`s: their text carries `Error: ` prefixes.
     let js: JsOptions =
@@ -136,18 +180,30 @@ pub fn options_from_js(o: &JsValue) -> std::result::Result<GenerateOptions, Stri
     if let Some(g) = js.guidance.filter(|&g| !(g as f32).is_finite()) {
         return Err(format!("generate(): `guidance` must be a finite number, got {g}"));
     }
+    let init_image = image_from_js(&js.image, js.width, js.height)?;
+    if js.strength.is_some() && init_image.is_none() {
+        return Err("generate(): `strength` needs an `image` (image-to-image)".into());
+    }
+    let (mut width, mut height) = (js.width, js.height);
+    if let Some(image) = &init_image {
+        let (w, h) = image.default_size(f);
+        width = width.or(Some(w as f64));
+        height = height.or(Some(h as f64));
+    }
     Ok(GenerateOptions {
         prompt: js.prompt.unwrap_or_default(),
         negative_prompt: js.negative_prompt.unwrap_or_default(),
         steps: js.steps.map(|v| integer("steps", v, 1.0, 10_000.0)).transpose()?.map(|v| v as usize),
         guidance: js.guidance.map(|v| v as f32),
         seed: integer("seed", js.seed.unwrap_or(0.0), 0.0, MAX_SAFE_INTEGER)? as u64,
-        width: size("width", js.width)?,
-        height: size("height", js.height)?,
+        width: size("width", width)?,
+        height: size("height", height)?,
         latents,
         scheduler: js.scheduler,
         timesteps: finite_list("timesteps", js.timesteps)?,
         sigmas: finite_list("sigmas", js.sigmas)?,
+        init_image,
+        strength: js.strength.unwrap_or(crate::img2img::DEFAULT_STRENGTH),
     })
 }
 
