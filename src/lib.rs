@@ -7,6 +7,7 @@ pub mod folder;
 pub mod image;
 pub mod info;
 pub mod limits;
+pub mod lora;
 pub mod nn;
 pub mod pipeline;
 pub mod schedulers;
