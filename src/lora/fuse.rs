@@ -32,11 +32,14 @@ use crate::weights::{Uploaded, Weights};
 
 /// What [`Pipeline::set_loras`] applied, per adapter (JS `gen.info.loras`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LoraInfo {
     pub file: String,
+    /// `peft`, `diffusers-old` or `kohya`.
     pub format: &'static str,
     pub scale: f32,
-    /// Modules adapted, per component.
+    /// Modules (weights) adapted in all, and per component.
+    pub modules: usize,
     pub unet_modules: usize,
     pub text_encoder_modules: usize,
 }
@@ -74,6 +77,7 @@ impl Applied {
             file: self.file.name.clone(),
             format: self.file.format.name(),
             scale: self.scale,
+            modules: self.deltas.len(),
             unet_modules: count(Component::Unet),
             text_encoder_modules: count(Component::TextEncoder),
         }
