@@ -61,8 +61,8 @@ fn peft_lora_matches_diffusers() {
     let pipe = check("tiny-sd", "peft");
     let info = &pipe.loras()[0];
     assert_eq!((info.format, info.scale, info.text_encoder_modules), ("peft", 0.8, 0));
-    // 3 attention blocks × 2 attentions × 4 projections, and one resnet convolution.
-    assert_eq!(info.unet_modules, 3 * 2 * 4 + 1);
+    // 4 transformer blocks (down, mid, 2 up) × 2 attentions × 4 projections, one convolution.
+    assert_eq!(info.unet_modules, 4 * 2 * 4 + 1);
 }
 
 #[test]

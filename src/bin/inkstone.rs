@@ -168,17 +168,18 @@ fn generate(args: GenerateArgs) -> Result<()> {
         Precision::F32 => DType::F32,
         Precision::F16 => DType::F16,
     };
+    // Read and checked before the model: a missing or corrupt adapter fails at once.
+    let loras = args
+        .loras
+        .iter()
+        .map(|(path, scale)| {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            Ok((std::sync::Arc::new(LoraFile::from_bytes(path.display().to_string(), bytes)?), *scale))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut pipe = Pipeline::load_with_dtype(&src, &device, dtype)?;
     eprintln!("loaded {} ({dtype:?}) in {:.1}s", args.model.display(), t0.elapsed().as_secs_f64());
-    if !args.loras.is_empty() {
-        let loras = args
-            .loras
-            .iter()
-            .map(|(path, scale)| {
-                let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-                Ok((std::sync::Arc::new(LoraFile::from_bytes(path.display().to_string(), bytes)?), *scale))
-            })
-            .collect::<Result<Vec<_>>>()?;
+    if !loras.is_empty() {
         for l in pipe.set_loras(&loras)? {
             eprintln!(
                 "lora {} ({}, scale {}): {} U-Net and {} text-encoder modules",

@@ -231,9 +231,6 @@ fn prepare(
     device: &Device,
     dtype: DType,
 ) -> Result<Applied> {
-    if !scale.is_finite() {
-        return Err(invalid(&file.name, None, format!("scale must be a finite number, got {scale}")));
-    }
     let mut indexes = BTreeMap::new();
     let mut deltas: Vec<Delta> = Vec::new();
     let layers_per_block = state.layers_per_block();
@@ -345,6 +342,9 @@ impl Pipeline {
     /// changes and the pipeline stays usable as it was.
     pub fn set_loras(&mut self, loras: &[(Arc<LoraFile>, f32)]) -> Result<Vec<LoraInfo>> {
         let (device, dtype) = (self.device().clone(), self.dtype());
+        if let Some((file, scale)) = loras.iter().find(|(_, s)| !s.is_finite()) {
+            return Err(invalid(&file.name, None, format!("scale must be a finite number, got {scale}")));
+        }
         let new = loras
             .iter()
             .map(|(file, scale)| match self.lora.applied.iter().find(|a| Arc::ptr_eq(&a.file, file)) {
