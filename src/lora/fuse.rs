@@ -6,9 +6,9 @@
 //! them shares their memory, so this costs nothing. A re-fuse could rebuild from untouched base
 //! copies, but then every adapted weight would exist twice on the GPU for as long as an adapter
 //! is applied — and an LCM-LoRA adapts nearly every linear and convolution of the U-Net
-//! (SD-1.5: ~1.7 GB in f16 twice over), which a phone-class GPU cannot hold. Instead the fused
-//! weights replace the base ones and each applied adapter keeps only its factors on the device
-//! (rank 64 for SD-1.5's LCM-LoRA: ~135 MB in f16); a change computes
+//! (SD-1.5's U-Net is 1.72 GB in f16: 3.4 GB with the copies), which a phone-class GPU cannot
+//! hold. Instead the fused weights replace the base ones and each applied adapter keeps only its
+//! factors on the device (the published SD-1.5 LCM-LoRA file is 135 MB); a change computes
 //! `W − Σ old deltas + Σ new deltas` in f32 and rounds once to the working dtype, only for the
 //! weights whose adapters or scales changed (what peft's `unmerge` does too). The price: each
 //! change of a weight rounds it once more (≤ ½ ulp of the working dtype: negligible in f32, an
