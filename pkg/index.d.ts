@@ -1,6 +1,7 @@
 export interface LoadProgress {
   /** `warm-up`: one small generation that compiles the GPU pipelines, so the first image is not slower. */
-  phase: 'resolve' | 'download' | 'upload' | 'warm-up' | 'ready';
+  /** `lora`: a LoRA file being downloaded (once; later loads read it from the cache). */
+  phase: 'resolve' | 'download' | 'upload' | 'lora' | 'warm-up' | 'ready';
   /** Bytes done in this phase, and the total when known. */
   bytes: number;
   totalBytes: number;
@@ -60,9 +61,30 @@ export interface LoadInfo {
    *  image-to-image call, `{}` when the model has no encoder. */
   deferred: Record<string, number>;
   bytes: number;
+  /** The LoRA adapters fused into the weights now (`load`'s `loras`, then `setLoras`). */
+  loras: LoraInfo[];
+}
+
+/** A LoRA adapter (`.safetensors`: diffusers/PEFT, older diffusers or kohya/A1111 keys,
+ *  LCM-LoRA included) and its scale (default 1). */
+export type LoraSpec = { url: string | URL; scale?: number } | { file: File; scale?: number };
+
+/** What a fused adapter did. */
+export interface LoraInfo {
+  /** The URL, or the picked file's name. */
+  file: string;
+  format: 'peft' | 'diffusers-old' | 'kohya';
+  scale: number;
+  /** Weights adapted in all, in the U-Net and in the text encoder. */
+  modules: number;
+  unetModules: number;
+  textEncoderModules: number;
 }
 
 export interface LoadOptions {
+  /** LoRA adapters fused into the U-Net and text encoder after the upload (downloaded once,
+   *  then read from the IndexedDB cache). */
+  loras?: LoraSpec[];
   onProgress?: (p: LoadProgress) => void;
   /** Called when the GPU device is lost (driver reset, tab sent to the background, iOS
    *  out-of-memory). A generation in flight rejects with a `DeviceLostError`; the next
@@ -155,6 +177,10 @@ export interface GenerateOutput {
 export declare class Generator {
   readonly info: LoadInfo;
   generate(options: GenerateOptions): Promise<GenerateOutput>;
+  /** Fuses exactly `loras` (`[]` removes them all), replacing the set before; an adapter
+   *  already added is not fetched again, so a change of scales makes no network request. On
+   *  an error the model stays as it was. */
+  setLoras(loras: LoraSpec[], options?: { onProgress?: (p: LoadProgress) => void }): Promise<LoraInfo[]>;
   dispose(): void;
 }
 

@@ -96,8 +96,9 @@ async function imageOption(image) {
 
 /** A loaded model; `generate` runs on its worker. */
 export class Generator {
-  constructor(w, info, reload) {
+  constructor(w, info, reload, msg) {
     this._w = w;
+    this._msg = msg;
     /** `{ model, gpu, dtype, cached, warnings, files, skipped, components, gpuBytes, deferred, bytes, recoveries }` */
     this.info = { ...info, recoveries: 0 };
     this._reload = reload;
@@ -129,6 +130,21 @@ export class Generator {
     }
   }
 
+  /**
+   * Fuses exactly `loras` (`[{ url | file, scale }]`, `[]` removes them all) into the loaded
+   * model, replacing the set before; resolves to what was applied (also `info.loras`). An
+   * adapter already fused or added is not fetched again: a change of scales makes no request.
+   * On an error (a LoRA for another architecture, a corrupt file) the model stays as it was.
+   */
+  async setLoras(loras, { onProgress } = {}) {
+    const list = checkLoras(loras);
+    if (this._w.lost) await this._recover();
+    const applied = await this._w.call({ type: 'setLoras', loras: list, base: this._msg.base }, { onProgress }).promise;
+    this._msg.loras = list; // what a reload after a lost device applies
+    this.info = { ...this.info, loras: applied };
+    return applied;
+  }
+
   /** Ends the worker and frees the GPU memory. */
   dispose() {
     this._w.worker.terminate();
@@ -140,8 +156,24 @@ export class Generator {
  * uploads it to the GPU. `source`: base URL of the folder (a hub `.../resolve/main/` URL works)
  * or the File list of `<input type=file webkitdirectory>`.
  */
-export async function load(source, { onProgress, onDeviceLost, chunkSize, workerUrl, dtype = 'auto', maxGpuBytes, warmUp = true } = {}) {
-  const msg = { type: 'load', chunkSize, dtype, maxGpuBytes, warmUp };
+/** `[{ url | file, scale }]`, checked strictly (an unknown key or a bad scale names itself). */
+function checkLoras(loras) {
+  if (loras === undefined) return [];
+  if (!Array.isArray(loras)) throw new TypeError('loras: expected an array of { url | file, scale }');
+  return loras.map((l, i) => {
+    const extra = Object.keys(l ?? {}).filter((k) => !['url', 'file', 'scale'].includes(k));
+    if (extra.length) throw new TypeError(`loras[${i}]: unknown option ${extra[0]}`);
+    if ((l.url === undefined) === (l.file === undefined)) throw new TypeError(`loras[${i}]: give url or file (one of them)`);
+    if (l.url !== undefined && typeof l.url !== 'string' && !(l.url instanceof URL)) throw new TypeError(`loras[${i}].url: expected a string`);
+    if (l.file !== undefined && !(l.file instanceof Blob)) throw new TypeError(`loras[${i}].file: expected a File`);
+    const scale = l.scale ?? 1;
+    if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new TypeError(`loras[${i}].scale: expected a finite number`);
+    return l.url !== undefined ? { url: String(l.url), scale } : { file: l.file, scale };
+  });
+}
+
+export async function load(source, { onProgress, onDeviceLost, chunkSize, workerUrl, dtype = 'auto', maxGpuBytes, warmUp = true, loras } = {}) {
+  const msg = { type: 'load', chunkSize, dtype, maxGpuBytes, warmUp, loras: checkLoras(loras) };
   if (typeof source === 'string' || source instanceof URL) {
     msg.url = String(source);
     msg.base = globalThis.location?.href;
@@ -150,6 +182,7 @@ export async function load(source, { onProgress, onDeviceLost, chunkSize, worker
   } else {
     msg.files = [...source];
   }
+  msg.base ??= globalThis.location?.href;
   const start = async () => {
     const w = new Worker_(workerUrl, (lost) => onDeviceLost?.(lost));
     try {
@@ -160,7 +193,7 @@ export async function load(source, { onProgress, onDeviceLost, chunkSize, worker
     }
   };
   const { w, info } = await start();
-  return new Generator(w, info, start);
+  return new Generator(w, info, start, msg);
 }
 
 /** WebGPU adapter report (`{ adapter, shaderF16, maxBufferSize, ... }`) without loading a model;

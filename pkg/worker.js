@@ -225,11 +225,58 @@ async function load(msg, post) {
   }
   const summary = JSON.parse(engine.build());
   checkGpuErrors('model upload');
+  const loras = msg.loras?.length ? await setLoras(msg, r) : [];
   if (msg.warmUp !== false) await warmUp(r);
   r.report({ phase: 'ready', file: null });
   return { model: got.model, gpu: info, dtype: summary.dtype, cached: got.cached, warnings: r.warnings, files: got.list,
     skipped: got.skipped, components: summary.components, gpuBytes: summary.gpuBytes, deferred: summary.deferred, bytes: totalBytes(got.list),
-    wasmHeapBytes: wasmHeapBytes() };
+    wasmHeapBytes: wasmHeapBytes(), loras };
+}
+
+/** The id wasm keeps an adapter under, and its name in messages: the absolute URL, or a
+ *  picked file's name, size and date. */
+function loraId(spec, base) {
+  if (spec.file) return { id: `file:${spec.file.name}:${spec.file.size}:${spec.file.lastModified}`, name: spec.file.name };
+  const url = new URL(spec.url, base).href;
+  return { id: url, name: url };
+}
+
+/** An adapter's bytes: a picked file as it is; a URL from the cache, downloaded (with progress,
+ *  resumable, verified like weight files) only the first time. */
+async function loraBytes(spec, id, chunkSize, r) {
+  if (spec.file) return new Uint8Array(await spec.file.arrayBuffer());
+  const dir = id.slice(0, id.lastIndexOf('/') + 1);
+  const path = decodeURIComponent(id.slice(dir.length).split(/[?#]/)[0]);
+  r.phase('lora', [{ size: 0 }]);
+  r.progress.file = id;
+  r.report({});
+  const held = await download(new UrlSource(dir), `lora:${dir}`, path, {
+    chunkSize, state: { quotaFull: false }, onWarning: r.warn, check: checkWeights,
+    onBytes: (n) => { r.progress.bytes += n; r.report({}); },
+  });
+  const bytes = new Uint8Array(held.size);
+  let o = 0;
+  for await (const chunk of held.chunks()) {
+    bytes.set(chunk, o);
+    o += chunk.length;
+  }
+  return bytes;
+}
+
+/** Fuses exactly `msg.loras` (`[{ url | file, scale }]`); adapters wasm already holds are not
+ *  read again, so a change of scales makes no request and reads no cache. */
+async function setLoras(msg, r) {
+  if (!engine) throw new Error('no model loaded');
+  const wanted = [];
+  for (const spec of msg.loras) {
+    const { id, name } = loraId(spec, msg.base);
+    if (!engine.hasLora(id)) engine.addLora(id, name, await loraBytes(spec, id, msg.chunkSize ?? DEFAULT_CHUNK, r));
+    wanted.push({ id, scale: spec.scale });
+  }
+  gpuError = null;
+  const applied = JSON.parse(engine.setLoras(JSON.stringify(wanted)));
+  checkGpuErrors('LoRA fusion');
+  return applied;
 }
 
 /**
@@ -302,6 +349,7 @@ self.onmessage = async ({ data: msg }) => {
     if (msg.type === 'boot') value = await boot();
     else if (msg.type === 'load') value = await load(msg, post);
     else if (msg.type === 'generate') value = await generate(msg, post);
+    else if (msg.type === 'setLoras') value = await setLoras(msg, progressReporter(post));
     else throw new Error(`unknown message ${msg.type}`);
     const transfer = value?.rgba ? [value.rgba.buffer, value.pixels.buffer] : [];
     post({ type: 'done', value }, transfer);

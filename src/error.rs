@@ -62,6 +62,11 @@ pub enum Error {
     #[error("the {component} produced non-finite values (NaN or infinity), so there is no image: {hint}")]
     NonFinite { component: String, hint: String },
 
+    /// A LoRA file that cannot be applied to this model (unsupported kind, a key matching no
+    /// module, factors of the wrong shape).
+    #[error("{file}: {}{reason}", key.as_deref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
+    InvalidLora { file: String, key: Option<String>, reason: String },
+
     /// Generation was cancelled between two steps.
     #[error("cancelled")]
     Cancelled,

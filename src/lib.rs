@@ -8,6 +8,7 @@ pub mod image;
 pub mod img2img;
 pub mod info;
 pub mod limits;
+pub mod lora;
 pub mod nn;
 pub mod pipeline;
 pub mod schedulers;

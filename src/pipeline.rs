@@ -89,6 +89,8 @@ pub struct Pipeline {
     pub scheduler_file: serde_json::Value,
     device: Device,
     dtype: DType,
+    /// The U-Net's and text encoder's tensors and the fused adapters ([`crate::lora`]).
+    pub(crate) lora: crate::lora::LoraState,
 }
 
 impl Pipeline {
@@ -110,6 +112,9 @@ impl Pipeline {
             return Err(Error::InvalidArgument(format!("this device cannot compute in {dtype:?}")));
         }
         let index = folder::read_index(src)?;
+        // Keeps the adapted components' tensors for LoRA fusion (shared with the models).
+        let keep = crate::lora::fuse::Keep::new(src);
+        let src: &dyn ModelSource = &keep;
         let tokenizer = PromptTokenizer::load(src, "tokenizer")?;
         let text_encoder = TextEncoder::load(src, "text_encoder", device, dtype)?;
         // Padding to model_max_length must stay inside the position table (a tokenizer config
@@ -127,6 +132,7 @@ impl Pipeline {
         let scheduler_text = src.read(folder::SCHEDULER_CONFIG)?;
         let scheduler_config = SchedulerConfig::from_json(&scheduler_text)?;
         let scheduler_file = SchedulerConfig::json_value(&scheduler_text)?;
+        let lora = keep.into_state()?;
         Ok(Self {
             index,
             tokenizer,
@@ -137,6 +143,7 @@ impl Pipeline {
             scheduler_file,
             device: device.clone(),
             dtype,
+            lora,
         })
     }
 

@@ -431,6 +431,43 @@ impl Weights {
         })
     }
 
+    /// The tensors of this component created on its device, in the pieces the browser uploads
+    /// them in ([`DeviceLimits::row_pieces`]), keyed by stored key, skipping what the pipeline
+    /// never runs ([`crate::folder::is_unused_extra`] for `component`), as the browser does.
+    /// Already resident weights are shared (handles only). What LoRA fusion keeps
+    /// (`crate::lora`): the model built from these shares their device memory.
+    pub fn resident(&self, component: &str) -> Result<BTreeMap<String, Uploaded>> {
+        if !self.uploaded.is_empty() || self.files.is_empty() {
+            return Ok(self.uploaded.clone());
+        }
+        let limits = limits::of(&self.device);
+        let mut out = BTreeMap::new();
+        for (i, stored) in self.index.values() {
+            if crate::folder::is_unused_extra(component, stored) {
+                continue;
+            }
+            let file = &self.files[*i];
+            let info = &file.header.tensors[stored];
+            let rows = info.shape.first().copied().unwrap_or(1);
+            let row: usize = info.shape.iter().skip(1).product();
+            if row as u64 * 4 > limits.max_tensor_bytes() {
+                return Err(too_large(&file.name, stored, row as u64 * 4, DType::F32, limits));
+            }
+            let (raw, elem) = (file.raw(info), info.dtype.size());
+            let pieces = limits
+                .row_pieces(rows, row)
+                .into_iter()
+                .map(|(start, n)| {
+                    let bytes = &raw[start * row * elem..(start + n) * row * elem];
+                    let data = tensor_data(&file.name, stored, info.dtype, bytes, vec![n * row], self.dtype)?;
+                    Ok(Tensor::from_data(data, (&self.device, self.dtype)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.insert(stored.clone(), (info.shape.clone(), pieces));
+        }
+        Ok(out)
+    }
+
     /// Convenience for a single file held in memory.
     pub fn from_bytes(name: &str, bytes: impl Into<Arc<[u8]>>, device: &Device) -> Result<Self> {
         Self::new(vec![SafetensorsFile::from_bytes(name, bytes)?], device)

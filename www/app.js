@@ -2,6 +2,7 @@
 // All model work happens in the package's worker (pkg/index.js); this file is only UI.
 import { load, gpuInfo, cachedModels, clearCache } from './pkg/index.js';
 import { PRESETS as HUB_PRESETS } from './presets.js';
+import { attach as attachLoras, lorasForLoad } from './loras.js';
 
 const $ = (id) => document.getElementById(id);
 /** The bundled demo models, then the hub presets (www/presets.js; figures in docs/models.md). */
@@ -75,6 +76,7 @@ async function loadModel() {
   try {
     generator = await load(source, {
       dtype: $('dtype').value,
+      loras: lorasForLoad(),
       onDeviceLost: ({ reason, message }) => {
         status($('gen-status'), `The GPU device was lost (${reason}${message ? `: ${message}` : ''}). Generate again: `
           + 'WebGPU restarts and the model is reloaded from the cache, with no download.', true);
@@ -84,13 +86,14 @@ async function loadModel() {
         if (p.warning) console.warn(p.warning);
         bar.max = p.totalBytes || 1;
         bar.value = p.bytes;
-        const what = { resolve: 'Reading model_index.json', download: 'Downloading', upload: 'Uploading to the GPU', 'warm-up': 'Compiling GPU kernels', ready: 'Ready' }[p.phase];
+        const what = { resolve: 'Reading model_index.json', download: 'Downloading', upload: 'Uploading to the GPU', lora: 'Downloading LoRA', 'warm-up': 'Compiling GPU kernels', ready: 'Ready' }[p.phase];
         status($('load-status'), `${what}${p.file ? ` ${p.file}` : ''}: ${fmt(p.bytes)} of ${fmt(p.totalBytes)}, file ${Math.min(p.files + 1, p.totalFiles)} of ${p.totalFiles}${p.warning ? ` (${p.warning})` : ''}`);
       },
     });
     const i = generator.info;
     status($('load-status'), `Loaded ${i.model} (${fmt(i.bytes)}, ${i.files.length} files${i.cached ? ', from the cache' : ''}; running in ${i.dtype}, ${fmt(Object.values(i.gpuBytes ?? {}).reduce((a, b) => a + b, 0))} of weights on the GPU).${i.warnings.length ? ' ' + i.warnings.join(' ') : ''}`);
     $('generate').disabled = false;
+    attachLoras(generator);
     await refreshCache();
     setState('loaded');
   } catch (e) {

@@ -6,7 +6,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const www = dirname(fileURLToPath(import.meta.url));
-const files = ['./', 'index.html', 'app.js', 'presets.js', 'style.css', 'manifest.webmanifest', 'icons/icon-192.png',
+const files = ['./', 'index.html', 'app.js', 'loras.js', 'presets.js', 'style.css', 'manifest.webmanifest', 'icons/icon-192.png',
   'icons/icon-512.png', 'pkg/index.js', 'pkg/worker.js', 'pkg/files.js', 'pkg/store.js', 'pkg/sha256.js',
   'pkg/inkstone_core.js', 'pkg/inkstone_core_bg.wasm'];
 const hash = createHash('sha256');

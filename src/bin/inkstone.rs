@@ -5,6 +5,7 @@
 //!                   [--seed S] [--width W] [--height H] [--latents FILE] [--out FILE.png]
 //!                   [--out-tensor FILE.safetensors] [--dtype f32|f16] [--scheduler NAME]
 //!                   [--timesteps T,T,...] [--sigmas S,S,...] [--init-image FILE --strength S]
+//!                   [--lora FILE[:SCALE]]...
 //! inkstone info --model DIR
 //! ```
 
@@ -15,6 +16,7 @@ use std::time::Instant;
 use burn::tensor::{DType, Device};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use inkstone::lora::LoraFile;
 use inkstone::pipeline::{GenerateOptions, Pipeline};
 use inkstone::source::DirSource;
 use inkstone::weights::{SafetensorsFile, StoredDtype, to_f32};
@@ -103,6 +105,21 @@ struct GenerateArgs {
     /// default 0.8): int(steps x strength) steps.
     #[arg(long, value_parser = finite_f64, requires = "init_image")]
     strength: Option<f64>,
+    /// A LoRA adapter (.safetensors: diffusers/PEFT or kohya/A1111 keys, LCM-LoRA included)
+    /// fused into the U-Net and text encoder at load, with its scale (default 1); repeatable.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]", value_parser = lora_spec)]
+    loras: Vec<(PathBuf, f32)>,
+}
+
+/// `FILE[:SCALE]`: the text after the last `:` is the scale when it is a finite number (so a
+/// path with a colon still works without one).
+fn lora_spec(s: &str) -> std::result::Result<(PathBuf, f32), String> {
+    if let Some((file, scale)) = s.rsplit_once(':')
+        && let Ok(v) = scale.trim().parse::<f32>()
+    {
+        return if v.is_finite() { Ok((PathBuf::from(file), v)) } else { Err(format!("scale {v} is not a finite number")) };
+    }
+    Ok((PathBuf::from(s), 1.0))
 }
 
 fn finite_f32(s: &str) -> std::result::Result<f32, String> {
@@ -162,8 +179,25 @@ fn generate(args: GenerateArgs) -> Result<()> {
         Precision::F32 => DType::F32,
         Precision::F16 => DType::F16,
     };
-    let pipe = Pipeline::load_with_dtype(&src, &device, dtype)?;
+    // Read and checked before the model: a missing or corrupt adapter fails at once.
+    let loras = args
+        .loras
+        .iter()
+        .map(|(path, scale)| {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            Ok((std::sync::Arc::new(LoraFile::from_bytes(path.display().to_string(), bytes)?), *scale))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut pipe = Pipeline::load_with_dtype(&src, &device, dtype)?;
     eprintln!("loaded {} ({dtype:?}) in {:.1}s", args.model.display(), t0.elapsed().as_secs_f64());
+    if !loras.is_empty() {
+        for l in pipe.set_loras(&loras)? {
+            eprintln!(
+                "lora {} ({}, scale {}): {} U-Net and {} text-encoder modules",
+                l.file, l.format, l.scale, l.unet_modules, l.text_encoder_modules
+            );
+        }
+    }
 
     let f = pipe.decoder.pixels_per_latent();
     let latents = args.latents.as_deref().map(read_latents).transpose()?;

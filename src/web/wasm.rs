@@ -7,6 +7,7 @@
 //! bytes are complete, so a model file is never whole in the wasm heap.
 
 mod generate;
+mod lora;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -60,6 +61,8 @@ pub(crate) struct State {
     weight_files: BTreeMap<String, Vec<String>>,
     incoming: Option<Incoming>,
     pipeline: Option<generate::Loaded>,
+    /// LoRA files added by the worker, by its id for them (`wasm/lora.rs`).
+    loras: BTreeMap<String, std::sync::Arc<crate::lora::LoraFile>>,
     /// What the device was granted: no tensor piece may be bigger.
     limits: DeviceLimits,
     held_encoder: Option<HeldEncoder>,
@@ -115,6 +118,7 @@ impl Inkstone {
             weight_files: BTreeMap::new(),
             incoming: None,
             pipeline: None,
+            loras: BTreeMap::new(),
             limits,
             held_encoder: None,
             gpu_bytes: BTreeMap::new(),

@@ -10,7 +10,7 @@ from common import deterministic
 
 # Each part is a module here with `generate()`; the order matters where a part reads what an
 # earlier one wrote (sd_pipeline writes tests/fixtures/tiny-sd used by the others).
-PARTS = ["sd_pipeline", "text", "unet", "vae", "schedulers", "pipelines", "hub_layouts", "img2img"]
+PARTS = ["sd_pipeline", "text", "unet", "vae", "schedulers", "pipelines", "hub_layouts", "img2img", "lora"]
 
 
 def main(argv):

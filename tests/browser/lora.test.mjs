@@ -1,0 +1,176 @@
+// LoRA adapters in the browser (tiny-sd, 64×64, 4 steps): `load(url, { loras })` and
+// `gen.setLoras()` against the native CLI's `--lora` and diffusers (tests/fixtures/ref/lora_*),
+// each LoRA file downloaded once and then read from IndexedDB, a scale change with no request,
+// a LoRA for another architecture refused with the model left usable.
+//   cd tests/browser && node --test --test-concurrency=1 lora.test.mjs   (after ./build.sh)
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { startServer } from './server.mjs';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const WWW = join(ROOT, 'www');
+const OUT = join(ROOT, 'tests/output');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const ARGS = ['--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
+  '--disable-quic', '--no-sandbox', '--enable-unsafe-webgpu'];
+const INKSTONE_BIN = process.env.INKSTONE_BIN
+  ?? join(process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/inkstone-target'), 'debug/inkstone');
+
+if (!existsSync(join(WWW, 'pkg/inkstone_core_bg.wasm'))) throw new Error('www/ is not built: run ./build.sh first');
+
+let srv, context, userDir;
+const lora = (name) => `${srv.origin}/loras/${name}.safetensors`;
+const loraGets = (since, name) => srv.log.slice(since).filter((r) => r.method === 'GET' && r.path === `loras/${name}.safetensors`);
+/** Requests of the page's own (the service worker's update checks of its scripts aside). */
+const pageRequests = (since) => srv.log.slice(since).filter((r) => !['sw.js', 'shell-list.js'].includes(r.path));
+
+function readImage(path, key = 'image') {
+  const b = readFileSync(path);
+  const n = Number(b.readBigUInt64LE(0));
+  const header = JSON.parse(b.subarray(8, 8 + n).toString());
+  const [s, e] = header[key].data_offsets;
+  const r = b.subarray(8 + n + s, 8 + n + e);
+  return { data: new Float32Array(r.buffer.slice(r.byteOffset, r.byteOffset + r.length)), note: JSON.parse(header.__metadata__?.note ?? 'null') };
+}
+const maxAbs = (a, b) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
+
+/** The native CLI's image for reference case `lora_<name>` with its adapters as `--lora`. */
+function native(name) {
+  const refPath = join(ROOT, `tests/fixtures/ref/lora_${name}.safetensors`);
+  const c = readImage(refPath).note;
+  const out = join(OUT, `native-lora-${name}.safetensors`);
+  assert.ok(existsSync(INKSTONE_BIN), `native CLI not built at ${INKSTONE_BIN} (run cargo build first)`);
+  execFileSync(INKSTONE_BIN, ['generate', '--model', join(ROOT, 'tests/fixtures/tiny-sd'), '--prompt', c.prompt,
+    '--negative-prompt', c.negative_prompt, '--steps', String(c.steps), '--guidance', String(c.guidance), '--latents', refPath,
+    ...c.loras.flatMap(([f, s]) => ['--lora', `${join(ROOT, 'tests/fixtures/loras', f)}:${s}`]), '--out-tensor', out], { stdio: 'pipe' });
+  return { c, native: readImage(out).data, diffusers: readImage(refPath).data, latents: readImage(refPath, 'latents').data };
+}
+
+async function page() {
+  const p = context.pages()[0] ?? (await context.newPage());
+  await p.goto(`${srv.origin}/index.html`);
+  await p.waitForFunction(() => ['ready', 'no-webgpu'].includes(document.body.dataset.state), null, { timeout: 60_000 });
+  return p;
+}
+
+/** One generation of case `c` from its latents with the page's current generator. */
+const generateIn = (p, c, latents) => p.evaluate(async ({ c, latents }) => {
+  const r = await window.lastGenerator.generate({ prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps,
+    guidance: c.guidance, width: c.width, height: c.height, seed: 0, latents: new Float32Array(latents) });
+  return Array.from(r.pixels);
+}, { c, latents: Array.from(latents) });
+
+function check(what, pixels, ref) {
+  const vsNative = maxAbs(pixels, ref.native);
+  const vsDiffusers = maxAbs(pixels, ref.diffusers);
+  console.log(`  ${what}: browser vs native max abs ${vsNative.toExponential(3)}, vs diffusers ${vsDiffusers.toExponential(3)} (tolerance 1e-3)`);
+  assert.ok(vsNative <= 1e-3, `browser vs native: ${vsNative}`);
+  assert.ok(vsDiffusers <= 1e-3, `browser vs diffusers: ${vsDiffusers}`);
+}
+
+before(async () => {
+  mkdirSync(OUT, { recursive: true });
+  rmSync(join(WWW, 'loras'), { recursive: true, force: true });
+  cpSync(join(ROOT, 'tests/fixtures/loras'), join(WWW, 'loras'), { recursive: true });
+  srv = await startServer(WWW);
+  userDir = mkdtempSync(join(tmpdir(), 'inkstone-chromium-'));
+  context = await chromium.launchPersistentContext(userDir, { executablePath: CHROMIUM, headless: true, args: ARGS });
+});
+
+after(async () => {
+  await context?.close();
+  await srv?.close();
+  rmSync(join(WWW, 'loras'), { recursive: true, force: true });
+  if (userDir) rmSync(userDir, { recursive: true, force: true, maxRetries: 5 });
+});
+
+test('load({ loras }) fuses two adapters like the native CLI and diffusers; setLoras re-fuses with no request', async () => {
+  const two = native('two');
+  const p = await page();
+  const before = srv.log.length;
+  const loaded = await p.evaluate(async ({ loras }) => {
+    const progress = [];
+    const g = await window.inkstone.load(new URL('models/tiny-sd/', location.href).href,
+      { warmUp: false, loras, onProgress: (x) => progress.push(x.phase) });
+    window.lastGenerator = g;
+    return { loras: g.info.loras, phases: [...new Set(progress)] };
+  }, { loras: [{ url: lora('peft_unet'), scale: 0.7 }, { url: lora('kohya_locon'), scale: -0.5 }] });
+  assert.deepEqual(loaded.loras.map((l) => [l.file, l.format, l.scale]),
+    [[lora('peft_unet'), 'peft', 0.7], [lora('kohya_locon'), 'kohya', -0.5]]);
+  assert.equal(loaded.loras[0].unetModules, 33);
+  assert.ok(loaded.loras[1].textEncoderModules === 12 && loaded.loras[1].modules > 40, JSON.stringify(loaded.loras[1]));
+  assert.ok(loaded.phases.includes('lora'), loaded.phases.join());
+  assert.equal(loraGets(before, 'peft_unet').length, 1, 'one download per LoRA file');
+  assert.equal(loraGets(before, 'kohya_locon').length, 1);
+  check('lora_two', await generateIn(p, two.c, two.latents), two);
+
+  // Another set and scale: peft_unet alone at 0.8 (lora_peft's case), then nothing at all.
+  const peft = native('peft');
+  const since = srv.log.length;
+  const applied = await p.evaluate((url) => window.lastGenerator.setLoras([{ url, scale: 0.8 }]), lora('peft_unet'));
+  assert.deepEqual(applied.map((l) => [l.format, l.scale]), [['peft', 0.8]]);
+  assert.deepEqual(pageRequests(since), [], 'requests during a scale change');
+  check('lora_peft after setLoras', await generateIn(p, peft.c, peft.latents), peft);
+  assert.deepEqual(await p.evaluate(() => window.lastGenerator.setLoras([])), []);
+  assert.deepEqual(await p.evaluate(() => window.lastGenerator.info.loras), []);
+});
+
+test('a LoRA file comes from IndexedDB after its first download; a wrong one is refused and the model stays usable', async () => {
+  const p = await page();
+  const before = srv.log.length;
+  const r = await p.evaluate(async ({ good, bad }) => {
+    const g = await window.inkstone.load(new URL('models/tiny-sd/', location.href).href, { warmUp: false, loras: [{ url: good }] });
+    window.lastGenerator = g;
+    let error = null;
+    try {
+      await g.setLoras([{ url: good }, { url: bad }]);
+    } catch (e) {
+      error = e.message;
+    }
+    return { applied: g.info.loras, error };
+  }, { good: lora('peft_unet'), bad: lora('lcm_kohya') });
+  assert.equal(loraGets(before, 'peft_unet').length, 0, 'cached LoRA fetched again');
+  assert.match(r.error, /lcm_kohya\.safetensors: `lora_unet_down_blocks_\w+\.lora_down\.weight`: (expected unet module|factors)/);
+  assert.deepEqual(r.applied.map((l) => l.scale), [1], 'the set before the error stays');
+  // The model generates what the CLI makes with the same adapter.
+  const peft = native('peft');
+  const pixels = await generateIn(p, peft.c, peft.latents);
+  const again = await p.evaluate((url) => window.lastGenerator.setLoras([{ url, scale: 0.8 }]), lora('peft_unet'));
+  assert.equal(again[0].scale, 0.8);
+  check('lora_peft after a refused LoRA', await generateIn(p, peft.c, peft.latents), peft);
+  assert.ok(maxAbs(pixels, peft.native) > 1e-3, 'scale 1 and 0.8 gave the same image');
+});
+
+test('the page: add a LoRA by URL, change its scale with the slider, remove it', async () => {
+  const p = await page();
+  await p.click('#load');
+  await p.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: 300_000 });
+  assert.equal(await p.evaluate(() => document.body.dataset.state), 'loaded', await p.textContent('#load-status'));
+  const applied = () => p.evaluate(() => document.body.dataset.loras);
+  await p.fill('#lora-url', lora('kohya_locon'));
+  await p.click('#lora-add-url');
+  await p.waitForFunction(() => document.body.dataset.loras?.startsWith('['), null, { timeout: 60_000 });
+  assert.deepEqual(JSON.parse(await applied()).map((l) => [l.format, l.scale]), [['kohya', 1]]);
+  const since = srv.log.length;
+  await p.evaluate(() => {
+    document.body.dataset.loras = '';
+    const s = document.querySelector('#loras input[type=range]');
+    s.value = '0.5';
+    s.dispatchEvent(new Event('change'));
+  });
+  await p.waitForFunction(() => document.body.dataset.loras?.startsWith('['), null, { timeout: 60_000 });
+  assert.deepEqual(JSON.parse(await applied()).map((l) => l.scale), [0.5]);
+  assert.deepEqual(pageRequests(since), [], 'requests for a slider change');
+  assert.match(await p.textContent('#lora-status'), /Fused: kohya_locon\.safetensors \(kohya, scale 0\.5/);
+  await p.evaluate(() => { document.body.dataset.loras = ''; });
+  await p.click('#loras button');
+  await p.waitForFunction(() => document.body.dataset.loras === '[]', null, { timeout: 60_000 });
+  assert.equal(await p.textContent('#lora-status'), 'No LoRA applied.');
+  await p.screenshot({ path: join(OUT, 'page-lora.png'), fullPage: true });
+});
