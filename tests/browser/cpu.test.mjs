@@ -191,6 +191,23 @@ test("Firefox: without a deployed CPU build, backend 'auto' rejects naming the m
   }
 });
 
+test('Firefox: a model too big for wasm32 memory is refused before its download, with its size and the limit', async () => {
+  const unet = 'models/tiny-sd/unet/diffusion_pytorch_model.safetensors';
+  srv.faults.linkedSize.set(unet, 5 * 2 ** 30);
+  try {
+    const page = await firefoxPage();
+    await page.goto(`${srv.origin}/index.html`);
+    const since = srv.log.length;
+    const r = await noHang(loadAndGenerate(page, { from: PKG(), url: MODEL(), generate: false }), 'load() of a 5 GiB model');
+    assert.match(r.error ?? '', /this model's weights take at least 51\d\d MiB \(their files' size\), more than the 4096 MiB the WebAssembly CPU build can address/);
+    const gets = srv.log.slice(since).filter((e) => e.method === 'GET' && e.path.endsWith('.safetensors'));
+    assert.deepEqual(gets, [], 'no weight file was downloaded');
+    await page.close();
+  } finally {
+    srv.faults.linkedSize.delete(unet);
+  }
+});
+
 test('Firefox: the page falls back to the CPU build and gives the native image', async () => {
   const page = await firefoxPage();
   await page.goto(`${srv.origin}/index.html`);

@@ -27,8 +27,10 @@ export async function startServer(root, { port = 0, isolated = false } = {}) {
   const log = [];
   // dropOnce: cut the connection half-way once; stallOnce: send half, then nothing (a tab closed
   // mid-download); corrupt: path -> 'header' | 'data'.
-  // missing: paths answered 404 as if never deployed (a bundle without its CPU build).
-  const faults = { dropOnce: new Set(), stallOnce: new Set(), corrupt: new Map(), missing: new Set() };
+  // missing: paths answered 404 as if never deployed (a bundle without its CPU build);
+  // linkedSize: path -> bytes announced as `X-Linked-Size` on HEAD (the hub's LFS size), as if
+  // the file were that big.
+  const faults = { dropOnce: new Set(), stallOnce: new Set(), corrupt: new Map(), missing: new Set(), linkedSize: new Map() };
   const shaCache = new Map();
 
   const server = createServer(async (req, res) => {
@@ -77,6 +79,7 @@ export async function startServer(root, { port = 0, isolated = false } = {}) {
         headers['Content-Range'] = `bytes ${start}-${end}/${bytes.length}`;
       }
       headers['Content-Length'] = end - start + 1;
+      if (req.method === 'HEAD' && faults.linkedSize.has(rel)) headers['X-Linked-Size'] = String(faults.linkedSize.get(rel));
       if (req.method === 'HEAD') return reply(status, headers);
       entry.status = status;
       const body = bytes.subarray(start, end + 1);
