@@ -108,7 +108,9 @@ function checkImage(r, label) {
   assert.deepEqual(r.steps, Array.from({ length: C.steps }, (_, i) => [i + 1, C.steps]));
   const vsNative = maxAbs(r.pixels, nativeImage());
   const vsDiffusers = maxAbs(r.pixels, REF.tensor('image'));
-  console.log(`  ${label}: CPU build vs native CLI max abs ${vsNative.toExponential(3)} (tolerance 1e-4), vs diffusers ${vsDiffusers.toExponential(3)} (1e-3)`);
+  const weights = Object.values(r.info.gpuBytes).reduce((a, b) => a + b, 0);
+  console.log(`  ${label}: CPU build vs native CLI max abs ${vsNative.toExponential(3)} (tolerance 1e-4), vs diffusers ${vsDiffusers.toExponential(3)} (1e-3); `
+    + `wasm memory ${(r.info.wasmHeapBytes / 2 ** 20).toFixed(1)} MiB after the load, f32 weights ${(weights / 2 ** 20).toFixed(1)} MiB`);
   assert.ok(vsNative <= 1e-4, `CPU build vs native: ${vsNative}`);
   assert.ok(vsDiffusers <= 1e-3, `CPU build vs diffusers: ${vsDiffusers}`);
 }
