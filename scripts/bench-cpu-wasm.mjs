@@ -2,10 +2,10 @@
 // Firefox ESR, next to the native CPU CLI (burn-flex) on the same model, size and prompt: a
 // benchmark, not a test (figures go to docs/performance.md).
 //   node scripts/bench-cpu-wasm.mjs [MODEL_DIR] [SIZE] [STEPS]
-// Defaults: tests/fixtures/tiny-sd, 64, 6. Needs ./build.sh (www/ with the CPU build), the CLI
+// Defaults: tests/fixtures/tiny-sd, 64, 21. Needs ./build.sh (www/ with the CPU build), the CLI
 // ($INKSTONE_BIN) and tests/browser's npm deps. A step is timed as (t(STEPS) - t(1)) / (STEPS - 1)
 // over whole generations, so load, text encoder and decode cancel out, the same way for both.
-import { execFileSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { cpus, tmpdir } from 'node:os';
@@ -20,17 +20,20 @@ const { startServer } = await import(join(ROOT, 'tests/browser/server.mjs'));
 
 const model = resolve(process.argv[2] ?? join(ROOT, 'tests/fixtures/tiny-sd'));
 const size = Number(process.argv[3] ?? 64);
-const steps = Number(process.argv[4] ?? 6);
+const steps = Number(process.argv[4] ?? 21);
 const BIN = process.env.INKSTONE_BIN ?? join(process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/inkstone-target'), 'debug/inkstone');
 const opts = { prompt: 'a lighthouse at dawn', guidance: 7.5, seed: 1, width: size, height: size };
 const perStep = (t1, tn) => (tn - t1) / (steps - 1);
 
 function native(threads) {
   const run = (n) => {
-    const err = execFileSync(BIN, ['generate', '--model', model, '--prompt', opts.prompt, '--guidance', String(opts.guidance),
+    const t0 = process.hrtime.bigint();
+    const r = spawnSync(BIN, ['generate', '--model', model, '--prompt', opts.prompt, '--guidance', String(opts.guidance),
       '--seed', '1', '--width', String(size), '--height', String(size), '--steps', String(n), '--out', join(tmpdir(), 'bench-cpu.png')],
-    { env: { ...process.env, ...(threads ? { RAYON_NUM_THREADS: String(threads) } : {}) }, stdio: ['ignore', 'ignore', 'pipe'] }).toString();
-    return Number(/generated \d+x\d+ in ([\d.]+)s/.exec(err)[1]);
+    { env: { ...process.env, ...(threads ? { RAYON_NUM_THREADS: String(threads) } : {}) }, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`native CLI: ${r.stderr}`);
+    // The process's wall time (the CLI prints tenths only): load and decode cancel out below.
+    return Number(process.hrtime.bigint() - t0) / 1e9;
   };
   run(1); // warm the page cache
   return perStep(run(1), run(steps));
