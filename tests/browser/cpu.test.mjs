@@ -270,6 +270,33 @@ test('Firefox: the npm package (npm pack, plain page) loads and generates on the
   }
 });
 
+test('Firefox: the CPU build keeps the cache, previews and cancel', async () => {
+  const page = await firefoxPage();
+  await page.goto(`${srv.origin}/index.html`);
+  const url = `${srv.origin}/models/tiny-flow/`;
+  const r = await noHang(page.evaluate(async ({ from, url }) => {
+    const { load } = await import(from);
+    const first = await load(url);
+    first.dispose();
+    const g = await load(url); // from IndexedDB this time
+    const previews = [];
+    await g.generate({ prompt: '山', steps: 3, width: 64, height: 64, seed: 1, onStep: (s, t, p) => previews.push(p && [p.width, p.rgba.length]) });
+    const ac = new AbortController();
+    let steps = 0;
+    const cancelled = await g.generate({ prompt: '山', steps: 3, width: 64, height: 64, seed: 1, signal: ac.signal,
+      onStep: () => { steps += 1; ac.abort(); } }).then(() => 'resolved', (e) => e.name);
+    g.dispose();
+    return { backend: g.info.backend, cached: g.info.cached, previews, cancelled, steps };
+  }, { from: PKG(), url }), 'cache, previews, cancel');
+  assert.equal(r.backend, 'cpu');
+  assert.equal(r.cached, true, 'the second load reads the cache');
+  // tiny-flow's tiny decoder gives a preview after every step.
+  assert.deepEqual(r.previews, [[64, 64 * 64 * 4], [64, 64 * 64 * 4], [64, 64 * 64 * 4]]);
+  assert.equal(r.cancelled, 'AbortError');
+  assert.equal(r.steps, 1, 'no step after the cancel');
+  await page.close();
+});
+
 test("Chromium with WebGPU: 'auto' picks WebGPU and fetches no CPU wasm; backend 'cpu' gives the native image", async () => {
   const { ctx, close } = await chromiumContext(true);
   try {
