@@ -85,7 +85,8 @@ async function loadModel() {
         if (p.warning) console.warn(p.warning);
         bar.max = p.totalBytes || 1;
         bar.value = p.bytes;
-        const upload = $('backend').value === 'cpu' || document.body.dataset.state === 'no-webgpu' ? 'Loading the weights' : 'Uploading to the GPU';
+        // No adapter report (gpuInfo failed) means 'auto' runs on the CPU build.
+        const upload = $('backend').value === 'cpu' || !document.body.dataset.gpu ? 'Loading the weights' : 'Uploading to the GPU';
         const what = { resolve: 'Reading model_index.json', download: 'Downloading', upload, 'warm-up': 'Compiling GPU kernels', ready: 'Ready' }[p.phase];
         status($('load-status'), `${what}${p.file ? ` ${p.file}` : ''}: ${fmt(p.bytes)} of ${fmt(p.totalBytes)}, file ${Math.min(p.files + 1, p.totalFiles)} of ${p.totalFiles}${p.warning ? ` (${p.warning})` : ''}`);
       },
