@@ -1,8 +1,8 @@
 // Seconds per U-Net step of the WebAssembly CPU build (pkg/inkstone_cpu_bg.wasm) in Chromium and
 // Firefox ESR, next to the native CPU CLI (burn-flex) on the same model, size and prompt: a
 // benchmark, not a test (figures go to docs/performance.md).
-//   node scripts/bench-cpu-wasm.mjs [MODEL_DIR] [SIZE] [STEPS]
-// Defaults: tests/fixtures/tiny-sd, 64, 21. Needs ./build.sh (www/ with the CPU build), the CLI
+//   node scripts/bench-cpu-wasm.mjs [MODEL_DIR] [SIZE] [STEPS] [GUIDANCE]
+// Defaults: tests/fixtures/tiny-sd, 64, 21, 7.5 (CFG: batch 2; 0 runs batch 1, as SDXS does). Needs ./build.sh (www/ with the CPU build), the CLI
 // ($INKSTONE_BIN) and tests/browser's npm deps. A step is timed as (t(STEPS) - t(1)) / (STEPS - 1)
 // over whole generations, so load, text encoder and decode cancel out, the same way for both.
 import { spawnSync } from 'node:child_process';
@@ -22,7 +22,7 @@ const model = resolve(process.argv[2] ?? join(ROOT, 'tests/fixtures/tiny-sd'));
 const size = Number(process.argv[3] ?? 64);
 const steps = Number(process.argv[4] ?? 21);
 const BIN = process.env.INKSTONE_BIN ?? join(process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/inkstone-target'), 'debug/inkstone');
-const opts = { prompt: 'a lighthouse at dawn', guidance: 7.5, seed: 1, width: size, height: size };
+const opts = { prompt: 'a lighthouse at dawn', guidance: Number(process.argv[5] ?? 7.5), seed: 1, width: size, height: size };
 const perStep = (t1, tn) => (tn - t1) / (steps - 1);
 
 function native(threads) {
@@ -83,6 +83,6 @@ try {
   rmSync(link, { force: true });
 }
 const base = rows[0][1];
-console.log(`${model}, ${size}x${size}, CFG (batch 2), s per U-Net step over ${steps} vs 1 steps:`);
+console.log(`${model}, ${size}x${size}, guidance ${opts.guidance}, s per U-Net step over ${steps} vs 1 steps:`);
 console.log('| runtime | s / step | vs native 1 thread |\n|---|---|---|');
 for (const [name, s] of rows) console.log(`| ${name} | ${s.toFixed(3)} | ${(s / base).toFixed(2)}× |`);
