@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Builds the browser bundle: the wasm (burn on WebGPU), its wasm-bindgen glue, the npm package
-# in pkg/ and the page in www/ (with the bundled tiny demo model).
-#   ./build.sh            release build (profile wasm-release: size-tuned, LTO)
+# Builds the browser bundle: the wasm (burn on WebGPU), the CPU wasm for browsers without WebGPU
+# (burn-flex + SIMD128), their wasm-bindgen glue, the npm package in pkg/ and the page in www/
+# (with the bundled tiny demo model).
+#   ./build.sh            release build (profile wasm-release: size-tuned, LTO; CPU: wasm-cpu)
 # Env: CARGO_TARGET_DIR (default ~/.cache/inkstone-target), PROFILE (default wasm-release),
-#      SKIP_WASM_OPT=1 to skip binaryen's wasm-opt.
+#      CPU_PROFILE (default wasm-cpu), SKIP_WASM_OPT=1 to skip binaryen's wasm-opt,
+#      SKIP_CPU=1 to skip the CPU build.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
 PROFILE=${PROFILE:-wasm-release}
+CPU_PROFILE=${CPU_PROFILE:-wasm-cpu}
 FEATURES=${FEATURES:-webgpu}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/inkstone-target}
 TARGET=wasm32-unknown-unknown
@@ -53,14 +56,32 @@ else
   echo "wasm-opt (npm binaryen) not available: skipped"
 fi
 
+# The CPU build: the same shell on burn-flex, fetched by the worker only where WebGPU is missing
+# (or `backend: 'cpu'`). SIMD128 for this build only (every browser with WebAssembly SIMD:
+# Chrome 91, Firefox 89, Safari 16.4); its own profile dir, so the two builds never invalidate
+# each other. Single-threaded: threads need atomics and a std built with -Z build-std
+# (nightly + rust-src), see docs/performance.md.
+if [ -z "${SKIP_CPU:-}" ]; then
+  echo "== cargo build ($CPU_PROFILE, features cpu, +simd128)"
+  t0=$SECONDS
+  RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+simd128" \
+    cargo build --profile "$CPU_PROFILE" --target "$TARGET" --lib --no-default-features --features cpu
+  CPU_WASM="$CARGO_TARGET_DIR/$TARGET/$CPU_PROFILE/inkstone.wasm"
+  echo "CPU build: $((SECONDS - t0)) s; raw cargo wasm: $(size "$CPU_WASM") bytes"
+  wasm-bindgen --target web --out-dir "$OUT" --out-name inkstone_cpu --remove-name-section "$CPU_WASM"
+  CPU_BG="$OUT/inkstone_cpu_bg.wasm"
+  echo "CPU build after wasm-bindgen: $(size "$CPU_BG") bytes ($(gz "$CPU_BG") gzipped)"
+fi
+
 # npm package: our JS + the generated glue and wasm.
 cp "$OUT"/inkstone_core.js "$OUT"/inkstone_core.d.ts "$OUT"/inkstone_core_bg.wasm pkg/
+if [ -z "${SKIP_CPU:-}" ]; then cp "$OUT"/inkstone_cpu.js "$OUT"/inkstone_cpu.d.ts "$OUT"/inkstone_cpu_bg.wasm pkg/; fi
 rm -rf "$OUT"
 
 # The page: app shell + the package + the bundled tiny model (works with no network).
 rm -rf www/pkg www/models
 mkdir -p www/pkg www/models
-cp pkg/*.js pkg/*.d.ts pkg/inkstone_core_bg.wasm pkg/package.json www/pkg/
+cp pkg/*.js pkg/*.d.ts pkg/*.wasm pkg/package.json www/pkg/
 cp -r tests/fixtures/tiny-sd www/models/tiny-sd
 cp -r tests/fixtures/tiny-flow www/models/tiny-flow
 node www/make-shell-list.mjs

@@ -28,15 +28,17 @@ cargo build --locked --bin inkstone --example random-model
 export INKSTONE_BIN="$CARGO_TARGET_DIR/debug/inkstone"
 export INKSTONE_RANDOM_MODEL="$CARGO_TARGET_DIR/debug/examples/random-model"
 
-echo "== browser bundle (build.sh: wasm on WebGPU, pkg/, www/)"
+echo "== browser bundle (build.sh: wasm on WebGPU, the CPU wasm, pkg/, www/)"
 ./build.sh
 
-echo "== browser tests (Debian chromium, WebGPU through SwiftShader, playwright-core)"
-if ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  fi
+echo "== browser tests (Debian chromium: WebGPU through SwiftShader, playwright-core; Debian firefox-esr:"
+echo "   no WebGPU on Linux, the CPU build, puppeteer-core over WebDriver BiDi)"
+# chromium, and firefox-esr for tests/browser/cpu.test.mjs: the browsers the suite drives.
+MISSING=""
+command -v chromium >/dev/null || MISSING="$MISSING chromium"
+command -v firefox-esr >/dev/null || MISSING="$MISSING firefox-esr"
+if [ -n "$MISSING" ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $MISSING >/dev/null
 fi
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && npm test 2>&1)

@@ -12,10 +12,12 @@ export interface LoadProgress {
   warning?: string;
 }
 
+/** What the WebGPU adapter offers (`gpuInfo()`, `info.gpu` of a WebGPU load). */
 export interface GpuInfo {
   adapter: string;
   vendor: number;
   architecture: string;
+  /** wgpu's API name (`BrowserWebGpu`). */
   backend: string;
   shaderF16: boolean;
   maxBufferSize: number;
@@ -23,6 +25,22 @@ export interface GpuInfo {
   maxComputeWorkgroupStorageSize: number;
   maxComputeInvocationsPerWorkgroup: number;
   jsFeatures: string[];
+}
+
+/** `info.gpu` of a load on the WebAssembly CPU build (no GPU is used). */
+export interface CpuInfo {
+  adapter: 'CPU (WebAssembly)';
+  /** burn's CPU backend. */
+  backend: 'flex';
+  /** Built with WebAssembly SIMD128. */
+  simd128: boolean;
+  /** Threads it computes on (1: the build is single-threaded, see docs/performance.md). */
+  threads: number;
+  shaderF16: false;
+  /** The wasm32 memory cap (4 GiB): weights and working memory must fit in it. */
+  maxMemoryBytes: number;
+  /** Why WebGPU was not used under `backend: 'auto'`, e.g. "this browser has no WebGPU". */
+  fallback: string;
 }
 
 /** One file of the load plan (decided by the Rust core's model-folder rules). */
@@ -37,8 +55,12 @@ export interface ModelFile {
 
 export interface LoadInfo {
   model: string;
-  gpu: GpuInfo;
-  /** The float type the model runs in on this GPU. */
+  /** Where the model runs: WebGPU, or the WebAssembly CPU build. */
+  backend: 'webgpu' | 'cpu';
+  /** Threads the CPU build computes on (1); null on WebGPU. */
+  threads: number | null;
+  gpu: GpuInfo | CpuInfo;
+  /** The float type the model runs in on this device (the CPU build: f32 unless asked). */
   dtype: 'f16' | 'f32';
   /** True when every file came from the cache (no network request). */
   cached: boolean;
@@ -53,9 +75,10 @@ export interface LoadInfo {
   recoveries: number;
   /** Tensor count per component. */
   components: Record<string, number>;
-  /** Bytes each component's weights take on the GPU (in the load's dtype). The vae's encoder
-   *  (`vae.encoder`) appears only after the first image-to-image `generate({ image })`: until
-   *  then its tensors stay off the GPU (text-to-image never runs them). */
+  /** Bytes each component's weights take on the GPU (in the load's dtype; on the CPU build,
+   *  in the wasm memory). The vae's encoder (`vae.encoder`) appears only after the first
+   *  image-to-image `generate({ image })`: until then its tensors stay off the device
+   *  (text-to-image never runs them). */
   gpuBytes: Record<string, number>;
   /** Tensor counts kept off the GPU until needed: `{ 'vae.encoder': n }` before the first
    *  image-to-image call, `{}` when the model has no encoder. */
@@ -94,6 +117,12 @@ export interface LoadOptions {
   chunkSize?: number;
   /** Where worker.js is served, if not next to this module. */
   workerUrl?: string | URL;
+  /** Where the model runs. `'auto'` (default): WebGPU when an adapter is granted, else the
+   *  WebAssembly CPU build (`inkstone_cpu_bg.wasm`, fetched only then; single-threaded, many
+   *  times slower than a GPU). `'webgpu'` rejects at once where there is no WebGPU; `'cpu'`
+   *  always takes the CPU build. On the CPU build a model whose weights exceed the wasm32
+   *  memory (4 GiB, or `maxGpuBytes`) is refused before its download. */
+  backend?: 'auto' | 'webgpu' | 'cpu';
   /** Float type of weights and activations. `'auto'` (default): f16 when the adapter has
    *  `shader-f16` (half the GPU memory), else f32. `'f16'` on an adapter without it rejects
    *  before anything is downloaded. */
@@ -105,7 +134,8 @@ export interface LoadOptions {
   maxGpuBytes?: number;
   /** Run the `warm-up` phase (default true): two 1-step generations at the model's default size
    *  that compile the GPU pipelines, so the first image is not slower than the next. `false`
-   *  makes the load shorter and the first image pay the compilation instead. */
+   *  makes the load shorter and the first image pay the compilation instead. The CPU build
+   *  compiles nothing and skips it. */
   warmUp?: boolean;
 }
 
@@ -184,6 +214,8 @@ export declare class Generator {
   dispose(): void;
 }
 
+/** Rejects (never stays pending) when the model, the device or the worker fails: no WebGPU under
+ *  `backend: 'webgpu'`, a CPU build that is not deployed, a worker that fails to start. */
 export declare function load(source: string | URL | FileList | File[], options?: LoadOptions): Promise<Generator>;
 export declare function gpuInfo(options?: { workerUrl?: string | URL }): Promise<GpuInfo>;
 export declare function cachedModels(): Promise<{ model: string; bytes: number; complete: boolean }[]>;

@@ -1,17 +1,25 @@
 // Inkstone: text-to-image in the browser. The model runs in a module Web Worker (worker.js) on
-// WebGPU; this module is the thin promise-based API around it.
+// WebGPU, or on the WebAssembly CPU build where there is none; this module is the thin
+// promise-based API around it. No call is ever left open: every failure rejects it.
 import * as store from './store.js';
 
 let nextId = 1;
 
-/** One worker (= one WebGPU device) holding one loaded model. */
+/** One worker (= one device) holding one loaded model. */
 class Worker_ {
   constructor(url, onLost) {
-    this.worker = new Worker(url ?? new URL('./worker.js', import.meta.url), { type: 'module' });
+    this.url = String(url ?? new URL('./worker.js', import.meta.url));
+    this.worker = new Worker(this.url, { type: 'module' });
     this.pending = new Map();
     /** `{ reason, message }` once the GPU device is lost: the worker is then ended. */
     this.lost = null;
+    /** Set when the worker's module has loaded (its `ready` message). */
+    this.ready = false;
+    /** The Error that ended this worker (it failed to start, or crashed): later calls get it. */
+    this.failed = null;
     this.worker.onmessage = ({ data }) => {
+      if (data.type === 'ready') return void (this.ready = true);
+      if (data.type === 'fatal') return this.fail(new Error(data.message));
       if (data.type === 'device-lost') return this.deviceLost(data, onLost);
       const p = this.pending.get(data.id);
       if (!p) return;
@@ -31,10 +39,22 @@ class Worker_ {
         else p.reject(data.cancelled ? new DOMException('generation cancelled', 'AbortError') : new Error(data.message));
       }
     };
+    // A module worker that fails to load (a missing file, a syntax error, an import that
+    // throws) fires a bare `error` event (no message in Firefox); so does an uncaught error later.
     this.worker.onerror = (e) => {
-      for (const p of this.pending.values()) p.reject(new Error(`worker failed: ${e.message ?? 'could not start'}`));
-      this.pending.clear();
+      const where = e.filename ? ` (${e.filename}:${e.lineno})` : '';
+      this.fail(new Error(this.ready
+        ? `the Inkstone worker failed: ${e.message ?? 'uncaught error'}${where}`
+        : `the Inkstone worker could not start: ${this.url} or one of its imports failed to load or threw${e.message ? `: ${e.message}` : ''}${where}`));
     };
+    this.worker.onmessageerror = () => this.fail(new Error('a message from the Inkstone worker could not be deserialized'));
+  }
+  /** Rejects every open call with `error`, and every later one; ends the worker. */
+  fail(error) {
+    this.failed ??= error;
+    for (const p of this.pending.values()) p.reject(error);
+    this.pending.clear();
+    this.worker.terminate();
   }
   /** Fails what is in flight (its result would never come) and ends the worker. */
   deviceLost({ reason, message }, onLost) {
@@ -53,6 +73,7 @@ class Worker_ {
     return {
       id,
       promise: new Promise((resolve, reject) => {
+        if (this.failed) return reject(this.failed);
         this.pending.set(id, { resolve, reject, ...handlers });
         this.worker.postMessage({ id, ...msg }, transfer);
       }),
@@ -99,7 +120,7 @@ export class Generator {
   constructor(w, info, reload, msg) {
     this._w = w;
     this._msg = msg;
-    /** `{ model, gpu, dtype, cached, warnings, files, skipped, components, gpuBytes, deferred, bytes, recoveries }` */
+    /** `{ model, backend, threads, gpu, dtype, cached, warnings, files, skipped, components, gpuBytes, deferred, bytes, recoveries }` */
     this.info = { ...info, recoveries: 0 };
     this._reload = reload;
   }
@@ -153,8 +174,9 @@ export class Generator {
 
 /**
  * Downloads (or reads from the cache, or from picked local files) a diffusers-format model and
- * uploads it to the GPU. `source`: base URL of the folder (a hub `.../resolve/main/` URL works)
- * or the File list of `<input type=file webkitdirectory>`.
+ * uploads it to the device. `source`: base URL of the folder (a hub `.../resolve/main/` URL
+ * works) or the File list of `<input type=file webkitdirectory>`. `backend`: 'auto' (WebGPU
+ * where an adapter is granted, else the WebAssembly CPU build), 'webgpu' or 'cpu'.
  */
 /** `[{ url | file, scale }]`, checked strictly (an unknown key or a bad scale names itself). */
 function checkLoras(loras) {
@@ -172,13 +194,19 @@ function checkLoras(loras) {
   });
 }
 
-export async function load(source, { onProgress, onDeviceLost, chunkSize, workerUrl, dtype = 'auto', maxGpuBytes, warmUp = true, loras } = {}) {
-  const msg = { type: 'load', chunkSize, dtype, maxGpuBytes, warmUp, loras: checkLoras(loras) };
+export async function load(source, { onProgress, onDeviceLost, chunkSize, workerUrl, dtype = 'auto', maxGpuBytes, warmUp = true, backend = 'auto', loras } = {}) {
+  if (!['auto', 'webgpu', 'cpu'].includes(backend)) throw new TypeError(`load(): backend ${JSON.stringify(backend)}: expected 'auto', 'webgpu' or 'cpu'`);
+  if (backend === 'webgpu' && !globalThis.navigator?.gpu) {
+    throw new Error("load(): backend 'webgpu' cannot run here: this browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome/Edge, enable WebGPU in the browser settings, or load with backend 'auto' or 'cpu' (the slower WebAssembly CPU build)");
+  }
+  const msg = { type: 'load', chunkSize, dtype, maxGpuBytes, warmUp, backend, loras: checkLoras(loras) };
   if (typeof source === 'string' || source instanceof URL) {
     msg.url = String(source);
     msg.base = globalThis.location?.href;
-    // Ask the browser not to evict cached models under storage pressure (window only).
-    await globalThis.navigator?.storage?.persist?.().catch(() => false);
+    // Ask the browser not to evict cached models under storage pressure (window only). Not
+    // awaited: Firefox asks the user first, and the promise stays open until they answer
+    // (forever in a headless or embedded page).
+    globalThis.navigator?.storage?.persist?.().catch(() => false);
   } else {
     msg.files = [...source];
   }

@@ -1,7 +1,7 @@
-// The module Web Worker that owns the WebGPU device: downloads/caches model files (files.js,
-// store.js), streams weights into wasm tensor by tensor, and runs generation step by step so the
-// page never freezes and cancel messages are seen between steps.
-import initWasm, { Inkstone, headerLength, checkSafetensors, planModel, weightsGpuBytes } from './inkstone_core.js';
+// The module Web Worker that owns the device (WebGPU, or the CPU build where there is none):
+// downloads/caches model files (files.js, store.js), streams weights into wasm tensor by tensor,
+// and runs generation step by step so the page never freezes and cancel messages are seen
+// between steps.
 import * as store from './store.js';
 import { UrlSource, FilesSource, resolveModel, download, cachedFile, localFile } from './files.js';
 
@@ -11,6 +11,10 @@ const DEFAULT_CHUNK = 16 << 20;
 
 let engine = null;
 let gpu = null;
+/** 'webgpu' (inkstone_core.wasm) or 'cpu' (inkstone_cpu.wasm), once booted. */
+let backend = null;
+/** The exports of the wasm build in use (both builds export the same API). */
+let Inkstone, headerLength, checkSafetensors, planModel, weightsGpuBytes;
 /** The wasm instance's linear memory: it only grows, so its size is the peak wasm heap. */
 let wasmMemory = null;
 const wasmHeapBytes = () => wasmMemory?.buffer.byteLength ?? 0;
@@ -23,17 +27,47 @@ const cancelled = new Set();
 /** Generation id → resolver of the ack the page sends after each step. */
 const acks = new Map();
 
-async function boot() {
-  if (engine) return gpu;
-  wasmMemory = (await initWasm()).memory;
-  if (!self.navigator.gpu) {
-    throw new Error('This browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome/Edge, or enable WebGPU in your browser settings.');
+const BACKENDS = ['auto', 'webgpu', 'cpu'];
+
+/** A WebGPU adapter, or why there is none. */
+async function findAdapter() {
+  if (!self.navigator.gpu) return { why: 'this browser has no WebGPU (navigator.gpu is missing)' };
+  const adapter = await self.navigator.gpu.requestAdapter().catch(() => null);
+  return adapter ? { adapter } : { why: 'WebGPU is present but no GPU adapter was granted (blocked or unsupported GPU)' };
+}
+
+/** The wasm build of `name`, imported only now: a WebGPU session never fetches the CPU one. */
+async function importBuild(name) {
+  const file = name === 'cpu' ? './inkstone_cpu.js' : './inkstone_core.js';
+  try {
+    return await import(file);
+  } catch (e) {
+    throw new Error(`could not load the ${name === 'cpu' ? 'CPU' : 'WebGPU'} build (${new URL(file, import.meta.url).href}): ${e?.message ?? e}`);
   }
-  const adapter = await self.navigator.gpu.requestAdapter();
-  if (!adapter) throw new Error('WebGPU is present but no GPU adapter is available (blocked or unsupported GPU).');
-  watchDevice();
+}
+
+/**
+ * Starts the backend `want` asks for: 'webgpu', 'cpu', or 'auto' (WebGPU where an adapter is
+ * granted, else the CPU build). Only the chosen build's wasm is fetched.
+ */
+async function boot(want = 'webgpu') {
+  if (!BACKENDS.includes(want)) throw new Error(`backend ${JSON.stringify(want)}: expected 'auto', 'webgpu' or 'cpu'`);
+  if (engine) return gpu;
+  const { adapter, why } = want === 'cpu' ? { why: "backend 'cpu' was asked for" } : await findAdapter();
+  if (!adapter && want === 'webgpu') {
+    throw new Error(`${why}: backend 'webgpu' cannot run here. Use a recent Chrome/Edge, enable WebGPU in the browser settings, or load with backend 'auto' or 'cpu' (the slower WebAssembly CPU build)`);
+  }
+  const wasm = await importBuild(adapter ? 'webgpu' : 'cpu');
+  ({ Inkstone, headerLength, checkSafetensors, planModel, weightsGpuBytes } = wasm);
+  wasmMemory = (await wasm.default()).memory;
+  if (adapter) watchDevice();
   engine = await Inkstone.init();
+  backend = adapter ? 'webgpu' : 'cpu';
   gpu = JSON.parse(engine.gpu);
+  if (!adapter) {
+    gpu.fallback = why;
+    return gpu;
+  }
   gpu.jsFeatures = [...adapter.features];
   // wgpu reports no adapter names on the web; the browser's GPUAdapterInfo does.
   const a = adapter.info ?? {};
@@ -115,6 +149,7 @@ const mib = (n) => `${Math.round(n / 2 ** 20)} MiB`;
 function checkGpuBudget(estimate, dtype, maxGpuBytes, r) {
   const total = Object.values(estimate).reduce((a, b) => a + b, 0);
   const parts = Object.entries(estimate).map(([c, b]) => `${c} ${mib(b)}`).join(', ');
+  if (backend === 'cpu') return checkCpuMemory(total, `need ${mib(total)} in ${dtype} (${parts})`, maxGpuBytes);
   if (maxGpuBytes && total > maxGpuBytes) {
     const advice = dtype === 'f32' ? 'load it in f16 where the GPU has shader-f16, or pick a smaller model' : 'pick a smaller model';
     throw new Error(`this model's weights need ${mib(total)} of GPU memory in ${dtype} (${parts}), more than maxGpuBytes (${mib(maxGpuBytes)}): ${advice}`);
@@ -122,6 +157,19 @@ function checkGpuBudget(estimate, dtype, maxGpuBytes, r) {
   const memory = self.navigator.deviceMemory;
   if (memory && total > (memory * 2 ** 30) / 2) {
     r.warn(`this model's weights need ${mib(total)} of GPU memory in ${dtype}; this device reports ${memory} GiB of memory in all, so the load may fail or the GPU may be lost`);
+  }
+  return total;
+}
+
+/**
+ * The CPU build holds the weights in its own wasm32 memory, at most `gpu.maxMemoryBytes`
+ * (4 GiB) and `maxGpuBytes` if given: a model that cannot fit is refused with its size.
+ */
+function checkCpuMemory(total, need, maxGpuBytes) {
+  const limit = Math.min(gpu.maxMemoryBytes, maxGpuBytes || Infinity);
+  if (total > limit) {
+    const what = limit === gpu.maxMemoryBytes ? 'the WebAssembly CPU build can address (wasm32: 4 GiB, for weights and working memory together)' : 'maxGpuBytes';
+    throw new Error(`this model's weights ${need}, more than the ${mib(limit)} ${what}: pick a smaller model, or use a browser with WebGPU`);
   }
   return total;
 }
@@ -155,6 +203,11 @@ async function fromCache(model, dtype, msg, r) {
 async function fromNetwork(model, dtype, chunkSize, r, msg) {
   const src = new UrlSource(model);
   const { files, skipped, known } = await resolveModel(src, dtype, planModel);
+  // Before any download: stored weights widen (f16) or keep their size (f32), never shrink.
+  if (backend === 'cpu') {
+    const stored = totalBytes(files.filter((f) => f.kind === 'weights'));
+    checkCpuMemory(stored, `take at least ${mib(stored)} (their files' size)`, msg.maxGpuBytes);
+  }
   await store.putModel({ model, dtype, files, skipped, complete: false, savedAt: Date.now() }).catch(() => {});
   r.phase('download', files);
   const state = { quotaFull: false };
@@ -203,7 +256,7 @@ async function upload(f, h, r) {
 }
 
 async function load(msg, post) {
-  const info = await boot();
+  const info = await boot(msg.backend ?? 'auto');
   // Checked before any download: f16 on a GPU without shader-f16 fails here, not after 1 GB.
   const dtype = engine.resolveDtype(msg.dtype ?? 'auto');
   const chunkSize = msg.chunkSize ?? DEFAULT_CHUNK;
@@ -226,9 +279,10 @@ async function load(msg, post) {
   const summary = JSON.parse(engine.build());
   checkGpuErrors('model upload');
   const loras = msg.loras?.length ? await setLoras(msg, r) : [];
-  if (msg.warmUp !== false) await warmUp(r);
+  // The CPU build compiles nothing at first use: a warm-up would only cost a step.
+  if (msg.warmUp !== false && backend === 'webgpu') await warmUp(r);
   r.report({ phase: 'ready', file: null });
-  return { model: got.model, gpu: info, dtype: summary.dtype, cached: got.cached, warnings: r.warnings, files: got.list,
+  return { model: got.model, backend, threads: backend === 'cpu' ? info.threads : null, gpu: info, dtype: summary.dtype, cached: got.cached, warnings: r.warnings, files: got.list,
     skipped: got.skipped, components: summary.components, gpuBytes: summary.gpuBytes, deferred: summary.deferred, bytes: totalBytes(got.list),
     wasmHeapBytes: wasmHeapBytes(), loras };
 }
@@ -328,6 +382,9 @@ async function generate(msg, post) {
     wasmHeapBytes: wasmHeapBytes(), warnings: out.warnings, gpuBytes: JSON.parse(out.gpuBytes) };
 }
 
+// Messages the page could not read (a value that does not clone) would leave its call open.
+self.onmessageerror = () => self.postMessage({ type: 'fatal', message: 'the worker received a message it could not deserialize' });
+
 self.onmessage = async ({ data: msg }) => {
   if (msg.type === 'cancel') {
     cancelled.add(msg.target);
@@ -360,3 +417,7 @@ self.onmessage = async ({ data: msg }) => {
     cancelled.delete(msg.id);
   }
 };
+
+// The handshake: the page now knows this module and its static imports loaded; an error event
+// before this means the worker never started (pkg/index.js names it so).
+self.postMessage({ type: 'ready' });

@@ -77,6 +77,7 @@ async function loadModel() {
     generator = await load(source, {
       dtype: $('dtype').value,
       loras: lorasForLoad(),
+      backend: $('backend').value,
       onDeviceLost: ({ reason, message }) => {
         status($('gen-status'), `The GPU device was lost (${reason}${message ? `: ${message}` : ''}). Generate again: `
           + 'WebGPU restarts and the model is reloaded from the cache, with no download.', true);
@@ -86,12 +87,19 @@ async function loadModel() {
         if (p.warning) console.warn(p.warning);
         bar.max = p.totalBytes || 1;
         bar.value = p.bytes;
-        const what = { resolve: 'Reading model_index.json', download: 'Downloading', upload: 'Uploading to the GPU', lora: 'Downloading LoRA', 'warm-up': 'Compiling GPU kernels', ready: 'Ready' }[p.phase];
+        // No adapter report (gpuInfo failed) means 'auto' runs on the CPU build.
+        const upload = $('backend').value === 'cpu' || !document.body.dataset.gpu ? 'Loading the weights' : 'Uploading to the GPU';
+        const what = { resolve: 'Reading model_index.json', download: 'Downloading', upload, lora: 'Downloading LoRA', 'warm-up': 'Compiling GPU kernels', ready: 'Ready' }[p.phase];
         status($('load-status'), `${what}${p.file ? ` ${p.file}` : ''}: ${fmt(p.bytes)} of ${fmt(p.totalBytes)}, file ${Math.min(p.files + 1, p.totalFiles)} of ${p.totalFiles}${p.warning ? ` (${p.warning})` : ''}`);
       },
     });
     const i = generator.info;
-    status($('load-status'), `Loaded ${i.model} (${fmt(i.bytes)}, ${i.files.length} files${i.cached ? ', from the cache' : ''}; running in ${i.dtype}, ${fmt(Object.values(i.gpuBytes ?? {}).reduce((a, b) => a + b, 0))} of weights on the GPU).${i.warnings.length ? ' ' + i.warnings.join(' ') : ''}`);
+    const where = i.backend === 'cpu' ? 'in this tab\'s memory' : 'on the GPU';
+    status($('load-status'), `Loaded ${i.model} (${fmt(i.bytes)}, ${i.files.length} files${i.cached ? ', from the cache' : ''}; running in ${i.dtype}, ${fmt(Object.values(i.gpuBytes ?? {}).reduce((a, b) => a + b, 0))} of weights ${where}).${i.warnings.length ? ' ' + i.warnings.join(' ') : ''}`);
+    $('backend-status').textContent = i.backend === 'cpu'
+      ? `Running on the CPU (WebAssembly${i.gpu.simd128 ? ' SIMD128' : ''}, ${i.threads} thread${i.threads === 1 ? '' : 's'}): no GPU is used, so each step takes many times longer than on WebGPU; the time left is shown from the first step on.`
+      : `Running on WebGPU (${i.gpu.adapter || i.gpu.architecture || 'adapter'}).`;
+    document.body.dataset.backend = i.backend;
     $('generate').disabled = false;
     attachLoras(generator);
     await refreshCache();
@@ -160,6 +168,7 @@ $('generate').onclick = async () => {
   bar.value = 0;
   setState('generating');
   status($('gen-status'), 'Starting…');
+  const t0 = performance.now();
   try {
     // Custom timesteps set the step count themselves; the sampler picker's '' is the model's own.
     const timesteps = $('timesteps').value.trim() ? $('timesteps').value.split(',').map(Number) : undefined;
@@ -171,7 +180,9 @@ $('generate').onclick = async () => {
       onStep: (step, total, preview) => {
         bar.max = total;
         bar.value = step;
-        status($('gen-status'), `Step ${step} of ${total}`);
+        // An estimate from this generation's own steps so far (the decode adds about a step).
+        const left = ((performance.now() - t0) / step) * (total - step) / 1000;
+        status($('gen-status'), `Step ${step} of ${total}${step < total ? `, about ${left < 10 ? left.toFixed(1) : Math.round(left)} s left` : ', decoding'}`);
         if (preview) draw(preview);
       },
     });
@@ -206,9 +217,11 @@ window.inkstone = { load, gpuInfo, cachedModels, clearCache, setInitImage, get g
     showNote(); // 'auto' precision now knows whether the GPU has shader-f16
     setState('ready');
   } catch (e) {
-    $('gpu').textContent = e.message;
-    $('gpu').classList.add('error');
-    $('load').disabled = true;
+    // Still usable: load() falls back to the WebAssembly CPU build (pkg/index.js, backend 'auto').
+    const why = navigator.gpu ? 'WebGPU is present but no GPU adapter was granted' : 'this browser has no WebGPU';
+    $('gpu').textContent = `No WebGPU here (${why}). Models run on the WebAssembly CPU build instead: it works, but each step takes many times longer than on a GPU.`;
+    $('gpu').title = e.message;
+    $('backend').value = 'auto';
     setState('no-webgpu');
   }
 })();

@@ -16,11 +16,25 @@ self.addEventListener('activate', (e) => {
 });
 
 const SHELL_PATHS = new Set(self.SHELL.map((f) => new URL(f, self.location).pathname));
+const LAZY_PATHS = new Set((self.LAZY ?? []).map((f) => new URL(f, self.location).pathname));
 
 self.addEventListener('fetch', (e) => {
   const url = new URL(e.request.url);
   // Cache first for the shell; everything else (models, range requests) is not intercepted.
-  if (e.request.method !== 'GET' || url.origin !== self.location.origin || !SHELL_PATHS.has(url.pathname)) return;
+  if (e.request.method !== 'GET' || url.origin !== self.location.origin) return;
+  if (LAZY_PATHS.has(url.pathname)) {
+    // The CPU build, cached when first used, so an installed app without WebGPU opens offline.
+    e.respondWith((async () => {
+      const cache = await caches.open(CACHE);
+      const hit = await cache.match(e.request, { ignoreSearch: true });
+      if (hit) return hit;
+      const res = await fetch(e.request);
+      if (res.ok) e.waitUntil(cache.put(e.request, res.clone()));
+      return res;
+    })());
+    return;
+  }
+  if (!SHELL_PATHS.has(url.pathname)) return;
   e.respondWith((async () => {
     const hit = await caches.match(e.request, { cacheName: CACHE, ignoreSearch: true });
     return hit ?? fetch(e.request);

@@ -5,6 +5,11 @@
 //! stream of pieces via [`Inkstone::begin_weights`] / [`Inkstone::feed`] /
 //! [`Inkstone::end_weights`]. Each tensor is converted and created on the GPU as soon as its
 //! bytes are complete, so a model file is never whole in the wasm heap.
+//!
+//! Two builds of this shell exist (build.sh): `--features webgpu` (inkstone_core.wasm, burn on
+//! WebGPU) and `--features cpu` (inkstone_cpu.wasm, burn-flex with SIMD128 in the wasm's own
+//! memory, for browsers without WebGPU). They differ only in [`init_device`]; the worker picks
+//! which one to load.
 
 mod generate;
 mod lora;
@@ -13,6 +18,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+#[cfg(feature = "webgpu")]
 use burn::tensor::wgpu::{WgpuBackend, wgpu};
 use burn::tensor::{DType, Device, Tensor};
 use wasm_bindgen::prelude::*;
@@ -24,6 +30,7 @@ use crate::weights::{Header, TensorInfo, TensorStream, Weights, tensor_data};
 /// Kernels cubecl records before it submits a command buffer (its default is 32: ~20 submits per
 /// U-Net step). Above one step's dispatches, so a step is one submit: the generation loop
 /// flushes after each step, and uploads flush on their own.
+#[cfg(feature = "webgpu")]
 const TASKS_PER_SUBMIT: usize = 4096;
 
 /// Flattened device tensors of one component (in row pieces within the binding limit), with
@@ -70,7 +77,7 @@ pub(crate) struct State {
     gpu_bytes: BTreeMap<String, usize>,
 }
 
-/// One WebGPU device plus the model loaded onto it.
+/// One device (WebGPU, or the CPU in the CPU build) plus the model loaded onto it.
 #[wasm_bindgen]
 pub struct Inkstone {
     state: Rc<RefCell<State>>,
@@ -83,32 +90,12 @@ fn js_err(e: impl std::fmt::Display) -> JsError {
 
 #[wasm_bindgen]
 impl Inkstone {
-    /// Initialises WebGPU (asynchronously: the browser has no blocking adapter request) and
-    /// keeps the one device every tensor will live on.
+    /// Creates the device of this build's backend ([`init_device`]: WebGPU, initialised
+    /// asynchronously as the browser has no blocking adapter request; or the CPU) and keeps the
+    /// one device every tensor will live on.
     pub async fn init() -> Result<Inkstone, JsError> {
         console_error_panic_hook::set_once();
-        let (device, setup) = Device::wgpu_options()
-            .graphics_api(WgpuBackend::WebGpu)
-            .tasks_max(TASKS_PER_SUBMIT)
-            .init_with_setup_async()
-            .await
-            .map_err(|e| js_err(format!("WebGPU initialisation failed: {e}")))?;
-        // cubecl requests the adapter's own limits (not WebGPU's defaults) for the device.
-        let limits = setup.device.limits();
-        let info = setup.adapter.get_info();
-        let gpu = serde_json::json!({
-            "adapter": info.name,
-            "vendor": info.vendor,
-            "architecture": info.driver,
-            "backend": format!("{:?}", setup.backend),
-            "shaderF16": setup.adapter.features().contains(wgpu::Features::SHADER_F16),
-            "maxBufferSize": limits.max_buffer_size,
-            "maxStorageBufferBindingSize": limits.max_storage_buffer_binding_size,
-            "maxComputeWorkgroupStorageSize": limits.max_compute_workgroup_storage_size,
-            "maxComputeInvocationsPerWorkgroup": limits.max_compute_invocations_per_workgroup,
-        })
-        .to_string();
-        let limits = crate::limits::from_wgpu(&limits);
+        let (device, gpu, limits) = init_device().await?;
         crate::limits::register(&device, limits);
         let state = State {
             device,
@@ -126,20 +113,22 @@ impl Inkstone {
         Ok(Inkstone { state: Rc::new(RefCell::new(state)), gpu })
     }
 
-    /// The adapter's name, limits and `shader-f16` support, as JSON.
+    /// The adapter's name, limits and `shader-f16` support (the CPU build: SIMD128, thread
+    /// count, memory cap), as JSON.
     #[wasm_bindgen(getter)]
     pub fn gpu(&self) -> String {
         self.gpu.clone()
     }
 
     /// The float dtype a load with `requested` (`"auto"`, `"f16"` or `"f32"`) runs in: auto is
-    /// f16 where the GPU has `shader-f16` (half the memory and bandwidth), f32 otherwise.
+    /// f16 where the GPU has `shader-f16` (half the memory and bandwidth), f32 otherwise and on
+    /// the CPU build (CPUs have no f16 arithmetic to gain from; f32 is the native CLI's default).
     /// Asking for f16 on a GPU without it is an error, before anything is downloaded.
     #[wasm_bindgen(js_name = resolveDtype)]
     pub fn resolve_dtype(&self, requested: &str) -> Result<String, JsError> {
         let f16 = self.state.borrow().device.supports_dtype(DType::F16);
         match requested {
-            "auto" => Ok(if f16 { "f16" } else { "f32" }.into()),
+            "auto" => Ok(if f16 && cfg!(feature = "webgpu") { "f16" } else { "f32" }.into()),
             "f32" => Ok("f32".into()),
             "f16" if f16 => Ok("f16".into()),
             "f16" => Err(js_err(
@@ -355,6 +344,55 @@ pub(crate) fn ensure_encoder(state: &Rc<RefCell<State>>) -> crate::Result<()> {
     s.held_encoder = None;
     Ok(())
 }
+
+/// The WebGPU device, with its adapter's report (JSON) and the limits it was granted.
+#[cfg(feature = "webgpu")]
+async fn init_device() -> Result<(Device, String, DeviceLimits), JsError> {
+    let (device, setup) = Device::wgpu_options()
+        .graphics_api(WgpuBackend::WebGpu)
+        .tasks_max(TASKS_PER_SUBMIT)
+        .init_with_setup_async()
+        .await
+        .map_err(|e| js_err(format!("WebGPU initialisation failed: {e}")))?;
+    // cubecl requests the adapter's own limits (not WebGPU's defaults) for the device.
+    let limits = setup.device.limits();
+    let info = setup.adapter.get_info();
+    let gpu = serde_json::json!({
+        "adapter": info.name,
+        "vendor": info.vendor,
+        "architecture": info.driver,
+        "backend": format!("{:?}", setup.backend),
+        "shaderF16": setup.adapter.features().contains(wgpu::Features::SHADER_F16),
+        "maxBufferSize": limits.max_buffer_size,
+        "maxStorageBufferBindingSize": limits.max_storage_buffer_binding_size,
+        "maxComputeWorkgroupStorageSize": limits.max_compute_workgroup_storage_size,
+        "maxComputeInvocationsPerWorkgroup": limits.max_compute_invocations_per_workgroup,
+    })
+    .to_string();
+    Ok((device, gpu, crate::limits::from_wgpu(&limits)))
+}
+
+/// The CPU build: burn-flex, the native CLI's CPU backend, in this wasm's linear memory (at
+/// most 4 GiB on wasm32). Single-threaded: rayon runs its work on the calling thread when the
+/// target cannot spawn threads (wasm32 without `atomics`, which needs a std rebuilt with
+/// `-Z build-std`, i.e. a nightly toolchain and rust-src; docs/performance.md).
+#[cfg(all(feature = "cpu", not(feature = "webgpu")))]
+async fn init_device() -> Result<(Device, String, DeviceLimits), JsError> {
+    let gpu = serde_json::json!({
+        "adapter": "CPU (WebAssembly)",
+        "backend": "flex",
+        "simd128": cfg!(target_feature = "simd128"),
+        "threads": 1,
+        "shaderF16": false,
+        "maxMemoryBytes": CPU_MAX_MEMORY,
+    })
+    .to_string();
+    Ok((Device::flex(), gpu, DeviceLimits::NONE))
+}
+
+/// wasm32's address space: 65536 pages of 64 KiB, every browser's cap for one wasm memory.
+#[cfg(all(feature = "cpu", not(feature = "webgpu")))]
+const CPU_MAX_MEMORY: u64 = 4 << 30;
 
 /// The most converted bytes held in the wasm heap at once during an upload.
 const CONVERT_BYTES: usize = 16 << 20;

@@ -1,7 +1,14 @@
 // A small static server for the browser tests (and for trying the page: `node server.mjs ../../www`).
 // Serves HEAD/GET with Range, announces the sha256 of *.safetensors as `X-Linked-Etag` like the
 // hub, logs every request, and injects faults on demand: drop the connection mid-file once, stall
-// mid-file once, serve a file with a corrupt header or corrupt data.
+// mid-file once, serve a file with a corrupt header or corrupt data, or answer 404 for a path.
+//
+// Threads for the WebAssembly CPU build would need a cross-origin isolated page
+// (`crossOriginIsolated`, for SharedArrayBuffer): serve it with
+//   Cross-Origin-Opener-Policy: same-origin
+//   Cross-Origin-Embedder-Policy: require-corp
+// (`startServer(root, { isolated: true })` adds both). The build is single-threaded today
+// (docs/performance.md says why), and the page works with or without them.
 import { createServer } from 'node:http';
 import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
@@ -15,12 +22,15 @@ const TYPES = {
 };
 export const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; img-src 'self' blob: data:; style-src 'self'; object-src 'none'; base-uri 'none'";
 
-export async function startServer(root, { port = 0 } = {}) {
+export async function startServer(root, { port = 0, isolated = false } = {}) {
   root = resolve(root);
   const log = [];
   // dropOnce: cut the connection half-way once; stallOnce: send half, then nothing (a tab closed
   // mid-download); corrupt: path -> 'header' | 'data'.
-  const faults = { dropOnce: new Set(), stallOnce: new Set(), corrupt: new Map() };
+  // missing: paths answered 404 as if never deployed (a bundle without its CPU build);
+  // linkedSize: path -> bytes announced as `X-Linked-Size` on HEAD (the hub's LFS size), as if
+  // the file were that big.
+  const faults = { dropOnce: new Set(), stallOnce: new Set(), corrupt: new Map(), missing: new Set(), linkedSize: new Map() };
   const shaCache = new Map();
 
   const server = createServer(async (req, res) => {
@@ -35,6 +45,7 @@ export async function startServer(root, { port = 0 } = {}) {
     };
     let file = normalize(join(root, rel));
     if (!file.startsWith(root)) return reply(403);
+    if (faults.missing.has(rel)) return reply(404, { 'Content-Type': 'text/plain' }, 'not found');
     try {
       if ((await stat(file)).isDirectory()) file = join(file, 'index.html');
       let bytes = await readFile(file);
@@ -43,6 +54,7 @@ export async function startServer(root, { port = 0 } = {}) {
         'Accept-Ranges': 'bytes',
         'Cache-Control': 'no-cache',
         'Content-Security-Policy': CSP,
+        ...(isolated ? { 'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp' } : {}),
       };
       if (file.endsWith('.safetensors')) {
         if (!shaCache.has(file)) shaCache.set(file, createHash('sha256').update(bytes).digest('hex'));
@@ -67,6 +79,7 @@ export async function startServer(root, { port = 0 } = {}) {
         headers['Content-Range'] = `bytes ${start}-${end}/${bytes.length}`;
       }
       headers['Content-Length'] = end - start + 1;
+      if (req.method === 'HEAD' && faults.linkedSize.has(rel)) headers['X-Linked-Size'] = String(faults.linkedSize.get(rel));
       if (req.method === 'HEAD') return reply(status, headers);
       entry.status = status;
       const body = bytes.subarray(start, end + 1);
