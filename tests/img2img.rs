@@ -219,7 +219,7 @@ fn attaching_a_wrong_encoder_fails_and_changes_nothing() {
     let kl = SafetensorsFile::from_bytes("vae/diffusion_pytorch_model.safetensors", bytes).unwrap();
     let only_encoder = common::filter_keys(&kl, |k| k.starts_with("encoder.").then(|| k.to_string()));
     let w = Weights::new(vec![SafetensorsFile::from_bytes("kl-encoder", only_encoder).unwrap()], &device()).unwrap();
-    let msg = pipe.decoder.attach_encoder(w, false).err().expect("a KL encoder for a tiny decoder").to_string();
+    let msg = pipe.decoder.attach_encoder(w, false).expect_err("a KL encoder for a tiny decoder").to_string();
     assert!(msg.contains("kl-encoder"), "{msg}");
     assert!(!pipe.decoder.has_encoder());
 }
