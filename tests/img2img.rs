@@ -84,7 +84,7 @@ fn kl_encoder_pndm_matches_diffusers() {
 }
 
 /// A 41×29 image for a 32×24 output: resized as diffusers resizes tensor images (nearest),
-/// with a warning; strength 1 runs every step.
+/// with a warning (5 × 0.6 = 3 steps).
 #[test]
 fn other_size_is_resized_with_a_warning() {
     let (steps, warnings) = check_case("img2img_sd_resized");
