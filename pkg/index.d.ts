@@ -73,7 +73,7 @@ export interface LoadInfo {
   wasmHeapBytes: number;
   /** How many times the model was reloaded onto a new GPU device after a lost one. */
   recoveries: number;
-  /** Tensor count per component. */
+  /** Tensor count per component (those held off the GPU, `deferred`, included). */
   components: Record<string, number>;
   /** Bytes each component's weights take on the GPU (in the load's dtype; on the CPU build,
    *  in the wasm memory). The vae's encoder (`vae.encoder`) appears only after the first

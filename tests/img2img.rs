@@ -84,7 +84,7 @@ fn kl_encoder_pndm_matches_diffusers() {
 }
 
 /// A 41×29 image for a 32×24 output: resized as diffusers resizes tensor images (nearest),
-/// with a warning; strength 1 runs every step.
+/// with a warning (5 × 0.6 = 3 steps).
 #[test]
 fn other_size_is_resized_with_a_warning() {
     let (steps, warnings) = check_case("img2img_sd_resized");
@@ -219,7 +219,7 @@ fn attaching_a_wrong_encoder_fails_and_changes_nothing() {
     let kl = SafetensorsFile::from_bytes("vae/diffusion_pytorch_model.safetensors", bytes).unwrap();
     let only_encoder = common::filter_keys(&kl, |k| k.starts_with("encoder.").then(|| k.to_string()));
     let w = Weights::new(vec![SafetensorsFile::from_bytes("kl-encoder", only_encoder).unwrap()], &device()).unwrap();
-    let msg = pipe.decoder.attach_encoder(w, false).err().expect("a KL encoder for a tiny decoder").to_string();
+    let msg = pipe.decoder.attach_encoder(w, false).expect_err("a KL encoder for a tiny decoder").to_string();
     assert!(msg.contains("kl-encoder"), "{msg}");
     assert!(!pipe.decoder.has_encoder());
 }

@@ -247,6 +247,13 @@ pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32], f32_math: bool) -> f64 
     w.1 * low as f64 + w.0 * (low + 1) as f64
 }
 
+/// diffusers' `add_noise` of the DDPM-indexed schedulers (DDPM, DDIM, PNDM, LCM):
+/// `sqrt(alphas_cumprod[t]) x_0 + sqrt(1 - alphas_cumprod[t]) noise`, in f32 like its tensors.
+pub(crate) fn add_noise_vp(alphas_cumprod: &[f64], original: Tensor<4>, noise: Tensor<4>, timestep: f64) -> Tensor<4> {
+    let alpha = alphas_cumprod[timestep as usize] as f32;
+    original.mul_scalar(alpha.sqrt()).add(noise.mul_scalar((1.0 - alpha).sqrt()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,11 +270,4 @@ mod tests {
         assert_eq!(np_linspace(0.0, 999.0, 1, true), vec![0.0]);
         assert_eq!(np_linspace(0.0, 50.0, 4, false), vec![0.0, 12.5, 25.0, 37.5]);
     }
-}
-
-/// diffusers' `add_noise` of the DDPM-indexed schedulers (DDPM, DDIM, PNDM, LCM):
-/// `sqrt(alphas_cumprod[t]) x_0 + sqrt(1 - alphas_cumprod[t]) noise`, in f32 like its tensors.
-pub(crate) fn add_noise_vp(alphas_cumprod: &[f64], original: Tensor<4>, noise: Tensor<4>, timestep: f64) -> Tensor<4> {
-    let alpha = alphas_cumprod[timestep as usize] as f32;
-    original.mul_scalar(alpha.sqrt()).add(noise.mul_scalar((1.0 - alpha).sqrt()))
 }

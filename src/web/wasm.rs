@@ -261,8 +261,13 @@ impl Inkstone {
             .collect::<crate::Result<BTreeMap<String, Weights>>>()
             .map_err(js_err)?;
         let held: usize = s.held_encoder.as_ref().map_or(0, |h| h.tensors.len());
+        // Tensors that arrived per component: on the GPU, or held until image-to-image.
+        let mut components: BTreeMap<String, usize> = weights.iter().map(|(k, w)| (k.clone(), w.keys().count())).collect();
+        if let Some(h) = &s.held_encoder {
+            *components.entry(h.component.clone()).or_default() += held;
+        }
         let summary = serde_json::json!({
-            "components": weights.iter().map(|(k, w)| (k.clone(), w.keys().count())).collect::<BTreeMap<_, _>>(),
+            "components": components,
             "dtype": if s.dtype == DType::F16 { "f16" } else { "f32" },
             "gpuBytes": gpu_bytes,
             // Tensors kept off the GPU until image-to-image needs them.

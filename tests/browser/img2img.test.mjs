@@ -233,6 +233,7 @@ test('the vae encoder reaches the GPU only at the first image-to-image call (gen
   assert.equal(info.gpuBytes.vae, bytes.rest, 'only the decoder side of the vae is on the GPU');
   assert.equal(info.gpuBytes['vae.encoder'], undefined);
   assert.deepEqual(info.deferred, { 'vae.encoder': bytes.encoderTensors });
+  assert.equal(info.components.vae, Object.keys(vae.header).filter((k) => k !== '__metadata__').length, 'every vae tensor arrived');
   const after = await page.evaluate(async () => {
     const g = window.lastGenerator;
     await g.generate({ prompt: 'a red house', steps: 1, width: 32, height: 32 });

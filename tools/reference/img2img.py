@@ -68,7 +68,7 @@ CASES = {
     "img2img_sd_pndm": dict(model="tiny-sd-pndm", scheduler=None, prompt="a boat at sea", negative_prompt="",
                             steps=4, strength=0.7, guidance=7.5, width=32, height=32, image=[32, 32], seed=5),
     "img2img_sd_resized": dict(model="tiny-sd", scheduler=None, prompt="a photo of a cat", negative_prompt="",
-                               steps=3, strength=1.0, guidance=3.0, width=32, height=24, image=[41, 29], seed=6),
+                               steps=5, strength=0.6, guidance=3.0, width=32, height=24, image=[41, 29], seed=6),
     "img2img_flow": dict(model="tiny-flow-img2img", scheduler=None, prompt="床前明月光", negative_prompt="",
                          steps=8, strength=0.6, guidance=4.5, width=48, height=32, image=[48, 32], seed=7),
     "img2img_taesd_original": dict(model="tiny-sd-taesd-original", scheduler=None, prompt="a red house",
