@@ -57,9 +57,11 @@ rmSync(link, { force: true, recursive: true });
 symlinkSync(model, link);
 const url = `${srv.origin}/models/bench/`;
 const rows = [];
+// Each figure as soon as it is measured (a big model takes minutes per runtime).
+const add = (name, secs) => { rows.push([name, secs]); console.log(`${name}: ${secs.toFixed(3)} s / step`); };
 try {
-  rows.push(['native CLI (burn-flex), 1 thread', native(1)]);
-  rows.push([`native CLI (burn-flex), ${cpus().length} threads`, native(0)]);
+  add('native CLI (burn-flex), 1 thread', native(1));
+  add(`native CLI (burn-flex), ${cpus().length} threads`, native(0));
   const fn = `(${inPage})(${JSON.stringify(url)}, ${JSON.stringify(opts)}, ${steps})`;
 
   const user = mkdtempSync(join(tmpdir(), 'bench-chromium-'));
@@ -68,15 +70,15 @@ try {
   const page = ctx.pages()[0] ?? (await ctx.newPage());
   await page.goto(`${srv.origin}/index.html`);
   const c = await page.evaluate(fn);
-  rows.push([`Chromium ${ctx.browser()?.version() ?? ''}, CPU build, ${c.info.threads} thread`, perStep(c.t1, c.tn)]);
+  add(`Chromium ${ctx.browser()?.version() ?? ''}, CPU build, ${c.info.threads} thread`, perStep(c.t1, c.tn));
   await ctx.close();
   rmSync(user, { recursive: true, force: true });
 
-  const ff = await puppeteer.launch({ browser: 'firefox', executablePath: process.env.FIREFOX ?? '/usr/bin/firefox-esr', headless: true });
+  const ff = await puppeteer.launch({ browser: 'firefox', executablePath: process.env.FIREFOX ?? '/usr/bin/firefox-esr', headless: true, protocolTimeout: 0 });
   const fp = await ff.newPage();
   await fp.goto(`${srv.origin}/index.html`);
   const f = await fp.evaluate(fn);
-  rows.push([`Firefox ${await ff.version()}, CPU build, ${f.info.threads} thread`, perStep(f.t1, f.tn)]);
+  add(`Firefox ${await ff.version()}, CPU build, ${f.info.threads} thread`, perStep(f.t1, f.tn));
   await ff.close();
 } finally {
   await srv.close();
