@@ -392,6 +392,11 @@ impl Weights {
         w
     }
 
+    /// Whether tensors are made on request ([`Weights::generated`]) rather than stored.
+    pub fn is_generated(&self) -> bool {
+        self.generate.is_some()
+    }
+
     /// A component whose tensors were already created on `device`, flattened (in row pieces
     /// where [`DeviceLimits::row_pieces`] splits them), with their stored shapes. Lookups, shape
     /// checks, prefix/rename and `finish` behave as with files; `tensor()` only reshapes (the

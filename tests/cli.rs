@@ -3,24 +3,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{assert_close, device, fixture, reference};
+use common::{inkstone, stderr, assert_close, device, fixture, reference};
 use burn::tensor::{Tensor, TensorData};
 use inkstone::weights::{SafetensorsFile, to_f32};
 
-fn inkstone(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_inkstone")).args(args).output().unwrap()
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::tmp("cli", name)
 }
 
 fn s(p: &Path) -> &str {

@@ -4,25 +4,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use burn::tensor::{Tensor, TensorData};
-use common::{assert_close, device, fixture, reference};
+use common::{inkstone, stderr, assert_close, device, fixture, reference};
 use inkstone::image::decode_init_image;
 use inkstone::weights::{SafetensorsFile, to_f32};
 
-fn inkstone(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_inkstone")).args(args).output().unwrap()
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-img2img");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::tmp("cli-img2img", name)
 }
 
 fn s(p: &Path) -> &str {

@@ -159,7 +159,8 @@ impl ModelSource for Keep<'_> {
     }
     fn weights(&self, component: &str, device: &Device, dtype: DType) -> Result<Weights> {
         let weights = self.inner.weights(component, device, dtype)?;
-        let Some(c) = component_of(component) else { return Ok(weights) };
+        // Generated weights (tools/random_model.rs) have no stored tensors to keep: no LoRA there.
+        let Some(c) = component_of(component).filter(|_| !weights.is_generated()) else { return Ok(weights) };
         let resident = Resident { name: weights.name.clone(), tensors: weights.resident(component)? };
         drop(weights);
         let out = Weights::from_tensors(resident.name.clone(), resident.tensors.clone(), device)?.with_dtype(dtype);

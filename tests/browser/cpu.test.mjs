@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import puppeteer from 'puppeteer-core';
 import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
+import { readSafetensors } from './safetensors.mjs';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const WWW = join(ROOT, 'www');
@@ -33,18 +34,6 @@ let srv, firefox;
 const cpuWasm = (r) => /inkstone_cpu/.test(r.path);
 const gpuWasm = (r) => /inkstone_core/.test(r.path);
 
-/** A safetensors file's f32 tensors by name and its `note` metadata (parsed JSON). */
-function readSafetensors(path) {
-  const b = readFileSync(path);
-  const n = Number(b.readBigUInt64LE(0));
-  const header = JSON.parse(b.subarray(8, 8 + n).toString());
-  const tensor = (key) => {
-    const [s, e] = header[key].data_offsets;
-    const raw = b.subarray(8 + n + s, 8 + n + e);
-    return new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.length));
-  };
-  return { tensor, note: JSON.parse(header.__metadata__?.note ?? '{}') };
-}
 
 const maxAbs = (a, b) => {
   assert.equal(a.length, b.length);
@@ -67,7 +56,7 @@ function nativeImage() {
   execFileSync(INKSTONE_BIN, ['generate', '--model', join(ROOT, 'tests/fixtures/tiny-sd'), '--prompt', C.prompt,
     '--negative-prompt', C.negative_prompt, '--steps', String(C.steps), '--guidance', String(C.guidance),
     '--width', String(C.width), '--height', String(C.height), '--latents', REF_PATH, '--out-tensor', out], { stdio: 'pipe' });
-  return (native = readSafetensors(out).tensor('image'));
+  return (native = readSafetensors(out).f32('image'));
 }
 
 /** In the page: `load(url, opts)` from module `from`, then the reference generation. Resolves to
@@ -90,7 +79,7 @@ const loadAndGenerate = (page, { from, url, opts = {}, generate = true }) => pag
   } catch (e) {
     return { error: `${e.name}: ${e.message}`, phase };
   }
-}, { from, url, opts, generate, c: C, latents: generate ? Array.from(REF.tensor('latents')) : [] });
+}, { from, url, opts, generate, c: C, latents: generate ? Array.from(REF.f32('latents')) : [] });
 
 /** `promise`, or a rejection naming `what` once HANG has passed. */
 function noHang(promise, what) {
@@ -107,7 +96,7 @@ function checkImage(r, label) {
   assert.equal(r.info.gpu.simd128, true, 'built with SIMD128');
   assert.deepEqual(r.steps, Array.from({ length: C.steps }, (_, i) => [i + 1, C.steps]));
   const vsNative = maxAbs(r.pixels, nativeImage());
-  const vsDiffusers = maxAbs(r.pixels, REF.tensor('image'));
+  const vsDiffusers = maxAbs(r.pixels, REF.f32('image'));
   const weights = Object.values(r.info.gpuBytes).reduce((a, b) => a + b, 0);
   console.log(`  ${label}: CPU build vs native CLI max abs ${vsNative.toExponential(3)} (tolerance 1e-4), vs diffusers ${vsDiffusers.toExponential(3)} (1e-3); `
     + `wasm memory ${(r.info.wasmHeapBytes / 2 ** 20).toFixed(1)} MiB after the load, f32 weights ${(weights / 2 ** 20).toFixed(1)} MiB`);
@@ -236,7 +225,7 @@ test('Firefox: the page falls back to the CPU build and gives the native image',
     const out = await g.generate({ prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps, guidance: c.guidance,
       width: c.width, height: c.height, seed: 0, latents: new Float32Array(latents), onStep: (s, t) => steps.push([s, t]) });
     return { info: g.info, pixels: Array.from(out.pixels), steps };
-  }, { c: C, latents: Array.from(REF.tensor('latents')) }), 'generate() on the page');
+  }, { c: C, latents: Array.from(REF.f32('latents')) }), 'generate() on the page');
   checkImage(r, 'Firefox page');
   await page.screenshot({ path: join(OUT, 'firefox-cpu.png') });
   await page.close();

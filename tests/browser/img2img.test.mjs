@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { crc32, deflateSync } from 'node:zlib';
 import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
+import { readSafetensors } from './safetensors.mjs';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const WWW = join(ROOT, 'www');
@@ -47,21 +48,6 @@ after(async () => {
   for (const m of EXTRA_MODELS) rmSync(join(WWW, 'models', m), { recursive: true, force: true });
 });
 
-/** A safetensors file read in node: f32 or u8 tensors by name, and the JSON `note`. */
-function readSafetensors(path) {
-  const b = readFileSync(path);
-  const n = Number(b.readBigUInt64LE(0));
-  const header = JSON.parse(b.subarray(8, 8 + n).toString());
-  const raw = (key) => {
-    const [s, e] = header[key].data_offsets;
-    return b.subarray(8 + n + s, 8 + n + e);
-  };
-  const f32 = (key) => {
-    const r = raw(key);
-    return new Float32Array(r.buffer.slice(r.byteOffset, r.byteOffset + r.length));
-  };
-  return { header, raw, f32, note: JSON.parse(header.__metadata__?.note ?? 'null') };
-}
 
 /** `latents` for the CLI's --latents: one F32 tensor. */
 function writeLatents(path, shape, data) {

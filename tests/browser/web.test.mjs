@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
+import { readSafetensors } from './safetensors.mjs';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const WWW = join(ROOT, 'www');
@@ -43,25 +44,6 @@ function fixtureFiles() {
   };
   walk(TINY);
   return out;
-}
-/** A safetensors file read in node: its tensor keys, each tensor's header entry and raw bytes,
- *  f32 tensors by name, and the JSON `note` metadata. */
-function readSafetensors(path) {
-  const b = readFileSync(path);
-  const n = Number(b.readBigUInt64LE(0));
-  const header = JSON.parse(b.subarray(8, 8 + n).toString());
-  const raw = (key) => {
-    const [s, e] = header[key].data_offsets;
-    return b.subarray(8 + n + s, 8 + n + e);
-  };
-  const tensor = (key) => {
-    const { dtype, shape } = header[key];
-    assert.equal(dtype, 'F32', `${path}: ${key}`);
-    const r = raw(key);
-    return { shape, data: new Float32Array(r.buffer.slice(r.byteOffset, r.byteOffset + r.length)) };
-  };
-  const keys = Object.keys(header).filter((k) => k !== '__metadata__');
-  return { header, keys, raw, tensor, dataSize: b.length - 8 - n, note: JSON.parse(header.__metadata__?.note ?? 'null') };
 }
 
 /** Writes tensors of `src` (from readSafetensors) to `to`: `pairs` is [[newKey, srcKey], ...]. */

@@ -215,3 +215,19 @@ pub fn err_of<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
         Err(e) => e.to_string(),
     }
 }
+
+/// Runs the `inkstone` CLI built with these tests.
+pub fn inkstone(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_inkstone")).args(args).output().unwrap()
+}
+
+/// A scratch path under the test target dir, in a folder per test file.
+pub fn tmp(folder: &str, name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(folder);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
