@@ -281,3 +281,30 @@ fn cli_lora_flags_match_diffusers() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).starts_with("error: /nonexistent/a.safetensors:"));
 }
+
+/// The LCM-LoRA case through the CLI: `--lora` on the BK-SDM-shaped folder, `--scheduler lcm`,
+/// the case's seed for the step noise.
+#[test]
+fn cli_lcm_lora_matches_diffusers() {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lora-cli-lcm.safetensors");
+    let (_, opts) = case("lcm");
+    let refpath = fixture("ref/lora_lcm.safetensors");
+    let lora = format!("{}:1", fixture("loras/lcm_kohya.safetensors").display());
+    let seed = LCM_SEED.to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_inkstone"))
+        .args(["generate", "--model"])
+        .arg(fixture("tiny-bk"))
+        .args(["--prompt", &opts.prompt, "--steps", "4", "--guidance", "1", "--scheduler", "lcm", "--seed", &seed])
+        .arg("--latents")
+        .arg(&refpath)
+        .args(["--lora", &lora, "--out-tensor"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = inkstone::weights::SafetensorsFile::from_bytes("out", std::fs::read(&out).unwrap()).unwrap();
+    let info = &got.header.tensors["image"];
+    let values = inkstone::weights::to_f32("out", "image", info.dtype, got.raw(info)).unwrap();
+    let got = Tensor::<4>::from_data(burn::tensor::TensorData::new(values, [1, 3, 64, 64]), &device());
+    assert_close("cli lora_lcm", got, reference("lora_lcm").tensor::<4>("image"), 1e-3);
+}

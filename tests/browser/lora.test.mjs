@@ -41,12 +41,14 @@ function readImage(path, key = 'image') {
 const maxAbs = (a, b) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
 
 /** The native CLI's image for reference case `lora_<name>` with its adapters as `--lora`. */
-function native(name) {
+function native(name, model = 'tiny-sd') {
   const refPath = join(ROOT, `tests/fixtures/ref/lora_${name}.safetensors`);
   const c = readImage(refPath).note;
   const out = join(OUT, `native-lora-${name}.safetensors`);
   assert.ok(existsSync(INKSTONE_BIN), `native CLI not built at ${INKSTONE_BIN} (run cargo build first)`);
-  execFileSync(INKSTONE_BIN, ['generate', '--model', join(ROOT, 'tests/fixtures/tiny-sd'), '--prompt', c.prompt,
+  // A stochastic sampler's case (LCM) carries its seed and sampler: the step noise is the seed's.
+  const sampler = c.scheduler ? ['--scheduler', c.scheduler, '--seed', String(c.seed)] : [];
+  execFileSync(INKSTONE_BIN, ['generate', '--model', join(ROOT, 'tests/fixtures', model), '--prompt', c.prompt, ...sampler,
     '--negative-prompt', c.negative_prompt, '--steps', String(c.steps), '--guidance', String(c.guidance), '--latents', refPath,
     ...c.loras.flatMap(([f, s]) => ['--lora', `${join(ROOT, 'tests/fixtures/loras', f)}:${s}`]), '--out-tensor', out], { stdio: 'pipe' });
   return { c, native: readImage(out).data, diffusers: readImage(refPath).data, latents: readImage(refPath, 'latents').data };
@@ -62,7 +64,8 @@ async function page() {
 /** One generation of case `c` from its latents with the page's current generator. */
 const generateIn = (p, c, latents) => p.evaluate(async ({ c, latents }) => {
   const r = await window.lastGenerator.generate({ prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps,
-    guidance: c.guidance, width: c.width, height: c.height, seed: 0, latents: new Float32Array(latents) });
+    guidance: c.guidance, width: c.width, height: c.height, seed: c.seed ?? 0, latents: new Float32Array(latents),
+    ...(c.scheduler ? { scheduler: c.scheduler } : {}) });
   return Array.from(r.pixels);
 }, { c, latents: Array.from(latents) });
 
@@ -78,6 +81,8 @@ before(async () => {
   mkdirSync(OUT, { recursive: true });
   rmSync(join(WWW, 'loras'), { recursive: true, force: true });
   cpSync(join(ROOT, 'tests/fixtures/loras'), join(WWW, 'loras'), { recursive: true });
+  rmSync(join(WWW, 'models/tiny-bk'), { recursive: true, force: true });
+  cpSync(join(ROOT, 'tests/fixtures/tiny-bk'), join(WWW, 'models/tiny-bk'), { recursive: true, dereference: true });
   srv = await startServer(WWW);
   userDir = mkdtempSync(join(tmpdir(), 'inkstone-chromium-'));
   context = await chromium.launchPersistentContext(userDir, { executablePath: CHROMIUM, headless: true, args: ARGS });
@@ -87,6 +92,7 @@ after(async () => {
   await context?.close();
   await srv?.close();
   rmSync(join(WWW, 'loras'), { recursive: true, force: true });
+  rmSync(join(WWW, 'models/tiny-bk'), { recursive: true, force: true });
   if (userDir) rmSync(userDir, { recursive: true, force: true, maxRetries: 5 });
 });
 
@@ -173,4 +179,19 @@ test('the page: add a LoRA by URL, change its scale with the slider, remove it',
   await p.waitForFunction(() => document.body.dataset.loras === '[]', null, { timeout: 60_000 });
   assert.equal(await p.textContent('#lora-status'), 'No LoRA applied.');
   await p.screenshot({ path: join(OUT, 'page-lora.png'), fullPage: true });
+});
+
+// LCM-LoRA: what makes a 25-step SD-1.x model a 4-step one. A kohya-format LCM-LoRA on a
+// BK-SDM-Tiny-shaped U-Net (no mid block, one layer per block), LCMScheduler, 4 steps.
+test('an LCM-LoRA on a BK-SDM-shaped model: 4 LCM steps like the native CLI and diffusers', async () => {
+  const lcm = native('lcm', 'tiny-bk');
+  const p = await page();
+  const loaded = await p.evaluate(async ({ loras }) => {
+    const g = await window.inkstone.load(new URL('models/tiny-bk/', location.href).href, { warmUp: false, loras });
+    window.lastGenerator?.dispose();
+    window.lastGenerator = g;
+    return g.info.loras.map((l) => [l.format, l.scale]);
+  }, { loras: [{ url: lora('lcm_kohya'), scale: 1 }] });
+  assert.deepEqual(loaded, [['kohya', 1]]);
+  check('lora_lcm (tiny-bk, lcm, 4 steps)', await generateIn(p, lcm.c, lcm.latents), lcm);
 });
