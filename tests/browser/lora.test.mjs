@@ -6,12 +6,13 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
+import { readSafetensors } from './safetensors.mjs';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const WWW = join(ROOT, 'www');
@@ -30,20 +31,13 @@ const loraGets = (since, name) => srv.log.slice(since).filter((r) => r.method ==
 /** Requests of the page's own (the service worker's update checks of its scripts aside). */
 const pageRequests = (since) => srv.log.slice(since).filter((r) => !['sw.js', 'shell-list.js'].includes(r.path));
 
-function readImage(path, key = 'image') {
-  const b = readFileSync(path);
-  const n = Number(b.readBigUInt64LE(0));
-  const header = JSON.parse(b.subarray(8, 8 + n).toString());
-  const [s, e] = header[key].data_offsets;
-  const r = b.subarray(8 + n + s, 8 + n + e);
-  return { data: new Float32Array(r.buffer.slice(r.byteOffset, r.byteOffset + r.length)), note: JSON.parse(header.__metadata__?.note ?? 'null') };
-}
 const maxAbs = (a, b) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
 
 /** The native CLI's image for reference case `lora_<name>` with its adapters as `--lora`. */
 function native(name, model = 'tiny-sd') {
   const refPath = join(ROOT, `tests/fixtures/ref/lora_${name}.safetensors`);
-  const c = readImage(refPath).note;
+  const ref = readSafetensors(refPath);
+  const c = ref.note;
   const out = join(OUT, `native-lora-${name}.safetensors`);
   assert.ok(existsSync(INKSTONE_BIN), `native CLI not built at ${INKSTONE_BIN} (run cargo build first)`);
   // A stochastic sampler's case (LCM) carries its seed and sampler: the step noise is the seed's.
@@ -51,7 +45,7 @@ function native(name, model = 'tiny-sd') {
   execFileSync(INKSTONE_BIN, ['generate', '--model', join(ROOT, 'tests/fixtures', model), '--prompt', c.prompt, ...sampler,
     '--negative-prompt', c.negative_prompt, '--steps', String(c.steps), '--guidance', String(c.guidance), '--latents', refPath,
     ...c.loras.flatMap(([f, s]) => ['--lora', `${join(ROOT, 'tests/fixtures/loras', f)}:${s}`]), '--out-tensor', out], { stdio: 'pipe' });
-  return { c, native: readImage(out).data, diffusers: readImage(refPath).data, latents: readImage(refPath, 'latents').data };
+  return { c, native: readSafetensors(out).f32('image'), diffusers: ref.f32('image'), latents: ref.f32('latents') };
 }
 
 async function page() {
