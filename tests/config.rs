@@ -1,6 +1,9 @@
 //! Config parsing as published on the hub: int-or-list fields, unknown fields ignored, and a
 //! value we cannot honour rejected with an error naming the field and the value.
 
+mod common;
+
+use common::err_of;
 use inkstone::config::{
     AutoencoderKLConfig, AutoencoderTinyConfig, BertConfig, ClipTextConfig, ModelIndex, OneOrMany,
     MidBlockType, SchedulerConfig, TransformerLayers, UNet2DConditionConfig, from_json,
@@ -8,10 +11,6 @@ use inkstone::config::{
 
 fn unet(json: &str) -> UNet2DConditionConfig {
     from_json("unet/config.json", json.as_bytes()).unwrap()
-}
-
-fn err(r: inkstone::Result<()>) -> String {
-    r.expect_err("expected an error").to_string()
 }
 
 /// The SD 1.5 U-Net config as published (trimmed of nothing: unknown keys must be ignored).
@@ -72,7 +71,7 @@ fn unsupported_unet_values_name_field_and_value() {
         (r#"{"transformer_layers_per_block": [[1, 2], [2, 2], [1, 1], [1, 1]]}"#, "`transformer_layers_per_block`", "[[1, 2]"),
     ];
     for (json, field, value) in cases {
-        let msg = err(unet(json).validate());
+        let msg = err_of(unet(json).validate());
         assert!(msg.starts_with("unet/config.json: unsupported value"), "{msg}");
         assert!(msg.contains(field) && msg.contains(value), "{json}: {msg}");
     }
@@ -96,7 +95,7 @@ fn autoencoder_tiny_ignores_legacy_block_out_channels() {
     assert_eq!(c.decoder_block_out_channels, [80; 4]);
     assert_eq!(c.pixels_per_latent(), 8);
     let bad: AutoencoderTinyConfig = from_json("vae/config.json", br#"{"act_fn": "gelu"}"#).unwrap();
-    assert!(err(bad.validate()).contains("`act_fn`"));
+    assert!(err_of(bad.validate()).contains("`act_fn`"));
 }
 
 #[test]
@@ -116,9 +115,9 @@ fn text_configs_validate() {
     let clip: ClipTextConfig = from_json("c", br#"{"hidden_act": "gelu", "hidden_size": 1024, "num_attention_heads": 16}"#).unwrap();
     clip.validate().unwrap();
     let bad: ClipTextConfig = from_json("c", br#"{"hidden_act": "swish"}"#).unwrap();
-    assert!(err(bad.validate()).contains("`hidden_act`"));
+    assert!(err_of(bad.validate()).contains("`hidden_act`"));
     let bert: BertConfig = from_json("b", br#"{"position_embedding_type": "relative_key"}"#).unwrap();
-    assert!(err(bert.validate()).contains("relative_key"));
+    assert!(err_of(bert.validate()).contains("relative_key"));
 }
 
 #[test]

@@ -5,7 +5,7 @@
 mod common;
 
 use burn::tensor::{Tensor, TensorData};
-use common::{RefTensors, assert_close, device, fixture, max_abs_diff, reference};
+use common::{RefTensors, assert_close, device, err_of, fixture, max_abs_diff, reference};
 use inkstone::config::SchedulerConfig;
 use inkstone::schedulers::{Sampler, Scheduler};
 
@@ -361,10 +361,6 @@ fn defaults_per_scheduler_kind() {
     for (name, want) in cases {
         assert_eq!(Scheduler::new(&config(name)).default_steps_and_guidance(), want, "{name}");
     }
-}
-
-fn err_of(result: inkstone::Result<()>) -> String {
-    result.expect_err("expected an error").to_string()
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::device;
+use common::{device, err_of};
 use inkstone::Error;
 use inkstone::nn::{Conv2d, Conv2dConfig, Linear};
 use burn::tensor::DType;
@@ -46,13 +46,6 @@ fn linear_file() -> Vec<u8> {
         ("proj.weight", "F32", vec![3, 2], f32_bytes(&[1., 2., 3., 4., 5., 6.])),
         ("proj.bias", "F32", vec![3], f32_bytes(&[0.5, -0.5, 1.0])),
     ])
-}
-
-fn err_of<T>(r: Result<T, Error>) -> String {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => e.to_string(),
-    }
 }
 
 #[test]
