@@ -27,11 +27,12 @@ if ! command -v wasm-bindgen >/dev/null || [ "$(wasm-bindgen --version | awk '{p
 fi
 
 echo "== cargo build ($PROFILE, features $FEATURES)"
+t0=$SECONDS
 cargo build --profile "$PROFILE" --target "$TARGET" --lib --no-default-features --features "$FEATURES"
 WASM="$CARGO_TARGET_DIR/$TARGET/$PROFILE/inkstone.wasm"
 size() { stat -c %s "$1"; }
 gz() { gzip -9c "$1" | wc -c; }
-echo "raw cargo wasm: $(size "$WASM") bytes"
+echo "WebGPU build: $((SECONDS - t0)) s; raw cargo wasm: $(size "$WASM") bytes"
 
 OUT=$(mktemp -d)
 wasm-bindgen --target web --out-dir "$OUT" --out-name inkstone_core --remove-name-section "$WASM"
@@ -48,10 +49,11 @@ if [ -z "${SKIP_WASM_OPT:-}" ]; then
   fi
 fi
 if [ -n "$WASM_OPT" ]; then
+  t0=$SECONDS
   "$WASM_OPT" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
     --enable-mutable-globals --enable-reference-types --enable-multivalue \
     "$BG" -o "$BG.opt" && mv "$BG.opt" "$BG"
-  echo "after wasm-opt -Oz: $(size "$BG") bytes ($(gz "$BG") gzipped)"
+  echo "after wasm-opt -Oz ($((SECONDS - t0)) s): $(size "$BG") bytes ($(gz "$BG") gzipped)"
 else
   echo "wasm-opt (npm binaryen) not available: skipped"
 fi

@@ -14,9 +14,15 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+# Stage times, printed as each stage ends and once more at the end (CI shows the log's tail).
+T0=$SECONDS; T=$SECONDS; STAGES=""
+stage_done() { STAGES="$STAGES\n  $1: $((SECONDS - T)) s"; echo "== $1 took $((SECONDS - T)) s"; T=$SECONDS; }
+trap 'printf "== stage times (so far)$STAGES\n  total: %s s\n" $((SECONDS - T0))' EXIT
+
 echo "== native tests (cargo test, CPU backend)"
 # Includes tests/fuzz_smoke.rs: the fuzz oracles of fuzz/ on 53k seeded mutations (seconds).
 cargo test --locked --lib --bins --tests -- --nocapture 2>&1
+stage_done "native tests (build + run)"
 # Opt-in libFuzzer run of every target (fuzz/run.sh; builds its own instrumented target dir).
 if [ -n "${INKSTONE_FUZZ_RUNS:-}" ]; then
   echo "== fuzzing (cargo-fuzz, $INKSTONE_FUZZ_RUNS runs per target)"
@@ -27,9 +33,11 @@ fi
 cargo build --locked --bin inkstone --example random-model
 export INKSTONE_BIN="$CARGO_TARGET_DIR/debug/inkstone"
 export INKSTONE_RANDOM_MODEL="$CARGO_TARGET_DIR/debug/examples/random-model"
+stage_done "CLI + random-model build"
 
 echo "== browser bundle (build.sh: wasm on WebGPU, the CPU wasm, pkg/, www/)"
 ./build.sh
+stage_done "browser bundle (build.sh)"
 
 echo "== browser tests (Debian chromium: WebGPU through SwiftShader, playwright-core; Debian firefox-esr:"
 echo "   no WebGPU on Linux, the CPU build, puppeteer-core over WebDriver BiDi)"
@@ -41,4 +49,6 @@ if [ -n "$MISSING" ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $MISSING >/dev/null
 fi
+stage_done "browsers (apt)"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && npm test 2>&1)
+stage_done "browser tests"

@@ -9,21 +9,12 @@ import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import puppeteer from 'puppeteer-core';
-import { chromium } from 'playwright-core';
+import { INKSTONE_BIN, launchChromium, OUT, ROOT, WWW } from './chromium.mjs';
 import { startServer } from './server.mjs';
 import { readSafetensors } from './safetensors.mjs';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const WWW = join(ROOT, 'www');
-const OUT = join(ROOT, 'tests/output');
 const FIREFOX = process.env.FIREFOX ?? '/usr/bin/firefox-esr';
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--disable-background-networking', '--disable-component-update', '--disable-sync',
-  '--no-first-run', '--disable-quic', '--no-sandbox'];
-const INKSTONE_BIN = process.env.INKSTONE_BIN
-  ?? join(process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/inkstone-target'), 'debug/inkstone');
 /** A call that has not settled by then is a hang (the bug these tests guard against), not slowness:
  *  a CPU-build load + generation of the tiny model takes seconds. */
 const HANG = Number(process.env.INKSTONE_HANG_MS ?? 120_000);
@@ -111,10 +102,8 @@ async function firefoxPage() {
 }
 
 async function chromiumContext(webgpu) {
-  const dir = mkdtempSync(join(tmpdir(), 'inkstone-chromium-'));
-  const ctx = await chromium.launchPersistentContext(dir, { executablePath: CHROMIUM, headless: true,
-    args: webgpu ? [...CHROMIUM_ARGS, '--enable-unsafe-webgpu'] : CHROMIUM_ARGS });
-  return { ctx, close: async () => { await ctx.close(); rmSync(dir, { recursive: true, force: true, maxRetries: 5 }); } };
+  const ctx = await launchChromium({ webgpu });
+  return { ctx, close: () => ctx.close() };
 }
 
 before(async () => {

@@ -6,18 +6,11 @@
 // GPU_COUNTS_OUT=path writes the measured figures as JSON.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchChromium, ROOT, WWW } from './chromium.mjs';
 import { startServer } from './server.mjs';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const WWW = join(ROOT, 'www');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const ARGS = ['--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
-  '--disable-quic', '--no-sandbox', '--enable-unsafe-webgpu'];
 
 if (!existsSync(join(WWW, 'pkg/inkstone_core_bg.wasm'))) throw new Error('www/ is not built: run ./build.sh first');
 
@@ -39,13 +32,12 @@ const BUDGETS = {
   'tiny-flow': { step: { dispatches: 571, submits: 3, reads: 1 }, rest: { dispatches: 166, submits: 7, reads: 3 }, encode: 93, decode: 73 },
 };
 
-let srv, ctx, userDir;
+let srv, ctx;
 const figures = {};
 
 before(async () => {
   srv = await startServer(WWW);
-  userDir = mkdtempSync(join(tmpdir(), 'inkstone-gpu-'));
-  ctx = await chromium.launchPersistentContext(userDir, { executablePath: CHROMIUM, headless: true, args: ARGS });
+  ctx = await launchChromium();
   mkdirSync(join(WWW, 'test'), { recursive: true });
   // The suite's one counting hook (tests/browser/gpu-hooks.mjs), installed before worker.js.
   cpSync(join(ROOT, 'tests/browser/gpu-hooks.mjs'), join(WWW, 'test/gpu-hooks.mjs'));
@@ -56,7 +48,6 @@ after(async () => {
   if (process.env.GPU_COUNTS_OUT) writeFileSync(process.env.GPU_COUNTS_OUT, JSON.stringify(figures, null, 1));
   await ctx?.close();
   await srv?.close();
-  rmSync(userDir, { recursive: true, force: true, maxRetries: 5 });
 });
 
 

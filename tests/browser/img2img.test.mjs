@@ -5,27 +5,17 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { crc32, deflateSync } from 'node:zlib';
-import { chromium } from 'playwright-core';
+import { INKSTONE_BIN, launchChromium, OUT, ROOT, WWW } from './chromium.mjs';
 import { startServer } from './server.mjs';
 import { readSafetensors } from './safetensors.mjs';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const WWW = join(ROOT, 'www');
-const OUT = join(ROOT, 'tests/output');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const BASE_ARGS = ['--disable-background-networking', '--disable-component-update', '--disable-sync',
-  '--no-first-run', '--disable-quic', '--no-sandbox', '--enable-unsafe-webgpu'];
-const INKSTONE_BIN = process.env.INKSTONE_BIN
-  ?? join(process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/inkstone-target'), 'debug/inkstone');
 
 if (!existsSync(join(WWW, 'pkg/inkstone_core_bg.wasm'))) throw new Error('www/ is not built: run ./build.sh first');
 
-let srv, context, userDir;
+let srv, context;
 
 /** Fixture folders the bundle does not ship, served from www/models/ with their links resolved. */
 const EXTRA_MODELS = ['tiny-flow-img2img'];
@@ -37,14 +27,12 @@ before(async () => {
     cpSync(join(ROOT, 'tests/fixtures', m), join(WWW, 'models', m), { recursive: true, dereference: true });
   }
   srv = await startServer(WWW);
-  userDir = mkdtempSync(join(tmpdir(), 'inkstone-chromium-'));
-  context = await chromium.launchPersistentContext(userDir, { executablePath: CHROMIUM, headless: true, args: BASE_ARGS });
+  context = await launchChromium();
 });
 
 after(async () => {
   await context?.close();
   await srv?.close();
-  if (userDir) rmSync(userDir, { recursive: true, force: true, maxRetries: 5 });
   for (const m of EXTRA_MODELS) rmSync(join(WWW, 'models', m), { recursive: true, force: true });
 });
 

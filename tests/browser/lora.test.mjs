@@ -6,26 +6,16 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { INKSTONE_BIN, launchChromium, OUT, ROOT, WWW } from './chromium.mjs';
 import { startServer } from './server.mjs';
 import { readSafetensors } from './safetensors.mjs';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const WWW = join(ROOT, 'www');
-const OUT = join(ROOT, 'tests/output');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const ARGS = ['--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
-  '--disable-quic', '--no-sandbox', '--enable-unsafe-webgpu'];
-const INKSTONE_BIN = process.env.INKSTONE_BIN
-  ?? join(process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/inkstone-target'), 'debug/inkstone');
 
 if (!existsSync(join(WWW, 'pkg/inkstone_core_bg.wasm'))) throw new Error('www/ is not built: run ./build.sh first');
 
-let srv, context, userDir;
+let srv, context;
 const lora = (name) => `${srv.origin}/loras/${name}.safetensors`;
 const loraGets = (since, name) => srv.log.slice(since).filter((r) => r.method === 'GET' && r.path === `loras/${name}.safetensors`);
 /** Requests of the page's own (the service worker's update checks of its scripts aside). */
@@ -78,8 +68,7 @@ before(async () => {
   rmSync(join(WWW, 'models/tiny-bk'), { recursive: true, force: true });
   cpSync(join(ROOT, 'tests/fixtures/tiny-bk'), join(WWW, 'models/tiny-bk'), { recursive: true, dereference: true });
   srv = await startServer(WWW);
-  userDir = mkdtempSync(join(tmpdir(), 'inkstone-chromium-'));
-  context = await chromium.launchPersistentContext(userDir, { executablePath: CHROMIUM, headless: true, args: ARGS });
+  context = await launchChromium();
 });
 
 after(async () => {
@@ -87,7 +76,6 @@ after(async () => {
   await srv?.close();
   rmSync(join(WWW, 'loras'), { recursive: true, force: true });
   rmSync(join(WWW, 'models/tiny-bk'), { recursive: true, force: true });
-  if (userDir) rmSync(userDir, { recursive: true, force: true, maxRetries: 5 });
 });
 
 test('load({ loras }) fuses two adapters like the native CLI and diffusers; setLoras re-fuses with no request', async () => {

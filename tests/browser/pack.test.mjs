@@ -6,15 +6,13 @@ import { execFileSync } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchChromium, ROOT } from './chromium.mjs';
 import { startServer } from './server.mjs';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 test('npm pack tarball installs and works from a plain HTML page', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'inkstone-pack-'));
-  let srv, ctx, user;
+  let srv, ctx;
   try {
     execFileSync('npm', ['pack', join(ROOT, 'pkg'), '--pack-destination', dir], { stdio: 'pipe' });
     const tgz = readdirSync(dir).find((f) => /^inkstone-.*\.tgz$/.test(f));
@@ -34,9 +32,7 @@ test('npm pack tarball installs and works from a plain HTML page', async () => {
         (g) => { document.body.dataset.result = JSON.stringify(g.info.components); },
         (e) => { document.body.dataset.result = 'error: ' + e.message; });`);
     srv = await startServer(app);
-    user = mkdtempSync(join(tmpdir(), 'inkstone-chromium-'));
-    ctx = await chromium.launchPersistentContext(user, { executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true,
-      args: ['--enable-unsafe-webgpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-quic', '--no-sandbox'] });
+    ctx = await launchChromium();
     const page = await ctx.newPage();
     await page.goto(`${srv.origin}/index.html`);
     await page.waitForFunction(() => document.body?.dataset.result, null, { timeout: 90_000 });
@@ -44,9 +40,8 @@ test('npm pack tarball installs and works from a plain HTML page', async () => {
     assert.doesNotMatch(result, /^error/, result);
     assert.deepEqual(Object.keys(JSON.parse(result)).sort(), ['text_encoder', 'unet', 'vae']);
   } finally {
-    // Chromium writes its caches until the context is closed: close it before removing them.
     await ctx?.close();
     await srv?.close();
-    for (const d of [user, dir]) if (d) rmSync(d, { recursive: true, force: true, maxRetries: 5 });
+    rmSync(dir, { recursive: true, force: true, maxRetries: 5 });
   }
 });

@@ -5,22 +5,13 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { INKSTONE_BIN, launchChromium, OUT, ROOT, WWW } from './chromium.mjs';
 import { startServer } from './server.mjs';
 import { readSafetensors } from './safetensors.mjs';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const WWW = join(ROOT, 'www');
-const OUT = join(ROOT, 'tests/output');
 const TINY = join(ROOT, 'tests/fixtures/tiny-sd');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-// `--expose-gc`: the soak test collects garbage before it reads the JS heap.
-const BASE_ARGS = ['--disable-background-networking', '--disable-component-update', '--disable-sync',
-  '--no-first-run', '--disable-quic', '--no-sandbox', '--js-flags=--expose-gc'];
 /** How long a load through the page may take: it ends with the warm-up generations
  *  (pkg/worker.js), each tens of seconds on SwiftShader under load. */
 const LOAD_TIMEOUT = 180_000;
@@ -29,7 +20,7 @@ const CHUNK = 256 * 1024;
 
 if (!existsSync(join(WWW, 'pkg/inkstone_core_bg.wasm'))) throw new Error('www/ is not built: run ./build.sh first');
 
-let srv, browser, userDirs = [];
+let srv, browser;
 const MODEL = () => `${srv.origin}/models/tiny-sd/`;
 
 /** The tiny model's files, sizes and tensor counts, read directly from the fixture. */
@@ -67,12 +58,8 @@ function writeSafetensors(to, src, pairs) {
 const tensorCount = (path) => readSafetensors(join(TINY, path)).keys.length;
 const sha256 = (b) => createHash('sha256').update(b).digest('hex');
 
-async function launch(webgpu = true) {
-  const dir = mkdtempSync(join(tmpdir(), 'inkstone-chromium-'));
-  userDirs.push(dir);
-  const args = webgpu ? [...BASE_ARGS, '--enable-unsafe-webgpu'] : BASE_ARGS;
-  return chromium.launchPersistentContext(dir, { executablePath: CHROMIUM, headless: true, args, viewport: { width: 1200, height: 900 } });
-}
+// `--expose-gc`: the soak test collects garbage before it reads the JS heap.
+const launch = (webgpu = true) => launchChromium({ webgpu, args: ['--js-flags=--expose-gc'], viewport: { width: 1200, height: 900 } });
 
 const logged = new WeakSet();
 async function openPage(context) {
@@ -142,7 +129,6 @@ before(async () => {
 after(async () => {
   await browser?.close();
   await srv?.close();
-  for (const d of userDirs) rmSync(d, { recursive: true, force: true, maxRetries: 5 });
 });
 
 test('page loads and finds a WebGPU adapter', async () => {
@@ -238,7 +224,21 @@ test('precision: auto follows shader-f16; f16 without it, or an unknown dtype, f
 
 test('offline: the app shell opens from the service worker, load() works from the cache, and it generates', async () => {
   const page = await openPage(browser);
-  await page.evaluate(async () => { await navigator.serviceWorker.ready; });
+  // Bounded: an install that fails (a shell file missing, a full quota) leaves `ready` pending
+  // forever; then say what the worker and the storage look like instead of hanging the suite.
+  const files = JSON.parse(/self\.SHELL = (.*);/.exec(readFileSync(join(WWW, 'shell-list.js'), 'utf8'))[1]);
+  const sw = await page.evaluate(async (files) => {
+    const ready = navigator.serviceWorker.ready.then(() => 'ready');
+    const late = new Promise((r) => setTimeout(() => r('timeout'), 60_000));
+    if ((await Promise.race([ready, late])) === 'ready') return null;
+    const reg = await navigator.serviceWorker.getRegistration();
+    const state = (w) => w?.state ?? 'none';
+    const shell = [];
+    for (const f of files) shell.push(`${f} ${(await fetch(f, { cache: 'no-store' })).status}`);
+    return { registered: !!reg, installing: state(reg?.installing), waiting: state(reg?.waiting), active: state(reg?.active),
+      storage: await navigator.storage.estimate(), shell };
+  }, files);
+  assert.equal(sw, null, `the service worker never became ready: ${JSON.stringify(sw)}`);
   if (!(await page.evaluate(() => !!navigator.serviceWorker.controller))) await page.reload();
   await page.waitForFunction(() => !!navigator.serviceWorker.controller, null, { timeout: 30_000 });
   await browser.setOffline(true);
@@ -402,10 +402,6 @@ const maxAbs = (a, b) => {
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
   return m;
 };
-
-/** The native CLI built by `cargo test` / `cargo build` (test.sh passes its path). */
-const INKSTONE_BIN = process.env.INKSTONE_BIN
-  ?? join(process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/inkstone-target'), 'debug/inkstone');
 
 for (const [model, refName] of [['tiny-sd', 'pipeline_sd'], ['tiny-flow', 'pipeline_flow']]) {
   test(`${model}: browser pixels match the native CLI (and diffusers) from the same latents`, async () => {
