@@ -11,6 +11,7 @@ pub mod limits;
 pub mod lora;
 pub mod nn;
 pub mod pipeline;
+pub mod resnet;
 pub mod schedulers;
 pub mod source;
 pub mod text;

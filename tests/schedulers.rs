@@ -414,7 +414,7 @@ fn unsupported_scheduler_configs_are_errors() {
 fn tiny_sd_scheduler_config() {
     let text = std::fs::read(fixture("tiny-sd/scheduler/scheduler_config.json")).unwrap();
     let mut s = Scheduler::new(&SchedulerConfig::from_json(&text).unwrap());
-    assert!(matches!(s, Scheduler::Euler(_)));
+    assert!(matches!(s, Scheduler::EulerDiscrete(_)));
     assert_eq!(s.default_steps_and_guidance(), (25, 7.5));
     s.set_timesteps(2, None).unwrap();
     assert_eq!(s.timesteps(), [999.0, 0.0]);

@@ -3,14 +3,72 @@
 //! Field names are the upstream ones; unknown fields are ignored (configs grow new keys all the
 //! time), while a value we cannot honour is rejected by each struct's `validate` with an error
 //! naming the field: a silently wrong model is worse than no model. String-valued choices are
-//! enums, so the models branch on variants, never on strings: [`choice!`] for model configs
-//! (an unknown value is kept and `validate` rejects it naming the file), `config_enum!` in
-//! `scheduler.rs` (an unknown value fails the parse, naming the field and the accepted ones).
+//! enums declared with [`choice!`], so the code branches on variants, never on strings.
+//!
+//! The scheduler configs live with their samplers (`crate::schedulers`, one file each, as in
+//! diffusers); they are re-exported here with the other configs.
 
-/// Declares the enum of a string-valued config field: one variant per value we implement, plus
-/// `Unsupported` holding any other value as written. Parsing never fails on a value, so that
-/// `validate` can reject it naming the file, the field and the value (a serde error could not).
+/// Declares the enum of a string-valued config field, in one of two forms:
+///
+/// - `choice! { Name for "field" { A = "a", } }`: an unknown value fails the parse, naming the
+///   field and the accepted values. For fields that are always used (the scheduler configs).
+/// - `choice! { Name { A = "a", } }`: one more variant, `Unsupported`, holds any other value as
+///   written, so that parsing never fails on a value and a `validate` run later can reject it
+///   naming the file, the field and the value. For fields whose part may go unused: a VAE
+///   whose encoder blocks we cannot build still decodes (text-to-image), and refuses only when
+///   an image is encoded.
+///
+/// Both (de)serialise as the upstream string and show it (quoted) in `Debug`, which is how
+/// errors print values.
 macro_rules! choice {
+    ($(#[$doc:meta])* $name:ident for $field:literal { $($(#[$vdoc:meta])* $variant:ident = $value:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            /// The value as written in the file.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $value,)+
+                }
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(self.as_str(), f)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                match s.as_str() {
+                    $($value => Ok(Self::$variant),)+
+                    other => Err(serde::de::Error::custom(format!(
+                        concat!("unsupported value {:?} for `", $field, "` (expected one of: {})"),
+                        other,
+                        [$($value),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    };
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $value:literal,)+ }) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,9 +102,10 @@ macro_rules! choice {
     };
 }
 
+pub(crate) use choice;
+
 mod autoencoder;
 mod model_index;
-mod scheduler;
 mod text;
 mod unet;
 
@@ -54,7 +113,7 @@ pub use autoencoder::{
     AutoencoderKLConfig, AutoencoderTinyConfig, DownEncoderBlockType, UpDecoderBlockType, UpsampleFn,
 };
 pub use model_index::{ComponentSpec, ModelIndex};
-pub use scheduler::{
+pub use crate::schedulers::{
     AlgorithmType, BetaSchedule, DDIMSchedulerConfig, DDPMSchedulerConfig, DPMSolverMultistepSchedulerConfig,
     EulerAncestralDiscreteSchedulerConfig, EulerDiscreteSchedulerConfig, FinalSigmasType,
     FlowMatchEulerDiscreteSchedulerConfig, InterpolationType, LCMSchedulerConfig, PNDMSchedulerConfig, PredictionType,

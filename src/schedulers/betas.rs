@@ -8,7 +8,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::config::{BetaSchedule, TimestepSpacing};
+use super::config::{BetaSchedule, TimestepSpacing};
 use crate::error::{Error, Result};
 
 use super::FILE;

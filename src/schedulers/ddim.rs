@@ -2,11 +2,60 @@
 //! prediction, then recombined at the previous timestep's alphas_cumprod.
 
 use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{DDIMSchedulerConfig, PredictionType};
+use crate::config::ensure;
 use crate::error::{Error, Result};
 
+// The choices and checks every scheduler_config.json shares.
+use super::config::*;
+use super::Step;
 use super::betas::{add_noise_vp, beta_schedule_of, check_steps, spaced_timesteps};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DDIMSchedulerConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub trained_betas: Option<Vec<f64>>,
+    pub clip_sample: bool,
+    pub set_alpha_to_one: bool,
+    pub steps_offset: usize,
+    pub prediction_type: PredictionType,
+    pub thresholding: bool,
+    pub clip_sample_range: f64,
+    pub timestep_spacing: TimestepSpacing,
+    pub rescale_betas_zero_snr: bool,
+}
+
+impl Default for DDIMSchedulerConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            trained_betas: None,
+            clip_sample: true,
+            set_alpha_to_one: true,
+            steps_offset: 0,
+            prediction_type: PredictionType::Epsilon,
+            thresholding: false,
+            clip_sample_range: 1.0,
+            timestep_spacing: TimestepSpacing::Leading,
+            rescale_betas_zero_snr: false,
+        }
+    }
+}
+
+impl DDIMSchedulerConfig {
+    pub fn validate(&self) -> Result<()> {
+        check_betas(self.num_train_timesteps, &self.trained_betas)?;
+        ensure(!self.thresholding, FILE, "thresholding", self.thresholding)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Ddim {
@@ -20,13 +69,23 @@ pub struct Ddim {
 }
 
 impl Ddim {
-    pub fn new(config: &DDIMSchedulerConfig) -> Result<Self> {
+    /// The training noise schedule, per timestep.
+    pub fn alphas_cumprod(&self) -> &[f64] {
+        &self.alphas_cumprod
+    }
+}
+
+impl Step for Ddim {
+    type Config = DDIMSchedulerConfig;
+    const CLASS: &'static str = "DDIMScheduler";
+
+    fn new(config: &DDIMSchedulerConfig) -> Result<Self> {
         let alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
         let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
         Ok(Self { config: config.clone(), alphas_cumprod, final_alpha_cumprod, timesteps: vec![], steps: 1 })
     }
 
-    pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
+    fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
         if custom.is_some() {
             return Err(Error::InvalidArgument("custom timesteps are not supported by DDIMScheduler".into()));
         }
@@ -44,21 +103,16 @@ impl Ddim {
         Ok(())
     }
 
-    pub fn timesteps(&self) -> &[f64] {
+    fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }
 
-    /// The training noise schedule, per timestep.
-    pub fn alphas_cumprod(&self) -> &[f64] {
-        &self.alphas_cumprod
-    }
-
     /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
-    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
         add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
     }
 
-    pub fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> Tensor<4> {
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, _noise: Option<Tensor<4>>) -> Tensor<4> {
         let t = self.timesteps[step] as i64;
         // diffusers steps back by N / steps whatever the spacing.
         let prev = t - (self.config.num_train_timesteps / self.steps) as i64;
@@ -82,5 +136,9 @@ impl Ddim {
             x0 = x0.clamp(-r, r);
         }
         x0.mul_scalar(alpha_prev.sqrt()).add(eps.mul_scalar((1.0 - alpha_prev).sqrt()))
+    }
+
+    fn default_steps_and_guidance(&self) -> (usize, f32) {
+        (50, 7.5)
     }
 }

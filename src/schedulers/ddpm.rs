@@ -2,11 +2,65 @@
 //! 2020, eqs. 6–7), x_0 estimated from the prediction; fresh noise at every step but the last.
 
 use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{DDPMSchedulerConfig, PredictionType, VarianceType};
+use crate::config::{choice, ensure};
 use crate::error::{Error, Result};
 
+// The choices and checks every scheduler_config.json shares.
+use super::config::*;
+use super::Step;
 use super::betas::{add_noise_vp, beta_schedule_of, check_custom, check_steps, spaced_timesteps};
+
+choice! {
+    /// DDPM's posterior variance (learned variances need a model that predicts them).
+    VarianceType for "variance_type" { FixedSmall = "fixed_small", FixedSmallLog = "fixed_small_log", FixedLarge = "fixed_large", }
+}
+/// `DDPMScheduler`: ancestral sampling of the original DDPM posterior.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DDPMSchedulerConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub trained_betas: Option<Vec<f64>>,
+    pub variance_type: VarianceType,
+    pub clip_sample: bool,
+    pub prediction_type: PredictionType,
+    pub thresholding: bool,
+    pub clip_sample_range: f64,
+    pub timestep_spacing: TimestepSpacing,
+    pub steps_offset: usize,
+    pub rescale_betas_zero_snr: bool,
+}
+
+impl Default for DDPMSchedulerConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            trained_betas: None,
+            variance_type: VarianceType::FixedSmall,
+            clip_sample: true,
+            prediction_type: PredictionType::Epsilon,
+            thresholding: false,
+            clip_sample_range: 1.0,
+            timestep_spacing: TimestepSpacing::Leading,
+            steps_offset: 0,
+            rescale_betas_zero_snr: false,
+        }
+    }
+}
+
+impl DDPMSchedulerConfig {
+    pub fn validate(&self) -> Result<()> {
+        check_betas(self.num_train_timesteps, &self.trained_betas)?;
+        ensure(!self.thresholding, FILE, "thresholding", self.thresholding)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Ddpm {
@@ -16,13 +70,25 @@ pub struct Ddpm {
 }
 
 impl Ddpm {
-    pub fn new(config: &DDPMSchedulerConfig) -> Result<Self> {
+    /// alphas_cumprod at the step's timestep and at the next one of the schedule (1 past the end).
+    fn alphas(&self, step: usize) -> (f32, f32) {
+        let at = self.alphas_cumprod[self.timesteps[step] as usize] as f32;
+        let prev = self.timesteps.get(step + 1).map_or(1.0, |&t| self.alphas_cumprod[t as usize] as f32);
+        (at, prev)
+    }
+}
+
+impl Step for Ddpm {
+    type Config = DDPMSchedulerConfig;
+    const CLASS: &'static str = "DDPMScheduler";
+
+    fn new(config: &DDPMSchedulerConfig) -> Result<Self> {
         let alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
         Ok(Self { config: config.clone(), alphas_cumprod, timesteps: vec![] })
     }
 
     /// Timesteps per `timestep_spacing` (integers), or the user's strictly descending ones.
-    pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
+    fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
         let n = self.config.num_train_timesteps;
         if let Some(ts) = custom {
             check_custom("DDPMScheduler", ts, steps, (n - 1) as f64, true)?;
@@ -41,28 +107,21 @@ impl Ddpm {
         Ok(())
     }
 
-    pub fn timesteps(&self) -> &[f64] {
+    fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }
 
     /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
-    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
         add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
     }
 
     /// diffusers adds noise while t > 0.
-    pub fn needs_noise(&self, step: usize) -> bool {
+    fn needs_noise(&self, step: usize) -> bool {
         self.timesteps.get(step).is_some_and(|&t| t > 0.0)
     }
 
-    /// alphas_cumprod at the step's timestep and at the next one of the schedule (1 past the end).
-    fn alphas(&self, step: usize) -> (f32, f32) {
-        let at = self.alphas_cumprod[self.timesteps[step] as usize] as f32;
-        let prev = self.timesteps.get(step + 1).map_or(1.0, |&t| self.alphas_cumprod[t as usize] as f32);
-        (at, prev)
-    }
-
-    pub fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
         let (alpha_prod_t, alpha_prod_t_prev) = self.alphas(step);
         let (beta_prod_t, beta_prod_t_prev) = (1.0 - alpha_prod_t, 1.0 - alpha_prod_t_prev);
         let current_alpha_t = alpha_prod_t / alpha_prod_t_prev;
@@ -95,5 +154,9 @@ impl Ddpm {
             VarianceType::FixedSmall => variance.sqrt(),
         };
         mean.add(noise.mul_scalar(std))
+    }
+
+    fn default_steps_and_guidance(&self) -> (usize, f32) {
+        (50, 7.5)
     }
 }

@@ -7,11 +7,103 @@
 //! The state (past estimates) lives here, so steps must be taken in order, once each.
 
 use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{AlgorithmType, BetaSchedule, DPMSolverMultistepSchedulerConfig, FinalSigmasType, PredictionType, SolverType, TimestepSpacing};
+use crate::config::{choice, ensure};
 use crate::error::{Error, Result};
 
+// The choices and checks every scheduler_config.json shares.
+use super::config::*;
+use super::Step;
 use super::betas::{beta_schedule_of, check_custom, check_steps, f32r, np_arange, np_linspace, sigma_to_t};
+
+choice! {
+    /// DPM-Solver's algorithm (the deprecated non-++ forms are refused).
+    AlgorithmType for "algorithm_type" { DpmSolverPp = "dpmsolver++", SdeDpmSolverPp = "sde-dpmsolver++", }
+}
+choice! {
+    /// DPM-Solver's second-order correction.
+    SolverType for "solver_type" { Midpoint = "midpoint", Heun = "heun", }
+}
+
+/// `DPMSolverMultistepScheduler`: DPM-Solver++ (and its SDE variant) of order 1–3 in the
+/// log-SNR variable, with Karras sigmas optionally.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DPMSolverMultistepSchedulerConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub trained_betas: Option<Vec<f64>>,
+    pub solver_order: usize,
+    pub prediction_type: PredictionType,
+    pub thresholding: bool,
+    pub algorithm_type: AlgorithmType,
+    pub solver_type: SolverType,
+    pub lower_order_final: bool,
+    pub euler_at_final: bool,
+    pub use_karras_sigmas: bool,
+    pub use_exponential_sigmas: bool,
+    pub use_beta_sigmas: bool,
+    pub use_lu_lambdas: bool,
+    pub use_flow_sigmas: bool,
+    pub final_sigmas_type: FinalSigmasType,
+    /// Written by Python's json as the bare token `-Infinity` (its default); see `from_json`.
+    #[serde(deserialize_with = "number_or_infinity")]
+    pub lambda_min_clipped: f64,
+    pub variance_type: Option<String>,
+    pub timestep_spacing: TimestepSpacing,
+    pub steps_offset: usize,
+    pub rescale_betas_zero_snr: bool,
+    pub use_dynamic_shifting: bool,
+}
+
+impl Default for DPMSolverMultistepSchedulerConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            trained_betas: None,
+            solver_order: 2,
+            prediction_type: PredictionType::Epsilon,
+            thresholding: false,
+            algorithm_type: AlgorithmType::DpmSolverPp,
+            solver_type: SolverType::Midpoint,
+            lower_order_final: true,
+            euler_at_final: false,
+            use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            use_lu_lambdas: false,
+            use_flow_sigmas: false,
+            final_sigmas_type: FinalSigmasType::Zero,
+            lambda_min_clipped: f64::NEG_INFINITY,
+            variance_type: None,
+            timestep_spacing: TimestepSpacing::Linspace,
+            steps_offset: 0,
+            rescale_betas_zero_snr: false,
+            use_dynamic_shifting: false,
+        }
+    }
+}
+
+impl DPMSolverMultistepSchedulerConfig {
+    pub fn validate(&self) -> Result<()> {
+        check_betas(self.num_train_timesteps, &self.trained_betas)?;
+        ensure((1..=3).contains(&self.solver_order), FILE, "solver_order", self.solver_order)?;
+        ensure(!self.thresholding, FILE, "thresholding", self.thresholding)?;
+        ensure(!self.use_exponential_sigmas, FILE, "use_exponential_sigmas", self.use_exponential_sigmas)?;
+        ensure(!self.use_beta_sigmas, FILE, "use_beta_sigmas", self.use_beta_sigmas)?;
+        ensure(!self.use_lu_lambdas, FILE, "use_lu_lambdas", self.use_lu_lambdas)?;
+        ensure(!self.use_flow_sigmas, FILE, "use_flow_sigmas", self.use_flow_sigmas)?;
+        ensure(!self.use_dynamic_shifting, FILE, "use_dynamic_shifting", self.use_dynamic_shifting)?;
+        ensure(!self.lambda_min_clipped.is_nan(), FILE, "lambda_min_clipped", self.lambda_min_clipped)?;
+        ensure(self.variance_type.is_none(), FILE, "variance_type", &self.variance_type)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct DpmSolverMultistep {
@@ -41,25 +133,6 @@ fn lambda(alpha: f32, sigma: f32) -> f32 {
 }
 
 impl DpmSolverMultistep {
-    pub fn new(config: &DPMSolverMultistepSchedulerConfig) -> Result<Self> {
-        let mut alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
-        if config.rescale_betas_zero_snr {
-            // diffusers: close to 0 without being 0, so the first sigma is finite.
-            *alphas_cumprod.last_mut().unwrap() = 2f64.powi(-24);
-        }
-        let train_sigmas = alphas_cumprod.iter().map(|&a| ((1.0 - a as f32) / a as f32).sqrt()).collect();
-        Ok(Self {
-            config: config.clone(),
-            alphas_cumprod,
-            train_sigmas,
-            timesteps: vec![],
-            sigmas: vec![],
-            model_outputs: vec![],
-            lower_order_nums: 0,
-            step_index: 0,
-        })
-    }
-
     /// The last usable training timestep + 1: diffusers clips the schedule where lambda falls
     /// below `lambda_min_clipped` (for cosine schedules), counting from the noisy end.
     fn last_timestep(&self) -> usize {
@@ -74,68 +147,6 @@ impl DpmSolverMultistep {
             })
             .count();
         n - clipped
-    }
-
-    /// Timesteps per `timestep_spacing` (integers; n + 1 points without the final 0 for
-    /// linspace/leading), or per Karras' rho = 7 noise levels mapped back to timesteps, or the
-    /// user's integer timesteps (not with Karras sigmas, as in diffusers).
-    pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
-        let c = &self.config;
-        let n = c.num_train_timesteps;
-        let timesteps: Vec<f64> = match custom {
-            Some(_) if c.use_karras_sigmas => {
-                return Err(Error::InvalidArgument(
-                    "DPMSolverMultistepScheduler: custom timesteps cannot be used with use_karras_sigmas".into(),
-                ));
-            }
-            Some(ts) => {
-                check_custom("DPMSolverMultistepScheduler", ts, steps, (n - 1) as f64, true)?;
-                ts.to_vec()
-            }
-            None => {
-                check_steps(steps, n)?;
-                let last = self.last_timestep();
-                match c.timestep_spacing {
-                    TimestepSpacing::Linspace => {
-                        let mut ts: Vec<f64> =
-                            np_linspace(0.0, last as f64 - 1.0, steps + 1, true).iter().map(|t| t.round_ties_even()).collect();
-                        ts.reverse();
-                        ts.pop();
-                        ts
-                    }
-                    TimestepSpacing::Leading => {
-                        let ratio = last / (steps + 1);
-                        (1..=steps).rev().map(|i| (i * ratio + c.steps_offset) as f64).collect()
-                    }
-                    TimestepSpacing::Trailing => np_arange(last as f64, 0.0, -(n as f64 / steps as f64))
-                        .into_iter()
-                        .map(|t| t.round_ties_even() - 1.0)
-                        .collect(),
-                }
-            }
-        };
-        if let Some(t) = timesteps.iter().find(|&&t| t < 0.0 || t >= n as f64) {
-            return Err(Error::InvalidArgument(format!(
-                "DPMSolverMultistepScheduler: {steps} steps with steps_offset {} give timestep {t}, outside 0..{n}",
-                c.steps_offset
-            )));
-        }
-        let (timesteps, mut sigmas) = if c.use_karras_sigmas {
-            self.karras(steps)
-        } else {
-            let sigmas = timesteps.iter().map(|&t| self.train_sigmas[t as usize] as f64).collect();
-            (timesteps, sigmas)
-        };
-        sigmas.push(match c.final_sigmas_type {
-            FinalSigmasType::SigmaMin => self.train_sigmas[0] as f64,
-            FinalSigmasType::Zero => 0.0,
-        });
-        self.timesteps = timesteps;
-        self.sigmas = sigmas;
-        self.model_outputs.clear();
-        self.lower_order_nums = 0;
-        self.step_index = 0;
-        Ok(())
     }
 
     /// Karras et al. (2022) eq. 5: rho = 7 spacing between the training schedule's ends, and
@@ -159,34 +170,8 @@ impl DpmSolverMultistep {
         (timesteps, sigmas.into_iter().map(f32r).collect())
     }
 
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    pub fn sigmas(&self) -> &[f64] {
-        &self.sigmas
-    }
-
-    /// diffusers' `set_begin_index`: the first step taken is `begin` (img2img), a first-order
-    /// one since no past estimates exist.
-    pub fn set_begin_index(&mut self, begin: usize) {
-        self.step_index = begin;
-    }
-
-    /// diffusers' `add_noise` with `begin_index` set: `alpha_t x_0 + sigma_t noise` at the
-    /// step's noise level (VP form).
-    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step]);
-        original.mul_scalar(alpha_t).add(noise.mul_scalar(sigma_t))
-    }
-
     fn is_sde(&self) -> bool {
         self.config.algorithm_type == AlgorithmType::SdeDpmSolverPp
-    }
-
-    /// The SDE variant draws noise at every step.
-    pub fn needs_noise(&self, _step: usize) -> bool {
-        self.is_sde()
     }
 
     /// The model output as an x_0 estimate (DPM-Solver++ integrates in x_0).
@@ -197,45 +182,6 @@ impl DpmSolverMultistep {
             PredictionType::Sample => model_output,
             PredictionType::VPrediction => sample.mul_scalar(alpha_t).sub(model_output.mul_scalar(sigma_t)),
         }
-    }
-
-    /// # Panics
-    /// If steps are not taken in order from 0, or the SDE variant gets no noise.
-    pub fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
-        assert_eq!(step, self.step_index, "DPMSolverMultistepScheduler steps must be taken in order");
-        let c = &self.config;
-        let len = self.timesteps.len();
-        // Lower orders at the end keep few-step runs stable (and the last step lands on sigma 0).
-        let lower_order_final = step == len - 1
-            && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == FinalSigmasType::Zero);
-        let lower_order_second = step + 2 == len && c.lower_order_final && len < 15;
-        let x0 = self.convert_model_output(model_output, sample.clone());
-        if self.model_outputs.len() == c.solver_order {
-            self.model_outputs.remove(0);
-        }
-        self.model_outputs.push(x0);
-        let noise = if self.is_sde() {
-            Some(noise.unwrap_or_else(|| panic!("DPMSolverMultistepScheduler (SDE) step {step} needs noise")))
-        } else {
-            None
-        };
-        let order = if c.solver_order == 1 || self.lower_order_nums < 1 || lower_order_final {
-            1
-        } else if c.solver_order == 2 || self.lower_order_nums < 2 || lower_order_second {
-            2
-        } else {
-            3
-        };
-        let out = match order {
-            1 => self.first_order_update(sample, noise),
-            2 => self.second_order_update(sample, noise),
-            _ => self.third_order_update(sample, noise),
-        };
-        if self.lower_order_nums < self.config.solver_order {
-            self.lower_order_nums += 1;
-        }
-        self.step_index += 1;
-        out
     }
 
     /// (alpha_t, sigma_t, lambda_t) at `sigmas[i]`.
@@ -330,5 +276,160 @@ impl DpmSolverMultistep {
                 .add(d1.mul_scalar(alpha_t * (e / h + 1.0)))
                 .sub(d2.mul_scalar(alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5)))
         }
+    }
+}
+
+impl Step for DpmSolverMultistep {
+    type Config = DPMSolverMultistepSchedulerConfig;
+    const CLASS: &'static str = "DPMSolverMultistepScheduler";
+
+    fn new(config: &DPMSolverMultistepSchedulerConfig) -> Result<Self> {
+        let mut alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
+        if config.rescale_betas_zero_snr {
+            // diffusers: close to 0 without being 0, so the first sigma is finite.
+            *alphas_cumprod.last_mut().unwrap() = 2f64.powi(-24);
+        }
+        let train_sigmas = alphas_cumprod.iter().map(|&a| ((1.0 - a as f32) / a as f32).sqrt()).collect();
+        Ok(Self {
+            config: config.clone(),
+            alphas_cumprod,
+            train_sigmas,
+            timesteps: vec![],
+            sigmas: vec![],
+            model_outputs: vec![],
+            lower_order_nums: 0,
+            step_index: 0,
+        })
+    }
+
+    /// Timesteps per `timestep_spacing` (integers; n + 1 points without the final 0 for
+    /// linspace/leading), or per Karras' rho = 7 noise levels mapped back to timesteps, or the
+    /// user's integer timesteps (not with Karras sigmas, as in diffusers).
+    fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
+        let c = &self.config;
+        let n = c.num_train_timesteps;
+        let timesteps: Vec<f64> = match custom {
+            Some(_) if c.use_karras_sigmas => {
+                return Err(Error::InvalidArgument(
+                    "DPMSolverMultistepScheduler: custom timesteps cannot be used with use_karras_sigmas".into(),
+                ));
+            }
+            Some(ts) => {
+                check_custom("DPMSolverMultistepScheduler", ts, steps, (n - 1) as f64, true)?;
+                ts.to_vec()
+            }
+            None => {
+                check_steps(steps, n)?;
+                let last = self.last_timestep();
+                match c.timestep_spacing {
+                    TimestepSpacing::Linspace => {
+                        let mut ts: Vec<f64> =
+                            np_linspace(0.0, last as f64 - 1.0, steps + 1, true).iter().map(|t| t.round_ties_even()).collect();
+                        ts.reverse();
+                        ts.pop();
+                        ts
+                    }
+                    TimestepSpacing::Leading => {
+                        let ratio = last / (steps + 1);
+                        (1..=steps).rev().map(|i| (i * ratio + c.steps_offset) as f64).collect()
+                    }
+                    TimestepSpacing::Trailing => np_arange(last as f64, 0.0, -(n as f64 / steps as f64))
+                        .into_iter()
+                        .map(|t| t.round_ties_even() - 1.0)
+                        .collect(),
+                }
+            }
+        };
+        if let Some(t) = timesteps.iter().find(|&&t| t < 0.0 || t >= n as f64) {
+            return Err(Error::InvalidArgument(format!(
+                "DPMSolverMultistepScheduler: {steps} steps with steps_offset {} give timestep {t}, outside 0..{n}",
+                c.steps_offset
+            )));
+        }
+        let (timesteps, mut sigmas) = if c.use_karras_sigmas {
+            self.karras(steps)
+        } else {
+            let sigmas = timesteps.iter().map(|&t| self.train_sigmas[t as usize] as f64).collect();
+            (timesteps, sigmas)
+        };
+        sigmas.push(match c.final_sigmas_type {
+            FinalSigmasType::SigmaMin => self.train_sigmas[0] as f64,
+            FinalSigmasType::Zero => 0.0,
+        });
+        self.timesteps = timesteps;
+        self.sigmas = sigmas;
+        self.model_outputs.clear();
+        self.lower_order_nums = 0;
+        self.step_index = 0;
+        Ok(())
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas)
+    }
+
+    /// diffusers' `set_begin_index`: the first step taken is `begin` (img2img), a first-order
+    /// one since no past estimates exist.
+    fn set_begin_index(&mut self, begin: usize) {
+        self.step_index = begin;
+    }
+
+    /// diffusers' `add_noise` with `begin_index` set: `alpha_t x_0 + sigma_t noise` at the
+    /// step's noise level (VP form).
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step]);
+        original.mul_scalar(alpha_t).add(noise.mul_scalar(sigma_t))
+    }
+
+    /// The SDE variant draws noise at every step.
+    fn needs_noise(&self, _step: usize) -> bool {
+        self.is_sde()
+    }
+
+    /// # Panics
+    /// If steps are not taken in order from 0, or the SDE variant gets no noise.
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
+        assert_eq!(step, self.step_index, "DPMSolverMultistepScheduler steps must be taken in order");
+        let c = &self.config;
+        let len = self.timesteps.len();
+        // Lower orders at the end keep few-step runs stable (and the last step lands on sigma 0).
+        let lower_order_final = step == len - 1
+            && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == FinalSigmasType::Zero);
+        let lower_order_second = step + 2 == len && c.lower_order_final && len < 15;
+        let x0 = self.convert_model_output(model_output, sample.clone());
+        if self.model_outputs.len() == c.solver_order {
+            self.model_outputs.remove(0);
+        }
+        self.model_outputs.push(x0);
+        let noise = if self.is_sde() {
+            Some(noise.unwrap_or_else(|| panic!("DPMSolverMultistepScheduler (SDE) step {step} needs noise")))
+        } else {
+            None
+        };
+        let order = if c.solver_order == 1 || self.lower_order_nums < 1 || lower_order_final {
+            1
+        } else if c.solver_order == 2 || self.lower_order_nums < 2 || lower_order_second {
+            2
+        } else {
+            3
+        };
+        let out = match order {
+            1 => self.first_order_update(sample, noise),
+            2 => self.second_order_update(sample, noise),
+            _ => self.third_order_update(sample, noise),
+        };
+        if self.lower_order_nums < self.config.solver_order {
+            self.lower_order_nums += 1;
+        }
+        self.step_index += 1;
+        out
+    }
+
+    fn default_steps_and_guidance(&self) -> (usize, f32) {
+        (25, 7.5)
     }
 }

@@ -3,11 +3,76 @@
 //! variance-preserving form the model was trained on.
 
 use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{EulerDiscreteSchedulerConfig, PredictionType, TimestepSpacing};
+use crate::config::{choice, ensure};
 use crate::error::Result;
 
+// The choices and checks every scheduler_config.json shares.
+use super::config::*;
+use super::Step;
 use super::betas::{beta_schedule_of, check_custom, check_sigmas, check_steps, f32r, sigma_to_t, spaced_timesteps};
+
+choice! {
+    /// How Euler interpolates its sigma table (`log_linear` is not implemented).
+    InterpolationType for "interpolation_type" { Linear = "linear", }
+}
+choice! {
+    /// Euler's model timesteps: the discrete table's (`continuous` is for EDM-style models).
+    TimestepType for "timestep_type" { Discrete = "discrete", }
+}
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EulerDiscreteSchedulerConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub trained_betas: Option<Vec<f64>>,
+    pub prediction_type: PredictionType,
+    pub interpolation_type: InterpolationType,
+    pub use_karras_sigmas: bool,
+    pub use_exponential_sigmas: bool,
+    pub use_beta_sigmas: bool,
+    pub timestep_spacing: TimestepSpacing,
+    pub timestep_type: TimestepType,
+    pub steps_offset: usize,
+    pub rescale_betas_zero_snr: bool,
+    pub final_sigmas_type: FinalSigmasType,
+}
+
+impl Default for EulerDiscreteSchedulerConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            trained_betas: None,
+            prediction_type: PredictionType::Epsilon,
+            interpolation_type: InterpolationType::Linear,
+            use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            timestep_spacing: TimestepSpacing::Linspace,
+            timestep_type: TimestepType::Discrete,
+            steps_offset: 0,
+            rescale_betas_zero_snr: false,
+            final_sigmas_type: FinalSigmasType::Zero,
+        }
+    }
+}
+
+impl EulerDiscreteSchedulerConfig {
+    pub fn validate(&self) -> Result<()> {
+        check_betas(self.num_train_timesteps, &self.trained_betas)?;
+        ensure(eps_or_v(self.prediction_type), FILE, "prediction_type", self.prediction_type.as_str())?;
+        ensure(!self.use_karras_sigmas, FILE, "use_karras_sigmas", self.use_karras_sigmas)?;
+        ensure(!self.use_exponential_sigmas, FILE, "use_exponential_sigmas", self.use_exponential_sigmas)?;
+        ensure(!self.use_beta_sigmas, FILE, "use_beta_sigmas", self.use_beta_sigmas)?;
+        ensure(self.final_sigmas_type == FinalSigmasType::Zero, FILE, "final_sigmas_type", self.final_sigmas_type.as_str())
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct EulerDiscrete {
@@ -15,13 +80,58 @@ pub struct EulerDiscrete {
     /// sigma per training timestep, sqrt((1 - alphas_cumprod) / alphas_cumprod) in f32.
     train_sigmas: Vec<f64>,
     /// Per step, then a final 0.
-    sigmas: Vec<f64>,
+    pub(super) sigmas: Vec<f64>,
     timesteps: Vec<f64>,
     init_noise_sigma: f64,
 }
 
 impl EulerDiscrete {
-    pub fn new(config: &EulerDiscreteSchedulerConfig) -> Result<Self> {
+    /// linspace/trailing schedules start at the top sigma; "leading" starts below it, where
+    /// diffusers scales the initial noise to the full variance sqrt(sigma^2 + 1).
+    fn init_sigma_from_max(&self, max: f64) -> f64 {
+        match self.config.timestep_spacing {
+            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
+            _ => ((max as f32) * (max as f32) + 1.0).sqrt() as f64,
+        }
+    }
+
+    /// `np.interp(t, arange(N), train_sigmas)`: linear between neighbouring training sigmas,
+    /// clamped at both ends.
+    fn interp_sigma(&self, t: f64) -> f64 {
+        let s = &self.train_sigmas;
+        let last = s.len() - 1;
+        if t <= 0.0 {
+            return s[0];
+        }
+        if t >= last as f64 {
+            return s[last];
+        }
+        let j = t.floor() as usize;
+        if t == j as f64 {
+            return s[j];
+        }
+        (s[j + 1] - s[j]) * (t - j as f64) + s[j]
+    }
+
+    /// x_0 predicted at `step` (in sigma space, x = x_0 + sigma eps).
+    pub(crate) fn pred_original_sample(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> Tensor<4> {
+        let sigma = self.sigmas[step] as f32;
+        match self.config.prediction_type {
+            PredictionType::Epsilon => sample.sub(model_output.mul_scalar(sigma)),
+            PredictionType::VPrediction => {
+                let var = sigma * sigma + 1.0;
+                model_output.mul_scalar(-sigma / var.sqrt()).add(sample.div_scalar(var))
+            }
+            PredictionType::Sample => unreachable!("rejected by validate()"),
+        }
+    }
+}
+
+impl Step for EulerDiscrete {
+    type Config = EulerDiscreteSchedulerConfig;
+    const CLASS: &'static str = "EulerDiscreteScheduler";
+
+    fn new(config: &EulerDiscreteSchedulerConfig) -> Result<Self> {
         let mut alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
         if config.rescale_betas_zero_snr {
             // diffusers: close to 0 without being 0, so the first sigma is finite.
@@ -36,18 +146,9 @@ impl EulerDiscrete {
         Ok(me)
     }
 
-    /// linspace/trailing schedules start at the top sigma; "leading" starts below it, where
-    /// diffusers scales the initial noise to the full variance sqrt(sigma^2 + 1).
-    fn init_sigma_from_max(&self, max: f64) -> f64 {
-        match self.config.timestep_spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
-            _ => ((max as f32) * (max as f32) + 1.0).sqrt() as f64,
-        }
-    }
-
     /// Timesteps per `timestep_spacing`, or the user's (fractional allowed); sigmas are
     /// interpolated from the training sigmas at them.
-    pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
+    fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
         let n = self.config.num_train_timesteps;
         let c = &self.config;
         let timesteps = match custom {
@@ -71,7 +172,7 @@ impl EulerDiscrete {
 
     /// diffusers' `set_timesteps(sigmas=...)`: the user's noise levels, the final one included
     /// (so `sigmas.len() - 1` steps); timesteps are interpolated back from them.
-    pub fn set_sigmas(&mut self, sigmas: &[f64]) -> Result<()> {
+    fn set_sigmas(&mut self, sigmas: &[f64]) -> Result<()> {
         check_sigmas("EulerDiscreteScheduler", sigmas, 2)?;
         let log_sigmas: Vec<f32> = self.train_sigmas.iter().map(|&s| (s as f32).ln()).collect();
         let sigmas: Vec<f64> = sigmas.iter().map(|&s| f32r(s)).collect();
@@ -83,64 +184,37 @@ impl EulerDiscrete {
         Ok(())
     }
 
-    /// `np.interp(t, arange(N), train_sigmas)`: linear between neighbouring training sigmas,
-    /// clamped at both ends.
-    fn interp_sigma(&self, t: f64) -> f64 {
-        let s = &self.train_sigmas;
-        let last = s.len() - 1;
-        if t <= 0.0 {
-            return s[0];
-        }
-        if t >= last as f64 {
-            return s[last];
-        }
-        let j = t.floor() as usize;
-        if t == j as f64 {
-            return s[j];
-        }
-        (s[j + 1] - s[j]) * (t - j as f64) + s[j]
-    }
-
-    pub fn timesteps(&self) -> &[f64] {
+    fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }
 
-    pub fn sigmas(&self) -> &[f64] {
-        &self.sigmas
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas)
     }
 
-    pub fn init_noise_sigma(&self) -> f64 {
+    fn init_noise_sigma(&self) -> f64 {
         self.init_noise_sigma
     }
 
     /// diffusers' `add_noise` with `begin_index` set: `x_0 + sigmas[step] noise` (sigma space).
-    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
         original.add(noise.mul_scalar(self.sigmas[step] as f32))
     }
 
-    pub fn scale_model_input(&self, sample: Tensor<4>, step: usize) -> Tensor<4> {
+    fn scale_model_input(&self, sample: Tensor<4>, step: usize) -> Tensor<4> {
         let sigma = self.sigmas[step] as f32;
         sample.div_scalar((sigma * sigma + 1.0).sqrt())
     }
 
-    /// x_0 predicted at `step` (in sigma space, x = x_0 + sigma eps).
-    pub(crate) fn pred_original_sample(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> Tensor<4> {
-        let sigma = self.sigmas[step] as f32;
-        match self.config.prediction_type {
-            PredictionType::Epsilon => sample.sub(model_output.mul_scalar(sigma)),
-            PredictionType::VPrediction => {
-                let var = sigma * sigma + 1.0;
-                model_output.mul_scalar(-sigma / var.sqrt()).add(sample.div_scalar(var))
-            }
-            PredictionType::Sample => unreachable!("rejected by validate()"),
-        }
-    }
-
-    pub fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> Tensor<4> {
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, _noise: Option<Tensor<4>>) -> Tensor<4> {
         let (sigma, next) = (self.sigmas[step] as f32, self.sigmas[step + 1] as f32);
         // x_0 from the prediction, then the ODE derivative (x - x_0) / sigma, as diffusers does.
         let x0 = self.pred_original_sample(model_output, step, sample.clone());
         let derivative = sample.clone().sub(x0).div_scalar(sigma);
         sample.add(derivative.mul_scalar(next - sigma))
+    }
+
+    fn default_steps_and_guidance(&self) -> (usize, f32) {
+        (25, 7.5)
     }
 }

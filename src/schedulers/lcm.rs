@@ -3,11 +3,64 @@
 //! then re-noises it with fresh noise to the next timestep.
 
 use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{LCMSchedulerConfig, PredictionType};
+use crate::config::ensure;
 use crate::error::{Error, Result};
 
+// The choices and checks every scheduler_config.json shares.
+use super::config::*;
+use super::Step;
 use super::betas::{add_noise_vp, beta_schedule_of, check_custom, check_steps, np_linspace};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LCMSchedulerConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub trained_betas: Option<Vec<f64>>,
+    pub original_inference_steps: usize,
+    pub clip_sample: bool,
+    pub clip_sample_range: f64,
+    pub set_alpha_to_one: bool,
+    pub steps_offset: usize,
+    pub prediction_type: PredictionType,
+    pub thresholding: bool,
+    pub timestep_spacing: TimestepSpacing,
+    pub timestep_scaling: f64,
+    pub rescale_betas_zero_snr: bool,
+}
+
+impl Default for LCMSchedulerConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            beta_schedule: BetaSchedule::ScaledLinear,
+            trained_betas: None,
+            original_inference_steps: 50,
+            clip_sample: false,
+            clip_sample_range: 1.0,
+            set_alpha_to_one: true,
+            steps_offset: 0,
+            prediction_type: PredictionType::Epsilon,
+            thresholding: false,
+            timestep_spacing: TimestepSpacing::Leading,
+            timestep_scaling: 10.0,
+            rescale_betas_zero_snr: false,
+        }
+    }
+}
+
+impl LCMSchedulerConfig {
+    pub fn validate(&self) -> Result<()> {
+        check_betas(self.num_train_timesteps, &self.trained_betas)?;
+        ensure(!self.thresholding, FILE, "thresholding", self.thresholding)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Lcm {
@@ -17,14 +70,31 @@ pub struct Lcm {
 }
 
 impl Lcm {
-    pub fn new(config: &LCMSchedulerConfig) -> Result<Self> {
+    /// The training noise schedule, per timestep.
+    pub fn alphas_cumprod(&self) -> &[f64] {
+        &self.alphas_cumprod
+    }
+
+    /// c_skip, c_out of the consistency boundary condition at `t` (sigma_data 0.5), in f32.
+    fn scalings(&self, t: f64) -> (f32, f32) {
+        let scaled = t as f32 * self.config.timestep_scaling as f32;
+        let denom = scaled * scaled + 0.25;
+        (0.25 / denom, scaled / denom.sqrt())
+    }
+}
+
+impl Step for Lcm {
+    type Config = LCMSchedulerConfig;
+    const CLASS: &'static str = "LCMScheduler";
+
+    fn new(config: &LCMSchedulerConfig) -> Result<Self> {
         let alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
         Ok(Self { config: config.clone(), alphas_cumprod, timesteps: vec![] })
     }
 
     /// `steps` evenly chosen from the distillation schedule (`original_inference_steps`
     /// timesteps k-1, 2k-1, ..., N-1), or the user's own descending integer timesteps.
-    pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
+    fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
         let n = self.config.num_train_timesteps;
         if let Some(ts) = custom {
             check_custom("LCMScheduler", ts, steps, (n - 1) as f64, true)?;
@@ -48,33 +118,21 @@ impl Lcm {
         Ok(())
     }
 
-    pub fn timesteps(&self) -> &[f64] {
+    fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }
 
-    /// The training noise schedule, per timestep.
-    pub fn alphas_cumprod(&self) -> &[f64] {
-        &self.alphas_cumprod
-    }
-
     /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
-    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
         add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
     }
 
     /// Every step but the last re-noises its clean estimate.
-    pub fn needs_noise(&self, step: usize) -> bool {
+    fn needs_noise(&self, step: usize) -> bool {
         step + 1 < self.timesteps.len()
     }
 
-    /// c_skip, c_out of the consistency boundary condition at `t` (sigma_data 0.5), in f32.
-    fn scalings(&self, t: f64) -> (f32, f32) {
-        let scaled = t as f32 * self.config.timestep_scaling as f32;
-        let denom = scaled * scaled + 0.25;
-        (0.25 / denom, scaled / denom.sqrt())
-    }
-
-    pub fn step(&self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
         let t = self.timesteps[step];
         let alpha = self.alphas_cumprod[t as usize] as f32;
         let beta = 1.0 - alpha;
@@ -95,5 +153,9 @@ impl Lcm {
         let noise = noise.unwrap_or_else(|| panic!("LCMScheduler step {step} needs noise"));
         let alpha_prev = self.alphas_cumprod[self.timesteps[step + 1] as usize] as f32;
         denoised.mul_scalar(alpha_prev.sqrt()).add(noise.mul_scalar((1.0 - alpha_prev).sqrt()))
+    }
+
+    fn default_steps_and_guidance(&self) -> (usize, f32) {
+        (4, 1.0)
     }
 }

@@ -7,11 +7,55 @@
 //! The state (past estimates) lives here, so steps must be taken in order, once each.
 
 use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{PNDMSchedulerConfig, PredictionType};
+use crate::config::ensure;
 use crate::error::{Error, Result};
 
+// The choices and checks every scheduler_config.json shares.
+use super::config::*;
+use super::Step;
 use super::betas::{add_noise_vp, beta_schedule_of, check_steps, spaced_timesteps};
+
+/// `PNDMScheduler`: PLMS (and the PRK warm-up unless `skip_prk_steps`), as SD 1.x repos ship it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PNDMSchedulerConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub trained_betas: Option<Vec<f64>>,
+    pub skip_prk_steps: bool,
+    pub set_alpha_to_one: bool,
+    pub prediction_type: PredictionType,
+    pub timestep_spacing: TimestepSpacing,
+    pub steps_offset: usize,
+}
+
+impl Default for PNDMSchedulerConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            trained_betas: None,
+            skip_prk_steps: false,
+            set_alpha_to_one: false,
+            prediction_type: PredictionType::Epsilon,
+            timestep_spacing: TimestepSpacing::Leading,
+            steps_offset: 0,
+        }
+    }
+}
+
+impl PNDMSchedulerConfig {
+    pub fn validate(&self) -> Result<()> {
+        check_betas(self.num_train_timesteps, &self.trained_betas)?;
+        ensure(eps_or_v(self.prediction_type), FILE, "prediction_type", self.prediction_type.as_str())
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Pndm {
@@ -36,101 +80,6 @@ pub struct Pndm {
 const PNDM_ORDER: usize = 4;
 
 impl Pndm {
-    pub fn new(config: &PNDMSchedulerConfig) -> Result<Self> {
-        let alphas_cumprod = beta_schedule_of!(config, rescale: false).alphas_cumprod()?;
-        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
-        Ok(Self {
-            config: config.clone(),
-            alphas_cumprod,
-            final_alpha_cumprod,
-            steps: 1,
-            prk_len: 0,
-            timesteps: vec![],
-            counter: 0,
-            begin: 0,
-            ets: vec![],
-            cur_sample: None,
-            cur_model_output: None,
-        })
-    }
-
-    /// `steps` spaced timesteps; PLMS repeats the second-to-last one (its second step redoes
-    /// the first with the averaged estimate), so there are `steps + 1` model evaluations; the
-    /// PRK warm-up evaluates the 3 highest timesteps and their midpoints 4 times each.
-    pub fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
-        if custom.is_some() {
-            return Err(Error::InvalidArgument("custom timesteps are not supported by PNDMScheduler".into()));
-        }
-        let n = self.config.num_train_timesteps;
-        check_steps(steps, n)?;
-        let skip_prk = self.config.skip_prk_steps;
-        if !skip_prk && steps < PNDM_ORDER {
-            return Err(Error::InvalidArgument(format!(
-                "PNDMScheduler with Runge-Kutta warm-up (skip_prk_steps false) needs at least {PNDM_ORDER} steps, got {steps}"
-            )));
-        }
-        let mut ts = spaced_timesteps(self.config.timestep_spacing, n, steps, self.config.steps_offset, true);
-        if let Some(t) = ts.iter().find(|&&t| t < 0.0 || t >= n as f64) {
-            return Err(Error::InvalidArgument(format!(
-                "PNDMScheduler: {steps} steps with steps_offset {} give timestep {t}, outside 0..{n}",
-                self.config.steps_offset
-            )));
-        }
-        ts.reverse(); // ascending, as diffusers' `_timesteps`
-        let (prk, plms): (Vec<f64>, Vec<f64>) = if skip_prk {
-            let mut plms = ts[..steps - 1].to_vec();
-            plms.extend_from_slice(&ts[steps.saturating_sub(2)..steps - 1]);
-            plms.push(ts[steps - 1]);
-            (vec![], plms.into_iter().rev().collect())
-        } else {
-            // The last 4 timesteps, each followed by its midpoint towards the next higher one,
-            // then every entry but the ends doubled.
-            let half = (n / steps / 2) as f64;
-            let pairs: Vec<f64> = ts[steps - PNDM_ORDER..].iter().flat_map(|&t| [t, t + half]).collect();
-            let doubled: Vec<f64> = pairs[..pairs.len() - 1].iter().flat_map(|&t| [t, t]).collect();
-            let prk = doubled[1..doubled.len() - 1].iter().rev().copied().collect();
-            (prk, ts[..steps - 3].iter().rev().copied().collect())
-        };
-        self.prk_len = prk.len();
-        self.timesteps = prk.into_iter().chain(plms).collect();
-        self.steps = steps;
-        self.counter = 0;
-        self.begin = 0;
-        self.ets.clear();
-        self.cur_sample = None;
-        self.cur_model_output = None;
-        Ok(())
-    }
-
-    pub fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    /// Starts at step `begin` (img2img: diffusers slices `timesteps[t_start:]` and its counter,
-    /// which drives the PLMS warm-up, still starts at 0).
-    pub fn set_begin_index(&mut self, begin: usize) {
-        self.begin = begin;
-    }
-
-    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
-    pub fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
-        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
-    }
-
-    /// # Panics
-    /// If steps are not taken in order from 0 (the multistep state would be wrong).
-    pub fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>) -> Tensor<4> {
-        assert_eq!(step, self.begin + self.counter, "PNDMScheduler steps must be taken in order");
-        let timestep = self.timesteps[step] as i64;
-        let out = if self.counter < self.prk_len {
-            self.step_prk(model_output, timestep, sample)
-        } else {
-            self.step_plms(model_output, timestep, sample)
-        };
-        self.counter += 1;
-        out
-    }
-
     /// Runge–Kutta: four evaluations per transfer (at t, twice at the midpoint, at t - delta),
     /// combined with weights 1/6, 1/3, 1/3, 1/6.
     fn step_prk(&mut self, model_output: Tensor<4>, timestep: i64, sample: Tensor<4>) -> Tensor<4> {
@@ -220,5 +169,109 @@ impl Pndm {
         let sample_coeff = (alpha_prod_t_prev / alpha_prod_t).sqrt();
         let denom = alpha_prod_t * beta_prod_t_prev.sqrt() + (alpha_prod_t * beta_prod_t * alpha_prod_t_prev).sqrt();
         sample.mul_scalar(sample_coeff).sub(model_output.mul_scalar(alpha_prod_t_prev - alpha_prod_t).div_scalar(denom))
+    }
+}
+
+impl Step for Pndm {
+    type Config = PNDMSchedulerConfig;
+    const CLASS: &'static str = "PNDMScheduler";
+
+    fn new(config: &PNDMSchedulerConfig) -> Result<Self> {
+        let alphas_cumprod = beta_schedule_of!(config, rescale: false).alphas_cumprod()?;
+        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        Ok(Self {
+            config: config.clone(),
+            alphas_cumprod,
+            final_alpha_cumprod,
+            steps: 1,
+            prk_len: 0,
+            timesteps: vec![],
+            counter: 0,
+            begin: 0,
+            ets: vec![],
+            cur_sample: None,
+            cur_model_output: None,
+        })
+    }
+
+    /// `steps` spaced timesteps; PLMS repeats the second-to-last one (its second step redoes
+    /// the first with the averaged estimate), so there are `steps + 1` model evaluations; the
+    /// PRK warm-up evaluates the 3 highest timesteps and their midpoints 4 times each.
+    fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
+        if custom.is_some() {
+            return Err(Error::InvalidArgument("custom timesteps are not supported by PNDMScheduler".into()));
+        }
+        let n = self.config.num_train_timesteps;
+        check_steps(steps, n)?;
+        let skip_prk = self.config.skip_prk_steps;
+        if !skip_prk && steps < PNDM_ORDER {
+            return Err(Error::InvalidArgument(format!(
+                "PNDMScheduler with Runge-Kutta warm-up (skip_prk_steps false) needs at least {PNDM_ORDER} steps, got {steps}"
+            )));
+        }
+        let mut ts = spaced_timesteps(self.config.timestep_spacing, n, steps, self.config.steps_offset, true);
+        if let Some(t) = ts.iter().find(|&&t| t < 0.0 || t >= n as f64) {
+            return Err(Error::InvalidArgument(format!(
+                "PNDMScheduler: {steps} steps with steps_offset {} give timestep {t}, outside 0..{n}",
+                self.config.steps_offset
+            )));
+        }
+        ts.reverse(); // ascending, as diffusers' `_timesteps`
+        let (prk, plms): (Vec<f64>, Vec<f64>) = if skip_prk {
+            let mut plms = ts[..steps - 1].to_vec();
+            plms.extend_from_slice(&ts[steps.saturating_sub(2)..steps - 1]);
+            plms.push(ts[steps - 1]);
+            (vec![], plms.into_iter().rev().collect())
+        } else {
+            // The last 4 timesteps, each followed by its midpoint towards the next higher one,
+            // then every entry but the ends doubled.
+            let half = (n / steps / 2) as f64;
+            let pairs: Vec<f64> = ts[steps - PNDM_ORDER..].iter().flat_map(|&t| [t, t + half]).collect();
+            let doubled: Vec<f64> = pairs[..pairs.len() - 1].iter().flat_map(|&t| [t, t]).collect();
+            let prk = doubled[1..doubled.len() - 1].iter().rev().copied().collect();
+            (prk, ts[..steps - 3].iter().rev().copied().collect())
+        };
+        self.prk_len = prk.len();
+        self.timesteps = prk.into_iter().chain(plms).collect();
+        self.steps = steps;
+        self.counter = 0;
+        self.begin = 0;
+        self.ets.clear();
+        self.cur_sample = None;
+        self.cur_model_output = None;
+        Ok(())
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// Starts at step `begin` (img2img: diffusers slices `timesteps[t_start:]` and its counter,
+    /// which drives the PLMS warm-up, still starts at 0).
+    fn set_begin_index(&mut self, begin: usize) {
+        self.begin = begin;
+    }
+
+    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
+    }
+
+    /// # Panics
+    /// If steps are not taken in order from 0 (the multistep state would be wrong).
+    fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, _noise: Option<Tensor<4>>) -> Tensor<4> {
+        assert_eq!(step, self.begin + self.counter, "PNDMScheduler steps must be taken in order");
+        let timestep = self.timesteps[step] as i64;
+        let out = if self.counter < self.prk_len {
+            self.step_prk(model_output, timestep, sample)
+        } else {
+            self.step_plms(model_output, timestep, sample)
+        };
+        self.counter += 1;
+        out
+    }
+
+    fn default_steps_and_guidance(&self) -> (usize, f32) {
+        (50, 7.5)
     }
 }

@@ -5,89 +5,32 @@
 
 use serde_json::Value;
 
-use crate::config::SchedulerConfig;
+use super::SchedulerConfig;
 use crate::error::{Error, Result};
 
 use super::Scheduler;
 
-/// A named sampler (see [`Sampler::NAMES`]).
+/// A named sampler: an entry of [`Sampler::NAMES`] (the table in `mod.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sampler {
-    Euler,
-    EulerAncestral,
-    DpmPp2m,
-    DpmPp2mKarras,
-    DpmPp2mSde,
-    DpmPp2mSdeKarras,
-    Ddim,
-    Pndm,
-    Lcm,
-    Ddpm,
-    FlowEuler,
-}
+pub struct Sampler(usize);
 
 impl Sampler {
-    /// Every name, with what it means (for `--help`, the README and the page's picker).
-    pub const NAMES: [(&'static str, &'static str); 11] = [
-        ("euler", "EulerDiscreteScheduler"),
-        ("euler-a", "EulerAncestralDiscreteScheduler (stochastic)"),
-        ("dpm++2m", "DPMSolverMultistepScheduler, DPM-Solver++ order 2"),
-        ("dpm++2m-karras", "DPMSolverMultistepScheduler, DPM-Solver++ order 2, Karras sigmas"),
-        ("dpm++2m-sde", "DPMSolverMultistepScheduler, SDE-DPM-Solver++ order 2 (stochastic)"),
-        ("dpm++2m-sde-karras", "DPMSolverMultistepScheduler, SDE-DPM-Solver++ order 2, Karras sigmas (stochastic)"),
-        ("ddim", "DDIMScheduler (eta 0)"),
-        ("pndm", "PNDMScheduler, PLMS (skip_prk_steps, as SD 1.x ships it)"),
-        ("lcm", "LCMScheduler (stochastic)"),
-        ("ddpm", "DDPMScheduler (stochastic)"),
-        ("flow-euler", "FlowMatchEulerDiscreteScheduler (flow-matching models only)"),
-    ];
-
     pub fn parse(name: &str) -> Result<Self> {
-        Ok(match name {
-            "euler" => Self::Euler,
-            "euler-a" => Self::EulerAncestral,
-            "dpm++2m" => Self::DpmPp2m,
-            "dpm++2m-karras" => Self::DpmPp2mKarras,
-            "dpm++2m-sde" => Self::DpmPp2mSde,
-            "dpm++2m-sde-karras" => Self::DpmPp2mSdeKarras,
-            "ddim" => Self::Ddim,
-            "pndm" => Self::Pndm,
-            "lcm" => Self::Lcm,
-            "ddpm" => Self::Ddpm,
-            "flow-euler" => Self::FlowEuler,
-            other => {
+        match Self::NAMES.iter().position(|(n, _)| *n == name) {
+            Some(i) => Ok(Self(i)),
+            None => {
                 let names: Vec<&str> = Self::NAMES.iter().map(|(n, _)| *n).collect();
-                return Err(Error::InvalidArgument(format!("unknown scheduler {other:?} (one of: {})", names.join(", "))));
+                Err(Error::InvalidArgument(format!("unknown scheduler {name:?} (one of: {})", names.join(", "))))
             }
-        })
+        }
     }
 
     pub fn name(self) -> &'static str {
-        Self::NAMES[self as usize].0
+        Self::NAMES[self.0].0
     }
 
-    /// The diffusers class and the config keys the name sets.
-    fn class_and_overrides(self) -> (&'static str, Vec<(&'static str, Value)>) {
-        let dpm = |algorithm: &str, karras: bool| {
-            vec![
-                ("algorithm_type", Value::from(algorithm)),
-                ("solver_order", Value::from(2)),
-                ("use_karras_sigmas", Value::from(karras)),
-            ]
-        };
-        match self {
-            Self::Euler => ("EulerDiscreteScheduler", vec![]),
-            Self::EulerAncestral => ("EulerAncestralDiscreteScheduler", vec![]),
-            Self::DpmPp2m => ("DPMSolverMultistepScheduler", dpm("dpmsolver++", false)),
-            Self::DpmPp2mKarras => ("DPMSolverMultistepScheduler", dpm("dpmsolver++", true)),
-            Self::DpmPp2mSde => ("DPMSolverMultistepScheduler", dpm("sde-dpmsolver++", false)),
-            Self::DpmPp2mSdeKarras => ("DPMSolverMultistepScheduler", dpm("sde-dpmsolver++", true)),
-            Self::Ddim => ("DDIMScheduler", vec![]),
-            Self::Pndm => ("PNDMScheduler", vec![("skip_prk_steps", Value::from(true))]),
-            Self::Lcm => ("LCMScheduler", vec![]),
-            Self::Ddpm => ("DDPMScheduler", vec![]),
-            Self::FlowEuler => ("FlowMatchEulerDiscreteScheduler", vec![]),
-        }
+    pub(super) fn index(self) -> usize {
+        self.0
     }
 
     /// The sampler's config, built from the model's scheduler file (`file`, as parsed by
@@ -96,8 +39,8 @@ impl Sampler {
     /// variance-preserving schedule) cannot swap samplers across the two families: that
     /// combination is an error, not a wrong image.
     pub fn config(self, file: &Value, own: &SchedulerConfig) -> Result<SchedulerConfig> {
-        let own_flow = matches!(own, SchedulerConfig::FlowMatchEulerDiscrete(_));
-        let flow = self == Self::FlowEuler;
+        let (class, flow, overrides) = self.class_and_overrides();
+        let own_flow = own.is_flow();
         if own_flow != flow {
             let why = if own_flow {
                 "the model is flow-matching (FlowMatchEulerDiscreteScheduler); only flow-euler can sample it"
@@ -107,7 +50,6 @@ impl Sampler {
             let tail = if own_flow { String::new() } else { format!(" {}", own.class_name()) };
             return Err(Error::InvalidArgument(format!("scheduler {:?}: {why}{tail}", self.name())));
         }
-        let (class, overrides) = self.class_and_overrides();
         SchedulerConfig::from_config(file, class, &overrides)
     }
 

@@ -2,7 +2,6 @@
 
 pub mod attention;
 pub mod embeddings;
-pub mod resnet;
 pub mod unet_2d_condition;
 pub mod unet_blocks;
 

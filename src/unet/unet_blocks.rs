@@ -5,7 +5,7 @@
 use burn::tensor::Tensor;
 
 use super::attention::{Transformer2DModel, TransformerConfig};
-use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
+use crate::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::error::Result;
 use crate::weights::VarBuilder;
 

@@ -4,13 +4,12 @@
 
 use burn::tensor::{DType, Tensor};
 use burn::tensor::activation::silu;
-use burn::tensor::ops::PadMode;
 
 use crate::config::AutoencoderKLConfig;
 use crate::error::Result;
 use crate::limits;
 use crate::nn::{ChannelChunks, Conv2d, Conv2dConfig, GroupNorm, Linear, in_dtype, scaled_dot_product_attention};
-use crate::unet::resnet::{ResnetBlock2D, ResnetConfig, Upsample2D};
+use crate::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::weights::{VarBuilder, Weights};
 
 /// Every norm of the KL autoencoder uses this epsilon (hard-coded upstream).
@@ -143,24 +142,6 @@ impl UpDecoderBlock2D {
     }
 }
 
-/// The encoder's `Downsample2D(padding=0)`: zero-pad right and bottom by one, then a 3×3
-/// stride-2 conv (diffusers' asymmetric padding; the U-Net's variant pads symmetrically).
-#[derive(Debug, Clone)]
-pub struct Downsample2D {
-    conv: Conv2d,
-}
-
-impl Downsample2D {
-    pub fn load(vb: &VarBuilder, channels: usize) -> Result<Self> {
-        let cfg = Conv2dConfig { kernel: 3, stride: 2, padding: 0, bias: true };
-        Ok(Self { conv: Conv2d::load(&vb.pp("conv"), channels, channels, cfg)? })
-    }
-
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x.pad((0, 1, 0, 1), PadMode::Constant(0.0)))
-    }
-}
-
 /// `DownEncoderBlock2D`: resnets, then a stride-2 downsample on all but the last level.
 #[derive(Debug, Clone)]
 pub struct DownEncoderBlock2D {
@@ -173,7 +154,7 @@ impl DownEncoderBlock2D {
         let resnets = (0..layers)
             .map(|j| resnet(&vb.pp("resnets").pp(j), if j == 0 { c_in } else { c_out }, c_out, groups))
             .collect::<Result<_>>()?;
-        let downsampler = if down { Some(Downsample2D::load(&vb.pp("downsamplers").pp(0), c_out)?) } else { None };
+        let downsampler = if down { Some(Downsample2D::load(&vb.pp("downsamplers").pp(0), c_out, 0)?) } else { None };
         Ok(Self { resnets, downsampler })
     }
 

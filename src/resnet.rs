@@ -1,10 +1,10 @@
-//! diffusers `models/resnet.py`: `ResnetBlock2D`, `Upsample2D`, `Downsample2D`. Shared by the
-//! U-Net and the KL decoder (which calls the resnet without a time embedding).
+//! diffusers `models/resnet.py`: `ResnetBlock2D`, `Upsample2D`, `Downsample2D`, at model level as
+//! there: shared by the U-Net and the KL autoencoder (whose resnets take no time embedding).
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PadMode};
 
 use crate::error::Result;
 use crate::nn::{ChannelChunks, Conv2d, Conv2dConfig, GroupNorm, Linear};
@@ -131,19 +131,25 @@ impl Upsample2D {
     }
 }
 
-/// `Downsample2D(use_conv=True)`: a 3×3 stride-2 conv with symmetric `padding`.
+/// `Downsample2D(use_conv=True)`: a 3×3 stride-2 conv with symmetric `padding`; with
+/// `padding` 0 (the VAE encoder's, and a U-Net's `downsample_padding: 0`) diffusers first pads
+/// right and bottom by one, so odd sizes round up as in the padded case.
 #[derive(Debug, Clone)]
 pub struct Downsample2D {
     conv: Conv2d,
+    padding: usize,
 }
 
 impl Downsample2D {
     pub fn load(vb: &VarBuilder, channels: usize, padding: usize) -> Result<Self> {
         let cfg = Conv2dConfig { kernel: 3, stride: 2, padding, bias: true };
-        Ok(Self { conv: Conv2d::load(&vb.pp("conv"), channels, channels, cfg)? })
+        Ok(Self { conv: Conv2d::load(&vb.pp("conv"), channels, channels, cfg)?, padding })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x)
+        match self.padding {
+            0 => self.conv.forward(x.pad((0, 1, 0, 1), PadMode::Constant(0.0))),
+            _ => self.conv.forward(x),
+        }
     }
 }
