@@ -83,7 +83,7 @@ pub struct Pipeline {
     pub tokenizer: PromptTokenizer,
     pub text_encoder: TextEncoder,
     pub unet: UNet2DConditionModel,
-    pub decoder: Autoencoder,
+    pub vae: Autoencoder,
     pub scheduler_config: SchedulerConfig,
     /// `scheduler/scheduler_config.json` as written, what a sampler override is built from.
     pub scheduler_file: serde_json::Value,
@@ -128,7 +128,7 @@ impl Pipeline {
             });
         }
         let unet = UNet2DConditionModel::from_source(src, "unet", device, dtype)?;
-        let decoder = Autoencoder::load(src, "vae", device, dtype)?;
+        let vae = Autoencoder::load(src, "vae", device, dtype)?;
         let scheduler_text = src.read(folder::SCHEDULER_CONFIG)?;
         let scheduler_config = SchedulerConfig::from_json(&scheduler_text)?;
         let scheduler_file = SchedulerConfig::json_value(&scheduler_text)?;
@@ -138,7 +138,7 @@ impl Pipeline {
             tokenizer,
             text_encoder,
             unet,
-            decoder,
+            vae,
             scheduler_config,
             scheduler_file,
             device: device.clone(),
@@ -159,7 +159,7 @@ impl Pipeline {
     /// (width, height) diffusers uses when none is given: `unet.sample_size × scale factor`.
     pub fn default_size(&self) -> (usize, usize) {
         use crate::config::OneOrMany;
-        let f = self.decoder.pixels_per_latent();
+        let f = self.vae.pixels_per_latent();
         match &self.unet.config().sample_size {
             Some(OneOrMany::One(s)) => (s * f, s * f),
             Some(OneOrMany::Many(v)) if v.len() == 2 => (v[1] * f, v[0] * f),
@@ -190,7 +190,7 @@ impl Pipeline {
     /// The checks of [`Pipeline::check`]; returns the sampler with its schedule set, the
     /// guidance scale and the first step to run (img2img's `t_start`, else 0).
     fn plan(&self, opts: &GenerateOptions) -> Result<(Scheduler, f32, usize)> {
-        let f = self.decoder.pixels_per_latent();
+        let f = self.vae.pixels_per_latent();
         for (name, v) in [("width", opts.width), ("height", opts.height)] {
             if v == 0 || v % f != 0 {
                 return Err(Error::InvalidArgument(format!(
@@ -198,7 +198,7 @@ impl Pipeline {
                 )));
             }
         }
-        self.decoder
+        self.vae
             .check_fits(&self.device, opts.height / f, opts.width / f)?;
         let mut scheduler = self.scheduler_named(opts.scheduler.as_deref())?;
         let (default_steps, default_guidance) = scheduler.default_steps_and_guidance();
@@ -225,9 +225,9 @@ impl Pipeline {
     /// Validates the options, encodes the prompts and prepares the initial latents (img2img:
     /// the noised, encoded init image).
     pub fn start(&self, opts: &GenerateOptions) -> Result<Generation<'_>> {
-        let f = self.decoder.pixels_per_latent();
+        let f = self.vae.pixels_per_latent();
         let (mut scheduler, guidance, first) = self.plan(opts)?;
-        if opts.init_image.is_some() && !self.decoder.has_encoder() {
+        if opts.init_image.is_some() && !self.vae.has_encoder() {
             return Err(Error::InvalidArgument(
                 "image-to-image needs the vae's encoder, and this model's vae/ has no encoder weights \
                  (encoder.* tensors, or taesd_encoder.safetensors next to an original-layout decoder); \
@@ -305,7 +305,7 @@ impl Pipeline {
         let (component, dtype) = match (latents_finite, pixels_finite) {
             (true, true) => return Ok(()),
             (false, _) => ("unet", self.dtype),
-            (true, false) => ("vae", self.decoder.dtype()),
+            (true, false) => ("vae", self.vae.dtype()),
         };
         let hint = if dtype == DType::F16 {
             "it ran in f16, whose range it exceeded: load the model in f32 (CLI --dtype f32, JS load(..., { dtype: 'f32' }))"
@@ -330,7 +330,7 @@ impl Pipeline {
     /// activations instead (after an f16 overflow; `None` where the decoder cannot).
     pub fn decode_flagged(&self, latents: Tensor<4>, f32_rerun: bool) -> Option<Decoded> {
         let z = self.unscale(latents.clone());
-        let raw = if f32_rerun { self.decoder.decode_f32(z)? } else { self.decoder.decode(z) };
+        let raw = if f32_rerun { self.vae.decode_f32(z)? } else { self.vae.decode(z) };
         Some(Decoded {
             latents_finite: all_finite(latents.clone()),
             pixels_finite: all_finite(raw.clone()),
@@ -390,21 +390,21 @@ impl Pipeline {
         } else {
             image
         };
-        let encoded = self.decoder.encode(image.to_tensor(&self.device)).ok_or_else(|| {
+        let encoded = self.vae.encode(image.to_tensor(&self.device)).ok_or_else(|| {
             Error::InvalidArgument("image-to-image needs the vae's encoder, and this model's vae/ has none".into())
         })?;
         let z = encoded.mode().cast(DType::F32);
-        Ok((z - self.decoder.latent_shift_factor()) * self.decoder.latent_scaling_factor())
+        Ok((z - self.vae.latent_shift_factor()) * self.vae.latent_scaling_factor())
     }
 
     /// `latents` → image in [0, 1].
     fn decode_latents(&self, latents: Tensor<4>) -> Tensor<4> {
-        to_image(self.decoder.decode(self.unscale(latents)))
+        to_image(self.vae.decode(self.unscale(latents)))
     }
 
     /// Latents as the decoder takes them: `latents / scaling_factor + shift_factor`.
     fn unscale(&self, latents: Tensor<4>) -> Tensor<4> {
-        latents / self.decoder.latent_scaling_factor() + self.decoder.latent_shift_factor()
+        latents / self.vae.latent_scaling_factor() + self.vae.latent_shift_factor()
     }
 }
 
@@ -526,7 +526,7 @@ impl Generation<'_> {
     /// A cheap preview `[1, 3, H, W]` in [0, 1] when the decoder is the tiny one (decoding with
     /// the full KL decoder every step would cost as much as the step itself).
     pub fn preview(&self) -> Option<Tensor<4>> {
-        matches!(self.pipe.decoder, Autoencoder::Tiny(_)).then(|| self.pipe.decode_latents(self.latents.clone()))
+        matches!(self.pipe.vae, Autoencoder::Tiny(_)).then(|| self.pipe.decode_latents(self.latents.clone()))
     }
 
     /// Decodes the final latents, with device-side flags saying whether the latents and the

@@ -223,7 +223,7 @@ fn a_tiny_decoder_that_overflows_in_f16_is_rerun_in_f32() {
     let src = overflowing_taesd();
     let opts = case_options("hub_flow");
     let pipe = Pipeline::load_with_dtype(&src, &device(), DType::F16).unwrap();
-    assert_eq!(pipe.decoder.dtype(), DType::F16);
+    assert_eq!(pipe.vae.dtype(), DType::F16);
     let latents = || run_to_the_end(&pipe, &opts);
     // The plain f16 decode does overflow: without the rerun this would be an inf/NaN image.
     let decoded = latents().finish();

@@ -200,11 +200,11 @@ fn encoder_attached_after_the_load_matches_diffusers() {
             (file("taesd_encoder.safetensors"), true)
         };
         let mut pipe = inkstone::web::from_parts(&files, weights, &device(), DType::F32).unwrap();
-        assert!(!pipe.decoder.has_encoder(), "{case}");
+        assert!(!pipe.vae.has_encoder(), "{case}");
         let msg = pipe.start(&opts).err().expect("no encoder yet").to_string();
         assert!(msg.contains("encoder"), "{msg}");
-        pipe.decoder.attach_encoder(encoder, original).unwrap();
-        assert!(pipe.decoder.has_encoder());
+        pipe.vae.attach_encoder(encoder, original).unwrap();
+        assert!(pipe.vae.has_encoder());
         let image = pipe.generate(&opts, |_, _| true).unwrap();
         assert_close(&format!("{case} (encoder attached later)"), image, reference(case).tensor::<4>("image"), 1e-3);
     }
@@ -219,7 +219,7 @@ fn attaching_a_wrong_encoder_fails_and_changes_nothing() {
     let kl = SafetensorsFile::from_bytes("vae/diffusion_pytorch_model.safetensors", bytes).unwrap();
     let only_encoder = common::filter_keys(&kl, |k| k.starts_with("encoder.").then(|| k.to_string()));
     let w = Weights::new(vec![SafetensorsFile::from_bytes("kl-encoder", only_encoder).unwrap()], &device()).unwrap();
-    let msg = pipe.decoder.attach_encoder(w, false).expect_err("a KL encoder for a tiny decoder").to_string();
+    let msg = pipe.vae.attach_encoder(w, false).expect_err("a KL encoder for a tiny decoder").to_string();
     assert!(msg.contains("kl-encoder"), "{msg}");
-    assert!(!pipe.decoder.has_encoder());
+    assert!(!pipe.vae.has_encoder());
 }

@@ -179,8 +179,8 @@ fn kl_decode_in_chunks_runs_and_an_impossible_size_is_refused_up_front() {
     let latents = run.latents().clone();
     let chunked = run.decode_checked().unwrap();
     // The same latents decoded whole (no limit): the chunks must not change a pixel.
-    let Autoencoder::Kl(kl) = &pipe.decoder else { panic!("tiny-sd has a KL decoder") };
-    let z = latents / pipe.decoder.latent_scaling_factor() + pipe.decoder.latent_shift_factor();
+    let Autoencoder::Kl(kl) = &pipe.vae else { panic!("tiny-sd has a KL decoder") };
+    let z = latents / pipe.vae.latent_scaling_factor() + pipe.vae.latent_shift_factor();
     let whole = (kl.decode_within(z, u64::MAX) / 2.0 + 0.5).clamp(0.0, 1.0);
     assert_close("KL decode 256x256 in chunks vs whole", chunked, whole, 1e-5);
     (opts.width, opts.height) = (1024, 1024);

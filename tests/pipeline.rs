@@ -256,7 +256,7 @@ fn from_parts_with_an_original_layout_taesd_matches_diffusers() {
         weights.insert(file.to_string(), w);
     }
     let pipe = inkstone::web::from_parts(&files, weights, &device(), DType::F32).unwrap();
-    let inkstone::vae::Autoencoder::Tiny(tiny) = &pipe.decoder else { panic!("expected the tiny decoder") };
+    let inkstone::vae::Autoencoder::Tiny(tiny) = &pipe.vae else { panic!("expected the tiny decoder") };
     assert!(tiny.encoder.is_some(), "the encoder file was used");
     let image = pipe.generate(&case_options("pipeline_flow"), |_, _| true).unwrap();
     assert_close("from_parts + original TAESD", image, reference("pipeline_flow").tensor::<4>("image"), 1e-3);

@@ -199,7 +199,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         }
     }
 
-    let f = pipe.decoder.pixels_per_latent();
+    let f = pipe.vae.pixels_per_latent();
     let latents = args.latents.as_deref().map(read_latents).transpose()?;
     let init_image = args.init_image.as_deref().map(read_init_image).transpose()?;
     let (default_w, default_h) = match (&latents, &init_image) {

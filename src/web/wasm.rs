@@ -301,7 +301,7 @@ impl Inkstone {
     ) -> js_sys::Promise {
         let state = self.state.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let f = state.borrow().pipeline.as_ref().map_or(8, |l| l.0.decoder.pixels_per_latent());
+            let f = state.borrow().pipeline.as_ref().map_or(8, |l| l.0.vae.pixels_per_latent());
             let opts = generate::options_from_js(&options, f).map_err(|e| JsValue::from(js_err(e)))?;
             if opts.init_image.is_some() {
                 // Checked first: a call refused for its options uploads nothing.
@@ -344,7 +344,7 @@ pub(crate) fn ensure_encoder(state: &Rc<RefCell<State>>) -> crate::Result<()> {
     let loaded = s.pipeline.as_mut().ok_or_else(|| crate::Error::InvalidArgument("no model loaded".into()))?;
     let pipe = Rc::get_mut(&mut loaded.0)
         .ok_or_else(|| crate::Error::InvalidArgument("another generation is running".into()))?;
-    pipe.decoder.attach_encoder(weights, original)?;
+    pipe.vae.attach_encoder(weights, original)?;
     s.gpu_bytes.insert("vae.encoder".into(), bytes);
     s.held_encoder = None;
     Ok(())
