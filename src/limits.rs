@@ -55,7 +55,7 @@ impl DeviceLimits {
 
 /// The tensor the pieces `parts` (along `dim`) make: the one piece itself, with no copy, or
 /// their concatenation.
-pub fn join<const D: usize>(mut parts: Vec<burn::tensor::Tensor<D>>, dim: usize) -> burn::tensor::Tensor<D> {
+pub fn join_pieces<const D: usize>(mut parts: Vec<burn::tensor::Tensor<D>>, dim: usize) -> burn::tensor::Tensor<D> {
     if parts.len() == 1 { parts.pop().unwrap() } else { burn::tensor::Tensor::cat(parts, dim) }
 }
 

@@ -81,7 +81,7 @@ impl Linear {
             .iter()
             .map(|(w, b)| linear(x.clone(), w.clone(), b.clone()))
             .collect();
-        limits::join(outs, D - 1)
+        limits::join_pieces(outs, D - 1)
     }
 }
 
@@ -183,7 +183,7 @@ impl Conv2d {
                     )
                 })
                 .collect();
-            limits::join(outs, 1)
+            limits::join_pieces(outs, 1)
         })
     }
 }
@@ -239,7 +239,7 @@ impl ChannelChunks {
                         t.clone().slice([0..n, a.max(s) - s..b.min(e) - s, 0..h, 0..w])
                     })
                     .collect();
-                limits::join(parts, 1)
+                limits::join_pieces(parts, 1)
             })
             .collect();
         Self { chunks }
@@ -290,12 +290,12 @@ impl Conv2d {
 
     /// The weight in f32 as one tensor (the chunked path slices it per block).
     fn whole_weight(&self) -> Tensor<4> {
-        limits::join(self.pieces.iter().map(|(w, _)| w.clone().cast(DType::F32)).collect(), 0)
+        limits::join_pieces(self.pieces.iter().map(|(w, _)| w.clone().cast(DType::F32)).collect(), 0)
     }
 
     fn whole_bias(&self) -> Option<Tensor<1>> {
         let parts: Option<Vec<Tensor<1>>> = self.pieces.iter().map(|(_, b)| b.clone().map(|b| b.cast(DType::F32))).collect();
-        parts.map(|p| limits::join(p, 0))
+        parts.map(|p| limits::join_pieces(p, 0))
     }
 }
 

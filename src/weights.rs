@@ -536,7 +536,7 @@ impl Weights {
             return Err(too_large(&self.name, key, bytes, self.dtype, limits));
         }
         let pieces = self.tensor_pieces(key, shape, &[(0, shape.first().copied().unwrap_or(1))])?;
-        Ok(limits::join(pieces, 0))
+        Ok(limits::join_pieces(pieces, 0))
     }
 
     /// Loads `key` (of exactly `shape`) in pieces of whole rows along its first dimension, each
@@ -606,7 +606,7 @@ impl Weights {
             }
             self.used.borrow_mut().insert(key.to_string());
             // A no-op when uploaded in the working dtype (the browser uploads in it).
-            let whole = || limits::join(uploaded.clone(), 0);
+            let whole = || limits::join_pieces(uploaded.clone(), 0);
             let same = uploaded.len() == pieces.len()
                 && uploaded
                     .iter()

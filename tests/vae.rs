@@ -11,7 +11,7 @@ use burn::tensor::DType;
 use common::{assert_close, device, filter_keys, fixture, reference, tiny_sd};
 use inkstone::Error;
 use inkstone::source::{DirSource, MemorySource, ModelSource};
-use inkstone::vae::{Autoencoder, Encoded};
+use inkstone::vae::{Autoencoder, EncoderOutput};
 
 const TOL: f32 = 1e-4;
 
@@ -28,11 +28,11 @@ fn check_tiny(what: &str, vae: &Autoencoder, case: &str, with_encoder: bool) {
     let r = reference(case);
     assert_close(&format!("{what} decode"), vae.decode(r.tensor::<4>("latents")), r.tensor::<4>("decoded"), TOL);
     match vae.encode(r.tensor::<4>("image")) {
-        Some(Encoded::Latents(latents)) => {
+        Some(EncoderOutput::Latents(latents)) => {
             assert!(with_encoder, "{what}: unexpected encoder");
             assert_close(&format!("{what} encode"), latents, r.tensor::<4>("encoded"), TOL);
         }
-        Some(Encoded::Dist(_)) => panic!("{what}: a tiny encoder returned a distribution"),
+        Some(EncoderOutput::Dist(_)) => panic!("{what}: a tiny encoder returned a distribution"),
         None => assert!(!with_encoder, "{what}: encoder weights were not loaded"),
     }
 }
@@ -163,7 +163,7 @@ fn kl_without_quant_convs_or_attention_matches_diffusers() {
 fn check_kl(what: &str, vae: &Autoencoder, case: &str) {
     let r = reference(case);
     assert_close(&format!("{what} decode"), vae.decode(r.tensor::<4>("latents")), r.tensor::<4>("decoded"), TOL);
-    let Some(Encoded::Dist(dist)) = vae.encode(r.tensor::<4>("image")) else { panic!("{what}: no KL encoder") };
+    let Some(EncoderOutput::Dist(dist)) = vae.encode(r.tensor::<4>("image")) else { panic!("{what}: no KL encoder") };
     assert_close(&format!("{what} encode mean"), dist.mean.clone(), r.tensor::<4>("mean"), TOL);
     assert_close(&format!("{what} encode logvar"), dist.logvar.clone(), r.tensor::<4>("logvar"), TOL);
     // A draw with zero noise is the mean.

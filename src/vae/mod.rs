@@ -34,25 +34,25 @@ pub enum Autoencoder {
 
 /// What an encoder makes of an image: a posterior (KL) or the latents themselves (tiny).
 #[derive(Debug, Clone)]
-pub enum Encoded {
+pub enum EncoderOutput {
     Dist(DiagonalGaussian),
     Latents(Tensor<4>),
 }
 
-impl Encoded {
+impl EncoderOutput {
     /// The most likely latents (diffusers `retrieve_latents(sample_mode="argmax")`).
     pub fn mode(&self) -> Tensor<4> {
         match self {
-            Encoded::Dist(d) => d.mean.clone(),
-            Encoded::Latents(l) => l.clone(),
+            EncoderOutput::Dist(d) => d.mean.clone(),
+            EncoderOutput::Latents(l) => l.clone(),
         }
     }
 
     /// A draw from the posterior with standard-normal `noise` (tiny encoders are deterministic).
     pub fn sample(&self, noise: Tensor<4>) -> Tensor<4> {
         match self {
-            Encoded::Dist(d) => d.sample(noise),
-            Encoded::Latents(l) => l.clone(),
+            EncoderOutput::Dist(d) => d.sample(noise),
+            EncoderOutput::Latents(l) => l.clone(),
         }
     }
 }
@@ -164,10 +164,10 @@ impl Autoencoder {
 
     /// diffusers `vae.encode(image)` for pixels in [-1, 1]; `None` when the checkpoint has no
     /// encoder weights.
-    pub fn encode(&self, image: Tensor<4>) -> Option<Encoded> {
+    pub fn encode(&self, image: Tensor<4>) -> Option<EncoderOutput> {
         match self {
-            Self::Tiny(m) => m.encode(image).map(Encoded::Latents),
-            Self::Kl(m) => m.encode(image).map(Encoded::Dist),
+            Self::Tiny(m) => m.encode(image).map(EncoderOutput::Latents),
+            Self::Kl(m) => m.encode(image).map(EncoderOutput::Dist),
         }
     }
 

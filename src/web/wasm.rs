@@ -35,7 +35,7 @@ const TASKS_PER_SUBMIT: usize = 4096;
 
 /// Flattened device tensors of one component (in row pieces within the binding limit), with
 /// their stored shapes.
-type Uploaded = BTreeMap<String, crate::weights::Uploaded>;
+type UploadedTensors = BTreeMap<String, crate::weights::Uploaded>;
 
 /// The vae's encoder tensors as stored (bytes in the wasm heap, not on the GPU): image-to-image
 /// alone runs them, so they are uploaded at the first `generate({ image })`
@@ -63,7 +63,7 @@ pub(crate) struct State {
     dtype: DType,
     /// Configs, tokenizer files and `*.index.json`: everything but weights.
     files: MemorySource,
-    uploaded: BTreeMap<String, Uploaded>,
+    uploaded: BTreeMap<String, UploadedTensors>,
     /// Weight file paths per component, for error messages.
     weight_files: BTreeMap<String, Vec<String>>,
     incoming: Option<Incoming>,
@@ -322,7 +322,7 @@ fn is_vae(component: &str) -> bool {
     component == "vae" || component.starts_with("vae/")
 }
 
-fn resident_bytes(tensors: &Uploaded) -> usize {
+fn resident_bytes(tensors: &UploadedTensors) -> usize {
     tensors.values().flat_map(|(_, pieces)| pieces).map(|t| t.dims()[0] * t.dtype().size()).sum()
 }
 
@@ -333,7 +333,7 @@ pub(crate) fn ensure_encoder(state: &Rc<RefCell<State>>) -> crate::Result<()> {
     let mut guard = state.borrow_mut();
     let s = &mut *guard;
     let Some(held) = s.held_encoder.as_ref() else { return Ok(()) };
-    let mut tensors = Uploaded::new();
+    let mut tensors = UploadedTensors::new();
     for (key, info, raw) in &held.tensors {
         let pieces = upload((&held.component, key), info, raw, held.dtype, &s.device, s.limits)?;
         tensors.insert(key.clone(), (info.shape.clone(), pieces));
@@ -440,7 +440,7 @@ fn upload(
                     Ok(Tensor::<1>::from_data(data, (device, dtype)))
                 })
                 .collect::<crate::Result<Vec<_>>>()?;
-            let piece = crate::limits::join(parts, 0);
+            let piece = crate::limits::join_pieces(parts, 0);
             // The fusion backend queues uploads with their host data until it runs them: run
             // them now, or the wasm heap holds every converted tensor of the file at once.
             device.flush().map_err(|e| crate::Error::InvalidArgument(format!("{component}: uploading `{key}`: {e:?}")))?;
