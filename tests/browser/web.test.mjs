@@ -915,7 +915,13 @@ test('soak: many generations in one tab keep GPU memory, the wasm heap and the J
     + `page JS heap ${mb(w.js)} -> ${mb(last.js)} MiB, worker JS heap ${mb(w.workerJs)} -> ${mb(last.workerJs)} MiB, ${per[0]} dispatches and ${last.gpu.submits - samples.at(-2).gpu.submits} submits per generation`);
   assert.ok(last.gpu.liveBytes <= w.gpu.liveBytes, `GPU bytes grew: ${w.gpu.liveBytes} -> ${last.gpu.liveBytes}`);
   assert.ok(last.gpu.buffers <= w.gpu.buffers, 'live GPU buffers grew');
-  assert.equal(last.wasm, w.wasm, 'the wasm heap grew after warm-up');
+  // wasm memory only grows (by whole pages, when the allocator runs out): a leak grows it again
+  // and again, while a fragmented free list may make it grow once. So: at most one growth after
+  // warm-up, of at most 1 MiB (a leak of a generation's pixels, 48 KiB, over 100 soak runs
+  // would be several).
+  const heaps = samples.slice(warmup - 1).map((s) => s.wasm);
+  const growths = heaps.slice(1).filter((h, i) => h > heaps[i]).length;
+  assert.ok(growths <= 1 && last.wasm - w.wasm <= 2 ** 20, `the wasm heap grew after warm-up: ${heaps.map(mb).join(' -> ')} MiB`);
   // The page keeps nothing of a finished generation (each hands over ~64 KiB of pixels).
   assert.ok(last.js <= w.js + 2 ** 20, `page JS heap grew: ${w.js} -> ${last.js}`);
   // Nor does the worker's JS side (streams, previews, messages) keep anything per generation.
