@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod error;
+#[cfg(feature = "gpu-kernels")]
+pub mod gpu;
 pub mod folder;
 pub mod image;
 pub mod img2img;

@@ -86,15 +86,17 @@ pub fn from_wgpu(limits: &burn::tensor::wgpu::wgpu::Limits) -> DeviceLimits {
 /// per process as burn allows, with its limits registered.
 #[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
 pub fn wgpu_device() -> crate::Result<Device> {
-    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
-    if let Some(device) = DEVICE.get() {
+    // Held while initialising: a second concurrent init would fail in burn (parallel tests).
+    static DEVICE: Mutex<Option<Device>> = Mutex::new(None);
+    let mut slot = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(device) = slot.as_ref() {
         return Ok(device.clone());
     }
     let (device, setup) = Device::wgpu_options()
         .init_with_setup()
         .map_err(|e| crate::Error::InvalidArgument(format!("wgpu initialisation failed: {e}")))?;
     register(&device, from_wgpu(&setup.device.limits()));
-    Ok(DEVICE.get_or_init(|| device).clone())
+    Ok(slot.insert(device).clone())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! random parameters first (wasteful for a 0.4B model on a GPU) and keep PyTorch-incompatible
 //! layouts; here every field is created once, from the checkpoint, under its upstream key.
 
+use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, conv2d, embedding, layer_norm, linear};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{DType, Int, Tensor};
@@ -73,6 +74,15 @@ impl Linear {
             .map(|s| self.forward_whole(flat.clone().slice(s..(s + per).min(rows))))
             .collect();
         Tensor::cat(outs, 0).reshape(dims)
+    }
+
+    /// `x · W` and the bias apart, for a caller that adds the bias inside its own kernel; with
+    /// several pieces (a weight over the binding limit), the whole output and no bias.
+    pub fn forward_unbiased(&self, x: Tensor<2>) -> (Tensor<2>, Option<Tensor<1>>) {
+        match &self.pieces[..] {
+            [(w, b)] => (x.matmul(w.clone()), b.clone()),
+            _ => (self.forward(x), None),
+        }
     }
 
     fn forward_whole<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -148,6 +158,13 @@ impl Conv2d {
             },
             &weights,
         );
+        // On the GPU the weights are kept channels-last, the layout burn's direct convolution
+        // reads: NCHW weights are copied into it on every call otherwise. (A 1×1 weight is both.)
+        #[cfg(feature = "gpu-kernels")]
+        let weights: Vec<Tensor<4>> = weights
+            .into_iter()
+            .map(|w| if k > 1 && crate::gpu::on_gpu(&w.device()) { crate::gpu::channels_last(w) } else { w })
+            .collect();
         Ok(Self {
             pieces: weights.into_iter().zip(biases).collect(),
             stride: cfg.stride,
@@ -169,23 +186,22 @@ impl Conv2d {
     /// call's copy is widened.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-        let f32 = |t: &Tensor<1>| t.clone().cast(DType::F32);
+        let f32 = |t: &Tensor<1>| to_f32(t);
         in_f32(x, |x| {
             let outs: Vec<Tensor<4>> = self
                 .pieces
                 .iter()
-                .map(|(w, b)| {
-                    conv2d(
-                        x.clone(),
-                        w.clone().cast(DType::F32),
-                        b.as_ref().map(f32),
-                        options.clone(),
-                    )
-                })
+                .map(|(w, b)| conv2d(x.clone(), to_f32(w), b.as_ref().map(f32), options.clone()))
                 .collect();
             limits::join_pieces(outs, 1)
         })
     }
+}
+
+/// `t` in f32: itself when it is (no cast op recorded, so a channels-last weight stays as laid
+/// out at load).
+fn to_f32<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
+    if t.dtype() == DType::F32 { t.clone() } else { t.clone().cast(DType::F32) }
 }
 
 /// An activation as consecutive channel chunks, for layers whose whole activation would
@@ -314,7 +330,46 @@ impl GroupNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        in_f32(x, |x| self.forward_f32(x))
+        self.forward_act(x, false)
+    }
+
+    /// `silu(self.forward(x))`: on the GPU the activation is part of the normalising kernel.
+    pub fn forward_silu<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_act(x, true)
+    }
+
+    /// `silu(self.forward(x + (add + add_bias)[n, c]))` for `add`: `[N, C]`: a ResNet's time
+    /// embedding, added inside the normalising kernels on the GPU.
+    pub fn forward_silu_add(&self, x: Tensor<4>, add: Tensor<2>, add_bias: Option<&Tensor<1>>) -> Tensor<4> {
+        #[cfg(feature = "gpu-kernels")]
+        if crate::gpu::on_gpu(&x.device()) {
+            let zeros;
+            let bias = match add_bias {
+                Some(b) => b,
+                None => {
+                    zeros = self.weight.zeros_like();
+                    &zeros
+                }
+            };
+            return crate::gpu::group_norm(x, &self.weight, &self.bias, Some((add, bias)), self.groups, self.eps, true);
+        }
+        let dtype = add.dtype();
+        let add = match add_bias {
+            Some(b) => add + b.clone().cast(dtype).unsqueeze(),
+            None => add,
+        };
+        let dtype = x.dtype();
+        self.forward_silu(x + add.cast(dtype).unsqueeze_dims::<4>(&[2, 3]))
+    }
+
+    fn forward_act<const D: usize>(&self, x: Tensor<D>, act: bool) -> Tensor<D> {
+        #[cfg(feature = "gpu-kernels")]
+        if crate::gpu::on_gpu(&x.device()) {
+            // Two dispatches (f32 statistics, then normalise + affine + SiLU in x's dtype).
+            return crate::gpu::group_norm(x, &self.weight, &self.bias, None, self.groups, self.eps, act);
+        }
+        let y = in_f32(x, |x| self.forward_f32(x));
+        if act { silu(y) } else { y }
     }
 
     /// Channels per group: chunks of an activation must hold whole groups.
@@ -322,9 +377,9 @@ impl GroupNorm {
         self.weight.dims()[0] / self.groups
     }
 
-    /// [`Self::forward`] chunk by chunk: exact, as each chunk holds whole groups (cut at
-    /// multiples of [`Self::group_width`]).
-    pub fn forward_chunks(&self, x: ChannelChunks) -> ChannelChunks {
+    /// [`Self::forward`] (with SiLU when `act`) chunk by chunk: exact, as each chunk holds whole
+    /// groups (cut at multiples of [`Self::group_width`]).
+    pub fn forward_chunks(&self, x: ChannelChunks, act: bool) -> ChannelChunks {
         let unit = self.group_width();
         let mut start = 0;
         x.map(|t| {
@@ -336,7 +391,7 @@ impl GroupNorm {
                 eps: self.eps,
             };
             start += c;
-            part.forward(t)
+            part.forward_act(t, act)
         })
     }
 
@@ -389,6 +444,11 @@ impl LayerNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        #[cfg(feature = "gpu-kernels")]
+        if crate::gpu::on_gpu(&x.device()) {
+            // One dispatch; statistics in f32 whatever x's dtype.
+            return crate::gpu::layer_norm(x, &self.weight, self.bias.as_ref(), self.eps);
+        }
         let f32 = |t: &Tensor<1>| t.clone().cast(DType::F32);
         in_f32(x, |x| layer_norm(x, f32(&self.weight), self.bias.as_ref().map(f32), self.eps))
     }
@@ -463,28 +523,27 @@ pub fn by_token_blocks(
     out.reshape([b, n, c_out])
 }
 
-/// Upper bound on the elements of one attention score block: 8M (32 MiB in f32), or less where
-/// the device's largest binding is smaller still. One f32 score matrix of a single head at a
-/// 64×64 latent (4096² tokens) is already 64 MiB, so scores are computed in query blocks. The
-/// same code path runs natively and in the browser.
+/// Upper bound on the elements of one attention score block on the CPU: 8M (32 MiB in f32), or
+/// less where the device's largest binding is smaller still. One f32 score matrix of a single
+/// head at a 64×64 latent (4096² tokens) is already 64 MiB, so scores are computed in query
+/// blocks there.
 pub const ATTENTION_SCORE_BUDGET: usize = 8 << 20;
 
-/// softmax(q kᵀ · scale) v over `[batch, heads, tokens, head_dim]`, computed in query blocks so
-/// that no score tensor exceeds [`ATTENTION_SCORE_BUDGET`] elements.
+/// softmax(q kᵀ · scale) v over `[batch, heads, tokens, head_dim]`: one flash kernel on the GPU
+/// ([`crate::gpu::flash_attention`]), burn-flex's own attention in query blocks of at most
+/// [`ATTENTION_SCORE_BUDGET`] scores on the CPU.
 pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    // The GPU kernel keeps no score tensor, so it needs no query blocks.
+    #[cfg(feature = "gpu-kernels")]
+    if crate::gpu::on_gpu(&q.device()) {
+        return crate::gpu::flash_attention(q, k, v, scale);
+    }
     let [b, h, n_q, _] = q.dims();
     let n_kv = k.dims()[2];
     let budget = ATTENTION_SCORE_BUDGET.min(limits::of(&q.device()).max_elems(4));
     let rows = (budget / (b * h * n_kv).max(1)).clamp(1, n_q);
-    let flash = has_flash_attention(&q.device());
     let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
-    let block = |q: Tensor<4>| {
-        if flash {
-            attention(q, k.clone(), v.clone(), None, None, options)
-        } else {
-            attention_unfused(q, k.clone(), v.clone(), scale)
-        }
-    };
+    let block = |q: Tensor<4>| attention(q, k.clone(), v.clone(), None, None, options);
     if rows >= n_q {
         return block(q);
     }
@@ -493,30 +552,4 @@ pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, sc
         .map(|start| block(q.clone().slice([0..b, 0..h, start..(start + rows).min(n_q)])))
         .collect();
     Tensor::cat(outs, 2)
-}
-
-/// Whether burn's `attention` op is one fused (flash, no score tensor) kernel on `device`: on the
-/// CPU backend. The cubecl (GPU) backends run it, without autotune, as their matmul → softmax →
-/// matmul fallback *inside* one fusion op, so none of its ~12 kernels fuse with each other
-/// (burn-cubecl `kernel/attention/base.rs`: `AttentionStrategy::default()` is `Fallback`; its
-/// flash kernels are reached only through autotune, and never with an explicit scale).
-fn has_flash_attention(device: &burn::tensor::Device) -> bool {
-    #[cfg(feature = "cpu")]
-    return *device == burn::tensor::Device::flex();
-    #[cfg(not(feature = "cpu"))]
-    {
-        let _ = device;
-        false
-    }
-}
-
-/// softmax(q kᵀ · scale) v as plain tensor ops, which burn's fusion can merge: the scale into the
-/// score matmul, max/sum reductions with their element-wise neighbours. No masks here, so a
-/// row is never all -inf and the max shift alone keeps the softmax finite.
-fn attention_unfused(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
-    let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-    let shifted = scores.clone() - scores.max_dim(3);
-    let e = shifted.exp();
-    let probs = e.clone() / e.sum_dim(3);
-    probs.matmul(v)
 }

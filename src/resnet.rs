@@ -2,7 +2,6 @@
 //! there: shared by the U-Net and the KL autoencoder (whose resnets take no time embedding).
 
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PadMode};
 
@@ -57,14 +56,19 @@ impl ResnetBlock2D {
         })
     }
 
-    /// `temb`: `[batch, temb_channels]`, required iff the block was built with a time embedding.
-    pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t: Tensor<2> = proj.forward(silu(temb.clone()));
-            h = h + t.unsqueeze_dims::<4>(&[2, 3]);
-        }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+    /// `temb_act`: the *activated* time embedding `silu(temb)`, `[batch, temb_channels]` (the
+    /// U-Net applies the SiLU once for all its blocks), required iff the block was built with
+    /// one. Its projection (and bias) is added inside `norm2`'s kernels.
+    pub fn forward(&self, x: Tensor<4>, temb_act: Option<&Tensor<2>>) -> Tensor<4> {
+        let h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
+        let h = match (&self.time_emb_proj, temb_act) {
+            (Some(proj), Some(temb)) => {
+                let (t, bias) = proj.forward_unbiased(temb.clone());
+                self.norm2.forward_silu_add(h, t, bias.as_ref())
+            }
+            _ => self.norm2.forward_silu(h),
+        };
+        let h = self.conv2.forward(h);
         let skip = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
@@ -88,8 +92,8 @@ impl ResnetBlock2D {
     pub fn forward_chunks(&self, x: ChannelChunks, max_bytes: u64) -> ChannelChunks {
         let [n, _, h, w] = x.chunks[0].dims();
         let out = ChannelChunks::ranges(self.conv2.out_channels(), n * h * w, self.norm2.group_width(), max_bytes);
-        let h1 = self.conv1.forward_chunks(&self.norm1.forward_chunks(x.clone()).map(silu), &out);
-        let h2 = self.conv2.forward_chunks(&self.norm2.forward_chunks(h1).map(silu), &out);
+        let h1 = self.conv1.forward_chunks(&self.norm1.forward_chunks(x.clone(), true), &out);
+        let h2 = self.conv2.forward_chunks(&self.norm2.forward_chunks(h1, true), &out);
         let skip = match &self.conv_shortcut {
             Some(conv) => conv.forward_chunks(&x, &out),
             None => x.rechunk(&out),

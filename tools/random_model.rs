@@ -11,6 +11,9 @@
 //!   and a 64-channel TAESD (151 MB activations at 768²); levels 0-1 only 32/64 channels wide.
 //! - `sdxs`: IDKiro/sdxs-512-dreamshaper's shapes (CLIP-L, 0.32B U-Net without mid block, TAESD).
 //! - `bk-sdm-tiny`: nota-ai/bk-sdm-tiny's U-Net config with CLIP-L and the SD KL VAE.
+//! - `three-level`: SD-1.5's U-Net without its last level (320/640/1280, two layers per block,
+//!   the cross-attention mid block: 17 ResNets, 11 transformer blocks, 0.45B), CLIP-L, TAESD:
+//!   the dispatch-count model of docs/performance.md.
 //!
 //! The tensors written are exactly those the loaders ask for: the pipeline is built once over
 //! generated weights ([`Weights::generated`]) that record every request.
@@ -126,6 +129,19 @@ fn preset(name: &str) -> Option<(Value, Value, Value)> {
             ),
             taesd(),
         ),
+        "three-level" => (
+            clip_l(12),
+            unet(
+                [
+                    &["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                    &["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+                ],
+                2,
+                Some("UNetMidBlock2DCrossAttn"),
+                8,
+            ),
+            taesd(),
+        ),
         "bk-sdm-tiny" => {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/hub-configs/nota-ai__bk-sdm-tiny/unet/config.json");
             (clip_l(12), serde_json::from_slice(&std::fs::read(path).ok()?).ok()?, sd_kl())
@@ -160,7 +176,7 @@ fn folder_files(text: &Value, unet: &Value, vae: &Value) -> BTreeMap<String, Arc
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: random-model <worst-case|sdxs|bk-sdm-tiny> <out-dir> [f16|f32]";
+    let usage = "usage: random-model <worst-case|sdxs|bk-sdm-tiny|three-level> <out-dir> [f16|f32]";
     let (Some(name), Some(out)) = (args.first(), args.get(1)) else { panic!("{usage}") };
     let f16 = args.get(2).is_none_or(|d| d == "f16");
     let (text, unet, vae) = preset(name).unwrap_or_else(|| panic!("unknown preset {name:?}; {usage}"));

@@ -4,7 +4,6 @@
 //! model is built.
 
 use burn::tensor::{DType, Device, Tensor};
-use burn::tensor::activation::silu;
 
 use super::attention::TransformerConfig;
 use super::embeddings::{TimestepEmbedding, Timesteps};
@@ -154,6 +153,8 @@ impl UNet2DConditionModel {
         let sample = sample.cast(dtype);
         let t_emb = self.time_proj.forward(timesteps).cast(dtype);
         let temb = self.time_embedding.forward(t_emb, timestep_cond.map(|c| c.cast(dtype)));
+        // Every ResNet projects silu(temb): activated once here, not once per block.
+        let temb = burn::tensor::activation::silu(temb);
         let context = &encoder_hidden_states.cast(dtype);
 
         let sample = if self.config.center_input_sample { sample * 2.0 - 1.0 } else { sample };
@@ -180,7 +181,7 @@ impl UNet2DConditionModel {
             };
             x = block.forward(x, &temb, context, &mut skips, size);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x))).cast(out_dtype)
+        self.conv_out.forward(self.conv_norm_out.forward_silu(x)).cast(out_dtype)
     }
 
     /// The float dtype the weights were loaded in.

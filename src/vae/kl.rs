@@ -3,7 +3,6 @@
 //! and the mid-block's single-head spatial self-attention ([`AttentionBlock`]).
 
 use burn::tensor::{DType, Tensor};
-use burn::tensor::activation::silu;
 
 use crate::config::AutoencoderKLConfig;
 use crate::error::Result;
@@ -183,13 +182,13 @@ impl OutHead {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out.forward(self.conv_norm_out.forward_silu(x))
     }
 
     /// To RGB from channel chunks: the output (3 channels) is one tensor.
     fn forward_chunks(&self, x: ChannelChunks) -> Tensor<4> {
         let rgb = [(0, self.conv_out.out_channels())];
-        let mut out = self.conv_out.forward_chunks(&self.conv_norm_out.forward_chunks(x).map(silu), &rgb);
+        let mut out = self.conv_out.forward_chunks(&self.conv_norm_out.forward_chunks(x, true), &rgb);
         out.chunks.pop().expect("one chunk")
     }
 }
