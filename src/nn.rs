@@ -186,22 +186,16 @@ impl Conv2d {
     /// call's copy is widened.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-        let f32 = |t: &Tensor<1>| to_f32(t);
+        let f32 = |t: &Tensor<1>| t.clone().cast(DType::F32);
         in_f32(x, |x| {
             let outs: Vec<Tensor<4>> = self
                 .pieces
                 .iter()
-                .map(|(w, b)| conv2d(x.clone(), to_f32(w), b.as_ref().map(f32), options.clone()))
+                .map(|(w, b)| conv2d(x.clone(), w.clone().cast(DType::F32), b.as_ref().map(f32), options.clone()))
                 .collect();
             limits::join_pieces(outs, 1)
         })
     }
-}
-
-/// `t` in f32: itself when it is (no cast op recorded, so a channels-last weight stays as laid
-/// out at load).
-fn to_f32<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
-    if t.dtype() == DType::F32 { t.clone() } else { t.clone().cast(DType::F32) }
 }
 
 /// An activation as consecutive channel chunks, for layers whose whole activation would

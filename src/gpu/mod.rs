@@ -9,6 +9,7 @@ mod attention;
 mod group_norm;
 mod layer_norm;
 
+use burn::backend::cubecl::dtype_to_storage_type as storage;
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension, tensor::FloatTensor};
 use burn::tensor::{DType, Device, Shape, Tensor};
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
@@ -111,7 +112,6 @@ pub fn channels_last(x: Tensor<4>) -> Tensor<4> {
 
 impl GpuKernels for CubeBackend {
     fn layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f32, has_bias: bool) -> FloatTensor<Self> {
-        use burn::backend::cubecl::dtype_to_storage_type as storage;
         let (x, gamma, beta) = (into_contiguous(x), into_contiguous(gamma), into_contiguous(beta));
         let shape = x.meta.shape().clone();
         let width = shape[shape.num_dims() - 1];
@@ -157,7 +157,6 @@ impl GpuKernels for CubeBackend {
         eps: f32,
         silu: bool,
     ) -> FloatTensor<Self> {
-        use burn::backend::cubecl::dtype_to_storage_type as storage;
         let (gamma, beta, add_bias) = (into_contiguous(gamma), into_contiguous(beta), into_contiguous(add_bias));
         // `add` in x's dtype, the bias in the affine's (the kernels are generic over the two).
         let add = if add.dtype == x.dtype { add } else { burn_cubecl::kernel::cast(add, x.dtype) };
