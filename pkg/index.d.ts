@@ -132,8 +132,9 @@ export interface LoadOptions {
    *  refused before it is read, a URL after the download). WebGPU reports no memory size, so
    *  only the caller can know the budget (e.g. 1.5e9 on phones). */
   maxGpuBytes?: number;
-  /** Run the `warm-up` phase (default true): two 1-step generations at the model's default size
-   *  that compile the GPU pipelines, so the first image is not slower than the next. `false`
+  /** Run the `warm-up` phase (default true): one 1-step generation at the model's default size,
+   *  capped at 64 px for SD decoders (8 latent pixels a side), that compiles the GPU pipelines,
+   *  so the first image is about as fast as the next. `false`
    *  makes the load shorter and the first image pay the compilation instead. The CPU build
    *  compiles nothing and skips it. */
   warmUp?: boolean;

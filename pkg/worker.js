@@ -334,21 +334,17 @@ async function setLoras(msg, r) {
 }
 
 /**
- * 1-step generations at the model's default size right after the build: WebGPU compiles a
- * pipeline the first time each kernel runs (most of the first image's time on a slow compiler),
- * so doing it here makes the first image cost what the next ones do. Results are dropped.
+ * One 1-step generation right after the build, at `engine.warmUpSize()` (the default size,
+ * capped at 8 latent pixels a side: 64 px for SD decoders; Pipeline::warm_up_size). WebGPU
+ * compiles a pipeline the first time each kernel runs (most of the first image's time on a slow
+ * compiler), so doing it here makes the first image cost about what the next ones do, for far
+ * less than an image of a 512² model (docs/performance.md, "Round two"). The result is dropped;
+ * a failure here (a model that overflows, say) is the first generate()'s to report.
  */
 async function warmUp(r) {
   r.report({ phase: 'warm-up', file: null });
-  // At the model's default size: kernels are chosen by extent, so other sizes compile a few more.
   const [width, height] = engine.warmUpSize();
-  // Twice: the first pass compiles every pipeline, yet the next image still took ~1.4x a warm
-  // one (tiny-sd on SwiftShader: 11.0 s vs 8.0 s, nothing compiled); after a second pass the
-  // first image is as fast as the rest (docs/performance.md). A failure here (a model that
-  // overflows, say) is the first generate()'s to report, with its own options.
-  for (let pass = 0; pass < 2; pass++) {
-    await engine.generate({ prompt: '', steps: 1, seed: pass, width, height }, () => {}, () => false).catch(() => {});
-  }
+  await engine.generate({ prompt: '', steps: 1, seed: 0, width, height }, () => {}, () => false).catch(() => {});
 }
 
 /** [3, H, W] floats in [0, 1] -> RGBA bytes for ImageData / PNG. */

@@ -28,6 +28,10 @@ use crate::text::{PromptTokenizer, TextEncoder};
 use crate::unet::{UNet2DConditionModel, guidance_scale_embedding};
 use crate::vae::Autoencoder;
 
+/// Latent side of the warm-up generation ([`Pipeline::warm_up_size`]): 8 keeps every level of
+/// a four-level U-Net at least one pixel wide, as at full size.
+pub const WARM_UP_LATENT_SIDE: usize = 8;
+
 /// What to generate. `None` steps/guidance take the scheduler kind's defaults.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -165,6 +169,17 @@ impl Pipeline {
             Some(OneOrMany::Many(v)) if v.len() == 2 => (v[1] * f, v[0] * f),
             _ => (512, 512),
         }
+    }
+
+    /// (width, height) of the browser's warm-up generation (pkg/worker.js): the default size,
+    /// capped at [`WARM_UP_LATENT_SIDE`] latent pixels a side. The warm-up exists to compile the
+    /// GPU pipelines before the first image; nearly all of them are the same at any size (shapes
+    /// are kernel arguments), so a 512² model warms up at 64² for ~1/64 of an image's work and
+    /// its first image compiles only the few kernels picked by extent (docs/performance.md).
+    pub fn warm_up_size(&self) -> (usize, usize) {
+        let cap = WARM_UP_LATENT_SIDE * self.vae.pixels_per_latent();
+        let (w, h) = self.default_size();
+        (w.min(cap), h.min(cap))
     }
 
     /// A fresh scheduler for this model, with its default step count and guidance.

@@ -1,7 +1,8 @@
 //! U-Net parity with diffusers' `UNet2DConditionModel` (tools/reference/unet.py) at f32:
 //! the tiny-sd U-Net (BF16 stored), a three-level config (per-level heads, linear projections,
-//! guidance-embedding input, upcast, an odd 9×7 latent) and a block-removed config (no mid
-//! block, two transformer layers, only_cross_attention), plus config and weight errors.
+//! guidance-embedding input, upcast, an odd 9×7 latent), a block-removed config (no mid
+//! block, two transformer layers, only_cross_attention) and the one-resnet `UNetMidBlock2D`
+//! mid block, plus config and weight errors.
 
 mod common;
 #[path = "../benches/random_weights.rs"]
@@ -75,6 +76,15 @@ fn block_removed_unet_matches_diffusers() {
     let unet = load_unet(&unets(), "no-mid", DType::F32);
     assert!(unet.config().mid_block_type.is_none());
     check(&unet, "no_mid");
+}
+
+/// `mid_block_type: "UNetMidBlock2D"`: one resnet (scaled by `mid_block_scale_factor`), and only
+/// its tensors are read (`load_unet` fails on unused ones).
+#[test]
+fn one_resnet_mid_block_unet_matches_diffusers() {
+    let unet = load_unet(&unets(), "mid-resnet", DType::F32);
+    assert_eq!(unet.config().mid_block_type, Some(MidBlockType::UNetMidBlock2D));
+    check(&unet, "mid_resnet");
 }
 
 #[test]

@@ -29,6 +29,8 @@ choice! {
     /// `mid_block_type` (diffusers' `get_mid_block`).
     MidBlockType {
         UNetMidBlock2DCrossAttn = "UNetMidBlock2DCrossAttn",
+        /// One resnet, no attention (`get_mid_block` builds it with `num_layers=0`).
+        UNetMidBlock2D = "UNetMidBlock2D",
     }
 }
 
@@ -262,7 +264,7 @@ impl UNet2DConditionConfig {
                 heads(level, &format!("level {i}"))?;
             }
         }
-        if self.mid_block_type.is_some() {
+        if self.mid_block_type == Some(MidBlockType::UNetMidBlock2DCrossAttn) {
             heads(&resolved[levels - 1], "the mid block")?;
         }
         for (i, t) in self.up_block_types.iter().enumerate() {

@@ -8,7 +8,7 @@ use burn::tensor::{DType, Device, Tensor};
 use super::attention::TransformerConfig;
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::unet_blocks::{BlockConfig, DownBlock2D, DownBlockConfig, UNetMidBlock2DCrossAttn, UpBlock2D, UpBlockConfig};
-use crate::config::{UNet2DConditionConfig, UNetLevel, UpBlockType, from_json};
+use crate::config::{MidBlockType, UNet2DConditionConfig, UNetLevel, UpBlockType, from_json};
 use crate::error::Result;
 use crate::folder::join;
 use crate::source::ModelSource;
@@ -90,15 +90,14 @@ impl UNet2DConditionModel {
             down_blocks.push(DownBlock2D::load(&vb.pp("down_blocks").pp(i), &blocks, &block)?);
         }
 
-        let mid_block = match config.mid_block_type {
-            Some(_) => {
-                // The mid block never uses `only_cross_attention` (diffusers does not pass it).
-                let t = TransformerConfig { only_cross_attention: false, ..transformer(&levels[n - 1]) };
-                let scale = config.mid_block_scale_factor;
-                Some(UNetMidBlock2DCrossAttn::load(&vb.pp("mid_block"), &blocks, ch[n - 1], scale, &t)?)
-            }
-            None => None,
-        };
+        let mid_block = config.mid_block_type.as_ref().map(|mid| {
+            // The mid block never uses `only_cross_attention` (diffusers does not pass it).
+            let t = TransformerConfig { only_cross_attention: false, ..transformer(&levels[n - 1]) };
+            let t = (*mid == MidBlockType::UNetMidBlock2DCrossAttn).then_some(t);
+            let scale = config.mid_block_scale_factor;
+            UNetMidBlock2DCrossAttn::load(&vb.pp("mid_block"), &blocks, ch[n - 1], scale, t.as_ref())
+        });
+        let mid_block = mid_block.transpose()?;
 
         // Up block i mirrors down level n-1-i; whether it attends is its own type's say.
         let mut up_blocks = Vec::with_capacity(n);

@@ -1,5 +1,5 @@
 //! diffusers `unets/unet_2d_blocks.py`: `DownBlock2D`, `CrossAttnDownBlock2D`, `UpBlock2D`,
-//! `CrossAttnUpBlock2D`, `UNetMidBlock2DCrossAttn`. A plain block is a cross-attention block
+//! `CrossAttnUpBlock2D`, `UNetMidBlock2DCrossAttn`, `UNetMidBlock2D`. A plain block is a cross-attention block
 //! without `attentions`, so each pair shares one struct; the stored keys are identical.
 
 use burn::tensor::Tensor;
@@ -168,7 +168,8 @@ impl UpBlock2D {
     }
 }
 
-/// `UNetMidBlock2DCrossAttn`: resnet, then `layers` × (transformer → resnet), at constant width.
+/// `UNetMidBlock2DCrossAttn`: resnet, then `layers` × (transformer → resnet), at constant width;
+/// without a transformer it is `UNetMidBlock2D` as `get_mid_block` builds it (one resnet).
 #[derive(Debug, Clone)]
 pub struct UNetMidBlock2DCrossAttn {
     resnets: Vec<ResnetBlock2D>,
@@ -181,14 +182,15 @@ impl UNetMidBlock2DCrossAttn {
         c: &BlockConfig,
         channels: usize,
         output_scale_factor: f64,
-        transformer: &TransformerConfig,
+        transformer: Option<&TransformerConfig>,
     ) -> Result<Self> {
-        // diffusers' `num_layers` is 1 for this block in every U-Net config.
-        let layers = 1;
+        // diffusers' `num_layers`: 1 for the cross-attention block in every U-Net config, 0 for
+        // `UNetMidBlock2D` (`get_mid_block`, `add_attention=False`).
+        let layers = usize::from(transformer.is_some());
         let resnets = (0..=layers)
             .map(|i| ResnetBlock2D::load(&vb.pp("resnets").pp(i), c.resnet(channels, channels, output_scale_factor)))
             .collect::<Result<_>>()?;
-        Ok(Self { resnets, attentions: load_attentions(vb, layers, Some(transformer))? })
+        Ok(Self { resnets, attentions: load_attentions(vb, layers, transformer)? })
     }
 
     pub fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>) -> Tensor<4> {

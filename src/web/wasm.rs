@@ -277,9 +277,9 @@ impl Inkstone {
         Ok(summary.to_string())
     }
 
-    /// `[width, height]` of the warm-up: the worker runs two 1-step generations at this size
+    /// `[width, height]` of the warm-up: the worker runs one 1-step generation at this size
     /// right after [`Inkstone::build`] (pkg/worker.js `warmUp`), so the WebGPU pipelines are
-    /// compiled at load and the first image at this size costs what the next ones do.
+    /// compiled at load ([`crate::pipeline::Pipeline::warm_up_size`]: the default size, capped).
     #[wasm_bindgen(js_name = warmUpSize)]
     pub fn warm_up_size(&self) -> Result<Vec<u32>, JsError> {
         let s = self.state.borrow();

@@ -6,7 +6,8 @@
 // plus the largest buffer created (`self.largestBuffer`) and the largest range bound to one
 // kernel (`self.largestBinding`: a pool buffer may exceed a binding limit, a binding may not),
 // and snapshots of the counters (`self.gpuSnaps`) when the worker reports its warm-up, a step or
-// a result. Tests read them with `page.workers()[i].evaluate(...)`.
+// a result. Tests read them with `page.workers()[i].evaluate(...)`. `self.gpuInject` (a RegExp
+// over kernel labels) adds an empty dispatch after each matching kernel: a budget test's control.
 const c = self.gpuCounts = { dispatches: 0, submits: 0, reads: 0, pipelines: 0, kernels: {}, liveBytes: 0, peakBytes: 0, buffers: 0 };
 const snaps = self.gpuSnaps = [];
 const snap = (what) => snaps.push({ what, t: performance.now(), dispatches: c.dispatches, submits: c.submits, reads: c.reads, pipelines: c.pipelines, kernels: { ...c.kernels } });
@@ -56,7 +57,14 @@ for (const name of ['dispatchWorkgroups', 'dispatchWorkgroupsIndirect']) {
   GPUComputePassEncoder.prototype[name] = function (...a) {
     c.dispatches += 1;
     c.kernels[current] = (c.kernels[current] ?? 0) + 1;
-    return f.apply(this, a);
+    const r = f.apply(this, a);
+    // The budget tests' positive control: one more (empty) dispatch after each kernel whose
+    // label matches `self.gpuInject`, as a kernel added to the model would be.
+    if (self.gpuInject?.test(current) && name === 'dispatchWorkgroups') {
+      c.dispatches += 1;
+      f.call(this, 0);
+    }
+    return r;
   };
 }
 const submit = GPUQueue.prototype.submit;

@@ -12,8 +12,8 @@ import { startServer } from './server.mjs';
 import { readSafetensors } from './safetensors.mjs';
 
 const TINY = join(ROOT, 'tests/fixtures/tiny-sd');
-/** How long a load through the page may take: it ends with the warm-up generations
- *  (pkg/worker.js), each tens of seconds on SwiftShader under load. */
+/** How long a load through the page may take: it ends with the warm-up generation
+ *  (pkg/worker.js), tens of seconds on SwiftShader under load. */
 const LOAD_TIMEOUT = 180_000;
 /** Small IndexedDB chunks so the tiny model's files span several chunks. */
 const CHUNK = 256 * 1024;

@@ -1,6 +1,7 @@
 """U-Net references: the tiny-sd U-Net, two more configs saved under tests/fixtures/unets/
 (three levels with per-level heads, linear projections, guidance-embedding input, upcast, an
-odd 9x7 latent; and no mid block with two transformer layers and only_cross_attention), and
+odd 9x7 latent; no mid block with two transformer layers and only_cross_attention; and the
+one-resnet `UNetMidBlock2D` mid block), and
 diffusers' LCM `get_guidance_scale_embedding`. Each case stores its inputs and outputs in
 tests/fixtures/ref/unet_<case>.safetensors (f32)."""
 import shutil
@@ -61,6 +62,24 @@ NO_MID = dict(
 )
 
 
+# (c) `mid_block_type="UNetMidBlock2D"` (get_mid_block: one resnet, no attention) with a mid-block
+# scale factor, between plain and cross-attention levels.
+MID_RESNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    mid_block_type="UNetMidBlock2D",
+    mid_block_scale_factor=2.0,
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    attention_head_dim=2,
+    cross_attention_dim=12,
+    norm_num_groups=4,
+)
+
+
 def build(config, seed, folder, dtype):
     torch.manual_seed(seed)
     m = UNet2DConditionModel(**config)
@@ -111,6 +130,9 @@ def generate():
 
     no_mid = build(NO_MID, 51, UNETS / "no-mid", torch.float16)
     run("no_mid", no_mid, 2, (8, 8), 6, [999.0, 0.5])
+
+    mid_resnet = build(MID_RESNET, 61, UNETS / "mid-resnet", torch.float32)
+    run("mid_resnet", mid_resnet, 2, (8, 8), 4, [999.0, 21.5])
 
     ref = {}
     for dim in (16, 15, 512):

@@ -246,12 +246,9 @@ impl Loaded {
         Ok(Self(Rc::new(crate::web::from_parts(files, weights, device, dtype)?)))
     }
 
-    /// (width, height) of the warm-up generation `load()` runs so that the first image compiles
-    /// no pipeline: the model's default size. Not a smaller one: cubecl picks reduce and fused
-    /// kernels by extent (a GroupNorm over 16×16 pixels and one over 8×8 are different
-    /// pipelines), so a 64 px warm-up left 13 of tiny-sd's kernels to a 128 px first image.
+    /// (width, height) of the warm-up generation `load()` runs: [`Pipeline::warm_up_size`].
     pub fn warm_up_size(&self) -> (usize, usize) {
-        self.0.default_size()
+        self.0.warm_up_size()
     }
 }
 
