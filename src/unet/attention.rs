@@ -7,21 +7,30 @@ use burn::tensor::{DType, Tensor};
 
 use crate::error::Result;
 use crate::nn::{
-    Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, by_token_blocks,
+    Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, StackedLinear, by_token_blocks,
     scaled_dot_product_attention,
 };
 use crate::weights::VarBuilder;
 
 /// Multi-head attention; cross-attention when `cross_attention_dim` is given (keys and values
-/// then come from the encoder states). Projections without bias, output with bias, as SD.
+/// then come from the encoder states). Projections without bias, output with bias, as SD. The
+/// projections that read the same input run as one stacked matmul ([`StackedLinear`]):
+/// `to_q`/`to_k`/`to_v` of a self-attention, `to_k`/`to_v` of a cross-attention.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
+    projections: Projections,
     to_out: Linear,
     heads: usize,
     upcast: bool,
+}
+
+/// The state dict's `to_q`, `to_k`, `to_v`, grouped by the input they read.
+#[derive(Debug, Clone)]
+enum Projections {
+    /// `to_q`, `to_k`, `to_v` over the hidden states.
+    SelfAttention { qkv: StackedLinear },
+    /// `to_q` over the hidden states, `to_k`, `to_v` over the encoder states.
+    Cross { to_q: Linear, kv: StackedLinear },
 }
 
 impl Attention {
@@ -34,11 +43,17 @@ impl Attention {
         upcast: bool,
     ) -> Result<Self> {
         let inner = heads * dim_head;
-        let kv_dim = cross_attention_dim.unwrap_or(query_dim);
+        let projections = match cross_attention_dim {
+            None => Projections::SelfAttention {
+                qkv: StackedLinear::load(&[vb.pp("to_q"), vb.pp("to_k"), vb.pp("to_v")], query_dim, inner)?,
+            },
+            Some(kv_dim) => Projections::Cross {
+                to_q: Linear::load(&vb.pp("to_q"), query_dim, inner, false)?,
+                kv: StackedLinear::load(&[vb.pp("to_k"), vb.pp("to_v")], kv_dim, inner)?,
+            },
+        };
         Ok(Self {
-            to_q: Linear::load(&vb.pp("to_q"), query_dim, inner, false)?,
-            to_k: Linear::load(&vb.pp("to_k"), kv_dim, inner, false)?,
-            to_v: Linear::load(&vb.pp("to_v"), kv_dim, inner, false)?,
+            projections,
             to_out: Linear::load(&vb.pp("to_out").pp(0), inner, query_dim, true)?,
             heads,
             upcast,
@@ -51,13 +66,18 @@ impl Attention {
         x.reshape([b, n, self.heads, c / self.heads]).swap_dims(1, 2)
     }
 
-    /// `x`: `[b, n, query_dim]`; `context`: `[b, m, cross_attention_dim]`, or `None` for
-    /// self-attention.
+    /// `x`: `[b, n, query_dim]`; `context`: `[b, m, cross_attention_dim]` for a cross-attention
+    /// (ignored by a self-attention).
     pub fn forward(&self, x: Tensor<3>, context: Option<&Tensor<3>>) -> Tensor<3> {
-        let context = context.unwrap_or(&x);
-        let q = self.split_heads(self.to_q.forward(x.clone()));
-        let k = self.split_heads(self.to_k.forward(context.clone()));
-        let v = self.split_heads(self.to_v.forward(context.clone()));
+        let [q, k, v] = match &self.projections {
+            Projections::SelfAttention { qkv } => three(qkv.forward(x)),
+            Projections::Cross { to_q, kv } => {
+                let context = context.expect("a cross-attention needs the encoder states").clone();
+                let [k, v] = two(kv.forward(context));
+                [to_q.forward(x), k, v]
+            }
+        }
+        .map(|t| self.split_heads(t));
         let [b, h, n, d] = q.dims();
         let scale = (d as f64).powf(-0.5);
         let dtype = q.dtype();
@@ -71,6 +91,14 @@ impl Attention {
         };
         self.to_out.forward(out.swap_dims(1, 2).reshape([b, n, h * d]))
     }
+}
+
+fn two(outs: Vec<Tensor<3>>) -> [Tensor<3>; 2] {
+    outs.try_into().expect("two projections")
+}
+
+fn three(outs: Vec<Tensor<3>>) -> [Tensor<3>; 3] {
+    outs.try_into().expect("three projections")
 }
 
 /// `FeedForward(activation_fn="geglu")`: `net.0` is GEGLU (one projection to twice the inner
