@@ -25,7 +25,7 @@ use crate::img2img::{self, InitImage};
 use crate::schedulers::{Sampler, Scheduler};
 use crate::source::ModelSource;
 use crate::text::{PromptTokenizer, TextEncoder};
-use crate::unet::{UNet2DConditionModel, guidance_scale_embedding};
+use crate::unet::{EncoderStates, UNet2DConditionModel, guidance_scale_embedding};
 use crate::vae::Autoencoder;
 
 /// Latent side of the warm-up generation ([`Pipeline::warm_up_size`]): 8 keeps every level of
@@ -289,7 +289,7 @@ impl Pipeline {
             pipe: self,
             scheduler,
             latents,
-            embeds,
+            embeds: self.unet.encoder_states(embeds),
             timestep_cond,
             guidance,
             cfg,
@@ -466,7 +466,9 @@ pub struct Generation<'a> {
     pipe: &'a Pipeline,
     scheduler: Scheduler,
     latents: Tensor<4>,
-    embeds: Tensor<3>,
+    /// The prompt embeddings ([uncond, cond] under CFG), with the cross-attentions' keys and
+    /// values once the first step has projected them.
+    embeds: EncoderStates,
     timestep_cond: Option<Tensor<2>>,
     guidance: f32,
     cfg: bool,
@@ -515,7 +517,7 @@ impl Generation<'_> {
         let input = self.scheduler.scale_model_input(input, i);
         let timesteps = Tensor::<1>::full([batch], t as f32, self.pipe.device());
         let cond = self.timestep_cond.clone().map(|c| c.repeat_dim(0, batch));
-        let out = self.pipe.unet.forward(input, timesteps, self.embeds.clone(), cond);
+        let out = self.pipe.unet.forward_with(input, timesteps, &self.embeds, cond);
         let out = if self.cfg {
             let mut halves = out.chunk(2, 0);
             let text = halves.pop().unwrap();

@@ -2,6 +2,9 @@
 //! (GEGLU) and `transformers/transformer_2d.Transformer2DModel` (continuous input), the
 //! spatial transformer of `CrossAttn*Block2D` and the mid block.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
 use burn::tensor::activation::gelu;
 use burn::tensor::{DType, Tensor};
 
@@ -11,6 +14,34 @@ use crate::nn::{
     scaled_dot_product_attention,
 };
 use crate::weights::VarBuilder;
+
+/// The encoder hidden states a U-Net attends to (`[b, seq, cross_attention_dim]`, in the
+/// U-Net's dtype) and the keys and values each cross-attention projects from them. Those depend
+/// on the prompt alone, so within one generation (one `EncoderStates` for all its steps) each is
+/// computed at the first step and reused by the next ones: a matmul per cross-attention and step
+/// fewer.
+#[derive(Debug)]
+pub struct EncoderStates {
+    states: Tensor<3>,
+    /// Per cross-attention (its `to_k` key): `[k, v]`, each `[b, seq, inner]`.
+    keys_values: RefCell<BTreeMap<String, [Tensor<3>; 2]>>,
+}
+
+impl EncoderStates {
+    pub fn new(states: Tensor<3>) -> Self {
+        Self { states, keys_values: RefCell::default() }
+    }
+
+    /// The keys and values of the cross-attention named `key`: `project`'s, computed once.
+    fn keys_values(&self, key: &str, project: impl FnOnce(Tensor<3>) -> [Tensor<3>; 2]) -> [Tensor<3>; 2] {
+        if let Some(kv) = self.keys_values.borrow().get(key) {
+            return kv.clone();
+        }
+        let kv = project(self.states.clone());
+        self.keys_values.borrow_mut().insert(key.to_string(), kv.clone());
+        kv
+    }
+}
 
 /// Multi-head attention; cross-attention when `cross_attention_dim` is given (keys and values
 /// then come from the encoder states). Projections without bias, output with bias, as SD. The
@@ -29,8 +60,9 @@ pub struct Attention {
 enum Projections {
     /// `to_q`, `to_k`, `to_v` over the hidden states.
     SelfAttention { qkv: StackedLinear },
-    /// `to_q` over the hidden states, `to_k`, `to_v` over the encoder states.
-    Cross { to_q: Linear, kv: StackedLinear },
+    /// `to_q` over the hidden states, `to_k`, `to_v` over the encoder states; `key` (the
+    /// state-dict key of `to_k`) names its keys and values in [`EncoderStates`].
+    Cross { to_q: Linear, kv: StackedLinear, key: String },
 }
 
 impl Attention {
@@ -50,6 +82,7 @@ impl Attention {
             Some(kv_dim) => Projections::Cross {
                 to_q: Linear::load(&vb.pp("to_q"), query_dim, inner, false)?,
                 kv: StackedLinear::load(&[vb.pp("to_k"), vb.pp("to_v")], kv_dim, inner)?,
+                key: vb.key("to_k"),
             },
         };
         Ok(Self {
@@ -66,14 +99,13 @@ impl Attention {
         x.reshape([b, n, self.heads, c / self.heads]).swap_dims(1, 2)
     }
 
-    /// `x`: `[b, n, query_dim]`; `context`: `[b, m, cross_attention_dim]` for a cross-attention
-    /// (ignored by a self-attention).
-    pub fn forward(&self, x: Tensor<3>, context: Option<&Tensor<3>>) -> Tensor<3> {
+    /// `x`: `[b, n, query_dim]`; `context`: the encoder states for a cross-attention (ignored
+    /// by a self-attention).
+    pub fn forward(&self, x: Tensor<3>, context: &EncoderStates) -> Tensor<3> {
         let [q, k, v] = match &self.projections {
             Projections::SelfAttention { qkv } => three(qkv.forward(x)),
-            Projections::Cross { to_q, kv } => {
-                let context = context.expect("a cross-attention needs the encoder states").clone();
-                let [k, v] = two(kv.forward(context));
+            Projections::Cross { to_q, kv, key } => {
+                let [k, v] = context.keys_values(key, |states| two(kv.forward(states)));
                 [to_q.forward(x), k, v]
             }
         }
@@ -139,7 +171,6 @@ pub struct BasicTransformerBlock {
     attn2: Attention,
     norm3: LayerNorm,
     ff: FeedForward,
-    only_cross_attention: bool,
 }
 
 /// What one spatial transformer needs from the config.
@@ -174,14 +205,12 @@ impl BasicTransformerBlock {
             )?,
             norm3: LayerNorm::load(&vb.pp("norm3"), dim, 1e-5)?,
             ff: FeedForward::load(&vb.pp("ff"), dim, 4)?,
-            only_cross_attention: c.only_cross_attention,
         })
     }
 
-    pub fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
-        let attn1_context = self.only_cross_attention.then_some(context);
-        let x = self.attn1.forward(self.norm1.forward(x.clone()), attn1_context) + x;
-        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context)) + x;
+    pub fn forward(&self, x: Tensor<3>, context: &EncoderStates) -> Tensor<3> {
+        let x = self.attn1.forward(self.norm1.forward(x.clone()), context) + x;
+        let x = self.attn2.forward(self.norm2.forward(x.clone()), context) + x;
         self.ff.forward(self.norm3.forward(x.clone())) + x
     }
 }
@@ -229,8 +258,8 @@ impl Transformer2DModel {
         })
     }
 
-    /// `x`: `[b, c, h, w]`; `context`: encoder hidden states `[b, seq, cross_attention_dim]`.
-    pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
+    /// `x`: `[b, c, h, w]`; `context`: the encoder hidden states.
+    pub fn forward(&self, x: Tensor<4>, context: &EncoderStates) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let residual = x.clone();
         let x = self.norm.forward(x);

@@ -5,7 +5,7 @@
 
 use burn::tensor::{DType, Device, Tensor};
 
-use super::attention::TransformerConfig;
+use super::attention::{EncoderStates, TransformerConfig};
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::unet_blocks::{BlockConfig, DownBlock2D, DownBlockConfig, UNetMidBlock2DCrossAttn, UpBlock2D, UpBlockConfig};
 use crate::config::{MidBlockType, UNet2DConditionConfig, UNetLevel, UpBlockType, from_json};
@@ -144,6 +144,23 @@ impl UNet2DConditionModel {
         encoder_hidden_states: Tensor<3>,
         timestep_cond: Option<Tensor<2>>,
     ) -> Tensor<4> {
+        self.forward_with(sample, timesteps, &self.encoder_states(encoder_hidden_states), timestep_cond)
+    }
+
+    /// `encoder_hidden_states` held for the steps of one generation: the cross-attentions'
+    /// keys and values are then projected once, not at every step ([`EncoderStates`]).
+    pub fn encoder_states(&self, encoder_hidden_states: Tensor<3>) -> EncoderStates {
+        EncoderStates::new(encoder_hidden_states.cast(self.dtype()))
+    }
+
+    /// [`Self::forward`] with encoder states kept across the steps of a generation.
+    pub fn forward_with(
+        &self,
+        sample: Tensor<4>,
+        timesteps: Tensor<1>,
+        context: &EncoderStates,
+        timestep_cond: Option<Tensor<2>>,
+    ) -> Tensor<4> {
         let [b, _, h, w] = sample.dims();
         let timesteps = if timesteps.dims()[0] == 1 && b > 1 { timesteps.repeat_dim(0, b) } else { timesteps };
         // Inputs are cast to the weights' dtype (f16 on half-precision GPUs) and the result
@@ -154,7 +171,6 @@ impl UNet2DConditionModel {
         let temb = self.time_embedding.forward(t_emb, timestep_cond.map(|c| c.cast(dtype)));
         // Every ResNet projects silu(temb): activated once here, not once per block.
         let temb = burn::tensor::activation::silu(temb);
-        let context = &encoder_hidden_states.cast(dtype);
 
         let sample = if self.config.center_input_sample { sample * 2.0 - 1.0 } else { sample };
         let mut x = self.conv_in.forward(sample);

@@ -4,7 +4,7 @@
 
 use burn::tensor::Tensor;
 
-use super::attention::{Transformer2DModel, TransformerConfig};
+use super::attention::{EncoderStates, Transformer2DModel, TransformerConfig};
 use crate::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::error::Result;
 use crate::weights::VarBuilder;
@@ -81,7 +81,7 @@ impl DownBlock2D {
         &self,
         mut x: Tensor<4>,
         temb: &Tensor<2>,
-        context: &Tensor<3>,
+        context: &EncoderStates,
         skips: &mut Vec<Tensor<4>>,
     ) -> Tensor<4> {
         for (i, resnet) in self.resnets.iter().enumerate() {
@@ -150,7 +150,7 @@ impl UpBlock2D {
         &self,
         mut x: Tensor<4>,
         temb: &Tensor<2>,
-        context: &Tensor<3>,
+        context: &EncoderStates,
         skips: &mut Vec<Tensor<4>>,
         upsample_size: Option<[usize; 2]>,
     ) -> Tensor<4> {
@@ -193,7 +193,7 @@ impl UNetMidBlock2DCrossAttn {
         Ok(Self { resnets, attentions: load_attentions(vb, layers, transformer)? })
     }
 
-    pub fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, context: &Tensor<3>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, context: &EncoderStates) -> Tensor<4> {
         let mut x = self.resnets[0].forward(x, Some(temb));
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
             x = resnet.forward(attn.forward(x, context), Some(temb));
