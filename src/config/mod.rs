@@ -114,7 +114,7 @@ pub use autoencoder::{
 };
 pub use model_index::{ComponentSpec, ModelIndex};
 pub use crate::schedulers::{
-    AlgorithmType, BetaSchedule, DDIMSchedulerConfig, DDPMSchedulerConfig, DPMSolverMultistepSchedulerConfig,
+    AlgorithmType, BetaConfig, BetaSchedule, DDIMSchedulerConfig, DDPMSchedulerConfig, DPMSolverMultistepSchedulerConfig,
     EulerAncestralDiscreteSchedulerConfig, EulerDiscreteSchedulerConfig, FinalSigmasType,
     FlowMatchEulerDiscreteSchedulerConfig, InterpolationType, LCMSchedulerConfig, PNDMSchedulerConfig, PredictionType,
     SchedulerConfig, SolverType, TimeShiftType, TimestepSpacing, TimestepType, VarianceType,

@@ -43,7 +43,7 @@ mod samplers;
 use burn::tensor::Tensor;
 use serde_json::Value;
 
-pub use config::{BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing};
+pub use config::{BetaConfig, BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing};
 pub use ddim::{DDIMSchedulerConfig, Ddim};
 pub use ddpm::{DDPMSchedulerConfig, Ddpm, VarianceType};
 pub use dpm_solver::{AlgorithmType, DPMSolverMultistepSchedulerConfig, DpmSolverMultistep, SolverType};
