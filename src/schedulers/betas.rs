@@ -8,7 +8,7 @@
 
 use burn::tensor::Tensor;
 
-use super::config::{BetaConfig, BetaSchedule, TimestepSpacing};
+use super::config::{BetaConfig, BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Error, Result};
 
 /// Rounds to the nearest f32: the value diffusers holds in a float32 tensor.
@@ -257,6 +257,28 @@ pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32], f32_math: bool) -> f64 
 pub(crate) fn add_noise_vp(alphas_cumprod: &[f64], original: Tensor<4>, noise: Tensor<4>, timestep: f64) -> Tensor<4> {
     let alpha = alphas_cumprod[timestep as usize] as f32;
     original.mul_scalar(alpha.sqrt()).add(noise.mul_scalar((1.0 - alpha).sqrt()))
+}
+
+/// diffusers' `pred_original_sample` of the DDPM-indexed samplers (DDPM, DDIM, LCM): x_0 from
+/// the model output at `alpha` = alphas_cumprod[t] per the prediction type, clipped to ±`clip`
+/// (their `clip_sample_range`, where `clip_sample` is set).
+pub(crate) fn predicted_x0(
+    prediction: PredictionType,
+    model_output: Tensor<4>,
+    sample: Tensor<4>,
+    alpha: f32,
+    clip: Option<f64>,
+) -> Tensor<4> {
+    let beta = 1.0 - alpha;
+    let x0 = match prediction {
+        PredictionType::Epsilon => sample.sub(model_output.mul_scalar(beta.sqrt())).div_scalar(alpha.sqrt()),
+        PredictionType::Sample => model_output,
+        PredictionType::VPrediction => sample.mul_scalar(alpha.sqrt()).sub(model_output.mul_scalar(beta.sqrt())),
+    };
+    match clip {
+        Some(r) => x0.clamp(-r as f32, r as f32),
+        None => x0,
+    }
 }
 
 #[cfg(test)]

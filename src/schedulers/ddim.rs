@@ -10,7 +10,7 @@ use crate::error::Result;
 // The choices and checks every scheduler_config.json shares.
 use super::config::*;
 use super::Step;
-use super::betas::{add_noise_vp, integer_timesteps, refuse_custom};
+use super::betas::{integer_timesteps, predicted_x0, refuse_custom};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -78,6 +78,10 @@ impl Step for Ddim {
         Ok(Self { config: config.clone(), alphas_cumprod, final_alpha_cumprod, timesteps: vec![], steps: 1 })
     }
 
+    fn vp_alphas_cumprod(&self) -> Option<&[f64]> {
+        Some(&self.alphas_cumprod)
+    }
+
     fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
         refuse_custom(Self::CLASS, custom)?;
         let c = &self.config;
@@ -91,11 +95,6 @@ impl Step for Ddim {
         &self.timesteps
     }
 
-    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
-    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
-        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
-    }
-
     fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, _noise: Option<Tensor<4>>) -> Tensor<4> {
         let t = self.timesteps[step] as i64;
         // diffusers steps back by N / steps whatever the spacing.
@@ -104,21 +103,15 @@ impl Step for Ddim {
         let alpha_prev = if prev >= 0 { self.alphas_cumprod[prev as usize] } else { self.final_alpha_cumprod } as f32;
         let beta = 1.0 - alpha;
         let (sa, sb) = (alpha.sqrt(), beta.sqrt());
-        let (mut x0, eps) = match self.config.prediction_type {
-            PredictionType::Sample => {
-                let eps = sample.sub(model_output.clone().mul_scalar(sa)).div_scalar(sb);
-                (model_output, eps)
-            }
-            PredictionType::VPrediction => (
-                sample.clone().mul_scalar(sa).sub(model_output.clone().mul_scalar(sb)),
-                model_output.mul_scalar(sa).add(sample.mul_scalar(sb)),
-            ),
-            PredictionType::Epsilon => (sample.sub(model_output.clone().mul_scalar(sb)).div_scalar(sa), model_output),
+        let c = &self.config;
+        let clip = c.clip_sample.then_some(c.clip_sample_range);
+        let x0 = predicted_x0(c.prediction_type, model_output.clone(), sample.clone(), alpha, clip);
+        // The noise estimate, from the unclipped prediction.
+        let eps = match c.prediction_type {
+            PredictionType::Epsilon => model_output,
+            PredictionType::Sample => sample.sub(model_output.mul_scalar(sa)).div_scalar(sb),
+            PredictionType::VPrediction => model_output.mul_scalar(sa).add(sample.mul_scalar(sb)),
         };
-        if self.config.clip_sample {
-            let r = self.config.clip_sample_range as f32;
-            x0 = x0.clamp(-r, r);
-        }
         x0.mul_scalar(alpha_prev.sqrt()).add(eps.mul_scalar((1.0 - alpha_prev).sqrt()))
     }
 

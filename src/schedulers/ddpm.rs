@@ -10,7 +10,7 @@ use crate::error::Result;
 // The choices and checks every scheduler_config.json shares.
 use super::config::*;
 use super::Step;
-use super::betas::{add_noise_vp, custom_integer_timesteps, integer_timesteps};
+use super::betas::{custom_integer_timesteps, integer_timesteps, predicted_x0};
 
 choice! {
     /// DDPM's posterior variance (learned variances need a model that predicts them).
@@ -80,6 +80,10 @@ impl Step for Ddpm {
         Ok(Self { config: config.clone(), alphas_cumprod, timesteps: vec![] })
     }
 
+    fn vp_alphas_cumprod(&self) -> Option<&[f64]> {
+        Some(&self.alphas_cumprod)
+    }
+
     /// Timesteps per `timestep_spacing` (integers), or the user's strictly descending ones.
     fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
         let c = &self.config;
@@ -95,11 +99,6 @@ impl Step for Ddpm {
         &self.timesteps
     }
 
-    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
-    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
-        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
-    }
-
     /// diffusers adds noise while t > 0.
     fn needs_noise(&self, step: usize) -> bool {
         self.timesteps.get(step).is_some_and(|&t| t > 0.0)
@@ -110,19 +109,9 @@ impl Step for Ddpm {
         let (beta_prod_t, beta_prod_t_prev) = (1.0 - alpha_prod_t, 1.0 - alpha_prod_t_prev);
         let current_alpha_t = alpha_prod_t / alpha_prod_t_prev;
         let current_beta_t = 1.0 - current_alpha_t;
-        let mut x0 = match self.config.prediction_type {
-            PredictionType::Epsilon => {
-                sample.clone().sub(model_output.mul_scalar(beta_prod_t.sqrt())).div_scalar(alpha_prod_t.sqrt())
-            }
-            PredictionType::Sample => model_output,
-            PredictionType::VPrediction => {
-                sample.clone().mul_scalar(alpha_prod_t.sqrt()).sub(model_output.mul_scalar(beta_prod_t.sqrt()))
-            }
-        };
-        if self.config.clip_sample {
-            let r = self.config.clip_sample_range as f32;
-            x0 = x0.clamp(-r, r);
-        }
+        let c = &self.config;
+        let clip = c.clip_sample.then_some(c.clip_sample_range);
+        let x0 = predicted_x0(c.prediction_type, model_output, sample.clone(), alpha_prod_t, clip);
         // The posterior mean: a mix of the x_0 estimate and the current sample (eq. 7).
         let x0_coeff = alpha_prod_t_prev.sqrt() * current_beta_t / beta_prod_t;
         let sample_coeff = current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t;

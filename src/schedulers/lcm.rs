@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 // The choices and checks every scheduler_config.json shares.
 use super::config::*;
 use super::Step;
-use super::betas::{add_noise_vp, check_steps, custom_integer_timesteps, np_linspace};
+use super::betas::{check_steps, custom_integer_timesteps, np_linspace, predicted_x0};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -90,6 +90,10 @@ impl Step for Lcm {
         Ok(Self { config: config.clone(), alphas_cumprod, timesteps: vec![] })
     }
 
+    fn vp_alphas_cumprod(&self) -> Option<&[f64]> {
+        Some(&self.alphas_cumprod)
+    }
+
     /// `steps` evenly chosen from the distillation schedule (`original_inference_steps`
     /// timesteps k-1, 2k-1, ..., N-1), or the user's own descending integer timesteps.
     fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
@@ -119,11 +123,6 @@ impl Step for Lcm {
         &self.timesteps
     }
 
-    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
-    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
-        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
-    }
-
     /// Every step but the last re-noises its clean estimate.
     fn needs_noise(&self, step: usize) -> bool {
         step + 1 < self.timesteps.len()
@@ -132,17 +131,9 @@ impl Step for Lcm {
     fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
         let t = self.timesteps[step];
         let alpha = self.alphas_cumprod[t as usize] as f32;
-        let beta = 1.0 - alpha;
         let (c_skip, c_out) = self.scalings(t);
-        let mut x0 = match self.config.prediction_type {
-            PredictionType::Sample => model_output,
-            PredictionType::VPrediction => sample.clone().mul_scalar(alpha.sqrt()).sub(model_output.mul_scalar(beta.sqrt())),
-            PredictionType::Epsilon => sample.clone().sub(model_output.mul_scalar(beta.sqrt())).div_scalar(alpha.sqrt()),
-        };
-        if self.config.clip_sample {
-            let r = self.config.clip_sample_range as f32;
-            x0 = x0.clamp(-r, r);
-        }
+        let c = &self.config;
+        let x0 = predicted_x0(c.prediction_type, model_output, sample.clone(), alpha, c.clip_sample.then_some(c.clip_sample_range));
         let denoised = x0.mul_scalar(c_out).add(sample.mul_scalar(c_skip));
         if !self.needs_noise(step) {
             return denoised;

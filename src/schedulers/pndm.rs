@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 // The choices and checks every scheduler_config.json shares.
 use super::config::*;
 use super::Step;
-use super::betas::{add_noise_vp, integer_timesteps, refuse_custom};
+use super::betas::{integer_timesteps, refuse_custom};
 
 /// `PNDMScheduler`: PLMS (and the PRK warm-up unless `skip_prk_steps`), as SD 1.x repos ship it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -187,6 +187,10 @@ impl Step for Pndm {
         })
     }
 
+    fn vp_alphas_cumprod(&self) -> Option<&[f64]> {
+        Some(&self.alphas_cumprod)
+    }
+
     /// `steps` spaced timesteps; PLMS repeats the second-to-last one (its second step redoes
     /// the first with the averaged estimate), so there are `steps + 1` model evaluations; the
     /// PRK warm-up evaluates the 3 highest timesteps and their midpoints 4 times each.
@@ -235,11 +239,6 @@ impl Step for Pndm {
     /// which drives the PLMS warm-up, still starts at 0).
     fn set_begin_index(&mut self, begin: usize) {
         self.begin = begin;
-    }
-
-    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
-    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
-        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
     }
 
     /// # Panics
