@@ -82,6 +82,17 @@ impl BetaConfig {
         }
     }
 
+    /// [`Self::alphas_cumprod`] for the samplers that turn it into sigmas (Euler, DPM-Solver): with
+    /// the zero-SNR rescale the last entry is close to 0 without being 0, so that the first
+    /// sigma is finite, as in diffusers.
+    pub(crate) fn alphas_cumprod_for_sigmas(&self, rescale_betas_zero_snr: bool) -> Result<Vec<f64>> {
+        let mut alphas_cumprod = self.alphas_cumprod(rescale_betas_zero_snr)?;
+        if rescale_betas_zero_snr {
+            *alphas_cumprod.last_mut().expect("validated: num_train_timesteps >= 1") = 2f64.powi(-24);
+        }
+        Ok(alphas_cumprod)
+    }
+
     /// alphas_cumprod[t] = prod_{s<=t} (1 - beta_s), as the f32 values diffusers holds; with
     /// `rescale_betas_zero_snr` (the configs that have the key; PNDM has not) the betas are
     /// first rescaled to zero terminal SNR.

@@ -277,11 +277,7 @@ impl Step for DpmSolverMultistep {
     const CLASS: &'static str = "DPMSolverMultistepScheduler";
 
     fn new(config: &DPMSolverMultistepSchedulerConfig) -> Result<Self> {
-        let mut alphas_cumprod = config.betas.alphas_cumprod(config.rescale_betas_zero_snr)?;
-        if config.rescale_betas_zero_snr {
-            // diffusers: close to 0 without being 0, so the first sigma is finite.
-            *alphas_cumprod.last_mut().unwrap() = 2f64.powi(-24);
-        }
+        let alphas_cumprod = config.betas.alphas_cumprod_for_sigmas(config.rescale_betas_zero_snr)?;
         let train_sigmas = alphas_cumprod.iter().map(|&a| ((1.0 - a as f32) / a as f32).sqrt()).collect();
         Ok(Self {
             config: config.clone(),

@@ -125,11 +125,7 @@ impl Step for EulerDiscrete {
     const CLASS: &'static str = "EulerDiscreteScheduler";
 
     fn new(config: &EulerDiscreteSchedulerConfig) -> Result<Self> {
-        let mut alphas_cumprod = config.betas.alphas_cumprod(config.rescale_betas_zero_snr)?;
-        if config.rescale_betas_zero_snr {
-            // diffusers: close to 0 without being 0, so the first sigma is finite.
-            *alphas_cumprod.last_mut().unwrap() = 2f64.powi(-24);
-        }
+        let alphas_cumprod = config.betas.alphas_cumprod_for_sigmas(config.rescale_betas_zero_snr)?;
         let train_sigmas: Vec<f64> =
             alphas_cumprod.iter().map(|&a| ((1.0 - a as f32) / a as f32).sqrt() as f64).collect();
         let mut me =
