@@ -110,7 +110,7 @@ mod text;
 mod unet;
 
 pub use autoencoder::{
-    AutoencoderKLConfig, AutoencoderTinyConfig, DownEncoderBlockType, UpDecoderBlockType, UpsampleFn,
+    AutoencoderKLConfig, AutoencoderTinyConfig, DownEncoderBlockType, UpDecoderBlockType, UpsampleFn, VaeClass,
 };
 pub use model_index::{ComponentSpec, ModelIndex};
 pub use crate::schedulers::{
