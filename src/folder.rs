@@ -17,7 +17,7 @@ use std::sync::Arc;
 use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ModelIndex, from_json};
+use crate::config::{ModelIndex, VaeClass, from_json};
 use crate::error::{Error, Result};
 use crate::source::ModelSource;
 use crate::weights::Header;
@@ -187,14 +187,16 @@ pub fn component_dtype(src: &dyn ModelSource, dir: &str, dtype: DType) -> Result
     #[derive(Deserialize)]
     struct Head {
         #[serde(rename = "_class_name")]
-        class_name: Option<String>,
+        class_name: Option<VaeClass>,
         force_upcast: Option<bool>,
     }
     let head: Head = from_json(&path, &src.read(&path)?)?;
-    let upcast = match head.class_name.as_deref() {
-        Some("AutoencoderKL") => head.force_upcast.unwrap_or(true),
-        Some("AutoencoderTiny") => head.force_upcast.unwrap_or(false),
-        _ => false,
+    let upcast = match head.class_name {
+        Some(VaeClass::AutoencoderKL) => head.force_upcast.unwrap_or(true),
+        Some(VaeClass::AutoencoderTiny) => head.force_upcast.unwrap_or(false),
+        // Not a VAE (the U-Net's config, a text encoder's without the key), or one
+        // `Autoencoder::load` refuses: nothing to upcast.
+        Some(VaeClass::Unsupported(_)) | None => false,
     };
     Ok(if upcast { DType::F32 } else { dtype })
 }

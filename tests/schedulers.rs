@@ -469,7 +469,7 @@ fn sampler_configs_are_built_like_from_config() {
     else {
         panic!("DPM")
     };
-    assert_eq!((c.prediction_type, c.steps_offset, c.beta_start), (PredictionType::VPrediction, 1, 0.00085));
+    assert_eq!((c.prediction_type, c.steps_offset, c.betas.beta_start), (PredictionType::VPrediction, 1, 0.00085));
     assert_eq!((c.algorithm_type.as_str(), c.solver_order, c.use_karras_sigmas), ("sde-dpmsolver++", 2, true));
     // The Euler file has no timestep_spacing: DPM's own default (linspace), not Euler's.
     assert_eq!(c.timestep_spacing, TimestepSpacing::Linspace);

@@ -9,6 +9,14 @@ use crate::error::{Error, Result};
 const FILE: &str = "vae/config.json";
 
 choice! {
+    /// `_class_name` of `vae/config.json`: which of the two autoencoders the folder holds.
+    VaeClass {
+        AutoencoderTiny = "AutoencoderTiny",
+        AutoencoderKL = "AutoencoderKL",
+    }
+}
+
+choice! {
     /// `AutoencoderTiny.upsample_fn`.
     UpsampleFn {
         Nearest = "nearest",

@@ -110,11 +110,11 @@ mod text;
 mod unet;
 
 pub use autoencoder::{
-    AutoencoderKLConfig, AutoencoderTinyConfig, DownEncoderBlockType, UpDecoderBlockType, UpsampleFn,
+    AutoencoderKLConfig, AutoencoderTinyConfig, DownEncoderBlockType, UpDecoderBlockType, UpsampleFn, VaeClass,
 };
 pub use model_index::{ComponentSpec, ModelIndex};
 pub use crate::schedulers::{
-    AlgorithmType, BetaSchedule, DDIMSchedulerConfig, DDPMSchedulerConfig, DPMSolverMultistepSchedulerConfig,
+    AlgorithmType, BetaConfig, BetaSchedule, DDIMSchedulerConfig, DDPMSchedulerConfig, DPMSolverMultistepSchedulerConfig,
     EulerAncestralDiscreteSchedulerConfig, EulerDiscreteSchedulerConfig, FinalSigmasType,
     FlowMatchEulerDiscreteSchedulerConfig, InterpolationType, LCMSchedulerConfig, PNDMSchedulerConfig, PredictionType,
     SchedulerConfig, SolverType, TimeShiftType, TimestepSpacing, TimestepType, VarianceType,

@@ -8,10 +8,8 @@
 
 use burn::tensor::Tensor;
 
-use super::config::{BetaSchedule, TimestepSpacing};
+use super::config::{BetaConfig, BetaSchedule, PredictionType, TimestepSpacing};
 use crate::error::{Error, Result};
-
-use super::FILE;
 
 /// Rounds to the nearest f32: the value diffusers holds in a float32 tensor.
 pub(crate) fn f32r(x: f64) -> f64 {
@@ -71,61 +69,38 @@ fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
     out
 }
 
-/// The beta-schedule fields, named alike in the DDPM-family configs (PNDM has no zero-SNR
-/// rescale: `beta_schedule_of!(config, rescale: false)`).
-macro_rules! beta_schedule_of {
-    ($config:expr) => {
-        $crate::schedulers::betas::beta_schedule_of!($config, rescale: $config.rescale_betas_zero_snr)
-    };
-    ($config:expr, rescale: $rescale:expr) => {
-        $crate::schedulers::betas::NoiseSchedule {
-            num_train_timesteps: $config.num_train_timesteps,
-            beta_start: $config.beta_start,
-            beta_end: $config.beta_end,
-            beta_schedule: $config.beta_schedule,
-            trained_betas: $config.trained_betas.as_deref(),
-            rescale_betas_zero_snr: $rescale,
-        }
-    };
-}
-pub(crate) use beta_schedule_of;
-
-pub(crate) struct NoiseSchedule<'a> {
-    pub num_train_timesteps: usize,
-    pub beta_start: f64,
-    pub beta_end: f64,
-    pub beta_schedule: BetaSchedule,
-    pub trained_betas: Option<&'a [f64]>,
-    pub rescale_betas_zero_snr: bool,
-}
-
-impl NoiseSchedule<'_> {
-    fn betas(&self) -> Result<Vec<f32>> {
+impl BetaConfig {
+    fn betas(&self) -> Vec<f32> {
         let n = self.num_train_timesteps;
-        let betas = match (self.trained_betas, self.beta_schedule) {
-            (Some(b), _) if b.len() != n => {
-                return Err(Error::unsupported(
-                    FILE,
-                    "trained_betas",
-                    format!("{} values for num_train_timesteps {n}", b.len()),
-                ));
-            }
+        match (&self.trained_betas, self.beta_schedule) {
             (Some(b), _) => b.iter().map(|&v| v as f32).collect(),
             (None, BetaSchedule::Linear) => torch_linspace_f32(self.beta_start, self.beta_end, n),
             (None, BetaSchedule::ScaledLinear) => {
                 torch_linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n).into_iter().map(|b| b * b).collect()
             }
             (None, BetaSchedule::SquaredcosCapV2) => cosine_betas(n),
-        };
-        Ok(if self.rescale_betas_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas })
+        }
     }
 
-    /// alphas_cumprod[t] = prod_{s<=t} (1 - beta_s), as the f32 values diffusers holds.
-    pub fn alphas_cumprod(&self) -> Result<Vec<f64>> {
-        if self.num_train_timesteps == 0 {
-            return Err(Error::unsupported(FILE, "num_train_timesteps", 0));
+    /// [`Self::alphas_cumprod`] for the samplers that turn it into sigmas (Euler, DPM-Solver): with
+    /// the zero-SNR rescale the last entry is close to 0 without being 0, so that the first
+    /// sigma is finite, as in diffusers.
+    pub(crate) fn alphas_cumprod_for_sigmas(&self, rescale_betas_zero_snr: bool) -> Result<Vec<f64>> {
+        let mut alphas_cumprod = self.alphas_cumprod(rescale_betas_zero_snr)?;
+        if rescale_betas_zero_snr {
+            *alphas_cumprod.last_mut().expect("validated: num_train_timesteps >= 1") = 2f64.powi(-24);
         }
-        let alphas: Vec<f32> = self.betas()?.iter().map(|b| 1.0 - b).collect();
+        Ok(alphas_cumprod)
+    }
+
+    /// alphas_cumprod[t] = prod_{s<=t} (1 - beta_s), as the f32 values diffusers holds; with
+    /// `rescale_betas_zero_snr` (the configs that have the key; PNDM has not) the betas are
+    /// first rescaled to zero terminal SNR.
+    pub(crate) fn alphas_cumprod(&self, rescale_betas_zero_snr: bool) -> Result<Vec<f64>> {
+        self.validate()?;
+        let betas = self.betas();
+        let betas = if rescale_betas_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas };
+        let alphas: Vec<f32> = betas.iter().map(|b| 1.0 - b).collect();
         Ok(cumprod_f32(&alphas).into_iter().map(f64::from).collect())
     }
 }
@@ -193,6 +168,47 @@ pub(crate) fn check_steps(steps: usize, num_train: usize) -> Result<()> {
     Ok(())
 }
 
+/// Refuses timesteps outside the training range (where `steps_offset` pushed them): the
+/// DDPM-indexed samplers would read past their alphas_cumprod table.
+pub(crate) fn check_in_range(class: &str, ts: &[f64], steps: usize, steps_offset: usize, num_train: usize) -> Result<()> {
+    match ts.iter().find(|&&t| t < 0.0 || t >= num_train as f64) {
+        Some(t) => Err(Error::InvalidArgument(format!(
+            "{class}: {steps} steps with steps_offset {steps_offset} give timestep {t}, outside 0..{num_train}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The integer timesteps of the DDPM-indexed samplers (DDPM, DDIM, PNDM): `steps` of them
+/// spaced per `spacing`, descending, all within the training range.
+pub(crate) fn integer_timesteps(
+    class: &str,
+    spacing: TimestepSpacing,
+    num_train: usize,
+    steps: usize,
+    steps_offset: usize,
+) -> Result<Vec<f64>> {
+    check_steps(steps, num_train)?;
+    let ts = spaced_timesteps(spacing, num_train, steps, steps_offset, true);
+    check_in_range(class, &ts, steps, steps_offset, num_train)?;
+    Ok(ts)
+}
+
+/// The samplers whose diffusers `set_timesteps` takes a step count only refuse custom timesteps.
+pub(crate) fn refuse_custom(class: &str, custom: Option<&[f64]>) -> Result<()> {
+    match custom {
+        Some(_) => Err(Error::InvalidArgument(format!("custom timesteps are not supported by {class}"))),
+        None => Ok(()),
+    }
+}
+
+/// The user's integer timesteps, for the samplers that index alphas_cumprod with them (DDPM,
+/// LCM, DPM-Solver), checked by [`check_custom`].
+pub(crate) fn custom_integer_timesteps(class: &str, ts: &[f64], steps: usize, num_train: usize) -> Result<Vec<f64>> {
+    check_custom(class, ts, steps, (num_train - 1) as f64, true)?;
+    Ok(ts.to_vec())
+}
+
 /// User timesteps must be strictly descending values in 0..=`max` (integers where the
 /// scheduler indexes alphas_cumprod with them), one per step.
 pub(crate) fn check_custom(class: &str, ts: &[f64], steps: usize, max: f64, integer: bool) -> Result<()> {
@@ -252,6 +268,28 @@ pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32], f32_math: bool) -> f64 
 pub(crate) fn add_noise_vp(alphas_cumprod: &[f64], original: Tensor<4>, noise: Tensor<4>, timestep: f64) -> Tensor<4> {
     let alpha = alphas_cumprod[timestep as usize] as f32;
     original.mul_scalar(alpha.sqrt()).add(noise.mul_scalar((1.0 - alpha).sqrt()))
+}
+
+/// diffusers' `pred_original_sample` of the DDPM-indexed samplers (DDPM, DDIM, LCM): x_0 from
+/// the model output at `alpha` = alphas_cumprod[t] per the prediction type, clipped to ±`clip`
+/// (their `clip_sample_range`, where `clip_sample` is set).
+pub(crate) fn predicted_x0(
+    prediction: PredictionType,
+    model_output: Tensor<4>,
+    sample: Tensor<4>,
+    alpha: f32,
+    clip: Option<f64>,
+) -> Tensor<4> {
+    let beta = 1.0 - alpha;
+    let x0 = match prediction {
+        PredictionType::Epsilon => sample.sub(model_output.mul_scalar(beta.sqrt())).div_scalar(alpha.sqrt()),
+        PredictionType::Sample => model_output,
+        PredictionType::VPrediction => sample.mul_scalar(alpha.sqrt()).sub(model_output.mul_scalar(beta.sqrt())),
+    };
+    match clip {
+        Some(r) => x0.clamp(-r as f32, r as f32),
+        None => x0,
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! [`SchedulerConfig`](super::SchedulerConfig), dispatched on `_class_name`, comes from the
 //! table in `mod.rs`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::{choice, ensure, from_json};
@@ -32,20 +32,71 @@ choice! {
     FinalSigmasType for "final_sigmas_type" { Zero = "zero", SigmaMin = "sigma_min", }
 }
 
-/// A beta schedule given as values must have one per training timestep (and there must be some).
+/// The training noise schedule every DDPM-family config starts with (all but flow matching):
+/// `num_train_timesteps` betas from `beta_start` to `beta_end` shaped by `beta_schedule`, or
+/// given as `trained_betas`. Each config holds it `#[serde(flatten)]` (the keys sit at the top
+/// level of the file, as upstream); a flattened field takes its type's defaults, so a config
+/// whose defaults differ (LCM) parses it with [`BetaConfig::deserialize_over`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BetaConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub trained_betas: Option<Vec<f64>>,
+}
+
+/// diffusers' default: the DDPM paper's linear schedule.
+impl Default for BetaConfig {
+    fn default() -> Self {
+        Self::LINEAR
+    }
+}
+
 /// Far above any trained model (1000), far below an allocation that could fail.
 pub(crate) const MAX_TRAIN_TIMESTEPS: usize = 1_000_000;
 
-pub(crate) fn check_betas(num_train_timesteps: usize, trained_betas: &Option<Vec<f64>>) -> Result<()> {
-    // The schedules are tables of this length: bound it (real models use 1000).
-    ensure((1..=MAX_TRAIN_TIMESTEPS).contains(&num_train_timesteps), FILE, "num_train_timesteps", num_train_timesteps)?;
-    match trained_betas {
-        Some(b) if b.len() != num_train_timesteps => Err(Error::unsupported(
-            FILE,
-            "trained_betas",
-            format!("{} values for num_train_timesteps {num_train_timesteps}", b.len()),
-        )),
-        _ => Ok(()),
+impl BetaConfig {
+    /// The DDPM paper's schedule, diffusers' default.
+    pub const LINEAR: Self = Self::over_1000_steps(BetaSchedule::Linear, 0.0001, 0.02);
+    /// Latent diffusion's (Stable Diffusion's), LCM's default.
+    pub const SCALED_LINEAR: Self = Self::over_1000_steps(BetaSchedule::ScaledLinear, 0.00085, 0.012);
+
+    const fn over_1000_steps(beta_schedule: BetaSchedule, beta_start: f64, beta_end: f64) -> Self {
+        Self { num_train_timesteps: 1000, beta_start, beta_end, beta_schedule, trained_betas: None }
+    }
+
+    /// The schedules are tables of `num_train_timesteps` entries: bound it (real models use
+    /// 1000); betas given as values must have one per training timestep.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.num_train_timesteps;
+        ensure((1..=MAX_TRAIN_TIMESTEPS).contains(&n), FILE, "num_train_timesteps", n)?;
+        match &self.trained_betas {
+            Some(b) if b.len() != n => {
+                Err(Error::unsupported(FILE, "trained_betas", format!("{} values for num_train_timesteps {n}", b.len())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The keys a file sets over `defaults` instead of [`BetaConfig::default`] (for
+    /// `#[serde(flatten, deserialize_with = ...)]`).
+    pub(crate) fn deserialize_over<'de, D: serde::Deserializer<'de>>(
+        d: D,
+        defaults: Self,
+    ) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let given = Map::<String, Value>::deserialize(d)?;
+        let mut merged = serde_json::to_value(defaults).map_err(D::Error::custom)?;
+        if let Value::Object(keys) = &mut merged {
+            for (key, value) in keys.iter_mut() {
+                if let Some(v) = given.get(key) {
+                    *value = v.clone();
+                }
+            }
+        }
+        serde_json::from_value(merged).map_err(D::Error::custom)
     }
 }
 
@@ -124,4 +175,31 @@ pub(crate) fn carried_keys(file: &Value, overrides: &Value) -> Result<Map<String
 /// One config struct from the file's JSON, errors naming the file.
 pub(crate) fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
     serde_json::from_value(v).map_err(|e| Error::InvalidConfig { file: FILE.into(), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::SchedulerConfig;
+    use super::*;
+
+    /// A flattened `BetaConfig` takes its keys from the top level of the file, and the
+    /// defaults of the config it sits in for the keys the file leaves out.
+    #[test]
+    fn beta_config_defaults_are_the_configs() {
+        let parse = |text: &str| SchedulerConfig::from_json(text.as_bytes()).unwrap();
+        let SchedulerConfig::Lcm(lcm) = parse(r#"{"_class_name": "LCMScheduler"}"#) else { panic!("LCM") };
+        assert_eq!(lcm.betas, BetaConfig::SCALED_LINEAR);
+        let SchedulerConfig::Lcm(lcm) = parse(r#"{"_class_name": "LCMScheduler", "beta_end": 0.02, "timestep_scaling": 5.0}"#)
+        else {
+            panic!("LCM")
+        };
+        assert_eq!(lcm.betas, BetaConfig { beta_end: 0.02, ..BetaConfig::SCALED_LINEAR });
+        assert_eq!(lcm.timestep_scaling, 5.0);
+        let SchedulerConfig::Ddim(ddim) = parse(r#"{"_class_name": "DDIMScheduler", "num_train_timesteps": 500}"#) else {
+            panic!("DDIM")
+        };
+        assert_eq!(ddim.betas, BetaConfig { num_train_timesteps: 500, ..BetaConfig::LINEAR });
+        let e = SchedulerConfig::from_json(br#"{"_class_name": "LCMScheduler", "beta_schedule": "cubic"}"#).unwrap_err();
+        assert!(e.to_string().contains("unsupported value \"cubic\" for `beta_schedule`"), "{e}");
+    }
 }

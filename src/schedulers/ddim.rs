@@ -5,21 +5,18 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ensure;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 // The choices and checks every scheduler_config.json shares.
 use super::config::*;
 use super::Step;
-use super::betas::{add_noise_vp, beta_schedule_of, check_steps, spaced_timesteps};
+use super::betas::{integer_timesteps, predicted_x0, refuse_custom};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DDIMSchedulerConfig {
-    pub num_train_timesteps: usize,
-    pub beta_start: f64,
-    pub beta_end: f64,
-    pub beta_schedule: BetaSchedule,
-    pub trained_betas: Option<Vec<f64>>,
+    #[serde(flatten)]
+    pub betas: BetaConfig,
     pub clip_sample: bool,
     pub set_alpha_to_one: bool,
     pub steps_offset: usize,
@@ -33,11 +30,7 @@ pub struct DDIMSchedulerConfig {
 impl Default for DDIMSchedulerConfig {
     fn default() -> Self {
         Self {
-            num_train_timesteps: 1000,
-            beta_start: 0.0001,
-            beta_end: 0.02,
-            beta_schedule: BetaSchedule::Linear,
-            trained_betas: None,
+            betas: BetaConfig::LINEAR,
             clip_sample: true,
             set_alpha_to_one: true,
             steps_offset: 0,
@@ -52,7 +45,7 @@ impl Default for DDIMSchedulerConfig {
 
 impl DDIMSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
-        check_betas(self.num_train_timesteps, &self.trained_betas)?;
+        self.betas.validate()?;
         ensure(!self.thresholding, FILE, "thresholding", self.thresholding)
     }
 }
@@ -80,25 +73,20 @@ impl Step for Ddim {
     const CLASS: &'static str = "DDIMScheduler";
 
     fn new(config: &DDIMSchedulerConfig) -> Result<Self> {
-        let alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
+        let alphas_cumprod = config.betas.alphas_cumprod(config.rescale_betas_zero_snr)?;
         let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
         Ok(Self { config: config.clone(), alphas_cumprod, final_alpha_cumprod, timesteps: vec![], steps: 1 })
     }
 
+    fn vp_alphas_cumprod(&self) -> Option<&[f64]> {
+        Some(&self.alphas_cumprod)
+    }
+
     fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
-        if custom.is_some() {
-            return Err(Error::InvalidArgument("custom timesteps are not supported by DDIMScheduler".into()));
-        }
-        let n = self.config.num_train_timesteps;
-        check_steps(steps, n)?;
-        let ts = spaced_timesteps(self.config.timestep_spacing, n, steps, self.config.steps_offset, true);
-        if let Some(t) = ts.iter().find(|&&t| t < 0.0 || t >= n as f64) {
-            return Err(Error::InvalidArgument(format!(
-                "DDIMScheduler: {steps} steps with steps_offset {} give timestep {t}, outside 0..{n}",
-                self.config.steps_offset
-            )));
-        }
-        self.timesteps = ts;
+        refuse_custom(Self::CLASS, custom)?;
+        let c = &self.config;
+        self.timesteps =
+            integer_timesteps(Self::CLASS, c.timestep_spacing, c.betas.num_train_timesteps, steps, c.steps_offset)?;
         self.steps = steps;
         Ok(())
     }
@@ -107,34 +95,23 @@ impl Step for Ddim {
         &self.timesteps
     }
 
-    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
-    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
-        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
-    }
-
     fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, _noise: Option<Tensor<4>>) -> Tensor<4> {
         let t = self.timesteps[step] as i64;
         // diffusers steps back by N / steps whatever the spacing.
-        let prev = t - (self.config.num_train_timesteps / self.steps) as i64;
+        let prev = t - (self.config.betas.num_train_timesteps / self.steps) as i64;
         let alpha = self.alphas_cumprod[t as usize] as f32;
         let alpha_prev = if prev >= 0 { self.alphas_cumprod[prev as usize] } else { self.final_alpha_cumprod } as f32;
         let beta = 1.0 - alpha;
         let (sa, sb) = (alpha.sqrt(), beta.sqrt());
-        let (mut x0, eps) = match self.config.prediction_type {
-            PredictionType::Sample => {
-                let eps = sample.sub(model_output.clone().mul_scalar(sa)).div_scalar(sb);
-                (model_output, eps)
-            }
-            PredictionType::VPrediction => (
-                sample.clone().mul_scalar(sa).sub(model_output.clone().mul_scalar(sb)),
-                model_output.mul_scalar(sa).add(sample.mul_scalar(sb)),
-            ),
-            PredictionType::Epsilon => (sample.sub(model_output.clone().mul_scalar(sb)).div_scalar(sa), model_output),
+        let c = &self.config;
+        let clip = c.clip_sample.then_some(c.clip_sample_range);
+        let x0 = predicted_x0(c.prediction_type, model_output.clone(), sample.clone(), alpha, clip);
+        // The noise estimate, from the unclipped prediction.
+        let eps = match c.prediction_type {
+            PredictionType::Epsilon => model_output,
+            PredictionType::Sample => sample.sub(model_output.mul_scalar(sa)).div_scalar(sb),
+            PredictionType::VPrediction => model_output.mul_scalar(sa).add(sample.mul_scalar(sb)),
         };
-        if self.config.clip_sample {
-            let r = self.config.clip_sample_range as f32;
-            x0 = x0.clamp(-r, r);
-        }
         x0.mul_scalar(alpha_prev.sqrt()).add(eps.mul_scalar((1.0 - alpha_prev).sqrt()))
     }
 

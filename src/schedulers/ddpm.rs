@@ -5,12 +5,12 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{choice, ensure};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 // The choices and checks every scheduler_config.json shares.
 use super::config::*;
 use super::Step;
-use super::betas::{add_noise_vp, beta_schedule_of, check_custom, check_steps, spaced_timesteps};
+use super::betas::{custom_integer_timesteps, integer_timesteps, predicted_x0};
 
 choice! {
     /// DDPM's posterior variance (learned variances need a model that predicts them).
@@ -20,11 +20,8 @@ choice! {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DDPMSchedulerConfig {
-    pub num_train_timesteps: usize,
-    pub beta_start: f64,
-    pub beta_end: f64,
-    pub beta_schedule: BetaSchedule,
-    pub trained_betas: Option<Vec<f64>>,
+    #[serde(flatten)]
+    pub betas: BetaConfig,
     pub variance_type: VarianceType,
     pub clip_sample: bool,
     pub prediction_type: PredictionType,
@@ -38,11 +35,7 @@ pub struct DDPMSchedulerConfig {
 impl Default for DDPMSchedulerConfig {
     fn default() -> Self {
         Self {
-            num_train_timesteps: 1000,
-            beta_start: 0.0001,
-            beta_end: 0.02,
-            beta_schedule: BetaSchedule::Linear,
-            trained_betas: None,
+            betas: BetaConfig::LINEAR,
             variance_type: VarianceType::FixedSmall,
             clip_sample: true,
             prediction_type: PredictionType::Epsilon,
@@ -57,7 +50,7 @@ impl Default for DDPMSchedulerConfig {
 
 impl DDPMSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
-        check_betas(self.num_train_timesteps, &self.trained_betas)?;
+        self.betas.validate()?;
         ensure(!self.thresholding, FILE, "thresholding", self.thresholding)
     }
 }
@@ -83,37 +76,27 @@ impl Step for Ddpm {
     const CLASS: &'static str = "DDPMScheduler";
 
     fn new(config: &DDPMSchedulerConfig) -> Result<Self> {
-        let alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
+        let alphas_cumprod = config.betas.alphas_cumprod(config.rescale_betas_zero_snr)?;
         Ok(Self { config: config.clone(), alphas_cumprod, timesteps: vec![] })
+    }
+
+    fn vp_alphas_cumprod(&self) -> Option<&[f64]> {
+        Some(&self.alphas_cumprod)
     }
 
     /// Timesteps per `timestep_spacing` (integers), or the user's strictly descending ones.
     fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
-        let n = self.config.num_train_timesteps;
-        if let Some(ts) = custom {
-            check_custom("DDPMScheduler", ts, steps, (n - 1) as f64, true)?;
-            self.timesteps = ts.to_vec();
-            return Ok(());
-        }
-        check_steps(steps, n)?;
-        let ts = spaced_timesteps(self.config.timestep_spacing, n, steps, self.config.steps_offset, true);
-        if let Some(t) = ts.iter().find(|&&t| t < 0.0 || t >= n as f64) {
-            return Err(Error::InvalidArgument(format!(
-                "DDPMScheduler: {steps} steps with steps_offset {} give timestep {t}, outside 0..{n}",
-                self.config.steps_offset
-            )));
-        }
-        self.timesteps = ts;
+        let c = &self.config;
+        let n = c.betas.num_train_timesteps;
+        self.timesteps = match custom {
+            Some(ts) => custom_integer_timesteps(Self::CLASS, ts, steps, n)?,
+            None => integer_timesteps(Self::CLASS, c.timestep_spacing, n, steps, c.steps_offset)?,
+        };
         Ok(())
     }
 
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
-    }
-
-    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
-    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
-        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
     }
 
     /// diffusers adds noise while t > 0.
@@ -126,19 +109,9 @@ impl Step for Ddpm {
         let (beta_prod_t, beta_prod_t_prev) = (1.0 - alpha_prod_t, 1.0 - alpha_prod_t_prev);
         let current_alpha_t = alpha_prod_t / alpha_prod_t_prev;
         let current_beta_t = 1.0 - current_alpha_t;
-        let mut x0 = match self.config.prediction_type {
-            PredictionType::Epsilon => {
-                sample.clone().sub(model_output.mul_scalar(beta_prod_t.sqrt())).div_scalar(alpha_prod_t.sqrt())
-            }
-            PredictionType::Sample => model_output,
-            PredictionType::VPrediction => {
-                sample.clone().mul_scalar(alpha_prod_t.sqrt()).sub(model_output.mul_scalar(beta_prod_t.sqrt()))
-            }
-        };
-        if self.config.clip_sample {
-            let r = self.config.clip_sample_range as f32;
-            x0 = x0.clamp(-r, r);
-        }
+        let c = &self.config;
+        let clip = c.clip_sample.then_some(c.clip_sample_range);
+        let x0 = predicted_x0(c.prediction_type, model_output, sample.clone(), alpha_prod_t, clip);
         // The posterior mean: a mix of the x_0 estimate and the current sample (eq. 7).
         let x0_coeff = alpha_prod_t_prev.sqrt() * current_beta_t / beta_prod_t;
         let sample_coeff = current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t;

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 // The choices and checks every scheduler_config.json shares.
 use super::config::*;
 use super::Step;
-use super::betas::{beta_schedule_of, check_custom, check_steps, f32r, np_arange, np_linspace, sigma_to_t};
+use super::betas::{check_in_range, check_steps, custom_integer_timesteps, f32r, np_arange, np_linspace, sigma_to_t};
 
 choice! {
     /// DPM-Solver's algorithm (the deprecated non-++ forms are refused).
@@ -31,11 +31,8 @@ choice! {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DPMSolverMultistepSchedulerConfig {
-    pub num_train_timesteps: usize,
-    pub beta_start: f64,
-    pub beta_end: f64,
-    pub beta_schedule: BetaSchedule,
-    pub trained_betas: Option<Vec<f64>>,
+    #[serde(flatten)]
+    pub betas: BetaConfig,
     pub solver_order: usize,
     pub prediction_type: PredictionType,
     pub thresholding: bool,
@@ -62,11 +59,7 @@ pub struct DPMSolverMultistepSchedulerConfig {
 impl Default for DPMSolverMultistepSchedulerConfig {
     fn default() -> Self {
         Self {
-            num_train_timesteps: 1000,
-            beta_start: 0.0001,
-            beta_end: 0.02,
-            beta_schedule: BetaSchedule::Linear,
-            trained_betas: None,
+            betas: BetaConfig::LINEAR,
             solver_order: 2,
             prediction_type: PredictionType::Epsilon,
             thresholding: false,
@@ -92,7 +85,7 @@ impl Default for DPMSolverMultistepSchedulerConfig {
 
 impl DPMSolverMultistepSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
-        check_betas(self.num_train_timesteps, &self.trained_betas)?;
+        self.betas.validate()?;
         ensure((1..=3).contains(&self.solver_order), FILE, "solver_order", self.solver_order)?;
         ensure(!self.thresholding, FILE, "thresholding", self.thresholding)?;
         ensure(!self.use_exponential_sigmas, FILE, "use_exponential_sigmas", self.use_exponential_sigmas)?;
@@ -136,7 +129,7 @@ impl DpmSolverMultistep {
     /// The last usable training timestep + 1: diffusers clips the schedule where lambda falls
     /// below `lambda_min_clipped` (for cosine schedules), counting from the noisy end.
     fn last_timestep(&self) -> usize {
-        let n = self.config.num_train_timesteps;
+        let n = self.config.betas.num_train_timesteps;
         let clipped = self
             .alphas_cumprod
             .iter()
@@ -158,7 +151,7 @@ impl DpmSolverMultistep {
         let sigmas: Vec<f64> =
             np_linspace(0.0, 1.0, steps, true).iter().map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho)).collect();
         let log_sigmas: Vec<f32> = self.train_sigmas.iter().map(|s| s.ln()).collect();
-        let round = self.config.beta_schedule != BetaSchedule::SquaredcosCapV2;
+        let round = self.config.betas.beta_schedule != BetaSchedule::SquaredcosCapV2;
         let timesteps = sigmas
             .iter()
             .map(|&s| {
@@ -284,11 +277,7 @@ impl Step for DpmSolverMultistep {
     const CLASS: &'static str = "DPMSolverMultistepScheduler";
 
     fn new(config: &DPMSolverMultistepSchedulerConfig) -> Result<Self> {
-        let mut alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
-        if config.rescale_betas_zero_snr {
-            // diffusers: close to 0 without being 0, so the first sigma is finite.
-            *alphas_cumprod.last_mut().unwrap() = 2f64.powi(-24);
-        }
+        let alphas_cumprod = config.betas.alphas_cumprod_for_sigmas(config.rescale_betas_zero_snr)?;
         let train_sigmas = alphas_cumprod.iter().map(|&a| ((1.0 - a as f32) / a as f32).sqrt()).collect();
         Ok(Self {
             config: config.clone(),
@@ -307,17 +296,14 @@ impl Step for DpmSolverMultistep {
     /// user's integer timesteps (not with Karras sigmas, as in diffusers).
     fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
         let c = &self.config;
-        let n = c.num_train_timesteps;
+        let n = c.betas.num_train_timesteps;
         let timesteps: Vec<f64> = match custom {
             Some(_) if c.use_karras_sigmas => {
                 return Err(Error::InvalidArgument(
                     "DPMSolverMultistepScheduler: custom timesteps cannot be used with use_karras_sigmas".into(),
                 ));
             }
-            Some(ts) => {
-                check_custom("DPMSolverMultistepScheduler", ts, steps, (n - 1) as f64, true)?;
-                ts.to_vec()
-            }
+            Some(ts) => custom_integer_timesteps(Self::CLASS, ts, steps, n)?,
             None => {
                 check_steps(steps, n)?;
                 let last = self.last_timestep();
@@ -340,12 +326,7 @@ impl Step for DpmSolverMultistep {
                 }
             }
         };
-        if let Some(t) = timesteps.iter().find(|&&t| t < 0.0 || t >= n as f64) {
-            return Err(Error::InvalidArgument(format!(
-                "DPMSolverMultistepScheduler: {steps} steps with steps_offset {} give timestep {t}, outside 0..{n}",
-                c.steps_offset
-            )));
-        }
+        check_in_range(Self::CLASS, &timesteps, steps, c.steps_offset, n)?;
         let (timesteps, mut sigmas) = if c.use_karras_sigmas {
             self.karras(steps)
         } else {

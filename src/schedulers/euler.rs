@@ -11,7 +11,7 @@ use crate::error::Result;
 // The choices and checks every scheduler_config.json shares.
 use super::config::*;
 use super::Step;
-use super::betas::{beta_schedule_of, check_custom, check_sigmas, check_steps, f32r, sigma_to_t, spaced_timesteps};
+use super::betas::{check_custom, check_sigmas, check_steps, f32r, sigma_to_t, spaced_timesteps};
 
 choice! {
     /// How Euler interpolates its sigma table (`log_linear` is not implemented).
@@ -24,11 +24,8 @@ choice! {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EulerDiscreteSchedulerConfig {
-    pub num_train_timesteps: usize,
-    pub beta_start: f64,
-    pub beta_end: f64,
-    pub beta_schedule: BetaSchedule,
-    pub trained_betas: Option<Vec<f64>>,
+    #[serde(flatten)]
+    pub betas: BetaConfig,
     pub prediction_type: PredictionType,
     pub interpolation_type: InterpolationType,
     pub use_karras_sigmas: bool,
@@ -44,11 +41,7 @@ pub struct EulerDiscreteSchedulerConfig {
 impl Default for EulerDiscreteSchedulerConfig {
     fn default() -> Self {
         Self {
-            num_train_timesteps: 1000,
-            beta_start: 0.0001,
-            beta_end: 0.02,
-            beta_schedule: BetaSchedule::Linear,
-            trained_betas: None,
+            betas: BetaConfig::LINEAR,
             prediction_type: PredictionType::Epsilon,
             interpolation_type: InterpolationType::Linear,
             use_karras_sigmas: false,
@@ -65,7 +58,7 @@ impl Default for EulerDiscreteSchedulerConfig {
 
 impl EulerDiscreteSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
-        check_betas(self.num_train_timesteps, &self.trained_betas)?;
+        self.betas.validate()?;
         ensure(eps_or_v(self.prediction_type), FILE, "prediction_type", self.prediction_type.as_str())?;
         ensure(!self.use_karras_sigmas, FILE, "use_karras_sigmas", self.use_karras_sigmas)?;
         ensure(!self.use_exponential_sigmas, FILE, "use_exponential_sigmas", self.use_exponential_sigmas)?;
@@ -132,11 +125,7 @@ impl Step for EulerDiscrete {
     const CLASS: &'static str = "EulerDiscreteScheduler";
 
     fn new(config: &EulerDiscreteSchedulerConfig) -> Result<Self> {
-        let mut alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
-        if config.rescale_betas_zero_snr {
-            // diffusers: close to 0 without being 0, so the first sigma is finite.
-            *alphas_cumprod.last_mut().unwrap() = 2f64.powi(-24);
-        }
+        let alphas_cumprod = config.betas.alphas_cumprod_for_sigmas(config.rescale_betas_zero_snr)?;
         let train_sigmas: Vec<f64> =
             alphas_cumprod.iter().map(|&a| ((1.0 - a as f32) / a as f32).sqrt() as f64).collect();
         let mut me =
@@ -149,8 +138,8 @@ impl Step for EulerDiscrete {
     /// Timesteps per `timestep_spacing`, or the user's (fractional allowed); sigmas are
     /// interpolated from the training sigmas at them.
     fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
-        let n = self.config.num_train_timesteps;
         let c = &self.config;
+        let n = c.betas.num_train_timesteps;
         let timesteps = match custom {
             Some(ts) => {
                 check_custom("EulerDiscreteScheduler", ts, steps, (n - 1) as f64, false)?;

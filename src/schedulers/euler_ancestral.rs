@@ -6,22 +6,20 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ensure;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 // The choices and checks every scheduler_config.json shares.
 use super::config::*;
 use super::Step;
+use super::betas::refuse_custom;
 use super::euler::{EulerDiscrete, EulerDiscreteSchedulerConfig};
 
 /// `EulerAncestralDiscreteScheduler`: Euler's schedule, with fresh noise added at every step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EulerAncestralDiscreteSchedulerConfig {
-    pub num_train_timesteps: usize,
-    pub beta_start: f64,
-    pub beta_end: f64,
-    pub beta_schedule: BetaSchedule,
-    pub trained_betas: Option<Vec<f64>>,
+    #[serde(flatten)]
+    pub betas: BetaConfig,
     pub prediction_type: PredictionType,
     pub timestep_spacing: TimestepSpacing,
     pub steps_offset: usize,
@@ -31,11 +29,7 @@ pub struct EulerAncestralDiscreteSchedulerConfig {
 impl Default for EulerAncestralDiscreteSchedulerConfig {
     fn default() -> Self {
         Self {
-            num_train_timesteps: 1000,
-            beta_start: 0.0001,
-            beta_end: 0.02,
-            beta_schedule: BetaSchedule::Linear,
-            trained_betas: None,
+            betas: BetaConfig::LINEAR,
             prediction_type: PredictionType::Epsilon,
             timestep_spacing: TimestepSpacing::Linspace,
             steps_offset: 0,
@@ -46,18 +40,14 @@ impl Default for EulerAncestralDiscreteSchedulerConfig {
 
 impl EulerAncestralDiscreteSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
-        check_betas(self.num_train_timesteps, &self.trained_betas)?;
+        self.betas.validate()?;
         ensure(eps_or_v(self.prediction_type), FILE, "prediction_type", self.prediction_type.as_str())
     }
 
     /// The Euler config with the same schedule (the two share `set_timesteps`).
     pub fn euler(&self) -> EulerDiscreteSchedulerConfig {
         EulerDiscreteSchedulerConfig {
-            num_train_timesteps: self.num_train_timesteps,
-            beta_start: self.beta_start,
-            beta_end: self.beta_end,
-            beta_schedule: self.beta_schedule,
-            trained_betas: self.trained_betas.clone(),
+            betas: self.betas.clone(),
             prediction_type: self.prediction_type,
             timestep_spacing: self.timestep_spacing,
             steps_offset: self.steps_offset,
@@ -83,11 +73,7 @@ impl Step for EulerAncestralDiscrete {
 
     /// diffusers' `set_timesteps` here takes a step count only.
     fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
-        if custom.is_some() {
-            return Err(Error::InvalidArgument(
-                "custom timesteps are not supported by EulerAncestralDiscreteScheduler".into(),
-            ));
-        }
+        refuse_custom(Self::CLASS, custom)?;
         self.euler.set_timesteps(steps, None)
     }
 

@@ -11,16 +11,14 @@ use crate::error::{Error, Result};
 // The choices and checks every scheduler_config.json shares.
 use super::config::*;
 use super::Step;
-use super::betas::{add_noise_vp, beta_schedule_of, check_custom, check_steps, np_linspace};
+use super::betas::{check_steps, custom_integer_timesteps, np_linspace, predicted_x0};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LCMSchedulerConfig {
-    pub num_train_timesteps: usize,
-    pub beta_start: f64,
-    pub beta_end: f64,
-    pub beta_schedule: BetaSchedule,
-    pub trained_betas: Option<Vec<f64>>,
+    /// LCM's defaults are latent diffusion's schedule ([`BetaConfig::SCALED_LINEAR`]).
+    #[serde(flatten, deserialize_with = "scaled_linear_over")]
+    pub betas: BetaConfig,
     pub original_inference_steps: usize,
     pub clip_sample: bool,
     pub clip_sample_range: f64,
@@ -36,11 +34,7 @@ pub struct LCMSchedulerConfig {
 impl Default for LCMSchedulerConfig {
     fn default() -> Self {
         Self {
-            num_train_timesteps: 1000,
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            beta_schedule: BetaSchedule::ScaledLinear,
-            trained_betas: None,
+            betas: BetaConfig::SCALED_LINEAR,
             original_inference_steps: 50,
             clip_sample: false,
             clip_sample_range: 1.0,
@@ -55,9 +49,13 @@ impl Default for LCMSchedulerConfig {
     }
 }
 
+fn scaled_linear_over<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<BetaConfig, D::Error> {
+    BetaConfig::deserialize_over(d, BetaConfig::SCALED_LINEAR)
+}
+
 impl LCMSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
-        check_betas(self.num_train_timesteps, &self.trained_betas)?;
+        self.betas.validate()?;
         ensure(!self.thresholding, FILE, "thresholding", self.thresholding)
     }
 }
@@ -88,17 +86,20 @@ impl Step for Lcm {
     const CLASS: &'static str = "LCMScheduler";
 
     fn new(config: &LCMSchedulerConfig) -> Result<Self> {
-        let alphas_cumprod = beta_schedule_of!(config).alphas_cumprod()?;
+        let alphas_cumprod = config.betas.alphas_cumprod(config.rescale_betas_zero_snr)?;
         Ok(Self { config: config.clone(), alphas_cumprod, timesteps: vec![] })
+    }
+
+    fn vp_alphas_cumprod(&self) -> Option<&[f64]> {
+        Some(&self.alphas_cumprod)
     }
 
     /// `steps` evenly chosen from the distillation schedule (`original_inference_steps`
     /// timesteps k-1, 2k-1, ..., N-1), or the user's own descending integer timesteps.
     fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
-        let n = self.config.num_train_timesteps;
+        let n = self.config.betas.num_train_timesteps;
         if let Some(ts) = custom {
-            check_custom("LCMScheduler", ts, steps, (n - 1) as f64, true)?;
-            self.timesteps = ts.to_vec();
+            self.timesteps = custom_integer_timesteps(Self::CLASS, ts, steps, n)?;
             return Ok(());
         }
         check_steps(steps, n)?;
@@ -122,11 +123,6 @@ impl Step for Lcm {
         &self.timesteps
     }
 
-    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
-    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
-        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
-    }
-
     /// Every step but the last re-noises its clean estimate.
     fn needs_noise(&self, step: usize) -> bool {
         step + 1 < self.timesteps.len()
@@ -135,17 +131,9 @@ impl Step for Lcm {
     fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4> {
         let t = self.timesteps[step];
         let alpha = self.alphas_cumprod[t as usize] as f32;
-        let beta = 1.0 - alpha;
         let (c_skip, c_out) = self.scalings(t);
-        let mut x0 = match self.config.prediction_type {
-            PredictionType::Sample => model_output,
-            PredictionType::VPrediction => sample.clone().mul_scalar(alpha.sqrt()).sub(model_output.mul_scalar(beta.sqrt())),
-            PredictionType::Epsilon => sample.clone().sub(model_output.mul_scalar(beta.sqrt())).div_scalar(alpha.sqrt()),
-        };
-        if self.config.clip_sample {
-            let r = self.config.clip_sample_range as f32;
-            x0 = x0.clamp(-r, r);
-        }
+        let c = &self.config;
+        let x0 = predicted_x0(c.prediction_type, model_output, sample.clone(), alpha, c.clip_sample.then_some(c.clip_sample_range));
         let denoised = x0.mul_scalar(c_out).add(sample.mul_scalar(c_skip));
         if !self.needs_noise(step) {
             return denoised;

@@ -43,7 +43,7 @@ mod samplers;
 use burn::tensor::Tensor;
 use serde_json::Value;
 
-pub use config::{BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing};
+pub use config::{BetaConfig, BetaSchedule, FinalSigmasType, PredictionType, TimestepSpacing};
 pub use ddim::{DDIMSchedulerConfig, Ddim};
 pub use ddpm::{DDPMSchedulerConfig, Ddpm, VarianceType};
 pub use dpm_solver::{AlgorithmType, DPMSolverMultistepSchedulerConfig, DpmSolverMultistep, SolverType};
@@ -95,8 +95,17 @@ pub trait Step: Sized {
     /// See [`Scheduler::step`]; `noise` is `None` where `needs_noise` is false.
     fn step(&mut self, model_output: Tensor<4>, step: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> Tensor<4>;
     fn set_begin_index(&mut self, _begin: usize) {}
-    /// See [`Scheduler::add_noise`].
-    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4>;
+    /// The training schedule of the samplers that index it with integer timesteps (DDPM, DDIM,
+    /// PNDM, LCM), for the default `add_noise`; `None` for those that define their own.
+    fn vp_alphas_cumprod(&self) -> Option<&[f64]> {
+        None
+    }
+    /// See [`Scheduler::add_noise`]. The default is the DDPM-indexed samplers': diffusers'
+    /// `add_noise` at the step's timestep ([`betas::add_noise_vp`]).
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
+        let alphas_cumprod = self.vp_alphas_cumprod().unwrap_or_else(|| panic!("{} defines no add_noise", Self::CLASS));
+        betas::add_noise_vp(alphas_cumprod, original, noise, self.timesteps()[step])
+    }
     /// Sensible (steps, guidance scale) when the user gives none.
     fn default_steps_and_guidance(&self) -> (usize, f32);
 }

@@ -15,17 +15,14 @@ use crate::error::{Error, Result};
 // The choices and checks every scheduler_config.json shares.
 use super::config::*;
 use super::Step;
-use super::betas::{add_noise_vp, beta_schedule_of, check_steps, spaced_timesteps};
+use super::betas::{integer_timesteps, refuse_custom};
 
 /// `PNDMScheduler`: PLMS (and the PRK warm-up unless `skip_prk_steps`), as SD 1.x repos ship it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PNDMSchedulerConfig {
-    pub num_train_timesteps: usize,
-    pub beta_start: f64,
-    pub beta_end: f64,
-    pub beta_schedule: BetaSchedule,
-    pub trained_betas: Option<Vec<f64>>,
+    #[serde(flatten)]
+    pub betas: BetaConfig,
     pub skip_prk_steps: bool,
     pub set_alpha_to_one: bool,
     pub prediction_type: PredictionType,
@@ -36,11 +33,7 @@ pub struct PNDMSchedulerConfig {
 impl Default for PNDMSchedulerConfig {
     fn default() -> Self {
         Self {
-            num_train_timesteps: 1000,
-            beta_start: 0.0001,
-            beta_end: 0.02,
-            beta_schedule: BetaSchedule::Linear,
-            trained_betas: None,
+            betas: BetaConfig::LINEAR,
             skip_prk_steps: false,
             set_alpha_to_one: false,
             prediction_type: PredictionType::Epsilon,
@@ -52,7 +45,7 @@ impl Default for PNDMSchedulerConfig {
 
 impl PNDMSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
-        check_betas(self.num_train_timesteps, &self.trained_betas)?;
+        self.betas.validate()?;
         ensure(eps_or_v(self.prediction_type), FILE, "prediction_type", self.prediction_type.as_str())
     }
 }
@@ -83,7 +76,7 @@ impl Pndm {
     /// Runge–Kutta: four evaluations per transfer (at t, twice at the midpoint, at t - delta),
     /// combined with weights 1/6, 1/3, 1/3, 1/6.
     fn step_prk(&mut self, model_output: Tensor<4>, timestep: i64, sample: Tensor<4>) -> Tensor<4> {
-        let half = (self.config.num_train_timesteps / self.steps / 2) as i64;
+        let half = (self.config.betas.num_train_timesteps / self.steps / 2) as i64;
         let diff_to_prev = if self.counter % 2 == 1 { 0 } else { half };
         let prev_timestep = timestep - diff_to_prev;
         let timestep = self.timesteps[self.counter / 4 * 4] as i64;
@@ -111,7 +104,7 @@ impl Pndm {
     /// Linear multistep on the last (up to) four estimates; the first two steps bootstrap it
     /// with an Euler step and a Heun-like correction from the same starting sample.
     fn step_plms(&mut self, model_output: Tensor<4>, timestep: i64, sample: Tensor<4>) -> Tensor<4> {
-        let stride = (self.config.num_train_timesteps / self.steps) as i64;
+        let stride = (self.config.betas.num_train_timesteps / self.steps) as i64;
         let (mut timestep, mut prev_timestep) = (timestep, timestep - stride);
         if self.counter != 1 {
             let keep = self.ets.len().saturating_sub(3);
@@ -177,7 +170,7 @@ impl Step for Pndm {
     const CLASS: &'static str = "PNDMScheduler";
 
     fn new(config: &PNDMSchedulerConfig) -> Result<Self> {
-        let alphas_cumprod = beta_schedule_of!(config, rescale: false).alphas_cumprod()?;
+        let alphas_cumprod = config.betas.alphas_cumprod(false)?;
         let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
         Ok(Self {
             config: config.clone(),
@@ -194,26 +187,22 @@ impl Step for Pndm {
         })
     }
 
+    fn vp_alphas_cumprod(&self) -> Option<&[f64]> {
+        Some(&self.alphas_cumprod)
+    }
+
     /// `steps` spaced timesteps; PLMS repeats the second-to-last one (its second step redoes
     /// the first with the averaged estimate), so there are `steps + 1` model evaluations; the
     /// PRK warm-up evaluates the 3 highest timesteps and their midpoints 4 times each.
     fn set_timesteps(&mut self, steps: usize, custom: Option<&[f64]>) -> Result<()> {
-        if custom.is_some() {
-            return Err(Error::InvalidArgument("custom timesteps are not supported by PNDMScheduler".into()));
-        }
-        let n = self.config.num_train_timesteps;
-        check_steps(steps, n)?;
-        let skip_prk = self.config.skip_prk_steps;
+        refuse_custom(Self::CLASS, custom)?;
+        let c = &self.config;
+        let n = c.betas.num_train_timesteps;
+        let mut ts = integer_timesteps(Self::CLASS, c.timestep_spacing, n, steps, c.steps_offset)?;
+        let skip_prk = c.skip_prk_steps;
         if !skip_prk && steps < PNDM_ORDER {
             return Err(Error::InvalidArgument(format!(
                 "PNDMScheduler with Runge-Kutta warm-up (skip_prk_steps false) needs at least {PNDM_ORDER} steps, got {steps}"
-            )));
-        }
-        let mut ts = spaced_timesteps(self.config.timestep_spacing, n, steps, self.config.steps_offset, true);
-        if let Some(t) = ts.iter().find(|&&t| t < 0.0 || t >= n as f64) {
-            return Err(Error::InvalidArgument(format!(
-                "PNDMScheduler: {steps} steps with steps_offset {} give timestep {t}, outside 0..{n}",
-                self.config.steps_offset
             )));
         }
         ts.reverse(); // ascending, as diffusers' `_timesteps`
@@ -250,11 +239,6 @@ impl Step for Pndm {
     /// which drives the PLMS warm-up, still starts at 0).
     fn set_begin_index(&mut self, begin: usize) {
         self.begin = begin;
-    }
-
-    /// diffusers' `add_noise` at the step's timestep (img2img's starting point).
-    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, step: usize) -> Tensor<4> {
-        add_noise_vp(&self.alphas_cumprod, original, noise, self.timesteps[step])
     }
 
     /// # Panics

@@ -7,7 +7,9 @@ use burn::tensor::{DType, Device, Tensor};
 
 use super::attention::{EncoderStates, TransformerConfig};
 use super::embeddings::{TimestepEmbedding, Timesteps};
-use super::unet_blocks::{BlockConfig, DownBlock2D, DownBlockConfig, UNetMidBlock2DCrossAttn, UpBlock2D, UpBlockConfig};
+use super::unet_blocks::{
+    BlockConfig, Conditioning, DownBlock2D, DownBlockConfig, UNetMidBlock2DCrossAttn, UpBlock2D, UpBlockConfig,
+};
 use crate::config::{MidBlockType, UNet2DConditionConfig, UNetLevel, UpBlockType, from_json};
 use crate::error::Result;
 use crate::folder::join;
@@ -171,15 +173,16 @@ impl UNet2DConditionModel {
         let temb = self.time_embedding.forward(t_emb, timestep_cond.map(|c| c.cast(dtype)));
         // Every ResNet projects silu(temb): activated once here, not once per block.
         let temb = burn::tensor::activation::silu(temb);
+        let cond = Conditioning { temb: &temb, context };
 
         let sample = if self.config.center_input_sample { sample * 2.0 - 1.0 } else { sample };
         let mut x = self.conv_in.forward(sample);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
-            x = block.forward(x, &temb, context, &mut skips);
+            x = block.forward(x, cond, &mut skips);
         }
         if let Some(mid) = &self.mid_block {
-            x = mid.forward(x, &temb, context);
+            x = mid.forward(x, cond);
         }
         // diffusers forwards skip sizes to the upsamplers only when a side is not a multiple
         // of the total up factor; otherwise it scales ×2, which is the same thing then.
@@ -194,7 +197,7 @@ impl UNet2DConditionModel {
                 }
                 _ => None,
             };
-            x = block.forward(x, &temb, context, &mut skips, size);
+            x = block.forward(x, cond, &mut skips, size);
         }
         self.conv_out.forward(self.conv_norm_out.forward_silu(x)).cast(out_dtype)
     }

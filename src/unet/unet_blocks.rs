@@ -31,6 +31,15 @@ impl BlockConfig {
     }
 }
 
+/// What every block is conditioned on (diffusers' `temb` and `encoder_hidden_states`): the time
+/// embedding, already through SiLU, that each resnet projects, and the text states each
+/// transformer attends to.
+#[derive(Clone, Copy)]
+pub struct Conditioning<'a> {
+    pub temb: &'a Tensor<2>,
+    pub context: &'a EncoderStates,
+}
+
 fn load_attentions(vb: &VarBuilder, n: usize, t: Option<&TransformerConfig>) -> Result<Vec<Transformer2DModel>> {
     match t {
         Some(t) => (0..n).map(|i| Transformer2DModel::load(&vb.pp("attentions").pp(i), t)).collect(),
@@ -77,17 +86,11 @@ impl DownBlock2D {
     }
 
     /// Returns the block output and appends its skip connections to `skips`.
-    pub fn forward(
-        &self,
-        mut x: Tensor<4>,
-        temb: &Tensor<2>,
-        context: &EncoderStates,
-        skips: &mut Vec<Tensor<4>>,
-    ) -> Tensor<4> {
+    pub fn forward(&self, mut x: Tensor<4>, cond: Conditioning, skips: &mut Vec<Tensor<4>>) -> Tensor<4> {
         for (i, resnet) in self.resnets.iter().enumerate() {
-            x = resnet.forward(x, Some(temb));
+            x = resnet.forward(x, Some(cond.temb));
             if let Some(attn) = self.attentions.get(i) {
-                x = attn.forward(x, context);
+                x = attn.forward(x, cond.context);
             }
             skips.push(x.clone());
         }
@@ -149,16 +152,15 @@ impl UpBlock2D {
     pub fn forward(
         &self,
         mut x: Tensor<4>,
-        temb: &Tensor<2>,
-        context: &EncoderStates,
+        cond: Conditioning,
         skips: &mut Vec<Tensor<4>>,
         upsample_size: Option<[usize; 2]>,
     ) -> Tensor<4> {
         for (i, resnet) in self.resnets.iter().enumerate() {
             let skip = skips.pop().expect("the down path pushes one skip per up resnet");
-            x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(temb));
+            x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(cond.temb));
             if let Some(attn) = self.attentions.get(i) {
-                x = attn.forward(x, context);
+                x = attn.forward(x, cond.context);
             }
         }
         match &self.upsampler {
@@ -193,10 +195,10 @@ impl UNetMidBlock2DCrossAttn {
         Ok(Self { resnets, attentions: load_attentions(vb, layers, transformer)? })
     }
 
-    pub fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, context: &EncoderStates) -> Tensor<4> {
-        let mut x = self.resnets[0].forward(x, Some(temb));
+    pub fn forward(&self, x: Tensor<4>, cond: Conditioning) -> Tensor<4> {
+        let mut x = self.resnets[0].forward(x, Some(cond.temb));
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
-            x = resnet.forward(attn.forward(x, context), Some(temb));
+            x = resnet.forward(attn.forward(x, cond.context), Some(cond.temb));
         }
         x
     }

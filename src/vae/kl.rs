@@ -26,6 +26,12 @@ fn resnet(vb: &VarBuilder, c_in: usize, c_out: usize, groups: usize) -> Result<R
     ResnetBlock2D::load(vb, cfg)
 }
 
+/// The `resnets` of an encoder or decoder block: `layers` of them, `c_in → c_out` then
+/// `c_out → c_out`.
+fn block_resnets(vb: &VarBuilder, c_in: usize, c_out: usize, layers: usize, groups: usize) -> Result<Vec<ResnetBlock2D>> {
+    (0..layers).map(|j| resnet(&vb.pp("resnets").pp(j), if j == 0 { c_in } else { c_out }, c_out, groups)).collect()
+}
+
 /// The VAE mid block's spatial self-attention: diffusers' former `AttentionBlock`, today an
 /// `Attention` built `_from_deprecated_attn_block`. Group norm, one head as wide as the channels
 /// over all pixels, output projection, residual. (The U-Net's is `unet::attention::Attention`.)
@@ -112,9 +118,7 @@ pub struct UpDecoderBlock2D {
 
 impl UpDecoderBlock2D {
     pub fn load(vb: &VarBuilder, c_in: usize, c_out: usize, layers: usize, groups: usize, upsample: bool) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|j| resnet(&vb.pp("resnets").pp(j), if j == 0 { c_in } else { c_out }, c_out, groups))
-            .collect::<Result<_>>()?;
+        let resnets = block_resnets(vb, c_in, c_out, layers, groups)?;
         let upsampler = if upsample { Some(Upsample2D::load(&vb.pp("upsamplers").pp(0), c_out)?) } else { None };
         Ok(Self { resnets, upsampler })
     }
@@ -150,9 +154,7 @@ pub struct DownEncoderBlock2D {
 
 impl DownEncoderBlock2D {
     pub fn load(vb: &VarBuilder, c_in: usize, c_out: usize, layers: usize, groups: usize, down: bool) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|j| resnet(&vb.pp("resnets").pp(j), if j == 0 { c_in } else { c_out }, c_out, groups))
-            .collect::<Result<_>>()?;
+        let resnets = block_resnets(vb, c_in, c_out, layers, groups)?;
         let downsampler = if down { Some(Downsample2D::load(&vb.pp("downsamplers").pp(0), c_out, 0)?) } else { None };
         Ok(Self { resnets, downsampler })
     }

@@ -9,7 +9,7 @@ use burn::tensor::{DType, Device, Tensor};
 pub use kl::{AutoencoderKL, DiagonalGaussian};
 pub use taesd::AutoencoderTiny;
 
-use crate::config::{AutoencoderKLConfig, AutoencoderTinyConfig, from_json};
+use crate::config::{AutoencoderKLConfig, AutoencoderTinyConfig, VaeClass, from_json};
 use crate::error::{Error, Result};
 use crate::folder::{self, VaeFiles, join};
 use crate::source::ModelSource;
@@ -74,22 +74,21 @@ impl Autoencoder {
         #[derive(serde::Deserialize)]
         struct ClassName {
             #[serde(rename = "_class_name")]
-            class_name: Option<String>,
+            class_name: Option<VaeClass>,
         }
-        let class = from_json::<ClassName>(&config_path, &bytes)?.class_name.unwrap_or_default();
-        match class.as_str() {
-            "AutoencoderTiny" => {
+        match from_json::<ClassName>(&config_path, &bytes)?.class_name {
+            Some(VaeClass::AutoencoderTiny) => {
                 let config: AutoencoderTinyConfig = from_json(&config_path, &bytes)?;
                 Ok(Self::Tiny(AutoencoderTiny::load(src.weights(dir, device, dtype)?, config, &config_path)?))
             }
-            "AutoencoderKL" => {
+            Some(VaeClass::AutoencoderKL) => {
                 let config: AutoencoderKLConfig = from_json(&config_path, &bytes)?;
                 Ok(Self::Kl(AutoencoderKL::load(src.weights(dir, device, dtype)?, config, &config_path)?))
             }
             other => Err(Error::UnsupportedConfig {
                 file: config_path,
                 field: "_class_name".into(),
-                value: format!("{other:?}"),
+                value: format!("{:?}", other.as_ref().map_or("", VaeClass::as_str)),
                 hint: Some("expected AutoencoderTiny or AutoencoderKL".into()),
             }),
         }

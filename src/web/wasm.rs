@@ -88,6 +88,21 @@ fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
 
+/// A load's float dtype as the worker names it (`"f16"` or `"f32"`, what
+/// [`Inkstone::resolve_dtype`] returns), parsed once at the boundary; anything else is an error.
+fn load_dtype(name: &str) -> Result<DType, JsError> {
+    match name {
+        "f16" => Ok(DType::F16),
+        "f32" => Ok(DType::F32),
+        other => Err(js_err(format!("load dtype {other:?}: expected 'f16' or 'f32'"))),
+    }
+}
+
+/// The worker's name of a load dtype (a load is only ever in F16 or F32: [`load_dtype`]).
+fn dtype_name(dtype: DType) -> &'static str {
+    if dtype == DType::F16 { "f16" } else { "f32" }
+}
+
 #[wasm_bindgen]
 impl Inkstone {
     /// Creates the device of this build's backend ([`init_device`]: WebGPU, initialised
@@ -126,26 +141,26 @@ impl Inkstone {
     /// Asking for f16 on a GPU without it is an error, before anything is downloaded.
     #[wasm_bindgen(js_name = resolveDtype)]
     pub fn resolve_dtype(&self, requested: &str) -> Result<String, JsError> {
+        self.resolve(requested).map(|dtype| dtype_name(dtype).into())
+    }
+
+    fn resolve(&self, requested: &str) -> Result<DType, JsError> {
         let f16 = self.state.borrow().device.supports_dtype(DType::F16);
         match requested {
-            "auto" => Ok(if f16 && cfg!(feature = "webgpu") { "f16" } else { "f32" }.into()),
-            "f32" => Ok("f32".into()),
-            "f16" if f16 => Ok("f16".into()),
-            "f16" => Err(js_err(
+            "auto" => Ok(if f16 && cfg!(feature = "webgpu") { DType::F16 } else { DType::F32 }),
+            "f16" if !f16 => Err(js_err(
                 "dtype 'f16' needs a GPU with the WebGPU feature shader-f16, which this adapter lacks; \
                  load with dtype 'f32' (or 'auto', which picks f32 here)",
             )),
+            "f16" | "f32" => load_dtype(requested),
             other => Err(js_err(format!("dtype {other:?}: expected 'auto', 'f16' or 'f32'"))),
         }
     }
 
     /// Forgets the loaded model (before loading another one) and sets the dtype the next one is
-    /// uploaded in (`"f16"` or `"f32"`, as [`Inkstone::resolve_dtype`] returned).
+    /// uploaded in (`dtype` as [`Inkstone::resolve_dtype`] takes it).
     pub fn reset(&self, name: &str, dtype: &str) -> Result<(), JsError> {
-        let dtype = match self.resolve_dtype(dtype)?.as_str() {
-            "f16" => DType::F16,
-            _ => DType::F32,
-        };
+        let dtype = self.resolve(dtype)?;
         let mut s = self.state.borrow_mut();
         s.dtype = dtype;
         s.files = MemorySource { name: name.into(), files: BTreeMap::new() };
@@ -268,7 +283,7 @@ impl Inkstone {
         }
         let summary = serde_json::json!({
             "components": components,
-            "dtype": if s.dtype == DType::F16 { "f16" } else { "f32" },
+            "dtype": dtype_name(s.dtype),
             "gpuBytes": gpu_bytes,
             // Tensors kept off the GPU until image-to-image needs them.
             "deferred": if held > 0 { serde_json::json!({ "vae.encoder": held }) } else { serde_json::json!({}) },
@@ -277,9 +292,11 @@ impl Inkstone {
         Ok(summary.to_string())
     }
 
-    /// `[width, height]` of the warm-up: the worker runs one 1-step generation at this size
-    /// right after [`Inkstone::build`] (pkg/worker.js `warmUp`), so the WebGPU pipelines are
-    /// compiled at load ([`crate::pipeline::Pipeline::warm_up_size`]: the default size, capped).
+    /// `[width, height]` of the warm-up: on WebGPU (unless `load()` is given `warmUp: false`) the
+    /// worker runs one 1-step generation at this size right after [`Inkstone::build`]
+    /// (pkg/worker.js `warmUp`), so the pipelines are compiled at load
+    /// ([`crate::pipeline::Pipeline::warm_up_size`]: the default size, capped at
+    /// [`crate::pipeline::WARM_UP_LATENT_SIDE`] latent pixels a side). The CPU build skips it.
     #[wasm_bindgen(js_name = warmUpSize)]
     pub fn warm_up_size(&self) -> Result<Vec<u32>, JsError> {
         let s = self.state.borrow();
@@ -290,9 +307,10 @@ impl Inkstone {
 
     /// Runs one generation. `options` is the JS options object (the fields of
     /// `generate::JsOptions`: prompt, negativePrompt, steps, guidance, seed, width, height,
-    /// latents, scheduler, timesteps, sigmas); `on_step(i, total, preview)` is called after each
-    /// step and may return a Promise (the worker yields there so a cancel message can arrive);
-    /// `is_cancelled()` is checked between steps. Resolves to `{ width, height, pixels }`.
+    /// latents, scheduler, timesteps, sigmas, and image and strength for image-to-image);
+    /// `on_step(i, total, preview)` is called after each step and may return a Promise (the
+    /// worker yields there so a cancel message can arrive); `is_cancelled()` is checked between
+    /// steps. Resolves to `{ width, height, pixels }`.
     pub fn generate(
         &self,
         options: JsValue,
@@ -455,8 +473,8 @@ fn upload(
 /// to probe and read next, or the finished plan (files in load order, skipped components).
 #[wasm_bindgen(js_name = planModel)]
 pub fn plan_model(known: &str, dtype: &str) -> Result<String, JsError> {
+    let dtype = load_dtype(dtype)?;
     let known: crate::folder::KnownFiles = serde_json::from_str(known).map_err(js_err)?;
-    let dtype = if dtype == "f16" { DType::F16 } else { DType::F32 };
     let step = crate::folder::plan_step(&known, dtype).map_err(js_err)?;
     serde_json::to_string(&step).map_err(js_err)
 }
@@ -468,7 +486,7 @@ pub fn plan_model(known: &str, dtype: &str) -> Result<String, JsError> {
 pub fn weights_gpu_bytes(known: &str, component: &str, path: &str, prefix: &[u8], file_len: f64, dtype: &str) -> Result<f64, JsError> {
     let known: crate::folder::KnownFiles = serde_json::from_str(known).map_err(js_err)?;
     let header = Header::parse(path, prefix, file_len as u64).map_err(js_err)?;
-    let dtype = if dtype == "f16" { DType::F16 } else { DType::F32 };
+    let dtype = load_dtype(dtype)?;
     crate::folder::gpu_bytes(&known, component, &header, dtype).map(|b| b as f64).map_err(js_err)
 }
 
