@@ -83,6 +83,7 @@ try {
     }, { url: `${srv.origin}/models/scale-${name}/`, workerUrl: `${srv.origin}/test/scale-worker.mjs`, o });
     const w = await page.workers().at(-1).evaluate(() => ({
       marks: self.gpuSnaps.filter((m) => m.what !== 'warm-up'), largest: self.largestBuffer, binding: self.largestBinding, counts: self.gpuCounts,
+      violations: self.limitViolations,
     }));
     await page.evaluate(() => window.scaleGen.dispose());
     // marks: [load done, step 1..STEPS, generation done, (second generation) step 1..STEPS, done]
@@ -105,6 +106,7 @@ try {
     if (r.info.gpu.maxStorageBufferBindingSize !== 128 * 2 ** 20) fail.push(`binding limit ${r.info.gpu.maxStorageBufferBindingSize}, not the default 128 MiB`);
     if (w.binding > 128 * 2 ** 20) fail.push(`a ${w.binding}-byte binding exceeds 128 MiB`);
     if (w.largest > 256 * 2 ** 20) fail.push(`a ${w.largest}-byte buffer exceeds 256 MiB`);
+    if (w.violations.length) fail.push(`over the granted limits: ${w.violations.join(', ')}`);
     if (steps.length !== STEPS || !done) fail.push(`${steps.length} steps reported, expected ${STEPS}`);
     if (fail.length) throw new Error(`scale check ${name} failed: ${fail.join('; ')}`);
     console.log(`${name}: OK`);

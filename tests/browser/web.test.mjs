@@ -993,13 +993,16 @@ for (const model of ['tiny-sd', 'tiny-flow']) {
       window.smallGen = gen;
       return { pixels: Array.from(out.pixels), binding: gen.info.gpu.maxStorageBufferBindingSize, gpuBytes: gen.info.gpuBytes };
     }, { url: `${srv.origin}/models/${model}/`, workerUrl, o });
-    const largest = await page.workers().at(-1).evaluate(() => self.largestBinding);
+    const w = await page.workers().at(-1).evaluate(() => ({ binding: self.largestBinding, buffer: self.largestBuffer, violations: self.limitViolations }));
     await page.evaluate(() => window.smallGen.dispose());
+    // A device granted these limits would reject any larger buffer or binding: weights in
+    // pieces, activations in blocks, chunks and tiles must all stay under them
+    // (tests/browser/default-limits.mjs enforces the grant WebGPU cannot make).
+    console.log(`  ${model} under 1 MiB bindings: largest binding ${w.binding} bytes, largest buffer ${w.buffer} bytes`);
+    assert.deepEqual(w.violations, [], 'over the limits the device was granted');
+    assert.ok(w.binding > 0 && w.binding <= 2 ** 20, `a ${w.binding}-byte binding exceeds the reported 1 MiB limit`);
+    assert.ok(w.buffer > 0 && w.buffer <= 2 ** 21, `a ${w.buffer}-byte buffer exceeds the reported 2 MiB limit`);
     assert.equal(r.binding, 2 ** 20, 'the reported limit reached the engine');
-    // A phone with this limit would reject any larger binding: weights in pieces, activations
-    // in blocks, chunks and tiles must all stay under it (the device here is granted more).
-    console.log(`  ${model} under 1 MiB bindings: largest binding ${largest} bytes`);
-    assert.ok(largest > 0 && largest <= 2 ** 20, `a ${largest}-byte binding exceeds the reported 1 MiB limit`);
     const err = maxAbs(r.pixels, native);
     console.log(`  ${model} under 1 MiB bindings: browser vs native max abs ${err.toExponential(3)} (tolerance 1e-3); GPU weights ${JSON.stringify(r.gpuBytes)}`);
     assert.ok(err <= 1e-3, `browser vs native: ${err}`);
@@ -1036,7 +1039,7 @@ test('default WebGPU limits (128 MiB binding): real-size worst-case weights give
     window.worstGen = gen;
     return { err, n: out.pixels.length, gpu: gen.info.gpu, heap: gen.info.wasmHeapBytes, genHeap: out.wasmHeapBytes };
   }, { url: `${srv.origin}/models/worst-case/`, workerUrl, o, nativeUrl: `${srv.origin}/test/worst-case-native.f32` });
-  const gpu = await page.workers().at(-1).evaluate(() => ({ largest: self.largestBuffer, binding: self.largestBinding, peak: self.gpuCounts.peakBytes }));
+  const gpu = await page.workers().at(-1).evaluate(() => ({ largest: self.largestBuffer, binding: self.largestBinding, peak: self.gpuCounts.peakBytes, violations: self.limitViolations }));
   await page.evaluate(() => window.worstGen.dispose());
   const mib = (n) => (n / 2 ** 20).toFixed(1);
   console.log(`  default limits, worst-case weights: browser vs native max abs ${r.err.toExponential(3)} (tolerance 1e-3), `
@@ -1046,6 +1049,7 @@ test('default WebGPU limits (128 MiB binding): real-size worst-case weights give
   assert.equal(r.gpu.maxBufferSize, 256 * 2 ** 20);
   assert.equal(r.n, native.length);
   assert.ok(r.err <= 1e-3, `browser vs native: ${r.err}`);
+  assert.deepEqual(gpu.violations, [], 'over the limits the device was granted');
   assert.ok(gpu.largest <= 128 * 2 ** 20, `a ${gpu.largest}-byte buffer cannot be bound on this device`);
   assert.ok(gpu.binding > 64 * 2 ** 20 && gpu.binding <= 128 * 2 ** 20, `largest binding ${gpu.binding} bytes (limit 128 MiB)`);
   // Weights are streamed tensor by tensor: the heap holds the largest tensor, not the model.

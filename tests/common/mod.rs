@@ -37,12 +37,16 @@ pub struct RefTensors {
 }
 
 pub fn reference(name: &str) -> RefTensors {
-    let path = fixture(&format!("ref/{name}.safetensors"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    RefTensors { file: SafetensorsFile::from_bytes(path.display().to_string(), bytes).unwrap() }
+    RefTensors::open(&fixture(&format!("ref/{name}.safetensors")))
 }
 
 impl RefTensors {
+    /// Any safetensors file of f32 tensors (e.g. the CLI's `--out-tensor`).
+    pub fn open(path: &std::path::Path) -> RefTensors {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        RefTensors { file: SafetensorsFile::from_bytes(path.display().to_string(), bytes).unwrap() }
+    }
+
     pub fn shape(&self, key: &str) -> Vec<usize> {
         self.info(key).shape.clone()
     }
