@@ -30,15 +30,8 @@ pub trait GpuKernels: Backend {
     /// add_bias[c]` (`[N, C]`, `[C]`) is added to `x` first. The output has `x`'s dtype.
     #[fusion(dtype = x, shape = x)]
     fn group_norm(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        add: FloatTensor<Self>,
-        add_bias: FloatTensor<Self>,
-        has_add: bool,
-        groups: usize,
-        eps: f32,
-        silu: bool,
+        x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, add: FloatTensor<Self>, add_bias: FloatTensor<Self>,
+        has_add: bool, groups: usize, eps: f32, silu: bool,
     ) -> FloatTensor<Self>;
 
     /// softmax(q kᵀ / √head_dim) v over `[batch, heads, tokens, head_dim]` in one flash kernel
@@ -147,15 +140,8 @@ impl GpuKernels for CubeBackend {
     }
 
     fn group_norm(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        add: FloatTensor<Self>,
-        add_bias: FloatTensor<Self>,
-        has_add: bool,
-        groups: usize,
-        eps: f32,
-        silu: bool,
+        x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, add: FloatTensor<Self>, add_bias: FloatTensor<Self>,
+        has_add: bool, groups: usize, eps: f32, silu: bool,
     ) -> FloatTensor<Self> {
         let (gamma, beta, add_bias) = (into_contiguous(gamma), into_contiguous(beta), into_contiguous(add_bias));
         // `add` in x's dtype, the bias in the affine's (the kernels are generic over the two).
