@@ -96,7 +96,7 @@ fn run_case(case: &str) {
     let sample = Tensor::<4>::random([1, cfg.in_channels, LATENT, LATENT], Distribution::Normal(0.0, 1.0), &device);
     let ehs = Tensor::<3>::random([1, SEQ, cross], Distribution::Normal(0.0, 1.0), &device);
     let t = Tensor::<1>::from_floats([500.0f32], &device);
-    let mut times = Vec::new();
+    let (mut times, mut first) = (Vec::new(), Vec::new());
     let mut finite = true;
     for i in 0..warmup + runs {
         let start = Instant::now();
@@ -104,16 +104,14 @@ fn run_case(case: &str) {
         let values = out.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
         let elapsed = start.elapsed().as_secs_f64();
         finite &= values.iter().all(|v| v.is_finite());
-        if i >= warmup {
-            times.push(elapsed);
-        }
+        if i >= warmup { times.push(elapsed) } else { first.push(elapsed) }
     }
     let params = if n_params > 0 { format!("{n_params}") } else { "null".into() };
     let gflop = flops::unet_flops(cfg, LATENT, SEQ) / 1e9;
     // What burn's GPU allocator holds after the runs: its pages only grow, so this is the peak.
     let gpu = device.memory_pool_usage().map_or("null".into(), |u| format!("{:.0}", u.bytes_reserved as f64 / (1 << 20) as f64));
     println!(
-        "RESULT {{\"load_s\": {load_s:.3}, \"forward_s\": {times:?}, \"load_hwm_mib\": {load_hwm:.0}, \"hwm_mib\": {:.0}, \"gpu_pool_mib\": {gpu}, \"gflop\": {gflop:.2}, \"finite\": {finite}, \"params\": {params}}}",
+        "RESULT {{\"load_s\": {load_s:.3}, \"forward_s\": {times:?}, \"first_s\": {first:?}, \"load_hwm_mib\": {load_hwm:.0}, \"hwm_mib\": {:.0}, \"gpu_pool_mib\": {gpu}, \"gflop\": {gflop:.2}, \"finite\": {finite}, \"params\": {params}}}",
         vm_hwm_mib()
     );
 }
@@ -121,6 +119,8 @@ fn run_case(case: &str) {
 #[derive(Debug)]
 struct Measured {
     forward_s: Vec<f64>,
+    /// The warm-up forwards: pipeline compilation (and autotune's benchmarks, with that feature).
+    first_s: Vec<f64>,
     load_s: f64,
     load_hwm_mib: f64,
     hwm_mib: f64,
@@ -141,6 +141,7 @@ fn parse(stdout: &str) -> Option<Measured> {
         .join(" ");
     Some(Measured {
         forward_s: v["forward_s"].as_array()?.iter().filter_map(|x| x.as_f64()).collect(),
+        first_s: v["first_s"].as_array().map_or(Vec::new(), |a| a.iter().filter_map(|x| x.as_f64()).collect()),
         load_s: num("load_s"),
         load_hwm_mib: num("load_hwm_mib"),
         hwm_mib: num("hwm_mib"),
@@ -164,9 +165,10 @@ fn median(v: &[f64]) -> f64 {
 
 fn report(who: &str, case: &str, m: &Measured) {
     println!(
-        "  {who:<8} {case:<8} forward median {:>8.3} s (runs {:?}), {:.1} GFLOP/s of {:.1} GFLOP | load {:.2} s | peak RSS {:.0} MiB after load, {:.0} MiB after forward | {}",
+        "  {who:<8} {case:<8} forward median {:>8.3} s (runs {:?}; first {:?}), {:.1} GFLOP/s of {:.1} GFLOP | load {:.2} s | peak RSS {:.0} MiB after load, {:.0} MiB after forward | {}",
         median(&m.forward_s),
         m.forward_s.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+        m.first_s.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
         m.gflop / median(&m.forward_s),
         m.gflop,
         m.load_s,
