@@ -99,12 +99,13 @@ impl Linear {
     }
 }
 
-/// Bias-free linears that read the same input (an attention's `to_q`/`to_k`/`to_v`, or the
+/// Linears that read the same input (an attention's `to_q`/`to_k`/`to_v`, or the
 /// `to_k`/`to_v` of a cross-attention), their `[in, out]` weights stacked at load as
 /// `[k, in, out]`: one batched matmul `[1, rows, in] · [k, in, out]` computes all k outputs,
 /// two or three dispatches fewer per attention on the GPU than one matmul each, and each
 /// output is a slice of it (read in place by the flash kernel where the slice's offset is
-/// aligned). Kept apart where a weight is in pieces or the stack would not fit one binding.
+/// aligned). Kept apart where they have biases, a weight is in pieces or the stack would not
+/// fit one binding.
 #[derive(Debug, Clone)]
 pub enum StackedLinear {
     Stacked { weight: Tensor<3>, limits: DeviceLimits },
