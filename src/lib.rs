@@ -1,6 +1,7 @@
 //! Inkstone: text-to-image generation with diffusers-format models on burn, natively and in
 //! the browser (WebGPU). See `docs/architecture.md` for the module map.
 
+pub mod attention;
 pub mod config;
 pub mod error;
 #[cfg(feature = "gpu-kernels")]

@@ -7,12 +7,10 @@
 //! output channels of a linear or conv), and activations that would outgrow it are computed in
 //! blocks (tokens of a feed-forward, query rows of attention, tiles of a decode).
 //!
-//! The limits come from the device: the shell that creates it registers what was granted
-//! ([`register`]); a device nobody registered (the CPU backend) has none.
-
-use std::sync::Mutex;
-
-use burn::tensor::Device;
+//! The limits come from the device: the shell that creates it reads what was granted and hands
+//! it to the load ([`crate::pipeline::Pipeline::load_with`], [`crate::weights::Weights::with_limits`]);
+//! every layer that must respect them gets them from its load context and keeps them. A device
+//! with none (the CPU backend) is loaded with [`DeviceLimits::NONE`].
 
 /// What one buffer may hold on a device, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +19,13 @@ pub struct DeviceLimits {
     pub max_binding: u64,
     /// `maxBufferSize`: the largest buffer that can be created at all.
     pub max_buffer: u64,
+}
+
+/// [`DeviceLimits::NONE`]: what the CPU backends have.
+impl Default for DeviceLimits {
+    fn default() -> Self {
+        Self::NONE
+    }
 }
 
 impl DeviceLimits {
@@ -59,23 +64,6 @@ pub fn join_pieces<const D: usize>(mut parts: Vec<burn::tensor::Tensor<D>>, dim:
     if parts.len() == 1 { parts.pop().unwrap() } else { burn::tensor::Tensor::cat(parts, dim) }
 }
 
-static REGISTERED: Mutex<Vec<(Device, DeviceLimits)>> = Mutex::new(Vec::new());
-
-/// Records the limits `device` was granted (by the shell that created it).
-pub fn register(device: &Device, limits: DeviceLimits) {
-    let mut all = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
-    all.retain(|(d, _)| d != device);
-    all.push((device.clone(), limits));
-}
-
-/// The limits registered for `device`, or [`DeviceLimits::NONE`].
-pub fn of(device: &Device) -> DeviceLimits {
-    let all = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
-    all.iter()
-        .find(|(d, _)| d == device)
-        .map_or(DeviceLimits::NONE, |(_, l)| *l)
-}
-
 /// What a wgpu device was granted (`maxStorageBufferBindingSize`, `maxBufferSize`).
 #[cfg(any(feature = "wgpu", feature = "webgpu"))]
 pub fn from_wgpu(limits: &burn::tensor::wgpu::wgpu::Limits) -> DeviceLimits {
@@ -83,11 +71,13 @@ pub fn from_wgpu(limits: &burn::tensor::wgpu::wgpu::Limits) -> DeviceLimits {
 }
 
 /// The native wgpu device (Vulkan/Metal/DX12; lavapipe on a machine without a GPU), created once
-/// per process as burn allows, with its limits registered.
+/// per process as burn allows, with the limits it was granted.
 #[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
-pub fn wgpu_device() -> crate::Result<Device> {
+pub fn wgpu_device() -> crate::Result<(burn::tensor::Device, DeviceLimits)> {
+    use burn::tensor::Device;
+    use std::sync::Mutex;
     // Held while initialising: a second concurrent init would fail in burn (parallel tests).
-    static DEVICE: Mutex<Option<Device>> = Mutex::new(None);
+    static DEVICE: Mutex<Option<(Device, DeviceLimits)>> = Mutex::new(None);
     let mut slot = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(device) = slot.as_ref() {
         return Ok(device.clone());
@@ -95,8 +85,7 @@ pub fn wgpu_device() -> crate::Result<Device> {
     let (device, setup) = Device::wgpu_options()
         .init_with_setup()
         .map_err(|e| crate::Error::InvalidArgument(format!("wgpu initialisation failed: {e}")))?;
-    register(&device, from_wgpu(&setup.device.limits()));
-    Ok(slot.insert(device).clone())
+    Ok(slot.insert((device, from_wgpu(&setup.device.limits()))).clone())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{DType, Int, Tensor};
 
 use crate::error::Result;
-use crate::limits;
+use crate::limits::{self, DeviceLimits};
 use crate::weights::VarBuilder;
 
 /// `torch.nn.Linear`. The weight is kept as `[in, out]` (burn's layout), transposed once at
@@ -21,6 +21,8 @@ pub struct Linear {
     pieces: Vec<(Tensor<2>, Option<Tensor<1>>)>,
     d_in: usize,
     d_out: usize,
+    /// Outputs over the binding limit are computed in blocks of tokens.
+    limits: DeviceLimits,
 }
 
 impl Linear {
@@ -39,17 +41,13 @@ impl Linear {
             .map(|w| w.transpose())
             .zip(biases)
             .collect();
-        Ok(Self {
-            pieces,
-            d_in,
-            d_out,
-        })
+        Ok(Self { pieces, d_in, d_out, limits: vb.limits() })
     }
 
     /// A linear of one `[in, out]` weight piece without bias.
-    fn unbiased(weight: Tensor<2>) -> Self {
+    fn unbiased(weight: Tensor<2>, limits: DeviceLimits) -> Self {
         let [d_in, d_out] = weight.dims();
-        Self { pieces: vec![(weight, None)], d_in, d_out }
+        Self { pieces: vec![(weight, None)], d_in, d_out, limits }
     }
 
     pub fn d_in(&self) -> usize {
@@ -68,7 +66,7 @@ impl Linear {
         let mut dims = x.dims();
         dims[D - 1] = self.d_out;
         let rows = dims[..D - 1].iter().product::<usize>();
-        let limits = limits::of(&x.device());
+        let limits = self.limits;
         if (rows * self.d_out) as u64 * 4 <= limits.max_tensor_bytes() {
             return self.forward_whole(x);
         }
@@ -101,44 +99,46 @@ impl Linear {
     }
 }
 
-/// Bias-free linears that read the same input (an attention's `to_q`/`to_k`/`to_v`, or the
+/// Linears that read the same input (an attention's `to_q`/`to_k`/`to_v`, or the
 /// `to_k`/`to_v` of a cross-attention), their `[in, out]` weights stacked at load as
 /// `[k, in, out]`: one batched matmul `[1, rows, in] · [k, in, out]` computes all k outputs,
 /// two or three dispatches fewer per attention on the GPU than one matmul each, and each
 /// output is a slice of it (read in place by the flash kernel where the slice's offset is
-/// aligned). Kept apart where a weight is in pieces or the stack would not fit one binding.
+/// aligned). Kept apart where they have biases, a weight is in pieces or the stack would not
+/// fit one binding.
 #[derive(Debug, Clone)]
 pub enum StackedLinear {
-    Stacked(Tensor<3>),
+    Stacked { weight: Tensor<3>, limits: DeviceLimits },
     Apart(Vec<Linear>),
 }
 
 impl StackedLinear {
-    /// The linears at `vbs` (each `.weight` `[d_out, d_in]`, no bias), stacked where they fit.
-    pub fn load(vbs: &[VarBuilder], d_in: usize, d_out: usize) -> Result<Self> {
-        let parts = vbs.iter().map(|vb| Linear::load(vb, d_in, d_out, false)).collect::<Result<Vec<_>>>()?;
+    /// The linears at `vbs` (each `.weight` `[d_out, d_in]`), stacked where they fit and have no
+    /// bias; apart with `bias` (the VAE's attention: three dispatches once per decode).
+    pub fn load(vbs: &[VarBuilder], d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let parts = vbs.iter().map(|vb| Linear::load(vb, d_in, d_out, bias)).collect::<Result<Vec<_>>>()?;
         let Some(vb) = vbs.first() else { return Ok(Self::Apart(parts)) };
+        let limits = vb.limits();
         let whole = parts.iter().all(|p| p.pieces.len() == 1);
-        if !whole || parts.len() * d_in * d_out > limits::of(vb.device()).max_elems(4) {
+        if bias || !whole || parts.len() * d_in * d_out > limits.max_elems(4) {
             return Ok(Self::Apart(parts));
         }
-        Ok(Self::Stacked(Tensor::stack(parts.into_iter().map(|p| p.pieces[0].0.clone()).collect(), 0)))
+        Ok(Self::Stacked { weight: Tensor::stack(parts.into_iter().map(|p| p.pieces[0].0.clone()).collect(), 0), limits })
     }
 
     /// `x` (`[b, n, d_in]`) through each linear: `[b, n, d_out]` per linear, in load order.
     pub fn forward(&self, x: Tensor<3>) -> Vec<Tensor<3>> {
-        let parts = match self {
+        let (parts, limits) = match self {
             Self::Apart(parts) => return parts.iter().map(|p| p.forward(x.clone())).collect(),
-            Self::Stacked(w) => w,
+            Self::Stacked { weight, limits } => (weight, *limits),
         };
         let [k, d_in, d_out] = parts.dims();
         let [b, n, _] = x.dims();
         let stacked_bytes = (k * b * n * d_out) as u64 * 4;
-        if stacked_bytes > limits::of(&x.device()).max_tensor_bytes() {
+        if stacked_bytes > limits.max_tensor_bytes() {
             // The stacked output would outgrow a binding: each linear alone (in token blocks).
-            return (0..k)
-                .map(|i| Linear::unbiased(parts.clone().slice(i..i + 1).reshape([d_in, d_out])).forward(x.clone()))
-                .collect();
+            let one = |i: usize| Linear::unbiased(parts.clone().slice(i..i + 1).reshape([d_in, d_out]), limits);
+            return (0..k).map(|i| one(i).forward(x.clone())).collect();
         }
         let out = x.reshape([1, b * n, d_in]).matmul(parts.clone());
         (0..k).map(|i| out.clone().slice(i..i + 1).reshape([b, n, d_out])).collect()
@@ -542,16 +542,17 @@ impl Embedding {
 }
 
 /// Runs `f` over `x` (`[b, n, c]`) in blocks of rows (of the b·n tokens) so that no
-/// intermediate of `widest` values per row exceeds the device's largest binding; in one call
-/// where it fits. For per-token work (a feed-forward) whose inner width outgrows the limit at
+/// intermediate of `widest` values per row exceeds the device's largest binding (`limits`); in
+/// one call where it fits. For per-token work (a feed-forward) whose inner width outgrows the limit at
 /// large images (GEGLU at 768²: 2 × 9216 tokens × 2560 values is 189 MB in f32).
 pub fn by_token_blocks(
     x: Tensor<3>,
     widest: usize,
+    limits: DeviceLimits,
     f: impl Fn(Tensor<3>) -> Tensor<3>,
 ) -> Tensor<3> {
     let [b, n, _] = x.dims();
-    let per = limits::of(&x.device()).max_elems(4) / widest.max(1);
+    let per = limits.max_elems(4) / widest.max(1);
     if per >= b * n {
         return f(x);
     }
@@ -575,8 +576,8 @@ pub const ATTENTION_SCORE_BUDGET: usize = 8 << 20;
 
 /// softmax(q kᵀ · scale) v over `[batch, heads, tokens, head_dim]`: one flash kernel on the GPU
 /// ([`crate::gpu::flash_attention`]), burn-flex's own attention in query blocks of at most
-/// [`ATTENTION_SCORE_BUDGET`] scores on the CPU.
-pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+/// [`ATTENTION_SCORE_BUDGET`] scores (and within `limits`) on the CPU.
+pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, limits: DeviceLimits) -> Tensor<4> {
     // The GPU kernel keeps no score tensor, so it needs no query blocks.
     #[cfg(feature = "gpu-kernels")]
     if crate::gpu::on_gpu(&q.device()) {
@@ -584,7 +585,7 @@ pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, sc
     }
     let [b, h, n_q, _] = q.dims();
     let n_kv = k.dims()[2];
-    let budget = ATTENTION_SCORE_BUDGET.min(limits::of(&q.device()).max_elems(4));
+    let budget = ATTENTION_SCORE_BUDGET.min(limits.max_elems(4));
     let rows = (budget / (b * h * n_kv).max(1)).clamp(1, n_q);
     let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
     let block = |q: Tensor<4>| attention(q, k.clone(), v.clone(), None, None, options);

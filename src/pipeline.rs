@@ -22,6 +22,7 @@ use crate::config::{ModelIndex, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::folder;
 use crate::img2img::{self, InitImage};
+use crate::limits::DeviceLimits;
 use crate::schedulers::{Sampler, Scheduler};
 use crate::source::ModelSource;
 use crate::text::{PromptTokenizer, TextEncoder};
@@ -98,17 +99,24 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Loads every component named by `model_index.json` in f32, validating configs and
-    /// weight coverage.
+    /// Loads every component named by `model_index.json` in f32 onto a device without binding
+    /// limits (the CPU), validating configs and weight coverage.
     pub fn load(src: &dyn ModelSource, device: &Device) -> Result<Self> {
         Self::load_with_dtype(src, device, DType::F32)
+    }
+
+    /// [`Pipeline::load_with`] onto a device without binding limits (the CPU).
+    pub fn load_with_dtype(src: &dyn ModelSource, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with(src, device, dtype, DeviceLimits::NONE)
     }
 
     /// [`Pipeline::load`] with the weights and activations of every component in `dtype`: F32,
     /// or F16 on devices that compute in half precision (WebGPU `shader-f16`), which halves
     /// the memory. Latents, the sampler and the attention softmax of text towers stay in f32;
-    /// norms compute their statistics in f32.
-    pub fn load_with_dtype(src: &dyn ModelSource, device: &Device, dtype: DType) -> Result<Self> {
+    /// norms compute their statistics in f32. `limits` are what `device` was granted (by the
+    /// shell that made it): weights and activations that would outgrow one binding are used in
+    /// pieces and blocks.
+    pub fn load_with(src: &dyn ModelSource, device: &Device, dtype: DType, limits: DeviceLimits) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::F16) {
             return Err(Error::InvalidArgument(format!("dtype {dtype:?}: expected F32 or F16")));
         }
@@ -117,7 +125,7 @@ impl Pipeline {
         }
         let index = folder::read_index(src)?;
         // Keeps the adapted components' tensors for LoRA fusion (shared with the models).
-        let keep = crate::lora::fuse::Keep::new(src);
+        let keep = crate::lora::fuse::Keep::new(src, limits);
         let src: &dyn ModelSource = &keep;
         let tokenizer = PromptTokenizer::load(src, "tokenizer")?;
         let text_encoder = TextEncoder::load(src, "text_encoder", device, dtype)?;
@@ -213,8 +221,7 @@ impl Pipeline {
                 )));
             }
         }
-        self.vae
-            .check_fits(&self.device, opts.height / f, opts.width / f)?;
+        self.vae.check_fits(opts.height / f, opts.width / f)?;
         let mut scheduler = self.scheduler_named(opts.scheduler.as_deref())?;
         let (default_steps, default_guidance) = scheduler.default_steps_and_guidance();
         let guidance = opts.guidance.unwrap_or(default_guidance);

@@ -333,36 +333,64 @@ pub fn tensor_data(file: &str, key: &str, stored: StoredDtype, raw: &[u8], shape
     })
 }
 
-/// All weight files of one component (one file, or the shards of an `*.index.json`), with the
-/// keys used so far, so that leftovers can be reported.
+/// The tensors of one component (one file, or the shards of an `*.index.json`; or tensors
+/// already on the device; or generated ones), with the keys used so far, so that leftovers can
+/// be reported.
 pub struct Weights {
     /// What errors call the component, e.g. `unet/diffusion_pytorch_model.safetensors`.
     pub name: String,
-    files: Vec<SafetensorsFile>,
-    /// Tensors already on the device (the browser uploads them one by one while streaming
-    /// from IndexedDB, so no model file is ever whole in the wasm heap): stored key →
-    /// (shape, flattened pieces). Used instead of `files` when non-empty.
-    uploaded: BTreeMap<String, Uploaded>,
-    /// key → (file index, stored key); stored keys may differ by a stripped prefix.
-    index: BTreeMap<String, (usize, String)>,
+    store: Store,
+    /// Lookup key → stored key: they differ by a stripped prefix or a rename.
+    index: BTreeMap<String, String>,
     used: RefCell<BTreeSet<String>>,
     device: Device,
     dtype: DType,
-    /// Tensors absent from the files are made by this on request ([`Weights::generated`]).
-    generate: Option<Generator>,
+    /// What the device was granted: the row pieces tensors come in, and what the layers built
+    /// from them keep ([`VarBuilder::limits`]).
+    limits: DeviceLimits,
 }
 
 /// Makes the values of tensor `key` of `shape` (row-major f32).
 pub type Generator = Box<dyn Fn(&str, &[usize]) -> Vec<f32>>;
 
-impl Weights {
-    /// Builds the key index over one or more files; a key present in two shards is an error.
-    pub fn new(files: Vec<SafetensorsFile>, device: &Device) -> Result<Self> {
-        let name = files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ");
-        let mut index = BTreeMap::new();
+/// Where a component's tensors are kept; each mode hands out row pieces its own way.
+enum Store {
+    /// safetensors files in memory: stored bytes, converted when a tensor is asked for.
+    Files(Files),
+    /// Tensors already on the device (the browser uploads them one by one while streaming
+    /// from IndexedDB, so no model file is ever whole in the wasm heap): stored key →
+    /// (shape, flattened pieces).
+    Resident(BTreeMap<String, Uploaded>),
+    /// No stored tensors: every requested one is made on request ([`Weights::generated`]).
+    Generated(Generator),
+}
+
+/// safetensors files with the file each stored key is in.
+struct Files {
+    files: Vec<SafetensorsFile>,
+    file_of: BTreeMap<String, usize>,
+}
+
+/// The shape of the piece of `rows` rows of a tensor of `shape` (cut along its first dimension).
+fn piece_shape<const D: usize>(mut shape: [usize; D], rows: usize) -> [usize; D] {
+    if D > 0 {
+        shape[0] = rows;
+    }
+    shape
+}
+
+/// Values per row (along the first dimension) of a tensor of `shape`.
+fn row_len(shape: &[usize]) -> usize {
+    shape.iter().skip(1).product()
+}
+
+impl Files {
+    /// Indexes the stored keys of `files`; a key present in two shards is an error.
+    fn new(files: Vec<SafetensorsFile>) -> Result<Self> {
+        let mut file_of = BTreeMap::new();
         for (i, f) in files.iter().enumerate() {
             for key in f.header.tensors.keys() {
-                if let Some((j, _)) = index.insert(key.clone(), (i, key.clone())) {
+                if let Some(j) = file_of.insert(key.clone(), i) {
                     return Err(Error::CorruptSafetensors {
                         file: f.name.clone(),
                         reason: format!("tensor `{key}` is also in {}", files[j].name),
@@ -370,31 +398,147 @@ impl Weights {
                 }
             }
         }
-        Ok(Self {
-            name,
-            files,
-            uploaded: BTreeMap::new(),
-            index,
-            used: RefCell::default(),
-            device: device.clone(),
-            dtype: DType::F32,
-            generate: None,
+        Ok(Self { files, file_of })
+    }
+
+    fn get(&self, stored: &str) -> (&SafetensorsFile, &TensorInfo) {
+        let file = &self.files[self.file_of[stored]];
+        (file, &file.header.tensors[stored])
+    }
+
+    /// Stored tensor `stored` (asked for as `key`) converted to `dtype` on `device`, as the row
+    /// ranges `pieces`.
+    fn pieces<const D: usize>(
+        &self,
+        (key, stored): (&str, &str),
+        shape: [usize; D],
+        pieces: &[(usize, usize)],
+        (device, dtype): (&Device, DType),
+    ) -> Result<Vec<Tensor<D>>> {
+        let (file, info) = self.get(stored);
+        if info.shape != shape {
+            return Err(Error::ShapeMismatch {
+                file: file.name.clone(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        let (raw, row, elem) = (file.raw(info), row_len(&shape), info.dtype.size());
+        pieces
+            .iter()
+            .map(|&(start, rows)| {
+                let bytes = &raw[start * row * elem..(start + rows) * row * elem];
+                let data = tensor_data(&file.name, key, info.dtype, bytes, piece_shape(shape, rows).to_vec(), dtype)?;
+                Ok(Tensor::from_data(data, (device, dtype)))
+            })
+            .collect()
+    }
+
+    /// Every stored tensor in `stored` (skipping what the pipeline never runs for `component`)
+    /// created on `device`, flattened, in the row pieces `limits` allows: the cut the browser
+    /// uploads in.
+    fn upload<'a>(
+        &self,
+        component: &str,
+        stored: impl Iterator<Item = &'a String>,
+        limits: DeviceLimits,
+        (device, dtype): (&Device, DType),
+    ) -> Result<BTreeMap<String, Uploaded>> {
+        let mut out = BTreeMap::new();
+        for stored in stored.filter(|k| !crate::folder::is_unused_extra(component, k)) {
+            let (file, info) = self.get(stored);
+            let (rows, row) = (info.shape.first().copied().unwrap_or(1), row_len(&info.shape));
+            if row as u64 * 4 > limits.max_tensor_bytes() {
+                return Err(too_large(&file.name, stored, row as u64 * 4, DType::F32, limits));
+            }
+            let (raw, elem) = (file.raw(info), info.dtype.size());
+            let pieces = limits
+                .row_pieces(rows, row)
+                .into_iter()
+                .map(|(start, n)| {
+                    let bytes = &raw[start * row * elem..(start + n) * row * elem];
+                    let data = tensor_data(&file.name, stored, info.dtype, bytes, vec![n * row], dtype)?;
+                    Ok(Tensor::from_data(data, (device, dtype)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.insert(stored.clone(), (info.shape.clone(), pieces));
+        }
+        Ok(out)
+    }
+}
+
+/// Resident tensor `uploaded` as the row ranges `pieces` of `shape`, in `dtype`: reshaped
+/// where it was uploaded in the same cut, else joined once and sliced.
+fn resident_pieces<const D: usize>(
+    uploaded: &[Tensor<1>],
+    shape: [usize; D],
+    pieces: &[(usize, usize)],
+    dtype: DType,
+) -> Vec<Tensor<D>> {
+    let row = row_len(&shape);
+    // The cast is a no-op when uploaded in the working dtype (the browser uploads in it).
+    let same = uploaded.len() == pieces.len()
+        && uploaded.iter().zip(pieces).all(|(t, &(_, rows))| t.dims()[0] == rows * row);
+    if same {
+        return uploaded
+            .iter()
+            .zip(pieces)
+            .map(|(t, &(_, rows))| t.clone().reshape(piece_shape(shape, rows)).cast(dtype))
+            .collect();
+    }
+    // Pieces cut by another rule (or a whole tensor asked for): one cat, then slices.
+    let whole = limits::join_pieces(uploaded.to_vec(), 0);
+    pieces
+        .iter()
+        .map(|&(start, rows)| {
+            whole.clone().slice(start * row..(start + rows) * row).reshape(piece_shape(shape, rows)).cast(dtype)
         })
+        .collect()
+}
+
+/// Generated tensor `key` of `shape` as the row ranges `pieces`.
+fn generated_pieces<const D: usize>(
+    generate: &Generator,
+    key: &str,
+    shape: [usize; D],
+    pieces: &[(usize, usize)],
+    (device, dtype): (&Device, DType),
+) -> Vec<Tensor<D>> {
+    let (values, row) = (generate(key, &shape), row_len(&shape));
+    pieces
+        .iter()
+        .map(|&(start, rows)| {
+            let data = TensorData::new(values[start * row..(start + rows) * row].to_vec(), piece_shape(shape, rows));
+            Tensor::from_data(data, (device, dtype))
+        })
+        .collect()
+}
+
+impl Weights {
+    fn with_store(name: String, store: Store, index: BTreeMap<String, String>, device: &Device) -> Self {
+        let (used, device, dtype, limits) = (RefCell::default(), device.clone(), DType::F32, DeviceLimits::NONE);
+        Self { name, store, index, used, device, dtype, limits }
+    }
+
+    /// Builds the key index over one or more files; a key present in two shards is an error.
+    pub fn new(files: Vec<SafetensorsFile>, device: &Device) -> Result<Self> {
+        let name = files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ");
+        let files = Files::new(files)?;
+        let index = files.file_of.keys().map(|k| (k.clone(), k.clone())).collect();
+        Ok(Self::with_store(name, Store::Files(files), index, device))
     }
 
     /// A component with no files whose every requested tensor is made by `generate`, so a
     /// full-size model can be built without a checkpoint through the same loading code (the
     /// benchmarks' seeded random weights: `benches/random_weights.rs`).
     pub fn generated(name: &str, generate: Generator, device: &Device) -> Self {
-        let mut w = Self::new(Vec::new(), device).expect("no files, no conflicts");
-        w.name = name.to_string();
-        w.generate = Some(generate);
-        w
+        Self::with_store(name.to_string(), Store::Generated(generate), BTreeMap::new(), device)
     }
 
     /// Whether tensors are made on request ([`Weights::generated`]) rather than stored.
     pub fn is_generated(&self) -> bool {
-        self.generate.is_some()
+        matches!(self.store, Store::Generated(_))
     }
 
     /// A component whose tensors were already created on `device`, flattened (in row pieces
@@ -409,7 +553,7 @@ impl Weights {
         let name = name.into();
         for (key, (shape, pieces)) in &tensors {
             let numel: usize = shape.iter().product();
-            let row = shape.iter().skip(1).product::<usize>().max(1);
+            let row = row_len(shape).max(1);
             let lens: Vec<usize> = pieces.iter().map(|t| t.dims()[0]).collect();
             if lens.iter().sum::<usize>() != numel || lens.iter().any(|n| n % row != 0) {
                 return Err(Error::CorruptSafetensors {
@@ -420,20 +564,8 @@ impl Weights {
                 });
             }
         }
-        let index = tensors
-            .keys()
-            .map(|k| (k.clone(), (0, k.clone())))
-            .collect();
-        Ok(Self {
-            name,
-            files: Vec::new(),
-            uploaded: tensors,
-            index,
-            used: RefCell::default(),
-            device: device.clone(),
-            dtype: DType::F32,
-            generate: None,
-        })
+        let index = tensors.keys().map(|k| (k.clone(), k.clone())).collect();
+        Ok(Self::with_store(name, Store::Resident(tensors), index, device))
     }
 
     /// The tensors of this component created on its device, in the pieces the browser uploads
@@ -442,35 +574,13 @@ impl Weights {
     /// Already resident weights are shared (handles only). What LoRA fusion keeps
     /// (`crate::lora`): the model built from these shares their device memory.
     pub fn resident(&self, component: &str) -> Result<BTreeMap<String, Uploaded>> {
-        if !self.uploaded.is_empty() || self.files.is_empty() {
-            return Ok(self.uploaded.clone());
-        }
-        let limits = limits::of(&self.device);
-        let mut out = BTreeMap::new();
-        for (i, stored) in self.index.values() {
-            if crate::folder::is_unused_extra(component, stored) {
-                continue;
+        match &self.store {
+            Store::Files(files) => {
+                files.upload(component, self.index.values(), self.limits, (&self.device, self.dtype))
             }
-            let file = &self.files[*i];
-            let info = &file.header.tensors[stored];
-            let rows = info.shape.first().copied().unwrap_or(1);
-            let row: usize = info.shape.iter().skip(1).product();
-            if row as u64 * 4 > limits.max_tensor_bytes() {
-                return Err(too_large(&file.name, stored, row as u64 * 4, DType::F32, limits));
-            }
-            let (raw, elem) = (file.raw(info), info.dtype.size());
-            let pieces = limits
-                .row_pieces(rows, row)
-                .into_iter()
-                .map(|(start, n)| {
-                    let bytes = &raw[start * row * elem..(start + n) * row * elem];
-                    let data = tensor_data(&file.name, stored, info.dtype, bytes, vec![n * row], self.dtype)?;
-                    Ok(Tensor::from_data(data, (&self.device, self.dtype)))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            out.insert(stored.clone(), (info.shape.clone(), pieces));
+            Store::Resident(tensors) => Ok(tensors.clone()),
+            Store::Generated(_) => Ok(BTreeMap::new()),
         }
-        Ok(out)
     }
 
     /// Convenience for a single file held in memory.
@@ -482,6 +592,17 @@ impl Weights {
     pub fn with_dtype(mut self, dtype: DType) -> Self {
         self.dtype = dtype;
         self
+    }
+
+    /// The limits of the device the tensors are created on ([`DeviceLimits::NONE`] by default:
+    /// the CPU); a browser's or a GPU's come from the shell that made the device.
+    pub fn with_limits(mut self, limits: DeviceLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> DeviceLimits {
+        self.limits
     }
 
     pub fn device(&self) -> &Device {
@@ -510,7 +631,7 @@ impl Weights {
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.index.contains_key(key) || self.generate.is_some()
+        self.index.contains_key(key) || self.is_generated()
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
@@ -519,11 +640,12 @@ impl Weights {
 
     /// Shape of a stored tensor, if present (used to infer sizes the config leaves implicit).
     pub fn shape(&self, key: &str) -> Option<&[usize]> {
-        let (i, stored) = self.index.get(key)?;
-        if let Some((shape, _)) = self.uploaded.get(stored) {
-            return Some(shape);
+        let stored = self.index.get(key)?;
+        match &self.store {
+            Store::Files(files) => Some(&files.get(stored).1.shape),
+            Store::Resident(tensors) => Some(&tensors[stored].0),
+            Store::Generated(_) => None,
         }
-        Some(&self.files[*i].header.tensors[stored].shape)
     }
 
     /// Loads `key` as a float tensor of exactly `shape`, whole. A tensor too big for one
@@ -531,7 +653,7 @@ impl Weights {
     /// [`Self::tensor_rows`].
     pub fn tensor<const D: usize>(&self, key: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         let bytes = shape.iter().product::<usize>() as u64 * self.dtype.size() as u64;
-        let limits = limits::of(&self.device);
+        let limits = self.limits;
         if bytes > limits.max_tensor_bytes() {
             return Err(too_large(&self.name, key, bytes, self.dtype, limits));
         }
@@ -543,123 +665,41 @@ impl Weights {
     /// within the device's largest binding ([`DeviceLimits::row_pieces`]); one piece, the
     /// whole tensor, wherever it fits. For weights whose rows are independent: embedding rows,
     /// output channels of a linear or a convolution.
-    pub fn tensor_rows<const D: usize>(
-        &self,
-        key: &str,
-        shape: [usize; D],
-    ) -> Result<Vec<Tensor<D>>> {
-        let limits = limits::of(&self.device);
-        let row: usize = shape.iter().skip(1).product();
+    pub fn tensor_rows<const D: usize>(&self, key: &str, shape: [usize; D]) -> Result<Vec<Tensor<D>>> {
+        let limits = self.limits;
+        let row = row_len(&shape);
         if row as u64 * 4 > limits.max_tensor_bytes() {
-            return Err(too_large(
-                &self.name,
-                key,
-                row as u64 * 4,
-                DType::F32,
-                limits,
-            ));
+            return Err(too_large(&self.name, key, row as u64 * 4, DType::F32, limits));
         }
         self.tensor_pieces(key, shape, &limits.row_pieces(shape[0], row))
     }
 
-    /// `key` as the row ranges `pieces` (`(first row, rows)`), after the presence/shape checks.
+    /// `key` as the row ranges `pieces` (`(first row, rows)`), from wherever it is stored;
+    /// marked used once found in its stored shape.
     fn tensor_pieces<const D: usize>(
         &self,
         key: &str,
         shape: [usize; D],
         pieces: &[(usize, usize)],
     ) -> Result<Vec<Tensor<D>>> {
-        let row: usize = shape.iter().skip(1).product();
-        let piece_shape = |rows: usize| {
-            let mut s = shape;
-            if D > 0 {
-                s[0] = rows;
+        let on = (&self.device, self.dtype);
+        let tensors = match (&self.store, self.index.get(key)) {
+            (Store::Generated(generate), _) => generated_pieces(generate, key, shape, pieces, on),
+            (_, None) => return Err(Error::MissingTensor { file: self.name.clone(), key: key.to_string() }),
+            (Store::Files(files), Some(stored)) => files.pieces((key, stored), shape, pieces, on)?,
+            (Store::Resident(tensors), Some(stored)) => {
+                let (found, uploaded) = &tensors[stored];
+                if found[..] != shape {
+                    return Err(Error::ShapeMismatch {
+                        file: self.name.clone(),
+                        key: key.to_string(),
+                        expected: shape.to_vec(),
+                        found: found.clone(),
+                    });
+                }
+                resident_pieces(uploaded, shape, pieces, self.dtype)
             }
-            s
         };
-        if let (Some(generate), false) = (&self.generate, self.index.contains_key(key)) {
-            self.used.borrow_mut().insert(key.to_string());
-            let values = generate(key, &shape);
-            return Ok(pieces
-                .iter()
-                .map(|&(start, rows)| {
-                    let data = TensorData::new(
-                        values[start * row..(start + rows) * row].to_vec(),
-                        piece_shape(rows),
-                    );
-                    Tensor::from_data(data, (&self.device, self.dtype))
-                })
-                .collect());
-        }
-        let (i, stored) = self.index.get(key).ok_or_else(|| Error::MissingTensor {
-            file: self.name.clone(),
-            key: key.to_string(),
-        })?;
-        if let Some((found, uploaded)) = self.uploaded.get(stored) {
-            if found[..] != shape {
-                return Err(Error::ShapeMismatch {
-                    file: self.name.clone(),
-                    key: key.to_string(),
-                    expected: shape.to_vec(),
-                    found: found.clone(),
-                });
-            }
-            self.used.borrow_mut().insert(key.to_string());
-            // A no-op when uploaded in the working dtype (the browser uploads in it).
-            let whole = || limits::join_pieces(uploaded.clone(), 0);
-            let same = uploaded.len() == pieces.len()
-                && uploaded
-                    .iter()
-                    .zip(pieces)
-                    .all(|(t, &(_, rows))| t.dims()[0] == rows * row);
-            return Ok(if same {
-                uploaded
-                    .iter()
-                    .zip(pieces)
-                    .map(|(t, &(_, rows))| t.clone().reshape(piece_shape(rows)).cast(self.dtype))
-                    .collect()
-            } else {
-                // Pieces cut by another rule (or a whole tensor asked for): one cat, then slices.
-                let whole = whole();
-                pieces
-                    .iter()
-                    .map(|&(start, rows)| {
-                        whole
-                            .clone()
-                            .slice(start * row..(start + rows) * row)
-                            .reshape(piece_shape(rows))
-                            .cast(self.dtype)
-                    })
-                    .collect()
-            });
-        }
-        let file = &self.files[*i];
-        let info = &file.header.tensors[stored];
-        if info.shape != shape {
-            return Err(Error::ShapeMismatch {
-                file: file.name.clone(),
-                key: key.to_string(),
-                expected: shape.to_vec(),
-                found: info.shape.clone(),
-            });
-        }
-        let raw = file.raw(info);
-        let elem = info.dtype.size();
-        let tensors = pieces
-            .iter()
-            .map(|&(start, rows)| {
-                let bytes = &raw[start * row * elem..(start + rows) * row * elem];
-                let data = tensor_data(
-                    &file.name,
-                    key,
-                    info.dtype,
-                    bytes,
-                    piece_shape(rows).to_vec(),
-                    self.dtype,
-                )?;
-                Ok(Tensor::from_data(data, (&self.device, self.dtype)))
-            })
-            .collect::<Result<Vec<_>>>()?;
         self.used.borrow_mut().insert(key.to_string());
         Ok(tensors)
     }
@@ -726,6 +766,11 @@ impl<'a> VarBuilder<'a> {
 
     pub fn device(&self) -> &'a Device {
         &self.weights.device
+    }
+
+    /// The device's limits, for layers that must keep activations within them.
+    pub fn limits(&self) -> DeviceLimits {
+        self.weights.limits
     }
 }
 

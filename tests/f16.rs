@@ -151,13 +151,14 @@ fn f16_conversion_is_exact_for_f16_and_rounds_f32() {
 /// better than 4 units; the backends accumulate reductions in f32.
 #[test]
 fn attention_over_4096_tokens_in_f16_stays_near_f32() {
+    use inkstone::limits::DeviceLimits;
     use inkstone::nn::scaled_dot_product_attention;
     let shape = [1, 2, 4096, 40];
     let (q, k, v) = (patterned(shape, 1, 2.0), patterned(shape, 2, 2.0), patterned(shape, 3, 2.0));
     let scale = (40f64).powf(-0.5);
-    let want = scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), scale);
+    let want = scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), scale, DeviceLimits::NONE);
     let half = |t: Tensor<4>| t.cast(DType::F16);
-    let got = scaled_dot_product_attention(half(q), half(k), half(v), scale);
+    let got = scaled_dot_product_attention(half(q), half(k), half(v), scale, DeviceLimits::NONE);
     assert_eq!(got.dtype(), DType::F16);
     assert_close_rel("attention, 4096 tokens", got.cast(DType::F32), want, 5e-3);
 }

@@ -8,6 +8,7 @@
 mod common;
 
 use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
+use inkstone::limits::DeviceLimits;
 use inkstone::nn::{GroupNorm, scaled_dot_product_attention};
 
 fn gpu() -> Option<Device> {
@@ -48,7 +49,7 @@ fn flash_attention_matches_the_cpu_at_the_family_head_dims() {
         // Head-split views of token-major projections, as the models pass them.
         let run = |device: &Device| {
             let t = |x: &TensorData| Tensor::<4>::from_data(x.clone(), device).swap_dims(1, 2);
-            scaled_dot_product_attention(t(&q), t(&k), t(&v), scale).swap_dims(1, 2).into_data()
+            scaled_dot_product_attention(t(&q), t(&k), t(&v), scale, DeviceLimits::NONE).swap_dims(1, 2).into_data()
         };
         let err = max_diff(run(&gpu), run(&cpu));
         eprintln!("attention b{b} h{h} n{n} m{m} d{d}: max |gpu - cpu| = {err:.2e}");
@@ -58,7 +59,7 @@ fn flash_attention_matches_the_cpu_at_the_family_head_dims() {
     let (q, k, v) = (random([1, 2, 64, 40], 90), random([1, 2, 32, 40], 91), random([1, 2, 32, 40], 92));
     let run = |device: &Device| {
         let t = |x: &TensorData| Tensor::<4>::from_data(x.clone(), device);
-        scaled_dot_product_attention(t(&q), t(&k), t(&v), 0.05).into_data()
+        scaled_dot_product_attention(t(&q), t(&k), t(&v), 0.05, DeviceLimits::NONE).into_data()
     };
     assert!(max_diff(run(&gpu), run(&cpu)) < 1e-4);
 }

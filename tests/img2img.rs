@@ -7,6 +7,7 @@ mod common;
 
 use common::{assert_close, device, fixture, reference};
 use inkstone::img2img::InitImage;
+use inkstone::limits::DeviceLimits;
 use inkstone::pipeline::{GenerateOptions, Pipeline};
 use inkstone::source::DirSource;
 
@@ -199,7 +200,7 @@ fn encoder_attached_after_the_load_matches_diffusers() {
             weights.insert("vae/taesd_decoder.safetensors".to_string(), file("taesd_decoder.safetensors"));
             (file("taesd_encoder.safetensors"), true)
         };
-        let mut pipe = inkstone::web::from_parts(&files, weights, &device(), DType::F32).unwrap();
+        let mut pipe = inkstone::web::from_parts(&files, weights, &device(), DType::F32, DeviceLimits::NONE).unwrap();
         assert!(!pipe.vae.has_encoder(), "{case}");
         let msg = pipe.start(&opts).err().expect("no encoder yet").to_string();
         assert!(msg.contains("encoder"), "{msg}");

@@ -1,5 +1,5 @@
-//! Everything under a small device limit (1 MiB per binding, registered for the test device as a
-//! WebGPU shell registers what its device was granted): weights too big for one binding are
+//! Everything under a small device limit (1 MiB per binding, handed to the load as a WebGPU
+//! shell hands over what its device was granted): weights too big for one binding are
 //! used in row pieces, activations in blocks, and the results still match diffusers and the
 //! unsplit computation. The phone-class case (128 MiB) at tiny-model scale.
 //!
@@ -16,15 +16,14 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::cell::Cell;
-use std::sync::Once;
 
 use burn::tensor::module::{conv2d, embedding, linear};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use safetensors::tensor::{Dtype, TensorView};
 
 use common::{assert_close, case_options, device, fixture, patterned, reference};
-use inkstone::limits::{self, DeviceLimits};
+use inkstone::limits::DeviceLimits;
 use inkstone::nn::{Conv2d, Conv2dConfig, Embedding, Linear};
 use inkstone::pipeline::Pipeline;
 use inkstone::source::DirSource;
@@ -74,7 +73,7 @@ static TRACKING: Tracking = Tracking;
 
 /// Runs `f` and fails if any allocation of this thread while it ran (any tensor: weight piece,
 /// activation, a kernel's whole-tensor scratch) was larger than the device limit. On the wgpu backend tensors live on the GPU
-/// (whose real limits are not the registered ones): `f` just runs.
+/// (whose real limits are not the ones given here): `f` just runs.
 fn within_limit<T>(what: &str, f: impl FnOnce() -> T) -> T {
     if std::env::var("INKSTONE_DEVICE").as_deref() == Ok("wgpu") {
         return f();
@@ -90,22 +89,15 @@ fn within_limit<T>(what: &str, f: impl FnOnce() -> T) -> T {
     out
 }
 
-fn clamp_device() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        limits::register(
-            &device(),
-            DeviceLimits {
-                max_binding: LIMIT,
-                max_buffer: 2 * LIMIT,
-            },
-        )
-    });
+/// The small device's limits, handed to every load here.
+const LIMITS: DeviceLimits = DeviceLimits { max_binding: LIMIT, max_buffer: 2 * LIMIT };
+
+fn load(model: &str) -> Pipeline {
+    Pipeline::load_with(&DirSource::new(fixture(model)).unwrap(), &device(), DType::F32, LIMITS).unwrap()
 }
 
 fn check_case(model: &str, case: &str) {
-    clamp_device();
-    let pipe = Pipeline::load(&DirSource::new(fixture(model)).unwrap(), &device()).unwrap();
+    let pipe = load(model);
     let image = within_limit(case, || pipe.generate(&case_options(case), |_, _| true).unwrap());
     assert_close(case, image, reference(case).tensor::<4>("image"), 1e-3);
 }
@@ -115,8 +107,7 @@ fn check_case(model: &str, case: &str) {
 /// blocks, token blocks, channel chunks and tiles, no intermediate over the limit, and the
 /// image is the CLI's (which runs everything whole: the CPU backend has no limit).
 fn check_activations(model: &str) {
-    clamp_device();
-    let pipe = Pipeline::load(&DirSource::new(fixture(model)).unwrap(), &device()).unwrap();
+    let pipe = load(model);
     let opts = inkstone::pipeline::GenerateOptions {
         prompt: "a red bicycle".into(),
         steps: Some(2),
@@ -191,7 +182,7 @@ fn weights(tensors: &[(&str, Vec<usize>)]) -> (Weights, HashMap<String, Vec<f32>
         .collect();
     let file = safetensors::serialize(views, None).unwrap();
     (
-        Weights::from_bytes("split.safetensors", file, &device()).unwrap(),
+        Weights::from_bytes("split.safetensors", file, &device()).unwrap().with_limits(LIMITS),
         values,
     )
 }
@@ -202,7 +193,6 @@ fn whole<const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<D> {
 
 #[test]
 fn linear_conv_and_embedding_in_pieces_equal_the_whole() {
-    clamp_device();
     let (w, v) = weights(&[
         ("lin.weight", vec![700, 500]),
         ("lin.bias", vec![700]),
@@ -253,7 +243,6 @@ fn linear_conv_and_embedding_in_pieces_equal_the_whole() {
 
 #[test]
 fn a_whole_tensor_over_the_limit_is_an_error_naming_it() {
-    clamp_device();
     let (w, _) = weights(&[("big.weight", vec![700, 500])]);
     let e = w.tensor("big.weight", [700, 500]).unwrap_err().to_string();
     assert!(
@@ -276,8 +265,7 @@ fn a_whole_tensor_over_the_limit_is_an_error_naming_it() {
 /// where one norm group (4 channels here) cannot fit is refused before any step, naming it.
 #[test]
 fn kl_decode_in_chunks_runs_and_an_impossible_size_is_refused_up_front() {
-    clamp_device();
-    let pipe = Pipeline::load(&DirSource::new(fixture("tiny-sd")).unwrap(), &device()).unwrap();
+    let pipe = load("tiny-sd");
     let mut opts = case_options("pipeline_sd");
     (opts.width, opts.height, opts.latents, opts.steps) = (256, 256, None, Some(1));
     let mut run = pipe.start(&opts).unwrap();

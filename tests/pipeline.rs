@@ -5,6 +5,7 @@ mod common;
 
 use common::{assert_close, case_options, device, fixture, reference};
 use inkstone::Error;
+use inkstone::limits::DeviceLimits;
 use inkstone::pipeline::{GenerateOptions, Pipeline};
 use inkstone::schedulers::Sampler;
 use inkstone::source::DirSource;
@@ -255,7 +256,7 @@ fn from_parts_with_an_original_layout_taesd_matches_diffusers() {
         let w = Weights::new(vec![SafetensorsFile::from_bytes(file, original(part, shift)).unwrap()], &device()).unwrap();
         weights.insert(file.to_string(), w);
     }
-    let pipe = inkstone::web::from_parts(&files, weights, &device(), DType::F32).unwrap();
+    let pipe = inkstone::web::from_parts(&files, weights, &device(), DType::F32, DeviceLimits::NONE).unwrap();
     let inkstone::vae::Autoencoder::Tiny(tiny) = &pipe.vae else { panic!("expected the tiny decoder") };
     assert!(tiny.encoder.is_some(), "the encoder file was used");
     let image = pipe.generate(&case_options("pipeline_flow"), |_, _| true).unwrap();

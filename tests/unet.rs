@@ -12,6 +12,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use common::{assert_close, device, fixture, load_unet, patterned, reference, tiny_sd};
 use inkstone::Error;
 use inkstone::config::{DownBlockType, MidBlockType, UNet2DConditionConfig, UpBlockType, from_json};
+use inkstone::limits::DeviceLimits;
 use inkstone::nn::{ATTENTION_SCORE_BUDGET, scaled_dot_product_attention};
 use inkstone::source::{DirSource, MemorySource, ModelSource, load_weights};
 use inkstone::unet::embeddings::{TimestepEmbedding, Timesteps};
@@ -189,10 +190,12 @@ fn mismatched_weights_name_the_tensor() {
     let msg = UNet2DConditionModel::load(&weights, &cfg).unwrap_err().to_string();
     assert!(msg.contains("unet/diffusion_pytorch_model.safetensors") && msg.contains("conv_in.weight"), "{msg}");
 
-    // The tiny-sd config without its mid block leaves the mid-block tensors unused.
+    // The tiny-sd config without its mid block leaves the mid-block tensors unused: `load`
+    // itself reports them (and `finish` again after it).
     let mut cfg = config(&tiny_sd(), "unet");
     cfg.mid_block_type = None;
-    UNet2DConditionModel::load(&weights, &cfg).unwrap();
+    let msg = UNet2DConditionModel::load(&weights, &cfg).unwrap_err().to_string();
+    assert!(msg.contains("unexpected tensors") && msg.contains("`mid_block."), "{msg}");
     let msg = weights.finish().unwrap_err().to_string();
     assert!(msg.contains("unexpected tensors") && msg.contains("`mid_block."), "{msg}");
 }
@@ -207,7 +210,7 @@ fn chunked_attention_at_4096_tokens_equals_one_shot() {
     let shape = [b, h, n, d];
     let (q, k, v) = (patterned(shape, 1, 1.0), patterned(shape, 2, 1.0), patterned(shape, 3, 1.0));
     let scale = (d as f64).powf(-0.5);
-    let chunked = scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), scale);
+    let chunked = scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), scale, DeviceLimits::NONE);
     let scores = q.matmul(k.swap_dims(2, 3)) * scale;
     let one_shot = burn::tensor::activation::softmax(scores, 3).matmul(v);
     assert_close("chunked attention", chunked, one_shot, 1e-5);

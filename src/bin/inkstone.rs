@@ -16,6 +16,7 @@ use std::time::Instant;
 use burn::tensor::{DType, Device};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use inkstone::limits::DeviceLimits;
 use inkstone::lora::LoraFile;
 use inkstone::pipeline::{GenerateOptions, Pipeline};
 use inkstone::source::DirSource;
@@ -159,20 +160,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn device() -> Device {
+/// The device to run on and the limits it was granted (the CPU has none).
+fn device() -> (Device, DeviceLimits) {
     #[cfg(feature = "wgpu")]
     if std::env::var("INKSTONE_DEVICE").as_deref() == Ok("wgpu") {
-        // Its limits registered: tensors over the binding limit are used in pieces.
+        // With its limits: tensors over the binding limit are used in pieces.
         return inkstone::limits::wgpu_device().unwrap_or_else(|e| {
             eprintln!("error: {e}");
             std::process::exit(1)
         });
     }
-    Device::flex()
+    (Device::flex(), DeviceLimits::NONE)
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
-    let device = device();
+    let (device, limits) = device();
     let src = DirSource::new(&args.model)?;
     let t0 = Instant::now();
     let dtype = match args.dtype {
@@ -188,7 +190,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
             Ok((std::sync::Arc::new(LoraFile::from_bytes(path.display().to_string(), bytes)?), *scale))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut pipe = Pipeline::load_with_dtype(&src, &device, dtype)?;
+    let mut pipe = Pipeline::load_with(&src, &device, dtype, limits)?;
     eprintln!("loaded {} ({dtype:?}) in {:.1}s", args.model.display(), t0.elapsed().as_secs_f64());
     if !loras.is_empty() {
         for l in pipe.set_loras(&loras)? {

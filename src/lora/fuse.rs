@@ -24,6 +24,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::{Component, LoraFile, Target, invalid};
 use crate::error::{Error, Result};
+use crate::limits::DeviceLimits;
 use crate::pipeline::Pipeline;
 use crate::source::{MemorySource, ModelSource};
 use crate::text::TextEncoder;
@@ -90,6 +91,8 @@ impl Applied {
 pub struct LoraState {
     configs: MemorySource,
     components: BTreeMap<Component, Resident>,
+    /// The device's, for the rebuilt models.
+    limits: DeviceLimits,
     applied: Vec<Applied>,
 }
 
@@ -106,16 +109,18 @@ impl LoraState {
     }
 }
 
-/// The load's source, keeping the U-Net's and the text encoder's tensors as the model is built
-/// from them (see the module docs).
+/// The load's source, handing out every component's weights with the device's limits and
+/// keeping the U-Net's and the text encoder's tensors as the model is built from them (see the
+/// module docs).
 pub(crate) struct Keep<'a> {
     inner: &'a dyn ModelSource,
+    limits: DeviceLimits,
     kept: RefCell<BTreeMap<Component, Resident>>,
 }
 
 impl<'a> Keep<'a> {
-    pub(crate) fn new(inner: &'a dyn ModelSource) -> Self {
-        Self { inner, kept: RefCell::default() }
+    pub(crate) fn new(inner: &'a dyn ModelSource, limits: DeviceLimits) -> Self {
+        Self { inner, limits, kept: RefCell::default() }
     }
 
     /// The state after a successful load: the kept tensors and the configs to rebuild from.
@@ -126,7 +131,7 @@ impl<'a> Keep<'a> {
             let path = format!("{}/config.json", c.dir());
             configs.files.insert(path.clone(), self.inner.read(&path)?);
         }
-        Ok(LoraState { configs, components, applied: Vec::new() })
+        Ok(LoraState { configs, components, limits: self.limits, applied: Vec::new() })
     }
 }
 
@@ -158,17 +163,19 @@ impl ModelSource for Keep<'_> {
         self.inner.probe(paths)
     }
     fn weights(&self, component: &str, device: &Device, dtype: DType) -> Result<Weights> {
-        let weights = self.inner.weights(component, device, dtype)?;
+        let weights = self.inner.weights(component, device, dtype)?.with_limits(self.limits);
         // Generated weights (tools/random_model.rs) have no stored tensors to keep: no LoRA there.
         let Some(c) = component_of(component).filter(|_| !weights.is_generated()) else { return Ok(weights) };
         let resident = Resident { name: weights.name.clone(), tensors: weights.resident(component)? };
         drop(weights);
-        let out = Weights::from_tensors(resident.name.clone(), resident.tensors.clone(), device)?.with_dtype(dtype);
+        let out = Weights::from_tensors(resident.name.clone(), resident.tensors.clone(), device)?
+            .with_dtype(dtype)
+            .with_limits(self.limits);
         self.kept.borrow_mut().insert(c, resident);
         Ok(out)
     }
     fn weights_file(&self, path: &str, device: &Device, dtype: DType) -> Result<Weights> {
-        self.inner.weights_file(path, device, dtype)
+        Ok(self.inner.weights_file(path, device, dtype)?.with_limits(self.limits))
     }
 }
 
@@ -176,6 +183,7 @@ impl ModelSource for Keep<'_> {
 struct Rebuild<'a> {
     configs: &'a MemorySource,
     components: &'a BTreeMap<Component, Resident>,
+    limits: DeviceLimits,
 }
 
 impl ModelSource for Rebuild<'_> {
@@ -193,7 +201,7 @@ impl ModelSource for Rebuild<'_> {
             path: format!("{}/{component}", self.configs.name),
             hint: Some("not kept for LoRA fusion".into()),
         })?;
-        Ok(Weights::from_tensors(r.name.clone(), r.tensors.clone(), device)?.with_dtype(dtype))
+        Ok(Weights::from_tensors(r.name.clone(), r.tensors.clone(), device)?.with_dtype(dtype).with_limits(self.limits))
     }
 }
 
@@ -381,7 +389,7 @@ impl Pipeline {
             changed[ck.0 as usize] = true;
         }
 
-        let src = Rebuild { configs: &self.lora.configs, components: &components };
+        let src = Rebuild { configs: &self.lora.configs, components: &components, limits: self.lora.limits };
         let text_encoder = if changed[Component::TextEncoder as usize] {
             Some(TextEncoder::load(&src, "text_encoder", &device, dtype)?)
         } else {

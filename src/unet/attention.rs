@@ -1,137 +1,15 @@
-//! diffusers `attention_processor.Attention`, `attention.BasicTransformerBlock` / `FeedForward`
-//! (GEGLU) and `transformers/transformer_2d.Transformer2DModel` (continuous input), the
-//! spatial transformer of `CrossAttn*Block2D` and the mid block.
+//! diffusers `attention.BasicTransformerBlock` / `FeedForward` (GEGLU) and
+//! `transformers/transformer_2d.Transformer2DModel` (continuous input), the spatial transformer
+//! of `CrossAttn*Block2D` and the mid block. Their `Attention` is [`crate::attention`]'s.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
-
+use burn::tensor::Tensor;
 use burn::tensor::activation::gelu;
-use burn::tensor::{DType, Tensor};
 
+use crate::attention::{Attention, EncoderStates};
 use crate::error::Result;
-use crate::nn::{
-    Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, StackedLinear, by_token_blocks,
-    scaled_dot_product_attention,
-};
+use crate::limits::DeviceLimits;
+use crate::nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, by_token_blocks};
 use crate::weights::VarBuilder;
-
-/// The encoder hidden states a U-Net attends to (`[b, seq, cross_attention_dim]`, in the
-/// U-Net's dtype) and the keys and values each cross-attention projects from them. Those depend
-/// on the prompt alone, so within one generation (one `EncoderStates` for all its steps) each is
-/// computed at the first step and reused by the next ones: a matmul per cross-attention and step
-/// fewer.
-#[derive(Debug)]
-pub struct EncoderStates {
-    states: Tensor<3>,
-    /// Per cross-attention (its `to_k` key): `[k, v]`, each `[b, seq, inner]`.
-    keys_values: RefCell<BTreeMap<String, [Tensor<3>; 2]>>,
-}
-
-impl EncoderStates {
-    pub fn new(states: Tensor<3>) -> Self {
-        Self { states, keys_values: RefCell::default() }
-    }
-
-    /// The keys and values of the cross-attention named `key`: `project`'s, computed once.
-    fn keys_values(&self, key: &str, project: impl FnOnce(Tensor<3>) -> [Tensor<3>; 2]) -> [Tensor<3>; 2] {
-        if let Some(kv) = self.keys_values.borrow().get(key) {
-            return kv.clone();
-        }
-        let kv = project(self.states.clone());
-        self.keys_values.borrow_mut().insert(key.to_string(), kv.clone());
-        kv
-    }
-}
-
-/// Multi-head attention; cross-attention when `cross_attention_dim` is given (keys and values
-/// then come from the encoder states). Projections without bias, output with bias, as SD. The
-/// projections that read the same input run as one stacked matmul ([`StackedLinear`]):
-/// `to_q`/`to_k`/`to_v` of a self-attention, `to_k`/`to_v` of a cross-attention.
-#[derive(Debug, Clone)]
-pub struct Attention {
-    projections: Projections,
-    to_out: Linear,
-    heads: usize,
-    upcast: bool,
-}
-
-/// The state dict's `to_q`, `to_k`, `to_v`, grouped by the input they read.
-#[derive(Debug, Clone)]
-enum Projections {
-    /// `to_q`, `to_k`, `to_v` over the hidden states.
-    SelfAttention { qkv: StackedLinear },
-    /// `to_q` over the hidden states, `to_k`, `to_v` over the encoder states; `key` (the
-    /// state-dict key of `to_k`) names its keys and values in [`EncoderStates`].
-    Cross { to_q: Linear, kv: StackedLinear, key: String },
-}
-
-impl Attention {
-    pub fn load(
-        vb: &VarBuilder,
-        query_dim: usize,
-        cross_attention_dim: Option<usize>,
-        heads: usize,
-        dim_head: usize,
-        upcast: bool,
-    ) -> Result<Self> {
-        let inner = heads * dim_head;
-        let projections = match cross_attention_dim {
-            None => Projections::SelfAttention {
-                qkv: StackedLinear::load(&[vb.pp("to_q"), vb.pp("to_k"), vb.pp("to_v")], query_dim, inner)?,
-            },
-            Some(kv_dim) => Projections::Cross {
-                to_q: Linear::load(&vb.pp("to_q"), query_dim, inner, false)?,
-                kv: StackedLinear::load(&[vb.pp("to_k"), vb.pp("to_v")], kv_dim, inner)?,
-                key: vb.key("to_k"),
-            },
-        };
-        Ok(Self {
-            projections,
-            to_out: Linear::load(&vb.pp("to_out").pp(0), inner, query_dim, true)?,
-            heads,
-            upcast,
-        })
-    }
-
-    /// `[b, n, c]` → `[b, heads, n, c / heads]`.
-    fn split_heads(&self, x: Tensor<3>) -> Tensor<4> {
-        let [b, n, c] = x.dims();
-        x.reshape([b, n, self.heads, c / self.heads]).swap_dims(1, 2)
-    }
-
-    /// `x`: `[b, n, query_dim]`; `context`: the encoder states for a cross-attention (ignored
-    /// by a self-attention).
-    pub fn forward(&self, x: Tensor<3>, context: &EncoderStates) -> Tensor<3> {
-        let [q, k, v] = match &self.projections {
-            Projections::SelfAttention { qkv } => three(qkv.forward(x)),
-            Projections::Cross { to_q, kv, key } => {
-                let [k, v] = context.keys_values(key, |states| two(kv.forward(states)));
-                [to_q.forward(x), k, v]
-            }
-        }
-        .map(|t| self.split_heads(t));
-        let [b, h, n, d] = q.dims();
-        let scale = (d as f64).powf(-0.5);
-        let dtype = q.dtype();
-        // `upcast_attention`: scores and softmax in f32 when the weights run in half precision
-        // (SD 2.x overflows in f16 otherwise); a no-op for f32.
-        let out = if self.upcast && dtype != DType::F32 {
-            let f32 = |t: Tensor<4>| t.cast(DType::F32);
-            scaled_dot_product_attention(f32(q), f32(k), f32(v), scale).cast(dtype)
-        } else {
-            scaled_dot_product_attention(q, k, v, scale)
-        };
-        self.to_out.forward(out.swap_dims(1, 2).reshape([b, n, h * d]))
-    }
-}
-
-fn two(outs: Vec<Tensor<3>>) -> [Tensor<3>; 2] {
-    outs.try_into().expect("two projections")
-}
-
-fn three(outs: Vec<Tensor<3>>) -> [Tensor<3>; 3] {
-    outs.try_into().expect("three projections")
-}
 
 /// `FeedForward(activation_fn="geglu")`: `net.0` is GEGLU (one projection to twice the inner
 /// width, split into value and gate, `value · gelu(gate)`), `net.2` the output linear.
@@ -139,6 +17,8 @@ fn three(outs: Vec<Tensor<3>>) -> [Tensor<3>; 3] {
 pub struct FeedForward {
     geglu_proj: Linear,
     out: Linear,
+    /// GEGLU's inner activation runs in token blocks where it would outgrow a binding.
+    limits: DeviceLimits,
 }
 
 impl FeedForward {
@@ -147,12 +27,13 @@ impl FeedForward {
         Ok(Self {
             geglu_proj: Linear::load(&vb.pp("net").pp(0).pp("proj"), dim, inner * 2, true)?,
             out: Linear::load(&vb.pp("net").pp(2), inner, dim, true)?,
+            limits: vb.limits(),
         })
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let widest = self.geglu_proj.d_out();
-        by_token_blocks(x, widest, |x| {
+        by_token_blocks(x, widest, self.limits, |x| {
             let mut halves = self.geglu_proj.forward(x).chunk(2, 2);
             let gate = halves.pop().unwrap();
             let value = halves.pop().unwrap();

@@ -6,5 +6,5 @@ pub mod unet_2d_condition;
 pub mod unet_blocks;
 
 pub use embeddings::guidance_scale_embedding;
-pub use attention::EncoderStates;
+pub use crate::attention::EncoderStates;
 pub use unet_2d_condition::UNet2DConditionModel;

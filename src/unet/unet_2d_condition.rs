@@ -5,7 +5,8 @@
 
 use burn::tensor::{DType, Device, Tensor};
 
-use super::attention::{EncoderStates, TransformerConfig};
+use super::attention::TransformerConfig;
+use crate::attention::EncoderStates;
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::unet_blocks::{
     BlockConfig, Conditioning, DownBlock2D, DownBlockConfig, UNetMidBlock2DCrossAttn, UpBlock2D, UpBlockConfig,
@@ -40,17 +41,21 @@ impl UNet2DConditionModel {
     pub fn from_source(src: &dyn ModelSource, dir: &str, device: &Device, dtype: DType) -> Result<Self> {
         let path = join(dir, "config.json");
         let config: UNet2DConditionConfig = from_json(&path, &src.read(&path)?)?;
-        let weights = src.weights(dir, device, dtype)?;
-        let unet = Self::build(&weights, &config, config.validated_levels(&path)?)?;
-        weights.finish()?;
-        Ok(unet)
+        Self::load_in(&src.weights(dir, device, dtype)?, &config, &path)
     }
 
-    /// Builds the model from `weights` after validating `config`; config errors name
-    /// `unet/config.json`. Unlike [`Self::from_source`] it does not check that every stored tensor
-    /// was used: call `weights.finish()` where `weights` hold the U-Net alone.
+    /// Builds the model from `weights` after validating `config` (config errors name
+    /// `unet/config.json`) and checks that every stored tensor was used, as the other loaders
+    /// do: leftovers mean a checkpoint of another model.
     pub fn load(weights: &Weights, config: &UNet2DConditionConfig) -> Result<Self> {
-        Self::build(weights, config, config.validated_levels(FILE)?)
+        Self::load_in(weights, config, FILE)
+    }
+
+    /// [`Self::load`] with config errors naming `config_path`.
+    fn load_in(weights: &Weights, config: &UNet2DConditionConfig, config_path: &str) -> Result<Self> {
+        let unet = Self::build(weights, config, config.validated_levels(config_path)?)?;
+        weights.finish()?;
+        Ok(unet)
     }
 
     /// `levels`: the validated config's, from [`UNet2DConditionConfig::validated_levels`].

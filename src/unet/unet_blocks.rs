@@ -4,7 +4,8 @@
 
 use burn::tensor::Tensor;
 
-use super::attention::{EncoderStates, Transformer2DModel, TransformerConfig};
+use super::attention::{Transformer2DModel, TransformerConfig};
+use crate::attention::EncoderStates;
 use crate::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::error::Result;
 use crate::weights::VarBuilder;

@@ -1,13 +1,14 @@
 //! diffusers `AutoencoderKL`: `Encoder` / `Decoder` (`models/autoencoders/vae.py`), their
 //! blocks `DownEncoderBlock2D`, `UpDecoderBlock2D`, `UNetMidBlock2D` (`unets/unet_2d_blocks.py`)
-//! and the mid-block's single-head spatial self-attention ([`AttentionBlock`]).
+//! (the mid block's attention is [`crate::attention::Attention::spatial`]).
 
 use burn::tensor::{DType, Tensor};
 
 use crate::config::AutoencoderKLConfig;
 use crate::error::Result;
-use crate::limits;
-use crate::nn::{ChannelChunks, Conv2d, Conv2dConfig, GroupNorm, Linear, in_dtype, scaled_dot_product_attention};
+use crate::attention::Attention;
+use crate::limits::DeviceLimits;
+use crate::nn::{ChannelChunks, Conv2d, Conv2dConfig, GroupNorm, in_dtype};
 use crate::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::weights::{VarBuilder, Weights};
 
@@ -32,41 +33,6 @@ fn block_resnets(vb: &VarBuilder, c_in: usize, c_out: usize, layers: usize, grou
     (0..layers).map(|j| resnet(&vb.pp("resnets").pp(j), if j == 0 { c_in } else { c_out }, c_out, groups)).collect()
 }
 
-/// The VAE mid block's spatial self-attention: diffusers' former `AttentionBlock`, today an
-/// `Attention` built `_from_deprecated_attn_block`. Group norm, one head as wide as the channels
-/// over all pixels, output projection, residual. (The U-Net's is `unet::attention::Attention`.)
-#[derive(Debug, Clone)]
-pub struct AttentionBlock {
-    group_norm: GroupNorm,
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
-}
-
-impl AttentionBlock {
-    pub fn load(vb: &VarBuilder, channels: usize, groups: usize) -> Result<Self> {
-        Ok(Self {
-            group_norm: GroupNorm::load(&vb.pp("group_norm"), groups, channels, EPS)?,
-            to_q: Linear::load(&vb.pp("to_q"), channels, channels, true)?,
-            to_k: Linear::load(&vb.pp("to_k"), channels, channels, true)?,
-            to_v: Linear::load(&vb.pp("to_v"), channels, channels, true)?,
-            to_out: Linear::load(&vb.pp("to_out").pp(0), channels, channels, true)?,
-        })
-    }
-
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
-        // [b, c, h, w] → [b, 1 head, h·w tokens, c]
-        let tokens: Tensor<3> = self.group_norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2);
-        let heads = |proj: &Linear| proj.forward(tokens.clone()).unsqueeze_dim::<4>(1);
-        let scale = 1.0 / (c as f64).sqrt();
-        let out = scaled_dot_product_attention(heads(&self.to_q), heads(&self.to_k), heads(&self.to_v), scale);
-        let out: Tensor<3> = self.to_out.forward(out.squeeze_dim::<3>(1));
-        out.swap_dims(1, 2).reshape([b, c, h, w]) + x
-    }
-}
-
 /// diffusers' `_convert_deprecated_attention_blocks`: older VAE checkpoints name the mid-block
 /// attention `query`/`key`/`value`/`proj_attn`.
 pub fn legacy_attention_key(key: &str) -> String {
@@ -86,14 +52,14 @@ pub fn legacy_attention_key(key: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct UNetMidBlock2D {
     resnets: [ResnetBlock2D; 2],
-    attention: Option<AttentionBlock>,
+    attention: Option<Attention>,
 }
 
 impl UNetMidBlock2D {
     pub fn load(vb: &VarBuilder, channels: usize, groups: usize, add_attention: bool) -> Result<Self> {
         let r = vb.pp("resnets");
         let attention =
-            add_attention.then(|| AttentionBlock::load(&vb.pp("attentions").pp(0), channels, groups)).transpose()?;
+            add_attention.then(|| Attention::spatial(&vb.pp("attentions").pp(0), channels, groups, EPS)).transpose()?;
         Ok(Self {
             resnets: [resnet(&r.pp(0), channels, channels, groups)?, resnet(&r.pp(1), channels, channels, groups)?],
             attention,
@@ -103,7 +69,7 @@ impl UNetMidBlock2D {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut x = self.resnets[0].forward(x, None);
         if let Some(attn) = &self.attention {
-            x = attn.forward(x);
+            x = attn.forward_spatial(x);
         }
         self.resnets[1].forward(x, None)
     }
@@ -310,6 +276,8 @@ pub struct AutoencoderKL {
     pub decoder: Decoder,
     /// The weights' float dtype; inputs are cast to it and results back.
     pub dtype: DType,
+    /// Decodes run over channel chunks where an activation would outgrow a binding.
+    pub limits: DeviceLimits,
 }
 
 impl AutoencoderKL {
@@ -332,7 +300,7 @@ impl AutoencoderKL {
         let post_quant_conv = if config.use_post_quant_conv { Some(quant("post_quant_conv", latent)?) } else { None };
         let decoder = Decoder::load(&vb.pp("decoder"), &config)?;
         weights.finish()?;
-        Ok(Self { config, encoder, quant_conv, post_quant_conv, decoder, dtype: weights.dtype() })
+        Ok(Self { config, encoder, quant_conv, post_quant_conv, decoder, dtype: weights.dtype(), limits: weights.limits() })
     }
 
     /// Builds the encoder half (and `quant_conv`) from `weights` holding only those tensors,
@@ -340,7 +308,8 @@ impl AutoencoderKL {
     /// `weights` must be used; on error `self` is unchanged.
     pub fn attach_encoder(&mut self, weights: Weights, config_path: &str) -> Result<()> {
         self.config.validate_encoder_in(config_path)?;
-        let weights = weights.rename(legacy_attention_key);
+        // On the decoder's device: its limits.
+        let weights = weights.rename(legacy_attention_key).with_limits(self.limits);
         let vb = weights.root();
         let c = 2 * self.config.latent_channels;
         let quant_conv = if self.config.use_quant_conv {
@@ -358,8 +327,7 @@ impl AutoencoderKL {
     /// diffusers `decode(z).sample`; over channel chunks where one activation would outgrow the
     /// device's largest binding ([`Decoder::forward_within`]).
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
-        let max = limits::of(&z.device()).max_tensor_bytes();
-        self.decode_within(z, max)
+        self.decode_within(z, self.limits.max_tensor_bytes())
     }
 
     /// [`Self::decode`] with every activation within `max_bytes` (in f32).

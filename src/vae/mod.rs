@@ -108,9 +108,9 @@ impl Autoencoder {
     /// large sizes it runs over channel chunks of whole norm groups; it needs one group's
     /// channels at the output size in one binding, else a silently wrong image would follow: an
     /// error naming the size, before any step runs.
-    pub fn check_fits(&self, device: &Device, h: usize, w: usize) -> Result<()> {
+    pub fn check_fits(&self, h: usize, w: usize) -> Result<()> {
         let Self::Kl(m) = self else { return Ok(()) };
-        let limits = crate::limits::of(device);
+        let limits = m.limits;
         let f = m.config.pixels_per_latent();
         let widest = m.config.block_out_channels.iter().copied().max().unwrap_or(1);
         let need = (widest / m.config.norm_num_groups.max(1)).max(1) as u64 * (h * w * f * f) as u64 * 4;

@@ -13,7 +13,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::config::AutoencoderTinyConfig;
 use crate::error::{Error, Result};
-use crate::limits;
+use crate::limits::DeviceLimits;
 use crate::nn::{Conv2d, Conv2dConfig, in_dtype};
 use crate::weights::{VarBuilder, Weights};
 
@@ -131,6 +131,8 @@ impl<'a> Sequential<'a> {
 #[derive(Debug, Clone)]
 pub struct DecoderTiny {
     layers: Vec<Layer>,
+    /// Decodes run in tiles where an activation would outgrow a binding.
+    limits: DeviceLimits,
 }
 
 impl DecoderTiny {
@@ -151,12 +153,12 @@ impl DecoderTiny {
             }
             seq.conv(width, if last { cfg.out_channels } else { width }, 1, last)?;
         }
-        Ok(Self { layers: seq.layers })
+        Ok(Self { layers: seq.layers, limits: vb.limits() })
     }
 
     /// Latents → pixels in about [-1, 1] (the network itself outputs [0, 1]).
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let max = limits::of(&z.device()).max_tensor_bytes();
+        let max = self.limits.max_tensor_bytes();
         self.forward_within(z, max)
     }
 
@@ -312,6 +314,8 @@ impl AutoencoderTiny {
     /// `encoder.layers.*`, or an `original` `taesd_encoder.safetensors`), for a model loaded
     /// without them (the browser uploads them at the first image). On error `self` is unchanged.
     pub fn attach_encoder(&mut self, weights: Weights, original: bool, config_path: &str) -> Result<()> {
+        // On the decoder's device: its limits.
+        let weights = weights.with_limits(self.decoder.limits);
         let mut config = self.config.clone();
         let encoder = if original {
             original_encoder_config(&weights, &mut config)?;

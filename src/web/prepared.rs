@@ -10,14 +10,22 @@ use std::sync::Arc;
 use burn::tensor::{DType, Device};
 
 use crate::error::{Error, Result};
+use crate::limits::DeviceLimits;
 use crate::pipeline::Pipeline;
 use crate::source::{MemorySource, ModelSource};
 use crate::weights::Weights;
 
 /// Loads the pipeline from `files` and the uploaded `weights`, keyed by component (`unet`), or
-/// by file path for files loaded on their own (`vae/taesd_decoder.safetensors`), in `dtype`.
-pub fn from_parts(files: &MemorySource, weights: BTreeMap<String, Weights>, device: &Device, dtype: DType) -> Result<Pipeline> {
-    Pipeline::load_with_dtype(&Prepared { files, weights: RefCell::new(weights) }, device, dtype)
+/// by file path for files loaded on their own (`vae/taesd_decoder.safetensors`), in `dtype`, on a
+/// device granted `limits` (the cut the weights were uploaded in).
+pub fn from_parts(
+    files: &MemorySource,
+    weights: BTreeMap<String, Weights>,
+    device: &Device,
+    dtype: DType,
+    limits: DeviceLimits,
+) -> Result<Pipeline> {
+    Pipeline::load_with(&Prepared { files, weights: RefCell::new(weights) }, device, dtype, limits)
 }
 
 /// A [`ModelSource`] whose components' weights were prepared elsewhere.

@@ -111,7 +111,6 @@ impl Inkstone {
     pub async fn init() -> Result<Inkstone, JsError> {
         console_error_panic_hook::set_once();
         let (device, gpu, limits) = init_device().await?;
-        crate::limits::register(&device, limits);
         let state = State {
             device,
             dtype: DType::F32,
@@ -288,7 +287,7 @@ impl Inkstone {
             // Tensors kept off the GPU until image-to-image needs them.
             "deferred": if held > 0 { serde_json::json!({ "vae.encoder": held }) } else { serde_json::json!({}) },
         });
-        s.pipeline = Some(generate::Loaded::build(&s.files, weights, &s.device, s.dtype).map_err(js_err)?);
+        s.pipeline = Some(generate::Loaded::build(&s.files, weights, &s.device, s.dtype, s.limits).map_err(js_err)?);
         Ok(summary.to_string())
     }
 

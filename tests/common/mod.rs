@@ -17,7 +17,7 @@ use inkstone::weights::{SafetensorsFile, StoredDtype, to_f32};
 pub fn device() -> Device {
     #[cfg(feature = "wgpu")]
     if std::env::var("INKSTONE_DEVICE").as_deref() == Ok("wgpu") {
-        return inkstone::limits::wgpu_device().expect("wgpu device");
+        return inkstone::limits::wgpu_device().expect("wgpu device").0;
     }
     Device::flex()
 }

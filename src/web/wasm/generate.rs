@@ -242,8 +242,14 @@ async fn call(f: &Function, args: &[JsValue]) -> std::result::Result<JsValue, Js
 pub struct Loaded(pub Rc<Pipeline>);
 
 impl Loaded {
-    pub fn build(files: &MemorySource, weights: BTreeMap<String, Weights>, device: &Device, dtype: DType) -> Result<Self> {
-        Ok(Self(Rc::new(crate::web::from_parts(files, weights, device, dtype)?)))
+    pub fn build(
+        files: &MemorySource,
+        weights: BTreeMap<String, Weights>,
+        device: &Device,
+        dtype: DType,
+        limits: crate::limits::DeviceLimits,
+    ) -> Result<Self> {
+        Ok(Self(Rc::new(crate::web::from_parts(files, weights, device, dtype, limits)?)))
     }
 
     /// (width, height) of the warm-up generation `load()` runs: [`Pipeline::warm_up_size`].
