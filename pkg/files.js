@@ -60,28 +60,49 @@ export class FilesSource {
   }
 }
 
+/** A path a cached load cannot answer without the network (fromCache then fetches the model). */
+export class NotCached extends Error {}
+
+/**
+ * A model as the cache holds it, for planning again with no network: a completely cached file
+ * has its cached size and bytes; a path the last planning probed (`record.probed`) keeps the
+ * answer it got (null: absent); any other path throws NotCached.
+ */
+export class CacheSource {
+  constructor(model, record) {
+    this.name = model;
+    this.model = model;
+    // Records saved before `probed` was kept: the files of their plan.
+    this.probed = record.probed ?? Object.fromEntries(record.files.map((f) => [f.path, f.size]));
+  }
+  async probe(path) {
+    const meta = await store.getFile(this.model, path);
+    if (meta?.complete) return meta.size;
+    if (path in this.probed) return this.probed[path];
+    throw new NotCached(`${path} was never looked up for this cached model`);
+  }
+  async bytes(path) {
+    const meta = await store.getFile(this.model, path);
+    if (!meta?.complete) throw new NotCached(`${path} is not cached`);
+    return cachedFile(this.model, meta).prefix(meta.size);
+  }
+}
+
 const decoder = new TextDecoder();
 
 /**
  * The files a load in `dtype` reads: `{ files: [{ path, component, kind: 'file'|'weights',
- * size }], skipped }`, decided by the Rust core's model-folder rules (`planModel`, from wasm),
+ * size }], skipped, known }`, decided by the Rust core's model-folder rules (`planModel`, from wasm),
  * not here. The rules ask round by round for the sizes of the paths they consider (HEAD
  * requests, or the picked folder) and for the text of the JSON files they read, until the plan
  * is complete; components the pipeline never runs (safety_checker/, ...) are never asked for.
  */
 export async function resolveModel(src, dtype, planModel) {
+  // Empty at first: the rules ask for model_index.json like any other file.
   const known = { name: src.name, sizes: {}, texts: {} };
-  let index;
-  try {
-    index = await src.bytes('model_index.json');
-  } catch (e) {
-    throw new Error(`${src.name}: cannot read model_index.json (${e.message}); expected a diffusers-format folder`);
-  }
-  known.sizes['model_index.json'] = index.length;
-  known.texts['model_index.json'] = decoder.decode(index);
   // Each round settles at least one step of the rules; real folders take 2-4.
   for (let round = 0; round < 12; round++) {
-    const step = JSON.parse(planModel(JSON.stringify(known), dtype));
+    const step = planModel(known, dtype);
     if (step.status === 'done') return { ...step.plan, known };
     await Promise.all([
       ...step.probe.map(async (path) => {

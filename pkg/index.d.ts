@@ -24,6 +24,8 @@ export interface GpuInfo {
   maxStorageBufferBindingSize: number;
   maxComputeWorkgroupStorageSize: number;
   maxComputeInvocationsPerWorkgroup: number;
+  /** The float type a load with `dtype: 'auto'` runs in on this adapter. */
+  autoDtype: 'f16' | 'f32';
   jsFeatures: string[];
 }
 
@@ -39,6 +41,8 @@ export interface CpuInfo {
   shaderF16: false;
   /** The wasm32 memory cap (4 GiB): weights and working memory must fit in it. */
   maxMemoryBytes: number;
+  /** The float type a load with `dtype: 'auto'` runs in (f32: CPUs gain nothing from f16). */
+  autoDtype: 'f32';
   /** Why WebGPU was not used under `backend: 'auto'`, e.g. "this browser has no WebGPU". */
   fallback: string;
 }

@@ -136,7 +136,6 @@ export class Generator {
   async generate({ signal, onStep, ...options } = {}) {
     signal?.throwIfAborted();
     if (this._w.lost) await this._recover();
-    if (options.seed === undefined) options.seed = Math.floor(Math.random() * 2 ** 32);
     if ('image' in options) options.image = await imageOption(options.image);
     const { id, promise } = this._w.call({ type: 'generate', options }, { onStep });
     const abort = () => this._w.worker.postMessage({ type: 'cancel', target: id });

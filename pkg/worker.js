@@ -3,7 +3,7 @@
 // and runs generation step by step so the page never freezes and cancel messages are seen
 // between steps.
 import * as store from './store.js';
-import { UrlSource, FilesSource, resolveModel, download, cachedFile, localFile } from './files.js';
+import { UrlSource, FilesSource, CacheSource, NotCached, resolveModel, download, cachedFile, localFile } from './files.js';
 
 /** Largest piece handed to wasm at once: bounds the transient copy in the wasm heap. */
 const FEED = 4 << 20;
@@ -63,7 +63,7 @@ async function boot(want = 'webgpu') {
   if (adapter) watchDevice();
   engine = await Inkstone.init();
   backend = adapter ? 'webgpu' : 'cpu';
-  gpu = JSON.parse(engine.gpu);
+  gpu = engine.gpu;
   if (!adapter) {
     gpu.fallback = why;
     return gpu;
@@ -102,10 +102,7 @@ function checkGpuErrors(what) {
 
 /** Validates a downloaded safetensors header in wasm before the file is cached. */
 async function checkWeights(path, held) {
-  const n = headerLength(await held.prefix(8));
-  if (n === undefined) throw new Error(`${path}: ${held.size} bytes is too short for a safetensors file`);
-  if (n > held.size) throw new Error(`corrupt safetensors file ${path}: header length ${n - 8} runs past the end of the file (${held.size} bytes)`);
-  checkSafetensors(path, await held.prefix(n), held.size);
+  checkSafetensors(path, await held.prefix(headerLength(path, await held.prefix(8), held.size)), held.size);
 }
 
 const totalBytes = (list) => list.reduce((a, f) => a + Math.max(f.size ?? 0, 0), 0);
@@ -127,12 +124,10 @@ function progressReporter(post) {
  * rule is the Rust core's (`weightsGpuBytes`).
  */
 async function gpuEstimate(files, known, dtype, prefixOf) {
-  const json = JSON.stringify(known);
   const out = {};
   for (const f of files.filter((f) => f.kind === 'weights')) {
-    const n = headerLength(await prefixOf(f.path, 8));
-    if (n === undefined) continue; // too short: the download's own check names the file
-    const bytes = weightsGpuBytes(json, f.component, f.path, await prefixOf(f.path, n), f.size, dtype);
+    const n = headerLength(f.path, await prefixOf(f.path, 8), f.size);
+    const bytes = weightsGpuBytes(known, f.component, f.path, await prefixOf(f.path, n), f.size, dtype);
     out[f.component] = (out[f.component] ?? 0) + bytes;
   }
   return out;
@@ -183,32 +178,45 @@ async function fromFiles(msg, dtype, chunkSize, r) {
   return { model: src.name, list: files, skipped, held, cached: false };
 }
 
-/** The model as cached for this dtype, or null unless every file of it is complete. */
+/**
+ * The model from the cache, or null to fetch it. The stored plan is never trusted as it is:
+ * `planModel` plans again over the cache (cached files, and the paths the last planning found
+ * absent), so a plan saved under older rules is re-made; null when the plan asks about a path
+ * the cache cannot answer or names a file not completely cached.
+ */
 async function fromCache(model, dtype, msg, r) {
   const record = await store.getModel(model);
-  // A plan is per dtype (f16 prefers the .fp16 files); one made for another dtype is re-made.
-  if (!record?.complete || (record.dtype ?? 'f32') !== dtype) return null;
-  const metas = await Promise.all(record.files.map((f) => store.getFile(model, f.path)));
+  if (!record?.complete) return null;
+  let planned;
+  try {
+    planned = await resolveModel(new CacheSource(model, record), dtype, planModel);
+  } catch (e) {
+    if (e instanceof NotCached) return null;
+    throw e;
+  }
+  const metas = await Promise.all(planned.files.map((f) => store.getFile(model, f.path)));
   if (!metas.every((m) => m?.complete)) return null;
   const held = new Map(metas.map((m) => [m.path, cachedFile(model, m)]));
-  const known = { name: model, sizes: Object.fromEntries(record.files.map((f) => [f.path, f.size])), texts: {} };
-  for (const f of record.files.filter((f) => f.path.endsWith('.json'))) {
-    known.texts[f.path] = new TextDecoder().decode(await held.get(f.path).prefix(f.size));
+  const list = planned.files.map((f, i) => ({ ...f, size: metas[i].size }));
+  checkGpuBudget(await gpuEstimate(list, planned.known, dtype, (p, n) => held.get(p).prefix(n)), dtype, msg.maxGpuBytes, r);
+  if (JSON.stringify([list, planned.skipped]) !== JSON.stringify([record.files, record.skipped])) {
+    await store.putModel({ ...record, dtype, files: list, skipped: planned.skipped, savedAt: Date.now() }).catch(() => {});
   }
-  checkGpuBudget(await gpuEstimate(record.files, known, dtype, (p, n) => held.get(p).prefix(n)), dtype, msg.maxGpuBytes, r);
-  return { model, list: record.files, skipped: record.skipped ?? [], held, cached: true };
+  return { model, list, skipped: planned.skipped, held, cached: true };
 }
 
 /** Plans the model at `model` (a URL) and downloads every planned file into the cache. */
 async function fromNetwork(model, dtype, chunkSize, r, msg) {
   const src = new UrlSource(model);
   const { files, skipped, known } = await resolveModel(src, dtype, planModel);
+  // What the planning learnt, so a cached load can plan again without the network (fromCache).
+  const probed = known.sizes;
   // Before any download: stored weights widen (f16) or keep their size (f32), never shrink.
   if (backend === 'cpu') {
     const stored = totalBytes(files.filter((f) => f.kind === 'weights'));
     checkCpuMemory(stored, `take at least ${mib(stored)} (their files' size)`, msg.maxGpuBytes);
   }
-  await store.putModel({ model, dtype, files, skipped, complete: false, savedAt: Date.now() }).catch(() => {});
+  await store.putModel({ model, dtype, files, skipped, probed, complete: false, savedAt: Date.now() }).catch(() => {});
   r.phase('download', files);
   const state = { quotaFull: false };
   const held = new Map();
@@ -228,7 +236,7 @@ async function fromNetwork(model, dtype, chunkSize, r, msg) {
   // stay the only requests made for a file.)
   checkGpuBudget(await gpuEstimate(list, known, dtype, (p, n) => held.get(p).prefix(n)), dtype, msg.maxGpuBytes, r);
   if (!state.quotaFull) {
-    await store.putModel({ model, dtype, files: list, skipped, complete: true, savedAt: Date.now() })
+    await store.putModel({ model, dtype, files: list, skipped, probed, complete: true, savedAt: Date.now() })
       .catch((e) => r.warn(`not cached: ${e.message}`));
   }
   return { model, list, skipped, held, cached: false };
@@ -237,8 +245,7 @@ async function fromNetwork(model, dtype, chunkSize, r, msg) {
 /** Hands one planned file to wasm: a small file whole, a weight file streamed tensor by tensor. */
 async function upload(f, h, r) {
   if (f.kind === 'weights') {
-    const n = headerLength(await h.prefix(8));
-    engine.beginWeights(f.component, f.path, await h.prefix(n ?? 8), h.size);
+    engine.beginWeights(f.component, f.path, await h.prefix(headerLength(f.path, await h.prefix(8), h.size)), h.size);
     for await (const chunk of h.chunks()) {
       for (let o = 0; o < chunk.length; o += FEED) engine.feed(chunk.subarray(o, o + FEED));
       r.progress.bytes += chunk.length;
@@ -276,7 +283,7 @@ async function load(msg, post) {
     await upload(f, got.held.get(f.path), r);
     r.progress.files += 1;
   }
-  const summary = JSON.parse(engine.build());
+  const summary = engine.build();
   checkGpuErrors('model upload');
   const loras = msg.loras?.length ? await setLoras(msg, r) : [];
   // The CPU build compiles nothing at first use: a warm-up would only cost a step.
@@ -328,7 +335,7 @@ async function setLoras(msg, r) {
     wanted.push({ id, scale: spec.scale });
   }
   gpuError = null;
-  const applied = JSON.parse(engine.setLoras(JSON.stringify(wanted)));
+  const applied = engine.setLoras(wanted);
   checkGpuErrors('LoRA fusion');
   return applied;
 }
@@ -347,35 +354,22 @@ async function warmUp(r) {
   await engine.generate({ prompt: '', steps: 1, seed: 0, width, height }, () => {}, () => false).catch(() => {});
 }
 
-/** [3, H, W] floats in [0, 1] -> RGBA bytes for ImageData / PNG. */
-function toRgba(pixels, width, height) {
-  const n = width * height;
-  const rgba = new Uint8ClampedArray(n * 4);
-  for (let i = 0; i < n; i++) {
-    rgba[4 * i] = Math.round(pixels[i] * 255);
-    rgba[4 * i + 1] = Math.round(pixels[n + i] * 255);
-    rgba[4 * i + 2] = Math.round(pixels[2 * n + i] * 255);
-    rgba[4 * i + 3] = 255;
-  }
-  return rgba;
-}
-
 async function generate(msg, post) {
   if (!engine) throw new Error('no model loaded');
   const t0 = performance.now();
+  // `preview`: `{ width, height, rgba }` from wasm, or null.
   const onStep = async (step, total, preview) => {
-    const p = preview ? { width: preview.width, height: preview.height, rgba: toRgba(preview.pixels, preview.width, preview.height) } : null;
     // Wait for the page's ack: any cancel it sent while handling this step arrives first.
     const acked = new Promise((r) => acks.set(msg.id, r));
-    post({ type: 'step', step, total, preview: p }, p ? [p.rgba.buffer] : []);
+    post({ type: 'step', step, total, preview }, preview ? [preview.rgba.buffer] : []);
     await acked;
   };
   gpuError = null;
   const out = await engine.generate(msg.options, onStep, () => cancelled.has(msg.id));
   checkGpuErrors('generation');
-  const rgba = toRgba(out.pixels, out.width, out.height);
-  return { width: out.width, height: out.height, rgba, pixels: out.pixels, seed: msg.options.seed ?? 0, ms: performance.now() - t0,
-    wasmHeapBytes: wasmHeapBytes(), warnings: out.warnings, gpuBytes: JSON.parse(out.gpuBytes) };
+  // Everything but the timings is wasm's: the image, its RGBA bytes, the seed it used.
+  return { width: out.width, height: out.height, rgba: out.rgba, pixels: out.pixels, seed: out.seed, ms: performance.now() - t0,
+    wasmHeapBytes: wasmHeapBytes(), warnings: out.warnings, gpuBytes: out.gpuBytes };
 }
 
 // Messages the page could not read (a value that does not clone) would leave its call open.

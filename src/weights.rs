@@ -105,12 +105,10 @@ impl Header {
         Some(8u64.saturating_add(n))
     }
 
-    /// Parses and validates the header at the start of `prefix`, for a file of `file_len` bytes.
-    ///
-    /// Checks: header length within bounds and within the file, UTF-8 JSON object, known
-    /// dtypes, `end - start == numel * dtype size`, every range inside the data section, and
-    /// the ranges covering the data section exactly (see [`check_coverage`]).
-    pub fn parse(file: &str, prefix: &[u8], file_len: u64) -> Result<Self> {
+    /// Bytes [`Header::parse`] needs from the start of a file of `file_len` bytes (8 + the
+    /// header length), read from its first 8 (`prefix`), with the header-length checks of
+    /// `parse` (too short, over the limit, past the end of the file) naming `file`.
+    pub fn checked_len(file: &str, prefix: &[u8], file_len: u64) -> Result<usize> {
         let corrupt = |reason: String| Error::CorruptSafetensors { file: file.to_string(), reason };
         if file_len < 8 || prefix.len() < 8 {
             return Err(corrupt(format!("file is {file_len} bytes, too short for a header")));
@@ -128,7 +126,18 @@ impl Header {
                 "header length {n} runs past the end of the file ({file_len} bytes); truncated?"
             )));
         }
-        let data_start = 8 + n as usize;
+        Ok(8 + n as usize)
+    }
+
+    /// Parses and validates the header at the start of `prefix`, for a file of `file_len` bytes.
+    ///
+    /// Checks: header length within bounds and within the file, UTF-8 JSON object, known
+    /// dtypes, `end - start == numel * dtype size`, every range inside the data section, and
+    /// the ranges covering the data section exactly (see [`check_coverage`]).
+    pub fn parse(file: &str, prefix: &[u8], file_len: u64) -> Result<Self> {
+        let corrupt = |reason: String| Error::CorruptSafetensors { file: file.to_string(), reason };
+        let data_start = Self::checked_len(file, prefix, file_len)?;
+        let n = data_start as u64 - 8;
         let json = prefix
             .get(8..data_start)
             .ok_or_else(|| corrupt(format!("need {data_start} bytes to read the header")))?;

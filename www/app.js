@@ -15,9 +15,9 @@ const PRESETS = [
     note: 'About 3.3 MB, served with this page: works offline. BERT-Chinese text tower + tiny decoder (live preview) + rectified flow, 28 steps. Random weights.' },
   ...HUB_PRESETS.map((p) => ({ ...p, name: `${p.name} (${p.repo})` })),
 ];
-const gpuHasF16 = () => JSON.parse(document.body.dataset.gpu ?? '{}').shaderF16 === true;
-/** The dtype a load with the Precision picker's value would run in. */
-const chosenDtype = () => ($('dtype').value === 'auto' ? (gpuHasF16() ? 'f16' : 'f32') : $('dtype').value);
+/** The dtype a load with the Precision picker's value would run in ('auto': wasm's choice for
+ *  this adapter, from gpuInfo(); f32 until it is known, or without WebGPU). */
+const chosenDtype = () => ($('dtype').value === 'auto' ? (JSON.parse(document.body.dataset.gpu ?? '{}').autoDtype ?? 'f32') : $('dtype').value);
 
 let generator = null;
 let controller = null;

@@ -38,11 +38,18 @@ pub struct LoraInfo {
     pub file: String,
     /// `peft`, `diffusers-old` or `kohya`.
     pub format: &'static str,
+    #[serde(serialize_with = "shortest_decimal")]
     pub scale: f32,
     /// Modules (weights) adapted in all, and per component.
     pub modules: usize,
     pub unet_modules: usize,
     pub text_encoder_modules: usize,
+}
+
+/// An f32 as the f64 of its shortest decimal, the number the caller wrote (`0.7`, where
+/// widening the bits gives 0.699999988 to a serializer without a text step, e.g. into JS).
+fn shortest_decimal<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(v.to_string().parse().unwrap_or(f64::from(*v)))
 }
 
 /// A component's tensors as the model was built from them (fused with the applied adapters).

@@ -81,11 +81,34 @@ pub(crate) struct State {
 #[wasm_bindgen]
 pub struct Inkstone {
     state: Rc<RefCell<State>>,
-    gpu: String,
+    gpu: AdapterReport,
 }
 
 fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
+}
+
+/// `v` as the plain JS value `JSON.parse` would give for its JSON (maps as objects, `None` as
+/// null): what every export returns, built by serde-wasm-bindgen with no JSON text between.
+pub(crate) fn to_js<T: serde::Serialize + ?Sized>(v: &T) -> Result<JsValue, JsError> {
+    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| js_err(format!("to JS: {e}")))
+}
+
+/// A JS value read as `T` (`what` names it in errors).
+fn from_js<T: serde::de::DeserializeOwned>(what: &str, v: JsValue) -> Result<T, JsError> {
+    serde_wasm_bindgen::from_value(v).map_err(|e| js_err(format!("{what}: {}", e.to_string().replace("Error: ", ""))))
+}
+
+/// What [`Inkstone::build`] reports (`info.components`, `dtype`, `gpuBytes`, `deferred` of a load).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Built {
+    /// Tensors that arrived per component: on the GPU, or held until image-to-image.
+    components: BTreeMap<String, usize>,
+    dtype: &'static str,
+    gpu_bytes: BTreeMap<String, usize>,
+    /// Tensors kept off the GPU until image-to-image needs them (`vae.encoder`).
+    deferred: BTreeMap<String, usize>,
 }
 
 /// A load's float dtype as the worker names it (`"f16"` or `"f32"`, what
@@ -96,6 +119,12 @@ fn load_dtype(name: &str) -> Result<DType, JsError> {
         "f32" => Ok(DType::F32),
         other => Err(js_err(format!("load dtype {other:?}: expected 'f16' or 'f32'"))),
     }
+}
+
+/// What `dtype: 'auto'` runs in on `device`: see [`Inkstone::resolve_dtype`]. The page shows it
+/// (download sizes) as the adapter report's `autoDtype`.
+fn auto_dtype(device: &Device) -> DType {
+    if cfg!(feature = "webgpu") && device.supports_dtype(DType::F16) { DType::F16 } else { DType::F32 }
 }
 
 /// The worker's name of a load dtype (a load is only ever in F16 or F32: [`load_dtype`]).
@@ -110,7 +139,8 @@ impl Inkstone {
     /// one device every tensor will live on.
     pub async fn init() -> Result<Inkstone, JsError> {
         console_error_panic_hook::set_once();
-        let (device, gpu, limits) = init_device().await?;
+        let (device, mut gpu, limits) = init_device().await?;
+        gpu.auto_dtype = dtype_name(auto_dtype(&device));
         let state = State {
             device,
             dtype: DType::F32,
@@ -128,10 +158,10 @@ impl Inkstone {
     }
 
     /// The adapter's name, limits and `shader-f16` support (the CPU build: SIMD128, thread
-    /// count, memory cap), as JSON.
+    /// count, memory cap): `GpuInfo` / `CpuInfo` of `pkg/index.d.ts` (a fresh object each call).
     #[wasm_bindgen(getter)]
-    pub fn gpu(&self) -> String {
-        self.gpu.clone()
+    pub fn gpu(&self) -> Result<JsValue, JsError> {
+        to_js(&self.gpu)
     }
 
     /// The float dtype a load with `requested` (`"auto"`, `"f16"` or `"f32"`) runs in: auto is
@@ -144,9 +174,10 @@ impl Inkstone {
     }
 
     fn resolve(&self, requested: &str) -> Result<DType, JsError> {
-        let f16 = self.state.borrow().device.supports_dtype(DType::F16);
+        let state = self.state.borrow();
+        let f16 = state.device.supports_dtype(DType::F16);
         match requested {
-            "auto" => Ok(if f16 && cfg!(feature = "webgpu") { DType::F16 } else { DType::F32 }),
+            "auto" => Ok(auto_dtype(&state.device)),
             "f16" if !f16 => Err(js_err(
                 "dtype 'f16' needs a GPU with the WebGPU feature shader-f16, which this adapter lacks; \
                  load with dtype 'f32' (or 'auto', which picks f32 here)",
@@ -179,7 +210,7 @@ impl Inkstone {
     }
 
     /// Starts streaming weight file `path` of `component`, given at least its first
-    /// [`header_len`] bytes and its total length. Validates the header (the error names the file).
+    /// [`header_length`] bytes and its total length. Validates the header (the error names the file).
     #[wasm_bindgen(js_name = beginWeights)]
     pub fn begin_weights(&self, component: &str, path: &str, prefix: &[u8], file_len: f64) -> Result<(), JsError> {
         let header = Header::parse(path, prefix, file_len as u64).map_err(js_err)?;
@@ -256,7 +287,7 @@ impl Inkstone {
 
     /// Builds the pipeline from the added files and uploaded tensors. Errors name the file and
     /// tensor (missing, wrong shape, leftover).
-    pub fn build(&self) -> Result<String, JsError> {
+    pub fn build(&self) -> Result<JsValue, JsError> {
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
         // What each component's weights hold on the GPU (row pieces included).
@@ -280,15 +311,10 @@ impl Inkstone {
         if let Some(h) = &s.held_encoder {
             *components.entry(h.component.clone()).or_default() += held;
         }
-        let summary = serde_json::json!({
-            "components": components,
-            "dtype": dtype_name(s.dtype),
-            "gpuBytes": gpu_bytes,
-            // Tensors kept off the GPU until image-to-image needs them.
-            "deferred": if held > 0 { serde_json::json!({ "vae.encoder": held }) } else { serde_json::json!({}) },
-        });
+        let deferred = if held > 0 { BTreeMap::from([("vae.encoder".to_string(), held)]) } else { BTreeMap::new() };
+        let built = Built { components, dtype: dtype_name(s.dtype), gpu_bytes, deferred };
         s.pipeline = Some(generate::Loaded::build(&s.files, weights, &s.device, s.dtype, s.limits).map_err(js_err)?);
-        Ok(summary.to_string())
+        to_js(&built)
     }
 
     /// `[width, height]` of the warm-up: on WebGPU (unless `load()` is given `warmUp: false`) the
@@ -309,7 +335,8 @@ impl Inkstone {
     /// latents, scheduler, timesteps, sigmas, and image and strength for image-to-image);
     /// `on_step(i, total, preview)` is called after each step and may return a Promise (the
     /// worker yields there so a cancel message can arrive); `is_cancelled()` is checked between
-    /// steps. Resolves to `{ width, height, pixels }`.
+    /// steps. Resolves to a [`generate::Generated`]: `{ width, height, rgba, pixels, seed,
+    /// warnings, gpuBytes }`; `on_step` gets previews as `{ width, height, rgba }`.
     pub fn generate(
         &self,
         options: JsValue,
@@ -327,10 +354,10 @@ impl Inkstone {
                 }
                 ensure_encoder(&state).map_err(|e| JsValue::from(js_err(e)))?;
             }
-            let gpu_bytes = serde_json::to_string(&state.borrow().gpu_bytes).unwrap_or_default();
-            let out = generate::run(state, opts, on_step, is_cancelled).await.map_err(JsValue::from)?;
-            js_sys::Reflect::set(&out, &"gpuBytes".into(), &gpu_bytes.into()).unwrap();
-            Ok(out)
+            let gpu_bytes = state.borrow().gpu_bytes.clone();
+            let mut out = generate::run(state, opts, on_step, is_cancelled).await.map_err(JsValue::from)?;
+            out.gpu_bytes = gpu_bytes;
+            Ok(to_js(&out)?)
         })
     }
 }
@@ -367,9 +394,43 @@ pub(crate) fn ensure_encoder(state: &Rc<RefCell<State>>) -> crate::Result<()> {
     Ok(())
 }
 
-/// The WebGPU device, with its adapter's report (JSON) and the limits it was granted.
+/// The adapter report of the WebGPU build: `GpuInfo` of `pkg/index.d.ts` (less `jsFeatures`,
+/// which the worker adds from the browser's own adapter).
 #[cfg(feature = "webgpu")]
-async fn init_device() -> Result<(Device, String, DeviceLimits), JsError> {
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AdapterReport {
+    adapter: String,
+    vendor: u32,
+    architecture: String,
+    backend: String,
+    shader_f16: bool,
+    max_buffer_size: u64,
+    max_storage_buffer_binding_size: u64,
+    max_compute_workgroup_storage_size: u32,
+    max_compute_invocations_per_workgroup: u32,
+    /// The dtype a load with `dtype: 'auto'` runs in here ([`auto_dtype`]).
+    auto_dtype: &'static str,
+}
+
+/// The report of the CPU build: `CpuInfo` of `pkg/index.d.ts` (less `fallback`, the worker's).
+#[cfg(all(feature = "cpu", not(feature = "webgpu")))]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AdapterReport {
+    adapter: &'static str,
+    backend: &'static str,
+    simd128: bool,
+    threads: u32,
+    shader_f16: bool,
+    max_memory_bytes: u64,
+    /// The dtype a load with `dtype: 'auto'` runs in here ([`auto_dtype`]).
+    auto_dtype: &'static str,
+}
+
+/// The WebGPU device, with its adapter's report and the limits it was granted.
+#[cfg(feature = "webgpu")]
+async fn init_device() -> Result<(Device, AdapterReport, DeviceLimits), JsError> {
     let (device, setup) = Device::wgpu_options()
         .graphics_api(WgpuBackend::WebGpu)
         .tasks_max(TASKS_PER_SUBMIT)
@@ -379,18 +440,18 @@ async fn init_device() -> Result<(Device, String, DeviceLimits), JsError> {
     // cubecl requests the adapter's own limits (not WebGPU's defaults) for the device.
     let limits = setup.device.limits();
     let info = setup.adapter.get_info();
-    let gpu = serde_json::json!({
-        "adapter": info.name,
-        "vendor": info.vendor,
-        "architecture": info.driver,
-        "backend": format!("{:?}", setup.backend),
-        "shaderF16": setup.adapter.features().contains(wgpu::Features::SHADER_F16),
-        "maxBufferSize": limits.max_buffer_size,
-        "maxStorageBufferBindingSize": limits.max_storage_buffer_binding_size,
-        "maxComputeWorkgroupStorageSize": limits.max_compute_workgroup_storage_size,
-        "maxComputeInvocationsPerWorkgroup": limits.max_compute_invocations_per_workgroup,
-    })
-    .to_string();
+    let gpu = AdapterReport {
+        adapter: info.name,
+        vendor: info.vendor,
+        architecture: info.driver,
+        backend: format!("{:?}", setup.backend),
+        shader_f16: setup.adapter.features().contains(wgpu::Features::SHADER_F16),
+        max_buffer_size: limits.max_buffer_size,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+        max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+        auto_dtype: "f32", // set by `Inkstone::init` from the device
+    };
     Ok((device, gpu, crate::limits::from_wgpu(&limits)))
 }
 
@@ -399,16 +460,16 @@ async fn init_device() -> Result<(Device, String, DeviceLimits), JsError> {
 /// target cannot spawn threads (wasm32 without `atomics`, which needs a std rebuilt with
 /// `-Z build-std`, i.e. a nightly toolchain and rust-src; docs/performance.md).
 #[cfg(all(feature = "cpu", not(feature = "webgpu")))]
-async fn init_device() -> Result<(Device, String, DeviceLimits), JsError> {
-    let gpu = serde_json::json!({
-        "adapter": "CPU (WebAssembly)",
-        "backend": "flex",
-        "simd128": cfg!(target_feature = "simd128"),
-        "threads": 1,
-        "shaderF16": false,
-        "maxMemoryBytes": CPU_MAX_MEMORY,
-    })
-    .to_string();
+async fn init_device() -> Result<(Device, AdapterReport, DeviceLimits), JsError> {
+    let gpu = AdapterReport {
+        adapter: "CPU (WebAssembly)",
+        backend: "flex",
+        simd128: cfg!(target_feature = "simd128"),
+        threads: 1,
+        shader_f16: false,
+        max_memory_bytes: CPU_MAX_MEMORY,
+        auto_dtype: "f32", // set by `Inkstone::init` from the device
+    };
     Ok((Device::flex(), gpu, DeviceLimits::NONE))
 }
 
@@ -466,34 +527,42 @@ fn upload(
         .collect()
 }
 
-/// One round of the model-folder plan ([`crate::folder::plan_step`]): `known` is the JSON of a
+/// One round of the model-folder plan ([`crate::folder::plan_step`]): `known` is a
 /// [`crate::folder::KnownFiles`] (sizes probed so far, texts of the JSON files read), `dtype`
-/// the load's (`"f16"` / `"f32"`). Returns the JSON of a [`crate::folder::PlanStep`]: the paths
-/// to probe and read next, or the finished plan (files in load order, skipped components).
+/// the load's (`"f16"` / `"f32"`). Returns a [`crate::folder::PlanStep`]: the paths to probe
+/// and read next, or the finished plan (files in load order, skipped components).
 #[wasm_bindgen(js_name = planModel)]
-pub fn plan_model(known: &str, dtype: &str) -> Result<String, JsError> {
+pub fn plan_model(known: JsValue, dtype: &str) -> Result<JsValue, JsError> {
     let dtype = load_dtype(dtype)?;
-    let known: crate::folder::KnownFiles = serde_json::from_str(known).map_err(js_err)?;
+    let known: crate::folder::KnownFiles = from_js("planModel: known files", known)?;
     let step = crate::folder::plan_step(&known, dtype).map_err(js_err)?;
-    serde_json::to_string(&step).map_err(js_err)
+    to_js(&step)
+}
+
+/// The option names `generate()` takes (the one list in Rust), for the test that holds
+/// `pkg/index.d.ts`'s `GenerateOptions` to it.
+#[wasm_bindgen(js_name = generateOptions)]
+pub fn generate_options() -> Vec<String> {
+    generate::OPTIONS.iter().map(|s| s.to_string()).collect()
 }
 
 /// GPU bytes weight file `path` of `component` will take in a load in `dtype` (`"f16"`/`"f32"`),
 /// from its header (`prefix`: at least [`header_length`] bytes) and the planning round's
 /// `known` files (the component's config decides its dtype): [`crate::folder::gpu_bytes`].
 #[wasm_bindgen(js_name = weightsGpuBytes)]
-pub fn weights_gpu_bytes(known: &str, component: &str, path: &str, prefix: &[u8], file_len: f64, dtype: &str) -> Result<f64, JsError> {
-    let known: crate::folder::KnownFiles = serde_json::from_str(known).map_err(js_err)?;
+pub fn weights_gpu_bytes(known: JsValue, component: &str, path: &str, prefix: &[u8], file_len: f64, dtype: &str) -> Result<f64, JsError> {
+    let known: crate::folder::KnownFiles = from_js("weightsGpuBytes: known files", known)?;
     let header = Header::parse(path, prefix, file_len as u64).map_err(js_err)?;
     let dtype = load_dtype(dtype)?;
     crate::folder::gpu_bytes(&known, component, &header, dtype).map(|b| b as f64).map_err(js_err)
 }
 
-/// Bytes needed from the start of a safetensors file to parse its header (`undefined` if fewer
-/// than 8 bytes were given).
+/// Bytes needed from the start of safetensors file `path` (`file_len` bytes) to parse its header,
+/// from its first 8 (`prefix`): [`Header::checked_len`], whose errors name the file (too short,
+/// header over the limit or past the end), so the worker never reads a bogus length's worth.
 #[wasm_bindgen(js_name = headerLength)]
-pub fn header_length(prefix: &[u8]) -> Option<f64> {
-    Header::needed_len(prefix).map(|n| n as f64)
+pub fn header_length(path: &str, prefix: &[u8], file_len: f64) -> Result<f64, JsError> {
+    Header::checked_len(path, prefix, file_len as u64).map(|n| n as f64).map_err(js_err)
 }
 
 /// Validates a safetensors header without a device (the worker checks every download before

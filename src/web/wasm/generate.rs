@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use burn::tensor::{DType, Device, Tensor};
-use js_sys::{Float32Array, Function, Object, Reflect};
+use js_sys::{Float32Array, Function, Reflect};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -19,71 +19,93 @@ use crate::pipeline::{GenerateOptions, Pipeline};
 use crate::source::MemorySource;
 use crate::weights::Weights;
 
-/// `generate({ prompt, negativePrompt, steps, guidance, seed, width, height, latents, scheduler,
-/// timesteps, sigmas, image, strength })` as JS passes it (null and undefined mean "not given"). Strict: an
-/// unknown option, a wrong type, a number that is not a finite integer in range (steps, sizes,
-/// seed) or not finite (guidance, timesteps, sigmas) is an error naming the option.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct JsOptions {
-    #[serde(default, deserialize_with = "de::prompt")]
-    prompt: Option<String>,
-    #[serde(default, deserialize_with = "de::negative_prompt")]
-    negative_prompt: Option<String>,
-    #[serde(default, deserialize_with = "de::steps")]
-    steps: Option<f64>,
-    #[serde(default, deserialize_with = "de::guidance")]
-    guidance: Option<f64>,
-    #[serde(default, deserialize_with = "de::seed")]
-    seed: Option<f64>,
-    #[serde(default, deserialize_with = "de::width")]
-    width: Option<f64>,
-    #[serde(default, deserialize_with = "de::height")]
-    height: Option<f64>,
-    /// A `Float32Array`, kept as the JS object (no element-wise conversion).
-    #[serde(default, with = "serde_wasm_bindgen::preserve")]
-    latents: JsValue,
-    #[serde(default, deserialize_with = "de::scheduler")]
-    scheduler: Option<String>,
-    #[serde(default, deserialize_with = "de::timesteps")]
-    timesteps: Option<Vec<f64>>,
-    #[serde(default, deserialize_with = "de::sigmas")]
-    sigmas: Option<Vec<f64>>,
-    /// img2img: a `Float32Array` `[3, height, width]` in [0, 1], or `{ width, height, data }`
-    /// with 8-bit RGBA `data` (an `ImageData`; pkg/index.js makes one of the other kinds).
-    #[serde(default, with = "serde_wasm_bindgen::preserve")]
-    image: JsValue,
-    #[serde(default, deserialize_with = "de::strength")]
-    strength: Option<f64>,
+/// The options of `generate()`, each once: its field, its type and its JS name. From this one
+/// list come [`JsOptions`], its deserializer (every error names its option) and [`OPTIONS`]
+/// (the strictness check, and `generateOptions()`, which a test holds `index.d.ts` to).
+macro_rules! js_options {
+    ($($(#[$doc:meta])* $field:ident: $t:ty = $js:literal,)*) => {
+        /// `generate()`'s options as JS passes them (null and undefined mean "not given").
+        /// Strict: an unknown option, a wrong type, a number that is not a finite integer in
+        /// range (steps, sizes, seed) or not finite (guidance, timesteps, sigmas) is an error
+        /// naming the option.
+        #[derive(Default)]
+        struct JsOptions {
+            $($(#[$doc])* $field: $t,)*
+        }
+
+        /// The option names `generate()` takes (camelCase, as JS passes them).
+        pub(super) const OPTIONS: &[&str] = &[$($js),*];
+
+        impl<'de> serde::Deserialize<'de> for JsOptions {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                struct Fields;
+                impl<'de> serde::de::Visitor<'de> for Fields {
+                    type Value = JsOptions;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("an options object")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<JsOptions, A::Error> {
+                        let mut out = JsOptions::default();
+                        while let Some(key) = map.next_key::<String>()? {
+                            match key.as_str() {
+                                $($js => out.$field = map.next_value_seed(Named::<$t>($js, std::marker::PhantomData))?,)*
+                                other => return Err(serde::de::Error::unknown_field(other, OPTIONS)),
+                            }
+                        }
+                        Ok(out)
+                    }
+                }
+                d.deserialize_struct("JsOptions", OPTIONS, Fields)
+            }
+        }
+    };
 }
 
-/// Per-option deserializers: serde's type errors do not say which field failed, so each one
-/// prefixes its option's JS name.
-mod de {
-    use serde::{Deserialize, Deserializer};
+js_options! {
+    prompt: Option<String> = "prompt",
+    negative_prompt: Option<String> = "negativePrompt",
+    steps: Option<f64> = "steps",
+    guidance: Option<f64> = "guidance",
+    seed: Option<f64> = "seed",
+    width: Option<f64> = "width",
+    height: Option<f64> = "height",
+    /// A `Float32Array`, kept as the JS object (no element-wise conversion).
+    latents: JsValue = "latents",
+    scheduler: Option<String> = "scheduler",
+    timesteps: Option<Vec<f64>> = "timesteps",
+    sigmas: Option<Vec<f64>> = "sigmas",
+    /// img2img: a `Float32Array` `[3, height, width]` in [0, 1], or `{ width, height, data }`
+    /// with 8-bit RGBA `data` (an `ImageData`; pkg/index.js makes one of the other kinds).
+    image: JsValue = "image",
+    strength: Option<f64> = "strength",
+}
 
-    macro_rules! named {
-        ($($f:ident: $t:ty = $js:literal),* $(,)?) => {$(
-            pub fn $f<'de, D: Deserializer<'de>>(d: D) -> Result<Option<$t>, D::Error> {
-                Option::<$t>::deserialize(d)
-                    .map_err(|e| serde::de::Error::custom(format!(concat!("`", $js, "`: {}"), e)))
-            }
-        )*};
+/// How one option's value is read: plain values through serde, JS objects kept as they are.
+trait FromJs: Sized {
+    fn from_js<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error>;
+}
+
+impl<T: serde::de::DeserializeOwned> FromJs for Option<T> {
+    fn from_js<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        <Option<T> as serde::Deserialize<'de>>::deserialize(d)
     }
+}
 
-    named!(
-        prompt: String = "prompt",
-        negative_prompt: String = "negativePrompt",
-        steps: f64 = "steps",
-        guidance: f64 = "guidance",
-        seed: f64 = "seed",
-        width: f64 = "width",
-        height: f64 = "height",
-        scheduler: String = "scheduler",
-        timesteps: Vec<f64> = "timesteps",
-        sigmas: Vec<f64> = "sigmas",
-        strength: f64 = "strength",
-    );
+impl FromJs for JsValue {
+    fn from_js<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        serde_wasm_bindgen::preserve::deserialize(d)
+    }
+}
+
+/// One option's value. serde's type errors do not say which field failed: this prefixes the
+/// option's JS name.
+struct Named<T>(&'static str, std::marker::PhantomData<T>);
+
+impl<'de, T: FromJs> serde::de::DeserializeSeed<'de> for Named<T> {
+    type Value = T;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<T, D::Error> {
+        T::from_js(d).map_err(|e| serde::de::Error::custom(format!("`{}`: {e}", self.0)))
+    }
 }
 
 /// `v` as an integer in `lo..=hi`, or an error naming option `name`.
@@ -103,12 +125,6 @@ fn finite_list(name: &str, values: Option<Vec<f64>>) -> std::result::Result<Opti
         v => Ok(v),
     }
 }
-
-/// The option names `generate()` takes (camelCase, as JS passes them).
-const OPTIONS: [&str; 13] = [
-    "prompt", "negativePrompt", "steps", "guidance", "seed", "width", "height", "latents", "scheduler", "timesteps", "sigmas",
-    "image", "strength",
-];
 
 /// serde-wasm-bindgen reads a struct's fields by name and never sees other keys, so
 /// `deny_unknown_fields` alone would let a misspelt option (`step: 2`) pass silently.
@@ -195,7 +211,10 @@ pub fn options_from_js(o: &JsValue, f: usize) -> std::result::Result<GenerateOpt
         negative_prompt: js.negative_prompt.unwrap_or_default(),
         steps: js.steps.map(|v| integer("steps", v, 1.0, 10_000.0)).transpose()?.map(|v| v as usize),
         guidance: js.guidance.map(|v| v as f32),
-        seed: integer("seed", js.seed.unwrap_or(0.0), 0.0, MAX_SAFE_INTEGER)? as u64,
+        seed: match js.seed {
+            Some(seed) => integer("seed", seed, 0.0, MAX_SAFE_INTEGER)? as u64,
+            None => random_seed(),
+        },
         width: size("width", width)?,
         height: size("height", height)?,
         latents,
@@ -207,17 +226,57 @@ pub fn options_from_js(o: &JsValue, f: usize) -> std::result::Result<GenerateOpt
     })
 }
 
-/// `{ width, height, pixels }` for a `[1, 3, H, W]` image in [0, 1], read back asynchronously
-/// (synchronous reads panic on wasm).
-async fn image_to_js(image: Tensor<4>) -> std::result::Result<JsValue, JsError> {
+/// The seed of a `generate()` without one (the output says which): any in 0..2³², as a JS
+/// number holds it exactly.
+fn random_seed() -> u64 {
+    (js_sys::Math::random() * 4_294_967_296.0).floor() as u64
+}
+
+/// An image as the worker posts it: the `Preview` of `pkg/index.d.ts` (and, with `pixels`, the
+/// image of [`Generated`]). The arrays are built as typed arrays in one copy each (serde would make a
+/// JS array element by element): `preserve` passes them through unchanged.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Image {
+    width: u32,
+    height: u32,
+    /// 8-bit RGBA (`Uint8ClampedArray`, for `ImageData`): [`crate::image::to_interleaved_u8`].
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    rgba: JsValue,
+    /// `[3, H, W]` in [0, 1] (`Float32Array`); not sent with previews.
+    #[serde(with = "serde_wasm_bindgen::preserve", skip_serializing_if = "JsValue::is_undefined")]
+    pixels: JsValue,
+}
+
+/// What `Inkstone::generate` resolves to: the image, the seed it used, the warnings, and the
+/// GPU bytes per component now resident (the first image-to-image call adds `vae.encoder`).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Generated {
+    width: u32,
+    height: u32,
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    rgba: JsValue,
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    pixels: JsValue,
+    seed: u64,
+    warnings: Vec<String>,
+    pub(super) gpu_bytes: BTreeMap<String, usize>,
+}
+
+/// A `[1, 3, H, W]` image in [0, 1], read back asynchronously (synchronous reads panic on
+/// wasm), with its `[3, H, W]` floats when `with_pixels`.
+async fn read_image(image: Tensor<4>, with_pixels: bool) -> std::result::Result<Image, JsError> {
     let [_, _, h, w] = image.dims();
     let data = image.into_data_async().await.map_err(|e| JsError::new(&format!("GPU read-back: {e:?}")))?;
     let pixels = data.try_to_vec::<f32>().map_err(|e| JsError::new(&format!("GPU read-back: {e:?}")))?;
-    let out = Object::new();
-    Reflect::set(&out, &"width".into(), &(w as u32).into()).unwrap();
-    Reflect::set(&out, &"height".into(), &(h as u32).into()).unwrap();
-    Reflect::set(&out, &"pixels".into(), &Float32Array::from(&pixels[..])).unwrap();
-    Ok(out.into())
+    let rgba = crate::image::to_interleaved_u8(&pixels, w, h, true);
+    Ok(Image {
+        width: w as u32,
+        height: h as u32,
+        rgba: js_sys::Uint8ClampedArray::from(&rgba[..]).into(),
+        pixels: if with_pixels { Float32Array::from(&pixels[..]).into() } else { JsValue::UNDEFINED },
+    })
 }
 
 /// A one-element 0/1 flag from the GPU (asynchronous read-back).
@@ -263,7 +322,7 @@ pub async fn run(
     opts: GenerateOptions,
     on_step: Function,
     is_cancelled: Function,
-) -> std::result::Result<JsValue, JsError> {
+) -> std::result::Result<Generated, JsError> {
     let pipeline =
         state.borrow().pipeline.as_ref().map(|l| l.0.clone()).ok_or_else(|| JsError::new("no model loaded"))?;
     let device = state.borrow().device.clone();
@@ -279,12 +338,12 @@ pub async fn run(
         device.flush().map_err(|e| JsError::new(&format!("GPU submit: {e:?}")))?;
         i += 1;
         let preview = match generation.preview() {
-            Some(p) => image_to_js(p).await?,
+            Some(p) => super::to_js(&read_image(p, false).await?)?,
             None => JsValue::NULL,
         };
         call(&on_step, &[(i as u32).into(), (total as u32).into(), preview]).await?;
     }
-    let warnings: js_sys::Array = generation.warnings().iter().map(|w| JsValue::from_str(w)).collect();
+    let warnings = generation.warnings().to_vec();
     let out = generation.finish();
     let (latents_ok, pixels_ok) = (read_flag(out.latents_finite.clone()).await?, read_flag(out.pixels_finite.clone()).await?);
     let js = |e: crate::Error| JsError::new(&e.to_string());
@@ -295,8 +354,7 @@ pub async fn run(
             rerun.image
         }
     };
-    let result = image_to_js(image).await?;
-    Reflect::set(&result, &"warnings".into(), &warnings).unwrap();
-    Ok(result)
+    let Image { width, height, rgba, pixels } = read_image(image, true).await?;
+    Ok(Generated { width, height, rgba, pixels, seed: opts.seed, warnings, gpu_bytes: BTreeMap::new() })
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use wasm_bindgen::prelude::*;
 
-use super::{Inkstone, js_err};
+use super::{Inkstone, from_js, js_err, to_js};
 use crate::lora::LoraFile;
 
 #[derive(serde::Deserialize)]
@@ -21,14 +21,19 @@ struct Wanted {
 #[wasm_bindgen]
 impl Inkstone {
     /// Parses a LoRA file (`name` for messages) and keeps it under `id` for
-    /// [`Inkstone::set_loras`]; returns `{ format, layers }` as JSON. Corrupt or unsupported
-    /// files are refused here, before anything touches the model.
+    /// [`Inkstone::set_loras`]; returns `{ format, layers }`. Corrupt or unsupported files are
+    /// refused here, before anything touches the model.
     #[wasm_bindgen(js_name = addLora)]
-    pub fn add_lora(&self, id: &str, name: &str, bytes: Vec<u8>) -> Result<String, JsError> {
+    pub fn add_lora(&self, id: &str, name: &str, bytes: Vec<u8>) -> Result<JsValue, JsError> {
+        #[derive(serde::Serialize)]
+        struct Added {
+            format: &'static str,
+            layers: usize,
+        }
         let file = LoraFile::from_bytes(name, bytes).map_err(js_err)?;
-        let summary = serde_json::json!({ "format": file.format.name(), "layers": file.layers.len() }).to_string();
+        let added = Added { format: file.format.name(), layers: file.layers.len() };
         self.state.borrow_mut().loras.insert(id.to_string(), Arc::new(file));
-        Ok(summary)
+        to_js(&added)
     }
 
     /// Whether the adapter `id` was added (and not dropped since).
@@ -37,12 +42,12 @@ impl Inkstone {
         self.state.borrow().loras.contains_key(id)
     }
 
-    /// Fuses exactly the adapters `[{ id, scale }]` (JSON) into the loaded model, replacing the
-    /// set applied before; returns what was applied (`Pipeline::set_loras`). On an error the
-    /// model stays as it was. Adapters left out of the set are dropped from memory.
+    /// Fuses exactly the adapters `[{ id, scale }]` into the loaded model, replacing the set
+    /// applied before; returns what was applied (`LoraInfo[]`, `Pipeline::set_loras`). On an
+    /// error the model stays as it was. Adapters left out of the set are dropped from memory.
     #[wasm_bindgen(js_name = setLoras)]
-    pub fn set_loras(&self, wanted: &str) -> Result<String, JsError> {
-        let wanted: Vec<Wanted> = serde_json::from_str(wanted).map_err(|e| js_err(format!("setLoras: {e}")))?;
+    pub fn set_loras(&self, wanted: JsValue) -> Result<JsValue, JsError> {
+        let wanted: Vec<Wanted> = from_js("setLoras", wanted)?;
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
         let list = wanted
@@ -53,6 +58,6 @@ impl Inkstone {
         let pipe = Rc::get_mut(&mut loaded.0).ok_or_else(|| js_err("a generation is running: change the LoRAs after it"))?;
         let applied = pipe.set_loras(&list).map_err(js_err)?;
         s.loras.retain(|id, _| wanted.iter().any(|w| &w.id == id));
-        Ok(serde_json::to_string(&applied).expect("plain data"))
+        to_js(&applied)
     }
 }
