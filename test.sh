@@ -17,7 +17,28 @@ fi
 # Stage times, printed as each stage ends and once more at the end (CI shows the log's tail).
 T0=$SECONDS; T=$SECONDS; STAGES=""
 stage_done() { STAGES="$STAGES\n  $1: $((SECONDS - T)) s"; echo "== $1 took $((SECONDS - T)) s"; T=$SECONDS; }
-trap 'printf "== stage times (so far)$STAGES\n  total: %s s\n" $((SECONDS - T0))' EXIT
+# (An early exit still lets the background install below finish: an apt-get killed half-way
+# leaves dpkg to repair.)
+trap 'if [ -n "${PREP_PID:-}" ]; then wait "$PREP_PID" 2>/dev/null || true; fi
+      printf "== stage times (so far)$STAGES\n  total: %s s\n" $((SECONDS - T0))' EXIT
+
+# What the browser suite needs besides the build, fetched in the background while Rust builds
+# (network and disk against the build's CPU; ~45 s off a cold run): chromium, and firefox-esr
+# for tests/browser/cpu.test.mjs (the browsers the suite drives), and the suite's npm packages.
+# Its output goes to a log shown when the browser stage waits for it.
+PREP_LOG=$(mktemp)
+(
+  set -e
+  MISSING=""
+  command -v chromium >/dev/null || MISSING="$MISSING chromium"
+  command -v firefox-esr >/dev/null || MISSING="$MISSING firefox-esr"
+  if [ -n "$MISSING" ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $MISSING >/dev/null
+  fi
+  cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+) >"$PREP_LOG" 2>&1 &
+PREP_PID=$!
 
 echo "== native tests (cargo test, CPU backend)"
 # Includes tests/fuzz_smoke.rs: the fuzz oracles of fuzz/ on 53k seeded mutations (seconds).
@@ -41,14 +62,14 @@ stage_done "browser bundle (build.sh)"
 
 echo "== browser tests (Debian chromium: WebGPU through SwiftShader, playwright-core; Debian firefox-esr:"
 echo "   no WebGPU on Linux, the CPU build, puppeteer-core over WebDriver BiDi)"
-# chromium, and firefox-esr for tests/browser/cpu.test.mjs: the browsers the suite drives.
-MISSING=""
-command -v chromium >/dev/null || MISSING="$MISSING chromium"
-command -v firefox-esr >/dev/null || MISSING="$MISSING firefox-esr"
-if [ -n "$MISSING" ]; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $MISSING >/dev/null
+# The browsers and npm packages started at the top (apt-get, npm ci): wait for them.
+PREP_RC=0; wait "$PREP_PID" || PREP_RC=$?
+PREP_PID=""
+cat "$PREP_LOG"; rm -f "$PREP_LOG"
+if [ "$PREP_RC" != 0 ]; then
+  echo "test.sh: installing the browsers or the browser suite's npm packages failed (exit $PREP_RC)" >&2
+  exit "$PREP_RC"
 fi
-stage_done "browsers (apt)"
-(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && npm test 2>&1)
+stage_done "browsers + npm ci (waiting for the background install)"
+(cd tests/browser && npm test 2>&1)
 stage_done "browser tests"

@@ -1,7 +1,7 @@
 // Real-browser tests: Debian chromium (SwiftShader WebGPU) driven by playwright-core, against
 // the built www/ (run ./build.sh first) served by server.mjs with fault injection.
 //   cd tests/browser && npm ci && node --test --test-concurrency=1 .
-import { test, before, after } from 'node:test';
+import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -69,6 +69,30 @@ async function openPage(context) {
   await page.waitForFunction(() => ['ready', 'no-webgpu'].includes(document.body.dataset.state), null, { timeout: 60_000 });
   return page;
 }
+
+/** A page of its own in `context` (beside the one openPage reuses), with the app ready: for a
+ *  group of tests that share one loaded model (`describe` below) and so one GPU device. */
+async function sharedPage(context) {
+  const page = await context.newPage();
+  logged.add(page);
+  page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') console.log(`  [page ${m.type()}] ${m.text()}`); });
+  await page.goto(`${srv.origin}/index.html`);
+  await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 60_000 });
+  return page;
+}
+
+/** The page's Load button always asks for the warm-up (a 1-step generation that compiles the
+ *  GPU pipelines: most of a minute on SwiftShader, for each new worker). Tests of what a load
+ *  does and shows (downloads, cache, precision, a picked folder) generate nothing afterwards, so
+ *  they take it out of the load message the page posts to its worker; the warm-up keeps its
+ *  own tests (the shared tiny-sd page below loads with it, gpu.test.mjs counts what it
+ *  compiles, the NaN test loads through a failing one). */
+const withoutWarmUp = (page) => page.evaluate(() => {
+  const post = Worker.prototype.postMessage;
+  Worker.prototype.postMessage = function (msg, ...rest) {
+    return post.call(this, msg?.type === 'load' ? { ...msg, warmUp: false } : msg, ...rest);
+  };
+});
 
 /** Runs load() in the page; returns { info, progress } or { error }. Without the warm-up
  *  generations by default (they would add ~1 min per load on SwiftShader; gpu.test.mjs and the
@@ -180,6 +204,7 @@ test('load() downloads every file once with progress and caches it', async () =>
   assert.ok(m?.complete, JSON.stringify(listed));
   assert.equal(m.bytes, info.bytes);
   // The page lists it with its size.
+  await withoutWarmUp(page);
   await page.click('#load').catch(() => {}); // also exercises the UI path (bundled preset = same URL)
   await page.waitForFunction(() => document.body.dataset.state === 'loaded', null, { timeout: LOAD_TIMEOUT });
   assert.match(await page.textContent('#cached'), /Tiny demo model.*MB/);
@@ -217,6 +242,7 @@ test('precision: auto follows shader-f16; f16 without it, or an unknown dtype, f
   const bogus = await loadIn(page, url, CHUNK, 'f64');
   assert.match(bogus.error ?? '', /dtype "f64": expected 'auto', 'f16' or 'f32'/);
   // The page says which precision the model runs in.
+  await withoutWarmUp(page);
   await page.click('#load');
   await page.waitForFunction(() => document.body.dataset.state === 'loaded', null, { timeout: LOAD_TIMEOUT });
   assert.match(await page.textContent('#load-status'), new RegExp(`running in ${auto.info.dtype}`));
@@ -360,45 +386,6 @@ test('a corrupt safetensors file is rejected, named, and not cached', async () =
   }
 });
 
-test('generate() reports every step, makes zero requests, and cancels between steps', async () => {
-  const page = await openPage(browser);
-  const { error } = await loadIn(page, MODEL());
-  assert.equal(error, undefined, error);
-  await settle(page);
-  const before = srv.log.length;
-  const r = await page.evaluate(async () => {
-    const steps = [];
-    try {
-      const out = await window.lastGenerator.generate({ prompt: 'a lighthouse', steps: 2, guidance: 0, seed: 7, width: 64, height: 64, onStep: (s, t) => steps.push([s, t]) });
-      return { out: { width: out.width, height: out.height, n: out.pixels.length, rgba: out.rgba.length, seed: out.seed,
-        min: Math.min(...out.pixels), max: Math.max(...out.pixels) }, steps };
-    } catch (e) {
-      return { error: e.message, steps };
-    }
-  });
-  assert.equal(r.error, undefined, r.error);
-  assert.deepEqual(r.steps, [[1, 2], [2, 2]]);
-  assert.deepEqual([r.out.width, r.out.height, r.out.n, r.out.rgba, r.out.seed], [64, 64, 3 * 64 * 64, 4 * 64 * 64, 7]);
-  assert.ok(r.out.min >= 0 && r.out.max <= 1 && r.out.max > r.out.min);
-  assert.deepEqual(pageRequests(before), [], 'requests during generation');
-  // Cancel after the first step: rejects promptly with an AbortError, and the next generate works.
-  const c = await page.evaluate(async () => {
-    const ac = new AbortController();
-    const t0 = performance.now();
-    let steps = 0;
-    try {
-      await window.lastGenerator.generate({ prompt: 'x', steps: 6, seed: 1, width: 64, height: 64, signal: ac.signal, onStep: () => { steps++; ac.abort(); } });
-      return { name: 'finished' };
-    } catch (e) {
-      const again = await window.lastGenerator.generate({ prompt: 'x', steps: 1, seed: 1, width: 64, height: 64 });
-      return { name: e.name, steps, ms: performance.now() - t0, again: again.pixels.length };
-    }
-  });
-  assert.equal(c.name, 'AbortError');
-  assert.equal(c.steps, 1, 'no step after the cancel');
-  assert.equal(c.again, 3 * 64 * 64);
-});
-
 const maxAbs = (a, b) => {
   assert.equal(a.length, b.length);
   let m = 0;
@@ -406,42 +393,235 @@ const maxAbs = (a, b) => {
   return m;
 };
 
-for (const [model, refName] of [['tiny-sd', 'pipeline_sd'], ['tiny-flow', 'pipeline_flow']]) {
-  test(`${model}: browser pixels match the native CLI (and diffusers) from the same latents`, async () => {
-    const refPath = join(ROOT, `tests/fixtures/ref/${refName}.safetensors`);
-    const ref = readSafetensors(refPath);
-    const c = ref.note;
-    const outTensor = join(OUT, `native-${refName}.safetensors`);
-    assert.ok(existsSync(INKSTONE_BIN), `native CLI not built at ${INKSTONE_BIN} (run cargo build first)`);
-    execFileSync(INKSTONE_BIN, ['generate', '--model', join(ROOT, 'tests/fixtures', model), '--prompt', c.prompt,
-      '--negative-prompt', c.negative_prompt, '--steps', String(c.steps), '--guidance', String(c.guidance),
-      '--width', String(c.width), '--height', String(c.height), '--latents', refPath, '--out-tensor', outTensor], { stdio: 'pipe' });
-    const native = readSafetensors(outTensor).tensor('image').data;
+/** Browser pixels vs the native CLI's and diffusers' from the same latents (reference case
+ *  `refName`), with `model` loaded in `page` as `window.lastGenerator`. */
+async function pipelineParity(page, model, refName) {
+  const refPath = join(ROOT, `tests/fixtures/ref/${refName}.safetensors`);
+  const ref = readSafetensors(refPath);
+  const c = ref.note;
+  const outTensor = join(OUT, `native-${refName}.safetensors`);
+  assert.ok(existsSync(INKSTONE_BIN), `native CLI not built at ${INKSTONE_BIN} (run cargo build first)`);
+  execFileSync(INKSTONE_BIN, ['generate', '--model', join(ROOT, 'tests/fixtures', model), '--prompt', c.prompt,
+    '--negative-prompt', c.negative_prompt, '--steps', String(c.steps), '--guidance', String(c.guidance),
+    '--width', String(c.width), '--height', String(c.height), '--latents', refPath, '--out-tensor', outTensor], { stdio: 'pipe' });
+  const native = readSafetensors(outTensor).tensor('image').data;
 
-    const page = await openPage(browser);
-    const { error } = await loadIn(page, `${srv.origin}/models/${model}/`);
-    assert.equal(error, undefined, error);
+  await settle(page);
+  const before = srv.log.length;
+  const out = await page.evaluate(async ({ c, latents }) => {
+    const previews = [];
+    const r = await window.lastGenerator.generate({ prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps,
+      guidance: c.guidance, width: c.width, height: c.height, seed: 0, latents: new Float32Array(latents),
+      onStep: (s, t, preview) => previews.push(preview ? preview.width : null) });
+    return { pixels: Array.from(r.pixels), previews };
+  }, { c, latents: Array.from(ref.tensor('latents').data) });
+  const during = pageRequests(before);
+  const vsNative = maxAbs(out.pixels, native);
+  const vsDiffusers = maxAbs(out.pixels, ref.tensor('image').data);
+  console.log(`  ${model}: browser vs native max abs ${vsNative.toExponential(3)}, vs diffusers ${vsDiffusers.toExponential(3)} (tolerance 1e-3)`);
+  assert.ok(vsNative <= 1e-3, `browser vs native: ${vsNative}`);
+  assert.ok(vsDiffusers <= 1e-3, `browser vs diffusers: ${vsDiffusers}`);
+  assert.deepEqual(during, [], 'requests during generation');
+  // The tiny decoder gives a preview at every step; the KL decoder none.
+  assert.equal(out.previews.length, c.steps);
+  assert.ok(out.previews.every((w) => (model === 'tiny-flow' ? w === c.width : w === null)), JSON.stringify(out.previews));
+}
+
+// One page, one worker and one compilation of tiny-sd's GPU pipelines for every test here that
+// only needs the bundled model loaded (a fresh load costs most of a minute of pipeline
+// compilation on SwiftShader): loaded once with the page's own Load button, with its warm-up as
+// a user gets it, then driven through the API (`window.inkstone.generator`) and the form. The
+// lost-device test comes last: it ends the worker (the generator then runs on a new one).
+describe('the bundled tiny-sd, loaded once in the page', () => {
+  let page;
+  before(async () => {
+    page = await sharedPage(browser);
+    // The sampler picker starts at the model's own.
+    assert.equal(await page.inputValue('#scheduler'), '');
+    await page.click('#load');
+    await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: LOAD_TIMEOUT });
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', await page.textContent('#load-status'));
+    await page.evaluate(() => { window.lastGenerator = window.inkstone.generator; });
+  });
+
+  after(async () => {
+    await page?.close();
+  });
+
+  test('generate() reports every step, makes zero requests, and cancels between steps', async () => {
     await settle(page);
     const before = srv.log.length;
-    const out = await page.evaluate(async ({ c, latents }) => {
-      const previews = [];
-      const r = await window.lastGenerator.generate({ prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps,
-        guidance: c.guidance, width: c.width, height: c.height, seed: 0, latents: new Float32Array(latents),
-        onStep: (s, t, preview) => previews.push(preview ? preview.width : null) });
-      return { pixels: Array.from(r.pixels), previews };
-    }, { c, latents: Array.from(ref.tensor('latents').data) });
-    const during = pageRequests(before);
-    const vsNative = maxAbs(out.pixels, native);
-    const vsDiffusers = maxAbs(out.pixels, ref.tensor('image').data);
-    console.log(`  ${model}: browser vs native max abs ${vsNative.toExponential(3)}, vs diffusers ${vsDiffusers.toExponential(3)} (tolerance 1e-3)`);
-    assert.ok(vsNative <= 1e-3, `browser vs native: ${vsNative}`);
-    assert.ok(vsDiffusers <= 1e-3, `browser vs diffusers: ${vsDiffusers}`);
-    assert.deepEqual(during, [], 'requests during generation');
-    // The tiny decoder gives a preview at every step; the KL decoder none.
-    assert.equal(out.previews.length, c.steps);
-    assert.ok(out.previews.every((w) => (model === 'tiny-flow' ? w === c.width : w === null)), JSON.stringify(out.previews));
+    const r = await page.evaluate(async () => {
+      const steps = [];
+      try {
+        const out = await window.lastGenerator.generate({ prompt: 'a lighthouse', steps: 2, guidance: 0, seed: 7, width: 64, height: 64, onStep: (s, t) => steps.push([s, t]) });
+        return { out: { width: out.width, height: out.height, n: out.pixels.length, rgba: out.rgba.length, seed: out.seed,
+          min: Math.min(...out.pixels), max: Math.max(...out.pixels) }, steps };
+      } catch (e) {
+        return { error: e.message, steps };
+      }
+    });
+    assert.equal(r.error, undefined, r.error);
+    assert.deepEqual(r.steps, [[1, 2], [2, 2]]);
+    assert.deepEqual([r.out.width, r.out.height, r.out.n, r.out.rgba, r.out.seed], [64, 64, 3 * 64 * 64, 4 * 64 * 64, 7]);
+    assert.ok(r.out.min >= 0 && r.out.max <= 1 && r.out.max > r.out.min);
+    assert.deepEqual(pageRequests(before), [], 'requests during generation');
+    // Cancel after the first step: rejects promptly with an AbortError, and the next generate works.
+    const c = await page.evaluate(async () => {
+      const ac = new AbortController();
+      const t0 = performance.now();
+      let steps = 0;
+      try {
+        await window.lastGenerator.generate({ prompt: 'x', steps: 6, seed: 1, width: 64, height: 64, signal: ac.signal, onStep: () => { steps++; ac.abort(); } });
+        return { name: 'finished' };
+      } catch (e) {
+        const again = await window.lastGenerator.generate({ prompt: 'x', steps: 1, seed: 1, width: 64, height: 64 });
+        return { name: e.name, steps, ms: performance.now() - t0, again: again.pixels.length };
+      }
+    });
+    assert.equal(c.name, 'AbortError');
+    assert.equal(c.steps, 1, 'no step after the cancel');
+    assert.equal(c.again, 3 * 64 * 64);
   });
-}
+
+  test('tiny-sd: browser pixels match the native CLI (and diffusers) from the same latents', () => pipelineParity(page, 'tiny-sd', 'pipeline_sd'));
+
+  test('generate() options are strict; scheduler, timesteps and sigmas follow the samplers\' rules', async () => {
+    const r = await page.evaluate(async () => {
+      const g = window.lastGenerator;
+      const base = { prompt: 'x', width: 64, height: 64, seed: 1, guidance: 0 };
+      const attempt = async (o) => {
+        const steps = [];
+        try {
+          await g.generate({ ...base, ...o, onStep: (s, t) => steps.push([s, t]) });
+          return { steps };
+        } catch (e) {
+          return { error: e.message };
+        }
+      };
+      const cases = {
+        fractionalSteps: { steps: 2.5 }, unknownOption: { step: 2 }, nanGuidance: { steps: 1, guidance: NaN },
+        stringSteps: { steps: '2' }, fractionalWidth: { steps: 1, width: 64.5 }, negativeSeed: { steps: 1, seed: -1 },
+        infiniteTimestep: { timesteps: [Infinity] }, flowOnSd: { steps: 1, scheduler: 'flow-euler' },
+        unknownScheduler: { steps: 1, scheduler: 'heun' }, ddimTimesteps: { scheduler: 'ddim', timesteps: [999] },
+        both: { timesteps: [999], sigmas: [1, 0] }, oneStep: { timesteps: [999] },
+        lcmFour: { scheduler: 'lcm', timesteps: [999, 749, 499, 249] }, eulerSigmas: { sigmas: [14.6, 3, 0] },
+        dpmSde: { scheduler: 'dpm++2m-sde-karras', steps: 2 },
+      };
+      const out = {};
+      for (const [name, o] of Object.entries(cases)) out[name] = await attempt(o);
+      return out;
+    });
+    assert.match(r.fractionalSteps.error, /`steps` must be an integer in 1\.\.=10000, got 2\.5/);
+    assert.match(r.unknownOption.error, /unknown field `step`/);
+    assert.match(r.nanGuidance.error, /`guidance` must be a finite number, got NaN/);
+    assert.match(r.stringSteps.error, /`steps`: invalid type/);
+    assert.match(r.fractionalWidth.error, /`width` must be an integer/);
+    assert.match(r.negativeSeed.error, /`seed` must be an integer in 0\.\./);
+    assert.match(r.infiniteTimestep.error, /`timesteps` must hold finite numbers/);
+    assert.match(r.flowOnSd.error, /flow-euler samples flow-matching models only/);
+    assert.match(r.unknownScheduler.error, /unknown scheduler "heun"/);
+    assert.match(r.ddimTimesteps.error, /custom timesteps are not supported by DDIMScheduler/);
+    assert.match(r.both.error, /give timesteps or sigmas, not both/);
+    assert.deepEqual(r.oneStep, { steps: [[1, 1]] });
+    assert.deepEqual(r.lcmFour, { steps: [[1, 4], [2, 4], [3, 4], [4, 4]] });
+    assert.deepEqual(r.eulerSigmas, { steps: [[1, 2], [2, 2]] });
+    assert.deepEqual(r.dpmSde, { steps: [[1, 2], [2, 2]] });
+  });
+
+  test('the page\'s sampler picker defaults to the model\'s own and passes the choice and timesteps', async () => {
+    // The model's own until the user picks one (also checked before the load, in before()).
+    assert.equal(await page.inputValue('#scheduler'), '');
+    await page.selectOption('#size', '64');
+    await page.selectOption('#scheduler', 'dpm++2m-karras');
+    await page.fill('#timesteps', '999');
+    await page.click('#generate');
+    await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
+    // Karras sigmas fix their own timesteps: diffusers refuses custom ones there, and so does the page.
+    assert.match(await page.textContent('#gen-status'), /cannot be used with use_karras_sigmas/);
+    await page.selectOption('#scheduler', 'euler-a');
+    await page.fill('#timesteps', '');
+    await page.fill('#steps', '2');
+    await page.click('#generate');
+    await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'generated', await page.textContent('#gen-status'));
+    await page.selectOption('#scheduler', 'dpm++2m');
+    await page.fill('#timesteps', '999');
+    await page.click('#generate');
+    await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'generated', await page.textContent('#gen-status'));
+    await page.selectOption('#scheduler', 'flow-euler');
+    await page.click('#generate');
+    await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'generate-error');
+    assert.match(await page.textContent('#gen-status'), /flow-euler samples flow-matching models only/);
+  });
+
+  test('the page loads the bundled model, generates with the form and shows the result (screenshot)', async () => {
+    // (Loaded by before(): the page's Load button, the bundled model, its warm-up.)
+    const shown = await page.locator('#gallery img').count();
+    await page.selectOption('#scheduler', ''); // the model's own (the sampler test picked others)
+    await page.fill('#timesteps', '');
+    await page.fill('#prompt', 'a photo of a cat');
+    await page.fill('#steps', '2');
+    // The smallest size: what is tested is the form's round trip, not a size (a 256 px image
+    // took minutes on a loaded 2-core machine; other sizes run in the parity and limits tests).
+    await page.selectOption('#size', '64');
+    await page.click('#generate');
+    await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
+    const text = await page.textContent('#gen-status');
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'generated', text);
+    assert.match(text, /^Done in/);
+    assert.equal(await page.locator('#gallery img').count(), shown + 1, 'the image joins the gallery');
+    await page.screenshot({ path: join(OUT, 'generated.png'), fullPage: true });
+  });
+
+  test('a lost GPU device mid-generation: the page says so, and the next Generate recovers from the cache with no download', async () => {
+    // The page's model loaded by before() (the bundled tiny model, from the cache).
+    await page.fill('#timesteps', '');
+    await page.selectOption('#scheduler', '');
+    await page.fill('#prompt', 'a lighthouse');
+    await page.fill('#steps', '3');
+    await page.fill('#seed', '11');
+    await page.selectOption('#size', '64');
+    const generated = async () => {
+      await page.click('#generate');
+      await page.waitForFunction(() => ['generated', 'generate-error', 'device-lost'].includes(document.body.dataset.state), null, { timeout: 120_000 + LOAD_TIMEOUT });
+      return page.evaluate(() => document.body.dataset.state);
+    };
+    assert.equal(await generated(), 'generated', await page.textContent('#gen-status'));
+    const before = await page.evaluate(() => document.querySelector('#canvas').toDataURL());
+
+    // Destroy the device (what a driver reset does) as soon as the first step is reported.
+    await settle(page);
+    const since = srv.log.length;
+    await page.evaluate(() => {
+      const g = window.inkstone.generator;
+      const post = g._w.worker.onmessage;
+      g._w.worker.onmessage = (e) => {
+        if (e.data.type === 'step') g._w.worker.postMessage({ type: 'destroy-device' });
+        post(e);
+      };
+    });
+    assert.equal(await generated(), 'device-lost');
+    assert.match(await page.textContent('#gen-status'), /GPU device was lost \(destroyed.*reloaded from the cache/);
+
+    assert.equal(await generated(), 'generated', await page.textContent('#gen-status'));
+    const after = await page.evaluate(() => document.querySelector('#canvas').toDataURL());
+    assert.equal(after, before, 'same seed, same image after the recovery');
+    const info = await page.evaluate(() => window.inkstone.generator.info);
+    assert.equal(info.recoveries, 1);
+    assert.equal(info.cached, true);
+    assert.deepEqual(pageRequests(since).filter((r) => r.path.startsWith('models/')), [], 'model requests during the recovery');
+  });
+});
+
+test('tiny-flow: browser pixels match the native CLI (and diffusers) from the same latents', async () => {
+  const page = await openPage(browser);
+  const { error } = await loadIn(page, `${srv.origin}/models/tiny-flow/`);
+  assert.equal(error, undefined, error);
+  await pipelineParity(page, 'tiny-flow', 'pipeline_flow');
+});
 
 /** tiny-sd-pndm (the SD-1.x layout: PNDMScheduler; its components are symlinks into tiny-sd),
  *  copied with the links resolved under www/models/ for the server. */
@@ -460,153 +640,67 @@ function nativeImage(model, args, name) {
   return readSafetensors(outTensor).tensor('image').data;
 }
 
-// The SD-1.x repo layout (PNDM) as shipped, and DPM++ 2M Karras picked over it: browser, native
-// CLI and diffusers (`DPMSolverMultistepScheduler.from_config(..., use_karras_sigmas=True)`) agree.
-for (const [refName, scheduler] of [['pipeline_sd_pndm', undefined], ['pipeline_sd_dpm_karras', 'dpm++2m-karras']]) {
-  test(`tiny-sd-pndm${scheduler ? ` with scheduler ${scheduler}` : ' (PNDMScheduler)'}: browser pixels match the native CLI and diffusers`, async () => {
-    const dir = pndmModel();
-    const refPath = join(ROOT, `tests/fixtures/ref/${refName}.safetensors`);
-    const ref = readSafetensors(refPath);
-    const c = ref.note;
-    assert.equal(c.scheduler, scheduler);
-    const native = nativeImage(dir, ['--prompt', c.prompt, '--negative-prompt', c.negative_prompt, '--steps', String(c.steps),
-      '--guidance', String(c.guidance), '--latents', refPath, ...(scheduler ? ['--scheduler', scheduler] : [])], refName);
-
-    const page = await openPage(browser);
+// tiny-sd-pndm loaded once for its three samplers (one worker, one pipeline compilation).
+describe('tiny-sd-pndm, loaded once', () => {
+  let page, dir;
+  before(async () => {
+    dir = pndmModel();
+    page = await sharedPage(browser);
     const { error } = await loadIn(page, `${srv.origin}/models/tiny-sd-pndm/`);
     assert.equal(error, undefined, error);
-    const out = await page.evaluate(async ({ c, latents }) => {
-      const steps = [];
-      const r = await window.lastGenerator.generate({ prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps,
-        guidance: c.guidance, width: c.width, height: c.height, seed: 0, latents: new Float32Array(latents),
-        scheduler: c.scheduler, onStep: (s, t) => steps.push([s, t]) });
-      return { pixels: Array.from(r.pixels), steps };
-    }, { c, latents: Array.from(ref.tensor('latents').data) });
-    const vsNative = maxAbs(out.pixels, native);
-    const vsDiffusers = maxAbs(out.pixels, ref.tensor('image').data);
-    console.log(`  ${refName}: browser vs native max abs ${vsNative.toExponential(3)}, vs diffusers ${vsDiffusers.toExponential(3)} (tolerance 1e-3)`);
-    assert.ok(vsNative <= 1e-3, `browser vs native: ${vsNative}`);
-    assert.ok(vsDiffusers <= 1e-3, `browser vs diffusers: ${vsDiffusers}`);
-    // PLMS evaluates the U-Net steps + 1 times (its second step repeats a timestep).
-    const total = scheduler ? c.steps : c.steps + 1;
-    assert.deepEqual(out.steps, Array.from({ length: total }, (_, i) => [i + 1, total]));
   });
-}
 
-test('a stochastic sampler (euler-a) gives the native image for the same seed', async () => {
-  const dir = pndmModel();
-  const o = { prompt: 'a red house', steps: 3, guidance: 7.5, seed: 5, width: 64, height: 64 };
-  const native = nativeImage(dir, ['--prompt', o.prompt, '--steps', '3', '--guidance', '7.5', '--seed', '5', '--width', '64',
-    '--height', '64', '--scheduler', 'euler-a'], 'euler-a');
-  const page = await openPage(browser);
-  const { error } = await loadIn(page, `${srv.origin}/models/tiny-sd-pndm/`);
-  assert.equal(error, undefined, error);
-  const pixels = await page.evaluate(async (o) => Array.from((await window.lastGenerator.generate({ ...o, scheduler: 'euler-a' })).pixels), o);
-  const other = await page.evaluate(async (o) => Array.from((await window.lastGenerator.generate({ ...o, seed: 6, scheduler: 'euler-a' })).pixels), o);
-  const err = maxAbs(pixels, native);
-  console.log(`  euler-a seed 5: browser vs native max abs ${err.toExponential(3)} (tolerance 1e-3)`);
-  assert.ok(err <= 1e-3, `browser vs native: ${err}`);
-  assert.ok(maxAbs(other, native) > 1e-3, 'another seed gives another image');
-});
-
-test('generate() options are strict; scheduler, timesteps and sigmas follow the samplers\' rules', async () => {
-  const page = await openPage(browser);
-  const { error } = await loadIn(page, MODEL());
-  assert.equal(error, undefined, error);
-  const r = await page.evaluate(async () => {
-    const g = window.lastGenerator;
-    const base = { prompt: 'x', width: 64, height: 64, seed: 1, guidance: 0 };
-    const attempt = async (o) => {
-      const steps = [];
-      try {
-        await g.generate({ ...base, ...o, onStep: (s, t) => steps.push([s, t]) });
-        return { steps };
-      } catch (e) {
-        return { error: e.message };
-      }
-    };
-    const cases = {
-      fractionalSteps: { steps: 2.5 }, unknownOption: { step: 2 }, nanGuidance: { steps: 1, guidance: NaN },
-      stringSteps: { steps: '2' }, fractionalWidth: { steps: 1, width: 64.5 }, negativeSeed: { steps: 1, seed: -1 },
-      infiniteTimestep: { timesteps: [Infinity] }, flowOnSd: { steps: 1, scheduler: 'flow-euler' },
-      unknownScheduler: { steps: 1, scheduler: 'heun' }, ddimTimesteps: { scheduler: 'ddim', timesteps: [999] },
-      both: { timesteps: [999], sigmas: [1, 0] }, oneStep: { timesteps: [999] },
-      lcmFour: { scheduler: 'lcm', timesteps: [999, 749, 499, 249] }, eulerSigmas: { sigmas: [14.6, 3, 0] },
-      dpmSde: { scheduler: 'dpm++2m-sde-karras', steps: 2 },
-    };
-    const out = {};
-    for (const [name, o] of Object.entries(cases)) out[name] = await attempt(o);
-    return out;
+  after(async () => {
+    await page?.close();
   });
-  assert.match(r.fractionalSteps.error, /`steps` must be an integer in 1\.\.=10000, got 2\.5/);
-  assert.match(r.unknownOption.error, /unknown field `step`/);
-  assert.match(r.nanGuidance.error, /`guidance` must be a finite number, got NaN/);
-  assert.match(r.stringSteps.error, /`steps`: invalid type/);
-  assert.match(r.fractionalWidth.error, /`width` must be an integer/);
-  assert.match(r.negativeSeed.error, /`seed` must be an integer in 0\.\./);
-  assert.match(r.infiniteTimestep.error, /`timesteps` must hold finite numbers/);
-  assert.match(r.flowOnSd.error, /flow-euler samples flow-matching models only/);
-  assert.match(r.unknownScheduler.error, /unknown scheduler "heun"/);
-  assert.match(r.ddimTimesteps.error, /custom timesteps are not supported by DDIMScheduler/);
-  assert.match(r.both.error, /give timesteps or sigmas, not both/);
-  assert.deepEqual(r.oneStep, { steps: [[1, 1]] });
-  assert.deepEqual(r.lcmFour, { steps: [[1, 4], [2, 4], [3, 4], [4, 4]] });
-  assert.deepEqual(r.eulerSigmas, { steps: [[1, 2], [2, 2]] });
-  assert.deepEqual(r.dpmSde, { steps: [[1, 2], [2, 2]] });
-});
 
-test('the page\'s sampler picker defaults to the model\'s own and passes the choice and timesteps', async () => {
-  const page = await openPage(browser);
-  assert.equal(await page.inputValue('#scheduler'), '');
-  await page.click('#load');
-  await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: LOAD_TIMEOUT });
-  assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', await page.textContent('#load-status'));
-  await page.selectOption('#size', '64');
-  await page.selectOption('#scheduler', 'dpm++2m-karras');
-  await page.fill('#timesteps', '999');
-  await page.click('#generate');
-  await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
-  // Karras sigmas fix their own timesteps: diffusers refuses custom ones there, and so does the page.
-  assert.match(await page.textContent('#gen-status'), /cannot be used with use_karras_sigmas/);
-  await page.selectOption('#scheduler', 'euler-a');
-  await page.fill('#timesteps', '');
-  await page.fill('#steps', '2');
-  await page.click('#generate');
-  await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
-  assert.equal(await page.evaluate(() => document.body.dataset.state), 'generated', await page.textContent('#gen-status'));
-  await page.selectOption('#scheduler', 'dpm++2m');
-  await page.fill('#timesteps', '999');
-  await page.click('#generate');
-  await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
-  assert.equal(await page.evaluate(() => document.body.dataset.state), 'generated', await page.textContent('#gen-status'));
-  await page.selectOption('#scheduler', 'flow-euler');
-  await page.click('#generate');
-  await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
-  assert.equal(await page.evaluate(() => document.body.dataset.state), 'generate-error');
-  assert.match(await page.textContent('#gen-status'), /flow-euler samples flow-matching models only/);
-});
+  // The SD-1.x repo layout (PNDM) as shipped, and DPM++ 2M Karras picked over it: browser, native
+  // CLI and diffusers (`DPMSolverMultistepScheduler.from_config(..., use_karras_sigmas=True)`) agree.
+  for (const [refName, scheduler] of [['pipeline_sd_pndm', undefined], ['pipeline_sd_dpm_karras', 'dpm++2m-karras']]) {
+    test(`tiny-sd-pndm${scheduler ? ` with scheduler ${scheduler}` : ' (PNDMScheduler)'}: browser pixels match the native CLI and diffusers`, async () => {
+      const refPath = join(ROOT, `tests/fixtures/ref/${refName}.safetensors`);
+      const ref = readSafetensors(refPath);
+      const c = ref.note;
+      assert.equal(c.scheduler, scheduler);
+      const native = nativeImage(dir, ['--prompt', c.prompt, '--negative-prompt', c.negative_prompt, '--steps', String(c.steps),
+        '--guidance', String(c.guidance), '--latents', refPath, ...(scheduler ? ['--scheduler', scheduler] : [])], refName);
 
-test('the page loads the bundled model, generates with the form and shows the result (screenshot)', async () => {
-  const page = await openPage(browser);
-  await page.click('#load');
-  await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: LOAD_TIMEOUT });
-  assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', await page.textContent('#load-status'));
-  await page.fill('#prompt', 'a photo of a cat');
-  await page.fill('#steps', '2');
-  await page.selectOption('#size', '256');
-  await page.click('#generate');
-  await page.waitForFunction(() => ['generated', 'generate-error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
-  const text = await page.textContent('#gen-status');
-  assert.equal(await page.evaluate(() => document.body.dataset.state), 'generated', text);
-  assert.match(text, /^Done in/);
-  assert.equal(await page.locator('#gallery img').count(), 1);
-  await page.screenshot({ path: join(OUT, 'generated.png'), fullPage: true });
+      const out = await page.evaluate(async ({ c, latents }) => {
+        const steps = [];
+        const r = await window.lastGenerator.generate({ prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps,
+          guidance: c.guidance, width: c.width, height: c.height, seed: 0, latents: new Float32Array(latents),
+          scheduler: c.scheduler, onStep: (s, t) => steps.push([s, t]) });
+        return { pixels: Array.from(r.pixels), steps };
+      }, { c, latents: Array.from(ref.tensor('latents').data) });
+      const vsNative = maxAbs(out.pixels, native);
+      const vsDiffusers = maxAbs(out.pixels, ref.tensor('image').data);
+      console.log(`  ${refName}: browser vs native max abs ${vsNative.toExponential(3)}, vs diffusers ${vsDiffusers.toExponential(3)} (tolerance 1e-3)`);
+      assert.ok(vsNative <= 1e-3, `browser vs native: ${vsNative}`);
+      assert.ok(vsDiffusers <= 1e-3, `browser vs diffusers: ${vsDiffusers}`);
+      // PLMS evaluates the U-Net steps + 1 times (its second step repeats a timestep).
+      const total = scheduler ? c.steps : c.steps + 1;
+      assert.deepEqual(out.steps, Array.from({ length: total }, (_, i) => [i + 1, total]));
+    });
+  }
+
+  test('a stochastic sampler (euler-a) gives the native image for the same seed', async () => {
+    const o = { prompt: 'a red house', steps: 3, guidance: 7.5, seed: 5, width: 64, height: 64 };
+    const native = nativeImage(dir, ['--prompt', o.prompt, '--steps', '3', '--guidance', '7.5', '--seed', '5', '--width', '64',
+      '--height', '64', '--scheduler', 'euler-a'], 'euler-a');
+    const pixels = await page.evaluate(async (o) => Array.from((await window.lastGenerator.generate({ ...o, scheduler: 'euler-a' })).pixels), o);
+    const other = await page.evaluate(async (o) => Array.from((await window.lastGenerator.generate({ ...o, seed: 6, scheduler: 'euler-a' })).pixels), o);
+    const err = maxAbs(pixels, native);
+    console.log(`  euler-a seed 5: browser vs native max abs ${err.toExponential(3)} (tolerance 1e-3)`);
+    assert.ok(err <= 1e-3, `browser vs native: ${err}`);
+    assert.ok(maxAbs(other, native) > 1e-3, 'another seed gives another image');
+  });
 });
 
 test('a local folder picked in the page loads with no network', async () => {
   const page = await openPage(browser);
   await page.setInputFiles('#model-dir', TINY);
   const before = srv.log.length;
+  await withoutWarmUp(page);
   await page.click('#load');
   await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: LOAD_TIMEOUT });
   const text = await page.textContent('#load-status');
@@ -721,51 +815,67 @@ const HUB_CASES = [
   { model: 'tiny-flow-hub', ref: 'hub_flow' },
 ];
 
-for (const hub of HUB_CASES) {
-  test(`${hub.model} (${hub.ref}): a hub-layout folder fetches only the files it runs and matches the native CLI and diffusers`, async () => {
-    const dir = join(WWW, 'models', hub.model);
-    rmSync(dir, { recursive: true, force: true });
-    cpSync(join(ROOT, 'tests/fixtures', hub.model), dir, { recursive: true });
-    const refPath = join(ROOT, `tests/fixtures/ref/${hub.ref}.safetensors`);
-    const ref = readSafetensors(refPath);
-    const c = ref.note;
-    const outTensor = join(OUT, `native-${hub.ref}.safetensors`);
-    execFileSync(INKSTONE_BIN, ['generate', '--model', dir, '--prompt', c.prompt, '--negative-prompt', c.negative_prompt,
-      '--steps', String(c.steps), '--guidance', String(c.guidance), '--width', String(c.width), '--height', String(c.height),
-      '--latents', refPath, '--out-tensor', outTensor, ...(hub.scheduler ? ['--scheduler', hub.scheduler] : [])], { stdio: 'pipe' });
-    const native = readSafetensors(outTensor).tensor('image').data;
+// Each hub-layout folder is downloaded and loaded once (its requests checked by every case of it)
+// and generates each of its reference cases: one worker per folder.
+for (const model of [...new Set(HUB_CASES.map((h) => h.model))]) {
+  describe(`${model}, downloaded and loaded once`, () => {
+    let page, loaded, asked;
+    before(async () => {
+      const dir = join(WWW, 'models', model);
+      rmSync(dir, { recursive: true, force: true });
+      cpSync(join(ROOT, 'tests/fixtures', model), dir, { recursive: true });
+      page = await sharedPage(browser);
+      // A fresh download: the requests are what is checked.
+      await page.evaluate((m) => window.inkstone.clearCache(m), `${srv.origin}/models/${model}/`);
+      const before = srv.log.length;
+      loaded = await loadIn(page, `${srv.origin}/models/${model}/`);
+      const prefix = `models/${model}/`;
+      asked = srv.log.slice(before).filter((r) => r.path.startsWith(prefix)).map((r) => ({ ...r, path: r.path.slice(prefix.length) }));
+    });
 
-    const page = await openPage(browser);
-    // A fresh download each time: the requests are what is checked.
-    await page.evaluate((m) => window.inkstone.clearCache(m), `${srv.origin}/models/${hub.model}/`);
-    const before = srv.log.length;
-    const { info, error } = await loadIn(page, `${srv.origin}/models/${hub.model}/`);
-    assert.equal(error, undefined, error);
-    assert.equal(info.dtype, 'f32'); // SwiftShader has no shader-f16
-    const prefix = `models/${hub.model}/`;
-    const asked = srv.log.slice(before).filter((r) => r.path.startsWith(prefix)).map((r) => ({ ...r, path: r.path.slice(prefix.length) }));
-    for (const r of asked) {
-      assert.ok(!/^(safety_checker|feature_extractor)\//.test(r.path), `requested ${r.method} ${r.path}`);
-      assert.ok(!/\.(bin|ckpt)$/.test(r.path), `requested pickle ${r.method} ${r.path}`);
-      assert.ok(!(r.method === 'GET' && r.path.includes('.fp16.')), `an f32 load downloaded ${r.path}`);
+    after(async () => {
+      await page?.close();
+    });
+
+    for (const hub of HUB_CASES.filter((h) => h.model === model)) {
+      test(`${hub.model} (${hub.ref}): a hub-layout folder fetches only the files it runs and matches the native CLI and diffusers`, async () => {
+        const dir = join(WWW, 'models', hub.model);
+        const refPath = join(ROOT, `tests/fixtures/ref/${hub.ref}.safetensors`);
+        const ref = readSafetensors(refPath);
+        const c = ref.note;
+        const outTensor = join(OUT, `native-${hub.ref}.safetensors`);
+        execFileSync(INKSTONE_BIN, ['generate', '--model', dir, '--prompt', c.prompt, '--negative-prompt', c.negative_prompt,
+          '--steps', String(c.steps), '--guidance', String(c.guidance), '--width', String(c.width), '--height', String(c.height),
+          '--latents', refPath, '--out-tensor', outTensor, ...(hub.scheduler ? ['--scheduler', hub.scheduler] : [])], { stdio: 'pipe' });
+        const native = readSafetensors(outTensor).tensor('image').data;
+
+        const { info, error } = loaded;
+        assert.equal(error, undefined, error);
+        assert.equal(info.dtype, 'f32'); // SwiftShader has no shader-f16
+        for (const r of asked) {
+          assert.ok(!/^(safety_checker|feature_extractor)\//.test(r.path), `requested ${r.method} ${r.path}`);
+          assert.ok(!/\.(bin|ckpt)$/.test(r.path), `requested pickle ${r.method} ${r.path}`);
+          assert.ok(!(r.method === 'GET' && r.path.includes('.fp16.')), `an f32 load downloaded ${r.path}`);
+        }
+        // Exactly the planned files are downloaded (model_index.json is read once more to plan).
+        const gets = [...new Set(asked.filter((r) => r.method === 'GET').map((r) => r.path))].sort();
+        assert.deepEqual(gets, info.files.map((f) => f.path).sort());
+        const weights = info.files.filter((f) => f.kind === 'weights').map((f) => f.path).sort();
+        assert.deepEqual(weights, ['text_encoder/model.safetensors', 'unet/diffusion_pytorch_model.safetensors',
+          'vae/diffusion_pytorch_model.safetensors']);
+        if (hub.model === 'tiny-sd1-hub') assert.deepEqual(info.skipped, ['feature_extractor', 'safety_checker']);
+
+        const pixels = await page.evaluate(async ({ c, latents, scheduler }) => Array.from((await window.lastGenerator.generate({
+          prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps, guidance: c.guidance, width: c.width,
+          height: c.height, seed: 0, latents: new Float32Array(latents), ...(scheduler ? { scheduler } : {}) })).pixels),
+        { c, latents: Array.from(ref.tensor('latents').data), scheduler: hub.scheduler });
+        const vsNative = maxAbs(pixels, native);
+        const vsDiffusers = maxAbs(pixels, ref.tensor('image').data);
+        console.log(`  ${hub.model}: browser vs native max abs ${vsNative.toExponential(3)}, vs diffusers ${vsDiffusers.toExponential(3)} (tolerance 1e-3)`);
+        assert.ok(vsNative <= 1e-3, `browser vs native: ${vsNative}`);
+        assert.ok(vsDiffusers <= 1e-3, `browser vs diffusers: ${vsDiffusers}`);
+      });
     }
-    // Exactly the planned files are downloaded (model_index.json is read once more to plan).
-    const gets = [...new Set(asked.filter((r) => r.method === 'GET').map((r) => r.path))].sort();
-    assert.deepEqual(gets, info.files.map((f) => f.path).sort());
-    const weights = info.files.filter((f) => f.kind === 'weights').map((f) => f.path).sort();
-    assert.deepEqual(weights, ['text_encoder/model.safetensors', 'unet/diffusion_pytorch_model.safetensors',
-      'vae/diffusion_pytorch_model.safetensors']);
-    if (hub.model === 'tiny-sd1-hub') assert.deepEqual(info.skipped, ['feature_extractor', 'safety_checker']);
-
-    const pixels = await page.evaluate(async ({ c, latents, scheduler }) => Array.from((await window.lastGenerator.generate({
-      prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps, guidance: c.guidance, width: c.width,
-      height: c.height, seed: 0, latents: new Float32Array(latents), ...(scheduler ? { scheduler } : {}) })).pixels),
-    { c, latents: Array.from(ref.tensor('latents').data), scheduler: hub.scheduler });
-    const vsNative = maxAbs(pixels, native);
-    const vsDiffusers = maxAbs(pixels, ref.tensor('image').data);
-    console.log(`  ${hub.model}: browser vs native max abs ${vsNative.toExponential(3)}, vs diffusers ${vsDiffusers.toExponential(3)} (tolerance 1e-3)`);
-    assert.ok(vsNative <= 1e-3, `browser vs native: ${vsNative}`);
-    assert.ok(vsDiffusers <= 1e-3, `browser vs diffusers: ${vsDiffusers}`);
   });
 }
 
@@ -819,45 +929,6 @@ test('presets: every hub preset is offered with its download size for the dtype 
   assert.ok((await page.textContent('#preset-note')).includes(`Download at f16: ${size(bk.bytes.f16)}`));
 });
 
-test('a lost GPU device mid-generation: the page says so, and the next Generate recovers from the cache with no download', async () => {
-  const page = await openPage(browser);
-  await page.click('#load'); // the bundled tiny model (cached by the earlier tests or downloaded now)
-  await page.waitForFunction(() => document.body.dataset.state === 'loaded', null, { timeout: LOAD_TIMEOUT });
-  await page.fill('#prompt', 'a lighthouse');
-  await page.fill('#steps', '3');
-  await page.fill('#seed', '11');
-  await page.selectOption('#size', '64');
-  const generated = async () => {
-    await page.click('#generate');
-    await page.waitForFunction(() => ['generated', 'generate-error', 'device-lost'].includes(document.body.dataset.state), null, { timeout: 120_000 + LOAD_TIMEOUT });
-    return page.evaluate(() => document.body.dataset.state);
-  };
-  assert.equal(await generated(), 'generated', await page.textContent('#gen-status'));
-  const before = await page.evaluate(() => document.querySelector('#canvas').toDataURL());
-
-  // Destroy the device (what a driver reset does) as soon as the first step is reported.
-  await settle(page);
-  const since = srv.log.length;
-  await page.evaluate(() => {
-    const g = window.inkstone.generator;
-    const post = g._w.worker.onmessage;
-    g._w.worker.onmessage = (e) => {
-      if (e.data.type === 'step') g._w.worker.postMessage({ type: 'destroy-device' });
-      post(e);
-    };
-  });
-  assert.equal(await generated(), 'device-lost');
-  assert.match(await page.textContent('#gen-status'), /GPU device was lost \(destroyed.*reloaded from the cache/);
-
-  assert.equal(await generated(), 'generated', await page.textContent('#gen-status'));
-  const after = await page.evaluate(() => document.querySelector('#canvas').toDataURL());
-  assert.equal(after, before, 'same seed, same image after the recovery');
-  const info = await page.evaluate(() => window.inkstone.generator.info);
-  assert.equal(info.recoveries, 1);
-  assert.equal(info.cached, true);
-  assert.deepEqual(pageRequests(since).filter((r) => r.path.startsWith('models/')), [], 'model requests during the recovery');
-});
-
 /** A worker that counts GPU work around the package's worker.js (shared/README.md): live GPU
  *  buffer bytes (createBuffer minus destroy), dispatches and submits. Static imports, in order. */
 function writeCountingWorker() {
@@ -893,7 +964,8 @@ test('soak: many generations in one tab keep GPU memory, the wasm heap and the J
   const workerUrl = writeCountingWorker();
   const page = await openPage(browser);
   await page.evaluate(async ({ url, workerUrl }) => {
-    window.soakGen = await window.inkstone.load(url, { workerUrl });
+    // No load warm-up: the first generations (before `warmup`) compile the pipelines instead.
+    window.soakGen = await window.inkstone.load(url, { workerUrl, warmUp: false });
   }, { url: MODEL(), workerUrl });
   const worker = page.workers().at(-1);
   const workerHeap = await workerHeapProbe(page, 'counting-worker');
