@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 
 /// 8-bit interleaved RGB (or RGBA with `alpha`), rounding as diffusers' `numpy_to_pil` does:
-/// `(x * 255).round()`.
+/// `(x * 255).round()` on float32, and numpy rounds halves to even.
 pub fn to_interleaved_u8(planar: &[f32], width: usize, height: usize, alpha: bool) -> Vec<u8> {
     let plane = width * height;
     assert_eq!(planar.len(), 3 * plane, "expected [3, {height}, {width}] pixels");
@@ -11,7 +11,7 @@ pub fn to_interleaved_u8(planar: &[f32], width: usize, height: usize, alpha: boo
     let mut out = Vec::with_capacity(plane * channels);
     for i in 0..plane {
         for c in 0..3 {
-            out.push((planar[c * plane + i].clamp(0.0, 1.0) * 255.0).round() as u8);
+            out.push((planar[c * plane + i].clamp(0.0, 1.0) * 255.0).round_ties_even() as u8);
         }
         if alpha {
             out.push(255);
@@ -98,4 +98,30 @@ fn planar_rgb(w: usize, h: usize, channels: usize, samples: &[f32]) -> std::resu
         }
     }
     crate::img2img::InitImage::new(w, h, pixels).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_interleaved_u8;
+
+    /// The float32 value nearest `(k + 0.5) / 255` whose float32 product with 255 is exactly
+    /// `k + 0.5`, the case where the rounding rule shows.
+    fn exact_half(k: u8) -> f32 {
+        let mut v = (k as f32 + 0.5) / 255.0;
+        for _ in 0..64 {
+            let p = v * 255.0;
+            if p == k as f32 + 0.5 {
+                return v;
+            }
+            v = if p < k as f32 + 0.5 { v.next_up() } else { v.next_down() };
+        }
+        panic!("no float32 x with x * 255 = {k}.5");
+    }
+
+    #[test]
+    fn halves_round_to_even_as_numpy() {
+        // [3, 1, 2]: R, G, B planes of two pixels.
+        let planar = [exact_half(2), exact_half(3), 1.5, -0.2, 0.0, 1.0];
+        assert_eq!(to_interleaved_u8(&planar, 2, 1, true), [2, 255, 0, 255, 4, 0, 255, 255]);
+    }
 }
