@@ -48,12 +48,20 @@ if [ -z "${SKIP_WASM_OPT:-}" ]; then
     WASM_OPT="$ROOT/tools/binaryen/node_modules/.bin/wasm-opt"
   fi
 fi
+# It runs beside the CPU build below (minutes each; the build's LTO and codegen end on one
+# core, and wasm-opt's function passes use the other): waited for before pkg/ is assembled.
+OPT_PID=""
 if [ -n "$WASM_OPT" ]; then
-  t0=$SECONDS
-  "$WASM_OPT" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
-    --enable-mutable-globals --enable-reference-types --enable-multivalue \
-    "$BG" -o "$BG.opt" && mv "$BG.opt" "$BG"
-  echo "after wasm-opt -Oz ($((SECONDS - t0)) s): $(size "$BG") bytes ($(gz "$BG") gzipped)"
+  OPT_LOG=$(mktemp)
+  (
+    t0=$SECONDS
+    "$WASM_OPT" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+      --enable-mutable-globals --enable-reference-types --enable-multivalue \
+      "$BG" -o "$BG.opt"
+    mv "$BG.opt" "$BG"
+    echo "after wasm-opt -Oz ($((SECONDS - t0)) s): $(size "$BG") bytes ($(gz "$BG") gzipped)"
+  ) >"$OPT_LOG" 2>&1 &
+  OPT_PID=$!
 else
   echo "wasm-opt (npm binaryen) not available: skipped"
 fi
@@ -73,6 +81,12 @@ if [ -z "${SKIP_CPU:-}" ]; then
   wasm-bindgen --target web --out-dir "$OUT" --out-name inkstone_cpu --remove-name-section "$CPU_WASM"
   CPU_BG="$OUT/inkstone_cpu_bg.wasm"
   echo "CPU build after wasm-bindgen: $(size "$CPU_BG") bytes ($(gz "$CPU_BG") gzipped)"
+fi
+
+if [ -n "$OPT_PID" ]; then
+  OPT_RC=0; wait "$OPT_PID" || OPT_RC=$?
+  cat "$OPT_LOG"; rm -f "$OPT_LOG"
+  if [ "$OPT_RC" != 0 ]; then echo "build.sh: wasm-opt failed (exit $OPT_RC)" >&2; exit "$OPT_RC"; fi
 fi
 
 # npm package: our JS + the generated glue and wasm.

@@ -9,7 +9,7 @@
 // Env: STEPS (default 2), SIZE (default 512), DTYPE of the files written (default f16),
 //      INKSTONE_BIN, INKSTONE_RANDOM_MODEL, CHROMIUM.
 import { execFileSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,11 +33,8 @@ const secs = (ms) => `${(ms / 1000).toFixed(1)} s`;
 // The worker: default limits, the suite's GPU counters (tests/browser/gpu-hooks.mjs) with a
 // snapshot at every step and result it posts (so dispatches fall into phases: load, text encoder
 // + step 1, each further step, decode).
-mkdirSync(join(WWW, 'test'), { recursive: true });
-cpSync(join(ROOT, 'tests/browser/default-limits.mjs'), join(WWW, 'test/default-limits.mjs'));
-cpSync(join(ROOT, 'tests/browser/gpu-hooks.mjs'), join(WWW, 'test/gpu-hooks.mjs'));
-writeFileSync(join(WWW, 'test/scale-worker.mjs'),
-  "import './default-limits.mjs';\nimport './gpu-hooks.mjs';\nimport '../pkg/worker.js';\n");
+const { writeHookedWorker } = await import(join(ROOT, 'tests/browser/chromium.mjs'));
+const WORKER = writeHookedWorker('scale-worker.mjs', { limits: '' });
 
 const srv = await startServer(WWW);
 const userDir = mkdtempSync(join(tmpdir(), 'inkstone-scale-'));
@@ -80,7 +77,7 @@ try {
       for (let i = 0; i < native.length; i++) err = Math.max(err, Math.abs(out.pixels[i] - native[i]));
       window.scaleGen = gen;
       return { loadMs, genMs: out.ms, secondMs: second.ms, err, info: gen.info, heap: second.wasmHeapBytes };
-    }, { url: `${srv.origin}/models/scale-${name}/`, workerUrl: `${srv.origin}/test/scale-worker.mjs`, o });
+    }, { url: `${srv.origin}/models/scale-${name}/`, workerUrl: `${srv.origin}${WORKER}`, o });
     const w = await page.workers().at(-1).evaluate(() => ({
       marks: self.gpuSnaps.filter((m) => m.what !== 'warm-up'), largest: self.largestBuffer, binding: self.largestBinding, counts: self.gpuCounts,
       violations: self.limitViolations,

@@ -1,6 +1,6 @@
 // The suite's one way to start Debian chromium (and its one set of paths): every test file
 // launches through here, so the flags, the profile location and the clean-up exist once.
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -36,4 +36,27 @@ export async function launchChromium({ webgpu = true, args = [], ...options } = 
   ctx.close = async () => { await close(); rmSync(dir, { recursive: true, force: true, maxRetries: 5 }); };
   ctx.profileDir = dir;
   return ctx;
+}
+
+/**
+ * A module worker for `load(url, { workerUrl })` that imports the suite's one GPU-counting hook
+ * (gpu-hooks.mjs; with `limits`, default-limits.mjs before it, that URL query appended) and then
+ * the package's worker.js, static imports in that order (shared/README.md). Written under
+ * www/test/ as `name`; returns its path below the server root. Files are written to a
+ * temporary name and renamed, so a test file running beside another never serves a half-written
+ * hook.
+ */
+export function writeHookedWorker(name, { limits = null } = {}) {
+  const dir = join(WWW, 'test');
+  mkdirSync(dir, { recursive: true });
+  const put = (file, text) => {
+    const tmp = join(dir, `.${file}.${process.pid}`);
+    writeFileSync(tmp, text);
+    renameSync(tmp, join(dir, file));
+  };
+  put('gpu-hooks.mjs', readFileSync(join(ROOT, 'tests/browser/gpu-hooks.mjs')));
+  if (limits !== null) put('default-limits.mjs', readFileSync(join(ROOT, 'tests/browser/default-limits.mjs')));
+  const imports = [...(limits !== null ? [`./default-limits.mjs${limits}`] : []), './gpu-hooks.mjs', '../pkg/worker.js'];
+  put(name, imports.map((m) => `import '${m}';\n`).join(''));
+  return `/test/${name}`;
 }

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import puppeteer from 'puppeteer-core';
 import { INKSTONE_BIN, launchChromium, OUT, ROOT, WWW } from './chromium.mjs';
+import { maxAbs } from './common.mjs';
 import { startServer } from './server.mjs';
 import { readSafetensors } from './safetensors.mjs';
 
@@ -25,13 +26,6 @@ let srv, firefox;
 const cpuWasm = (r) => /inkstone_cpu/.test(r.path);
 const gpuWasm = (r) => /inkstone_core/.test(r.path);
 
-
-const maxAbs = (a, b) => {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-};
 
 // The committed diffusers reference (tiny-sd, 4 Euler steps, CFG, 64x64, its own latents) and
 // the native CLI's image on the same inputs.

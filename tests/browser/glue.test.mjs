@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { launchChromium, OUT, ROOT, WWW } from './chromium.mjs';
+import { openApp } from './common.mjs';
 import { startServer } from './server.mjs';
 
 if (!existsSync(join(WWW, 'pkg/inkstone_core_bg.wasm'))) throw new Error('www/ is not built: run ./build.sh first');
@@ -25,12 +26,7 @@ after(async () => {
   await srv?.close();
 });
 
-async function openPage() {
-  const page = context.pages()[0] ?? (await context.newPage());
-  await page.goto(`${srv.origin}/index.html`);
-  await page.waitForFunction(() => ['ready', 'no-webgpu'].includes(document.body.dataset.state), null, { timeout: 60_000 });
-  return page;
-}
+const openPage = () => openApp(context, srv.origin);
 
 /** load() in the page, without the warm-up; `{ info }` or `{ error }`. */
 const loadIn = (page, url) => page.evaluate(async (url) => {

@@ -6,9 +6,9 @@
 // GPU_COUNTS_OUT=path writes the measured figures as JSON.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { launchChromium, ROOT, WWW } from './chromium.mjs';
+import { launchChromium, WWW, writeHookedWorker } from './chromium.mjs';
 import { startServer } from './server.mjs';
 import { MID_VARIANTS, unetVariant } from './variants.mjs';
 
@@ -37,16 +37,14 @@ const BUDGETS = {
   'tiny-flow': { step: { dispatches: 227, submits: 3, reads: 1 }, rest: { dispatches: 124, submits: 7, reads: 3 }, encode: 69, decode: 55 },
 };
 
-let srv, ctx;
+let srv, ctx, countingWorker;
 const figures = {};
 
 before(async () => {
   srv = await startServer(WWW);
   ctx = await launchChromium();
-  mkdirSync(join(WWW, 'test'), { recursive: true });
   // The suite's one counting hook (tests/browser/gpu-hooks.mjs), installed before worker.js.
-  cpSync(join(ROOT, 'tests/browser/gpu-hooks.mjs'), join(WWW, 'test/gpu-hooks.mjs'));
-  writeFileSync(join(WWW, 'test/counting-worker-budget.mjs'), "import './gpu-hooks.mjs';\nimport '../pkg/worker.js';\n");
+  countingWorker = `${srv.origin}${writeHookedWorker('counting-worker-budget.mjs')}`;
 });
 
 after(async () => {
@@ -82,7 +80,7 @@ async function openCounting(model, { warmUp = true } = {}) {
   const t0 = Date.now();
   await page.evaluate(async ({ url, workerUrl, warmUp }) => {
     window.budgetGen = await window.inkstone.load(url, { workerUrl, warmUp });
-  }, { url: `${srv.origin}/models/${model}/`, workerUrl: `${srv.origin}/test/counting-worker-budget.mjs`, warmUp });
+  }, { url: `${srv.origin}/models/${model}/`, workerUrl: countingWorker, warmUp });
   const loadMs = Date.now() - t0;
   const worker = page.workers().at(-1);
   const counts = () => worker.evaluate(() => ({ ...self.gpuCounts, kernels: { ...self.gpuCounts.kernels } }));

@@ -9,6 +9,7 @@ import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } fr
 import { join } from 'node:path';
 import { crc32, deflateSync } from 'node:zlib';
 import { INKSTONE_BIN, launchChromium, OUT, ROOT, WWW } from './chromium.mjs';
+import { maxAbs, openApp } from './common.mjs';
 import { startServer } from './server.mjs';
 import { readSafetensors } from './safetensors.mjs';
 
@@ -66,20 +67,7 @@ function encodePng(planar, w, h) {
     chunk('IDAT', deflateSync(rows)), chunk('IEND', Buffer.alloc(0))]);
 }
 
-const maxAbs = (a, b) => {
-  assert.equal(a.length, b.length, 'length');
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-};
-
-async function openPage() {
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.on('console', (m) => { if (m.type() === 'error') console.log(`  [page error] ${m.text()}`); });
-  await page.goto(`${srv.origin}/index.html`);
-  await page.waitForFunction(() => ['ready', 'no-webgpu'].includes(document.body.dataset.state), null, { timeout: 60_000 });
-  return page;
-}
+const openPage = () => openApp(context, srv.origin);
 
 const loadIn = (page, url) => page.evaluate(async (url) => {
   try {

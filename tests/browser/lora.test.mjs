@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { INKSTONE_BIN, launchChromium, OUT, ROOT, WWW } from './chromium.mjs';
+import { maxAbs } from './common.mjs';
 import { startServer } from './server.mjs';
 import { readSafetensors } from './safetensors.mjs';
 
@@ -21,7 +22,6 @@ const loraGets = (since, name) => srv.log.slice(since).filter((r) => r.method ==
 /** Requests of the page's own (the service worker's update checks of its scripts aside). */
 const pageRequests = (since) => srv.log.slice(since).filter((r) => !['sw.js', 'shell-list.js'].includes(r.path));
 
-const maxAbs = (a, b) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
 
 /** The native CLI's image for reference case `lora_<name>` with its adapters as `--lora`. */
 function native(name, model = 'tiny-sd') {
