@@ -4,7 +4,7 @@
 # (with the bundled tiny demo model).
 #   ./build.sh            release build (profile wasm-release: size-tuned, LTO; CPU: wasm-cpu)
 # Env: CARGO_TARGET_DIR (default ~/.cache/inkstone-target), PROFILE (default wasm-release),
-#      CPU_PROFILE (default wasm-cpu), SKIP_WASM_OPT=1 to skip binaryen's wasm-opt,
+#      CPU_PROFILE (default wasm-cpu), WASM_OPT_LEVEL (default -Oz), SKIP_WASM_OPT=1 to skip binaryen's wasm-opt,
 #      SKIP_CPU=1 to skip the CPU build.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -40,6 +40,9 @@ BG="$OUT/inkstone_core_bg.wasm"
 echo "after wasm-bindgen: $(size "$BG") bytes ($(gz "$BG") gzipped)"
 
 # wasm-opt from npm's binaryen (Debian's binaryen 108 produces a wasm that breaks at runtime).
+# -Oz: -O1 takes a quarter of the time and gives a smaller download, but the browser suite ran
+# ~23% slower on it (the wasm's own per-dispatch work; docs/performance.md).
+WASM_OPT_LEVEL=${WASM_OPT_LEVEL:--Oz}
 WASM_OPT=""
 if [ -z "${SKIP_WASM_OPT:-}" ]; then
   if [ -x "$ROOT/tools/binaryen/node_modules/.bin/wasm-opt" ]; then
@@ -55,11 +58,11 @@ if [ -n "$WASM_OPT" ]; then
   OPT_LOG=$(mktemp)
   (
     t0=$SECONDS
-    "$WASM_OPT" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+    "$WASM_OPT" "$WASM_OPT_LEVEL" --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
       --enable-mutable-globals --enable-reference-types --enable-multivalue \
       "$BG" -o "$BG.opt"
     mv "$BG.opt" "$BG"
-    echo "after wasm-opt -Oz ($((SECONDS - t0)) s): $(size "$BG") bytes ($(gz "$BG") gzipped)"
+    echo "after wasm-opt $WASM_OPT_LEVEL ($((SECONDS - t0)) s): $(size "$BG") bytes ($(gz "$BG") gzipped)"
   ) >"$OPT_LOG" 2>&1 &
   OPT_PID=$!
 else
