@@ -24,14 +24,18 @@ export function nativeImage(model, args, name) {
 }
 
 const logged = new WeakSet();
+/** Sends the page's console errors and warnings to the test log, once per page. */
+export function logConsole(page) {
+  if (logged.has(page)) return page;
+  logged.add(page);
+  page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') console.log(`  [page ${m.type()}] ${m.text()}`); });
+  return page;
+}
+
 /** The app (index.html of `origin`) in the first page of `context`, ready or saying there is no
- *  WebGPU; the page's errors and warnings go to the test log (once per page). */
+ *  WebGPU; the page's console errors and warnings go to the test log. */
 export async function openApp(context, origin) {
-  const page = context.pages()[0] ?? (await context.newPage());
-  if (!logged.has(page)) {
-    logged.add(page);
-    page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') console.log(`  [page ${m.type()}] ${m.text()}`); });
-  }
+  const page = logConsole(context.pages()[0] ?? (await context.newPage()));
   await page.goto(`${origin}/index.html`);
   await page.waitForFunction(() => ['ready', 'no-webgpu'].includes(document.body.dataset.state), null, { timeout: 60_000 });
   return page;

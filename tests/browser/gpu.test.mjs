@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { launchChromium, WWW, writeHookedWorker } from './chromium.mjs';
+import { logConsole } from './common.mjs';
 import { startServer } from './server.mjs';
 import { MID_VARIANTS, unetVariant } from './variants.mjs';
 
@@ -73,8 +74,7 @@ const kernelDiff = (a, b) => Object.fromEntries(Object.entries(b.kernels).map(([
  * the difference; `close()` disposes of the generator and the page.
  */
 async function openCounting(model, { warmUp = true } = {}) {
-  const page = await ctx.newPage();
-  page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') console.log(`  [page ${m.type()}] ${m.text()}`); });
+  const page = logConsole(await ctx.newPage());
   await page.goto(`${srv.origin}/index.html`);
   await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 60_000 });
   const t0 = Date.now();

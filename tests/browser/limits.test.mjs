@@ -1,6 +1,6 @@
 // Lowered WebGPU limits in Chromium (SwiftShader): the splitting of weights, activations and
 // decodes that phones' default limits need, with the native CLI's image as the answer. Its own
-// file so that the browser suite's two lanes (run.mjs) end together.
+// file, so the phone-limits tests run alone (it does not shorten the suite: tests/browser/README.md).
 //   cd tests/browser && node --test limits.test.mjs
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';

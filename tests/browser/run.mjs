@@ -1,8 +1,8 @@
 // `npm test`: the browser suite, two test files at a time. A file's Chromium leaves a core idle
 // much of the time (SwiftShader compiles each GPU pipeline on one thread; the page and the
 // worker wait on each other), so a second file fills it. Longest file first, so that both
-// lanes end near the same time (web.test.mjs alone is about half the suite). node's CLI runner
-// sorts the files by name; run() keeps the order given.
+// lanes end near the same time. node's CLI runner sorts the files by name; run() keeps the
+// order given.
 //   node run.mjs                 every *.test.mjs here
 //   node run.mjs gpu web         those files only
 // BROWSER_TEST_CONCURRENCY=1 runs the files one after another.
@@ -12,7 +12,8 @@ import { run } from 'node:test';
 import { tap } from 'node:test/reporters';
 
 const DIR = new URL('.', import.meta.url).pathname;
-/** Longest first (alone on an idle 2-core machine: web ~15 min, limits ~4.5, gpu ~3.5, lora ~3, img2img ~3). */
+/** Longest first (one at a time on an idle 2-core machine, Dec 7: web 9.5 min, limits 4.3, gpu 3.5,
+ *  lora 3.2, img2img 2.4, the rest ~2.5 together). */
 const ORDER = ['web', 'limits', 'gpu', 'lora', 'img2img', 'glue', 'pack', 'cpu'];
 const rank = (f) => { const i = ORDER.indexOf(f.replace(/\.test\.mjs$/, '')); return i < 0 ? ORDER.length : i; };
 

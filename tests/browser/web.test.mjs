@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { INKSTONE_BIN, launchChromium, OUT, ROOT, WWW, writeHookedWorker } from './chromium.mjs';
 import { startServer } from './server.mjs';
 import { readSafetensors } from './safetensors.mjs';
-import { maxAbs, nativeImage, openApp } from './common.mjs';
+import { logConsole, maxAbs, nativeImage, openApp } from './common.mjs';
 
 const TINY = join(ROOT, 'tests/fixtures/tiny-sd');
 /** How long a load through the page may take: it ends with the warm-up generation
@@ -67,8 +67,7 @@ const openPage = (context) => openApp(context, srv.origin);
 /** A page of its own in `context` (beside the one openPage reuses), with the app ready: for a
  *  group of tests that share one loaded model (`describe` below) and so one GPU device. */
 async function sharedPage(context) {
-  const page = await context.newPage();
-  page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') console.log(`  [page ${m.type()}] ${m.text()}`); });
+  const page = logConsole(await context.newPage());
   await page.goto(`${srv.origin}/index.html`);
   await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 60_000 });
   return page;
@@ -618,7 +617,6 @@ function pndmModel() {
   return dir;
 }
 
-/** Runs the native CLI on `model` with `args` and returns its `--out-tensor` image. */
 // tiny-sd-pndm loaded once for its three samplers (one worker, one pipeline compilation).
 describe('tiny-sd-pndm, loaded once', () => {
   let page, dir;
