@@ -100,6 +100,13 @@ impl BetaConfig {
     }
 }
 
+/// The checks of the configs that estimate x_0 with diffusers' optional dynamic thresholding
+/// (DDIM, DDPM, LCM): the training schedule, and `thresholding` off (not implemented).
+pub(crate) fn validate_unthresholded(betas: &BetaConfig, thresholding: bool) -> Result<()> {
+    betas.validate()?;
+    ensure(!thresholding, FILE, "thresholding", thresholding)
+}
+
 pub(crate) fn eps_or_v(p: PredictionType) -> bool {
     matches!(p, PredictionType::Epsilon | PredictionType::VPrediction)
 }

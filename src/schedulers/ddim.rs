@@ -4,7 +4,6 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ensure;
 use crate::error::Result;
 
 // The choices and checks every scheduler_config.json shares.
@@ -45,8 +44,7 @@ impl Default for DDIMSchedulerConfig {
 
 impl DDIMSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
-        self.betas.validate()?;
-        ensure(!self.thresholding, FILE, "thresholding", self.thresholding)
+        validate_unthresholded(&self.betas, self.thresholding)
     }
 }
 

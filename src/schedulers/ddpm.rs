@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{choice, ensure};
+use crate::config::choice;
 use crate::error::Result;
 
 // The choices and checks every scheduler_config.json shares.
@@ -50,8 +50,7 @@ impl Default for DDPMSchedulerConfig {
 
 impl DDPMSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
-        self.betas.validate()?;
-        ensure(!self.thresholding, FILE, "thresholding", self.thresholding)
+        validate_unthresholded(&self.betas, self.thresholding)
     }
 }
 

@@ -5,7 +5,6 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ensure;
 use crate::error::{Error, Result};
 
 // The choices and checks every scheduler_config.json shares.
@@ -55,8 +54,7 @@ fn scaled_linear_over<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Re
 
 impl LCMSchedulerConfig {
     pub fn validate(&self) -> Result<()> {
-        self.betas.validate()?;
-        ensure(!self.thresholding, FILE, "thresholding", self.thresholding)
+        validate_unthresholded(&self.betas, self.thresholding)
     }
 }
 
