@@ -150,25 +150,33 @@ fn component_of(dir: &str) -> Option<Component> {
     }
 }
 
+/// The [`ModelSource`] methods that answer with the files of the source in field `$files`:
+/// [`Keep`] and [`Rebuild`] differ from their sources only in the weights they hand out.
+macro_rules! files_from {
+    ($files:ident) => {
+        fn read(&self, path: &str) -> Result<Arc<[u8]>> {
+            self.$files.read(path)
+        }
+        fn exists(&self, path: &str) -> bool {
+            self.$files.exists(path)
+        }
+        fn describe(&self) -> String {
+            self.$files.describe()
+        }
+        fn read_range(&self, path: &str, start: u64, len: u64) -> Result<Vec<u8>> {
+            self.$files.read_range(path, start, len)
+        }
+        fn size(&self, path: &str) -> Result<u64> {
+            self.$files.size(path)
+        }
+        fn probe(&self, paths: &[String]) -> Result<Vec<Option<u64>>> {
+            self.$files.probe(paths)
+        }
+    };
+}
+
 impl ModelSource for Keep<'_> {
-    fn read(&self, path: &str) -> Result<Arc<[u8]>> {
-        self.inner.read(path)
-    }
-    fn exists(&self, path: &str) -> bool {
-        self.inner.exists(path)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn read_range(&self, path: &str, start: u64, len: u64) -> Result<Vec<u8>> {
-        self.inner.read_range(path, start, len)
-    }
-    fn size(&self, path: &str) -> Result<u64> {
-        self.inner.size(path)
-    }
-    fn probe(&self, paths: &[String]) -> Result<Vec<Option<u64>>> {
-        self.inner.probe(paths)
-    }
+    files_from!(inner);
     fn weights(&self, component: &str, device: &Device, dtype: DType) -> Result<Weights> {
         let weights = self.inner.weights(component, device, dtype)?.with_limits(self.limits);
         // Generated weights (tools/random_model.rs) have no stored tensors to keep: no LoRA there.
@@ -194,15 +202,7 @@ struct Rebuild<'a> {
 }
 
 impl ModelSource for Rebuild<'_> {
-    fn read(&self, path: &str) -> Result<Arc<[u8]>> {
-        self.configs.read(path)
-    }
-    fn exists(&self, path: &str) -> bool {
-        self.configs.exists(path)
-    }
-    fn describe(&self) -> String {
-        self.configs.describe()
-    }
+    files_from!(configs);
     fn weights(&self, component: &str, device: &Device, dtype: DType) -> Result<Weights> {
         let r = component_of(component).and_then(|c| self.components.get(&c)).ok_or_else(|| Error::MissingFile {
             path: format!("{}/{component}", self.configs.name),
