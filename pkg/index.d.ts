@@ -121,6 +121,14 @@ export interface LoadOptions {
   chunkSize?: number;
   /** Where worker.js is served, if not next to this module. */
   workerUrl?: string | URL;
+  /** Load into the worker of this Generator instead of a new one: the same WebGPU device, so
+   *  the GPU kernels it compiled are kept (switching models then skips most of the compiling
+   *  that makes a fresh load slow; reloading the same model skips all of it). That Generator
+   *  is replaced: its calls reject and its `dispose()` does nothing. It must be idle (no
+   *  `generate()` or `setLoras()` in flight). If this load fails, the old Generator stays
+   *  usable and reloads its model (from the cache) at its next call. Not with `workerUrl`
+   *  (the worker is the reused one's), nor with a `backend` other than the one it runs on. */
+  reuse?: Generator;
   /** Where the model runs. `'auto'` (default): WebGPU when an adapter is granted, else the
    *  WebAssembly CPU build (`inkstone_cpu_bg.wasm`, fetched only then; single-threaded, many
    *  times slower than a GPU). `'webgpu'` rejects at once where there is no WebGPU; `'cpu'`

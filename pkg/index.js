@@ -5,11 +5,13 @@ import * as store from './store.js';
 
 let nextId = 1;
 
-/** One worker (= one device) holding one loaded model. */
+/** One worker (= one device) holding one loaded model (another one after `load({ reuse })`). */
 class Worker_ {
   constructor(url, onLost) {
     this.url = String(url ?? new URL('./worker.js', import.meta.url));
     this.worker = new Worker(this.url, { type: 'module' });
+    /** The `onDeviceLost` of the load that holds this worker now. */
+    this.onLost = onLost;
     this.pending = new Map();
     /** `{ reason, message }` once the GPU device is lost: the worker is then ended. */
     this.lost = null;
@@ -20,7 +22,7 @@ class Worker_ {
     this.worker.onmessage = ({ data }) => {
       if (data.type === 'ready') return void (this.ready = true);
       if (data.type === 'fatal') return this.fail(new Error(data.message));
-      if (data.type === 'device-lost') return this.deviceLost(data, onLost);
+      if (data.type === 'device-lost') return this.deviceLost(data);
       const p = this.pending.get(data.id);
       if (!p) return;
       if (data.type === 'progress') p.onProgress?.(data.progress);
@@ -57,7 +59,7 @@ class Worker_ {
     this.worker.terminate();
   }
   /** Fails what is in flight (its result would never come) and ends the worker. */
-  deviceLost({ reason, message }, onLost) {
+  deviceLost({ reason, message }) {
     if (this.lost) return;
     this.lost = { reason, message };
     const why = `the GPU device was lost (${reason}${message ? `: ${message}` : ''})`;
@@ -66,7 +68,7 @@ class Worker_ {
     }
     this.pending.clear();
     this.worker.terminate();
-    onLost?.(this.lost);
+    this.onLost?.(this.lost);
   }
   call(msg, handlers = {}, transfer = []) {
     const id = nextId++;
@@ -123,6 +125,47 @@ export class Generator {
     /** `{ model, backend, threads, gpu, dtype, cached, warnings, files, skipped, components, gpuBytes, deferred, bytes, recoveries }` */
     this.info = { ...info, recoveries: 0 };
     this._reload = reload;
+    /** Set by `load({ reuse: this })`: the worker is the new Generator's now. */
+    this._replaced = false;
+    /** Set when a `load({ reuse: this })` failed: the worker was ended with this model in it,
+     *  so the next call reloads it (from the cache) on a new worker, as after a lost device. */
+    this._orphaned = false;
+    /** generate()/setLoras() calls not yet settled (counted from the call, before any await). */
+    this._busy = 0;
+  }
+
+  /** Runs `f` counted as busy: `load({ reuse })` refuses a Generator with a call in flight. */
+  async _counted(f) {
+    this._busy += 1;
+    try {
+      return await f();
+    } finally {
+      this._busy -= 1;
+    }
+  }
+
+  /** Rejects calls on a Generator whose worker went to another one; recovers an orphaned one. */
+  async _ready() {
+    if (this._replaced) throw new Error('this Generator was replaced by load({ reuse }): use the Generator that load() returned');
+    if (this._w.lost || this._orphaned) await this._recover();
+  }
+
+  /** The worker for `load({ reuse: this })`, which replaces this Generator; null when it has
+   *  none to give (its device was lost: the new model gets a new worker). */
+  _handOver() {
+    if (this._replaced) throw new Error('load(): reuse: this Generator was already replaced by another load({ reuse })');
+    if (this._w.failed) throw new Error(`load(): reuse: this Generator's worker has ended (${this._w.failed.message})`);
+    if (this._busy) {
+      throw new Error('load(): reuse: the Generator is busy (a generate() or setLoras() is in flight): wait for it, or cancel it, first');
+    }
+    this._replaced = true;
+    return this._w.lost || this._orphaned ? null : this._w;
+  }
+
+  /** After a failed `load({ reuse: this })`: usable again, reloading its model at the next call. */
+  _takeBack() {
+    this._replaced = false;
+    this._orphaned = true;
   }
 
   /** After a lost device: a new worker (a new WebGPU device) with the model reloaded from the
@@ -130,12 +173,17 @@ export class Generator {
   async _recover() {
     const { w, info } = await this._reload();
     this._w = w;
+    this._orphaned = false;
     this.info = { ...info, recoveries: this.info.recoveries + 1 };
   }
 
-  async generate({ signal, onStep, ...options } = {}) {
+  generate(options = {}) {
+    return this._counted(() => this._generate(options));
+  }
+
+  async _generate({ signal, onStep, ...options }) {
     signal?.throwIfAborted();
-    if (this._w.lost) await this._recover();
+    await this._ready();
     if ('image' in options) options.image = await imageOption(options.image);
     const { id, promise } = this._w.call({ type: 'generate', options }, { onStep });
     const abort = () => this._w.worker.postMessage({ type: 'cancel', target: id });
@@ -156,18 +204,24 @@ export class Generator {
    * adapter already fused or added is not fetched again: a change of scales makes no request.
    * On an error (a LoRA for another architecture, a corrupt file) the model stays as it was.
    */
-  async setLoras(loras, { onProgress } = {}) {
+  setLoras(loras, options = {}) {
+    return this._counted(() => this._setLoras(loras, options));
+  }
+
+  async _setLoras(loras, { onProgress }) {
     const list = checkLoras(loras);
-    if (this._w.lost) await this._recover();
+    await this._ready();
     const applied = await this._w.call({ type: 'setLoras', loras: list, base: this._msg.base }, { onProgress }).promise;
     this._msg.loras = list; // what a reload after a lost device applies
     this.info = { ...this.info, loras: applied };
     return applied;
   }
 
-  /** Ends the worker and frees the GPU memory. */
+  /** Ends the worker and frees the GPU memory; later calls reject. A Generator replaced by
+   *  `load({ reuse })` has no worker of its own left: disposing of it does nothing. */
   dispose() {
-    this._w.worker.terminate();
+    if (this._replaced) return;
+    this._w.fail(new Error('this Generator was disposed'));
   }
 }
 
@@ -193,8 +247,15 @@ function checkLoras(loras) {
   });
 }
 
-export async function load(source, { onProgress, onDeviceLost, chunkSize, workerUrl, dtype = 'auto', maxGpuBytes, warmUp = true, backend = 'auto', loras } = {}) {
+export async function load(source, { onProgress, onDeviceLost, chunkSize, workerUrl, dtype = 'auto', maxGpuBytes, warmUp = true, backend = 'auto', loras, reuse } = {}) {
   if (!['auto', 'webgpu', 'cpu'].includes(backend)) throw new TypeError(`load(): backend ${JSON.stringify(backend)}: expected 'auto', 'webgpu' or 'cpu'`);
+  if (reuse !== undefined) {
+    if (!(reuse instanceof Generator)) throw new TypeError('load(): reuse: expected a Generator that load() returned');
+    if (workerUrl !== undefined) throw new TypeError('load(): give workerUrl or reuse, not both (a reused Generator keeps its worker)');
+    if (backend !== 'auto' && backend !== reuse.info.backend) {
+      throw new TypeError(`load(): backend '${backend}' cannot reuse a Generator running on '${reuse.info.backend}'`);
+    }
+  }
   if (backend === 'webgpu' && !globalThis.navigator?.gpu) {
     throw new Error("load(): backend 'webgpu' cannot run here: this browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome/Edge, enable WebGPU in the browser settings, or load with backend 'auto' or 'cpu' (the slower WebAssembly CPU build)");
   }
@@ -210,8 +271,11 @@ export async function load(source, { onProgress, onDeviceLost, chunkSize, worker
     msg.files = [...source];
   }
   msg.base ??= globalThis.location?.href;
-  const start = async () => {
-    const w = new Worker_(workerUrl, (lost) => onDeviceLost?.(lost));
+  const url = reuse ? reuse._w.url : workerUrl;
+  // `given`: the worker of the Generator `reuse` (its device and compiled pipelines kept).
+  const start = async (given = null) => {
+    const w = given ?? new Worker_(url);
+    w.onLost = (lost) => onDeviceLost?.(lost);
     try {
       return { w, info: await w.call(msg, { onProgress }).promise };
     } catch (e) {
@@ -219,8 +283,20 @@ export async function load(source, { onProgress, onDeviceLost, chunkSize, worker
       throw e;
     }
   };
-  const { w, info } = await start();
-  return new Generator(w, info, start, msg);
+  if (!reuse) {
+    const { w, info } = await start();
+    return new Generator(w, info, start, msg);
+  }
+  const given = reuse._handOver();
+  try {
+    const { w, info } = await start(given);
+    return new Generator(w, info, () => start(), msg);
+  } catch (e) {
+    // The worker may hold half of the new model: it was ended, and `reuse` reloads its own.
+    if (given) reuse._takeBack();
+    else reuse._replaced = false;
+    throw e;
+  }
 }
 
 /** WebGPU adapter report (`{ adapter, shaderF16, maxBufferSize, ... }`) without loading a model;

@@ -66,7 +66,11 @@ $('clear-cache').onclick = async () => { await clearCache(); refreshCache(); };
 async function loadModel() {
   const files = $('model-dir').files;
   const source = files?.length ? files : ($('model-url').value.trim() || PRESETS[$('preset').value].url);
-  generator?.dispose();
+  // The new model goes into the old one's worker (its GPU device and compiled pipelines kept)
+  // when it can: same backend, not lost.
+  const backendWanted = $('backend').value;
+  const reuse = generator && (backendWanted === 'auto' || backendWanted === generator.info.backend) ? generator : undefined;
+  if (!reuse) generator?.dispose();
   generator = null;
   $('generate').disabled = true;
   $('load').disabled = true;
@@ -75,6 +79,7 @@ async function loadModel() {
   setState('loading');
   try {
     generator = await load(source, {
+      reuse,
       dtype: $('dtype').value,
       loras: lorasForLoad(),
       backend: $('backend').value,
@@ -105,6 +110,7 @@ async function loadModel() {
     await refreshCache();
     setState('loaded');
   } catch (e) {
+    reuse?.dispose(); // the page offers no way back to the model it was replacing
     status($('load-status'), e.message, true);
     setState('load-error');
   } finally {

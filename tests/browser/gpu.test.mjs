@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { launchChromium, WWW, writeHookedWorker } from './chromium.mjs';
-import { logConsole } from './common.mjs';
+import { logConsole, maxAbs } from './common.mjs';
 import { startServer } from './server.mjs';
 import { MID_VARIANTS, unetVariant } from './variants.mjs';
 
@@ -73,14 +73,18 @@ const kernelDiff = (a, b) => Object.fromEntries(Object.entries(b.kernels).map(([
  * generation and returns its time, the counters before and after, the worker's snapshots and
  * the difference; `close()` disposes of the generator and the page.
  */
-async function openCounting(model, { warmUp = true } = {}) {
-  const page = logConsole(await ctx.newPage());
-  await page.goto(`${srv.origin}/index.html`);
-  await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 60_000 });
+async function openCounting(model, { warmUp = true, reuse = null } = {}) {
+  let page = reuse?.page;
+  if (!page) {
+    page = logConsole(await ctx.newPage());
+    await page.goto(`${srv.origin}/index.html`);
+    await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 60_000 });
+  }
   const t0 = Date.now();
-  await page.evaluate(async ({ url, workerUrl, warmUp }) => {
-    window.budgetGen = await window.inkstone.load(url, { workerUrl, warmUp });
-  }, { url: `${srv.origin}/models/${model}/`, workerUrl: countingWorker, warmUp });
+  // `reuse`: into the worker of that handle's generator (load({ reuse })), its pipelines kept.
+  await page.evaluate(async ({ url, workerUrl, warmUp, reuse }) => {
+    window.budgetGen = await window.inkstone.load(url, reuse ? { reuse: window.budgetGen, warmUp } : { workerUrl, warmUp });
+  }, { url: `${srv.origin}/models/${model}/`, workerUrl: countingWorker, warmUp, reuse: !!reuse });
   const loadMs = Date.now() - t0;
   const worker = page.workers().at(-1);
   const counts = () => worker.evaluate(() => ({ ...self.gpuCounts, kernels: { ...self.gpuCounts.kernels } }));
@@ -96,7 +100,7 @@ async function openCounting(model, { warmUp = true } = {}) {
     await page.evaluate(() => window.budgetGen.dispose());
     await page.close();
   };
-  return { worker, loadMs, counts, gen, close };
+  return { page, worker, loadMs, counts, gen, close };
 }
 
 /** tiny-sd through the counting worker, loaded once (with its warm-up) for the budget test and
@@ -182,11 +186,14 @@ test('per block kind: a ResNet and a transformer block stay within their dispatc
   for (const [name, v] of Object.entries(MID_VARIANTS)) unetVariant(base, join(WWW, `models/tiny-sd-${name}`), v);
   const perStep = {};
   const injected = {};
+  // The fixture itself (its own mid block) is the budget test's tiny-sd, already loaded; the
+  // variants go into its worker (load({ reuse })), so they compile only what is new to them,
+  // and tiny-sd goes back in last. Dispatch counts do not depend on what is compiled.
+  let shared = await countingTinySd();
   for (const name of ['mid-none', 'mid-resnet', 'mid-crossattn']) {
-    // The fixture itself (its own mid block) is the budget test's tiny-sd, already loaded. The
-    // variants load without warm-up: dispatch counts do not depend on what is compiled.
-    const shared = name === 'mid-crossattn';
-    const { worker, gen, close } = await (shared ? countingTinySd() : openCounting(`tiny-sd-${name}`, { warmUp: false }));
+    const model = name === 'mid-crossattn' ? 'tiny-sd' : `tiny-sd-${name}`;
+    shared = await openCounting(model, { warmUp: false, reuse: shared });
+    const { worker, gen } = shared;
     const step = async () => -(await gen(1, 1)).total.dispatches + (await gen(2, 1)).total.dispatches;
     // A first generation does one-time work (without the warm-up): not part of a step.
     await gen(1, 1);
@@ -197,8 +204,8 @@ test('per block kind: a ResNet and a transformer block stay within their dispatc
     } finally {
       await worker.evaluate(() => { self.gpuInject = null; });
     }
-    if (!shared) await close();
   }
+  tinySd = Promise.resolve(shared);
   const blocks = (n) => {
     const resnet = n['mid-resnet'] - n['mid-none'];
     return { resnet, transformer: n['mid-crossattn'] - n['mid-resnet'] - resnet };
@@ -217,4 +224,59 @@ test('per block kind: a ResNet and a transformer block stay within their dispatc
   for (const kind of ['resnet', 'transformer']) {
     assert.ok(!within(kind, control[kind]), `the ${kind} budget let a block with a kernel more pass`);
   }
+});
+
+/**
+ * load({ reuse }): a model loaded into another generator's worker keeps its device and its
+ * compiled pipelines. tiny-flow into tiny-sd's worker compiles only its own new kernels (the
+ * control: the hook sees compilations in a reused worker), tiny-sd back in compiles none and
+ * gives the same pixels; the replaced generator rejects, a busy one is refused, and one whose
+ * replacement failed reloads its model at its next call.
+ */
+test('load({ reuse }) keeps the worker\'s compiled pipelines; the replaced generator rejects; a failed reuse loses nothing', async () => {
+  const sd = await countingTinySd();
+  const { page } = sd;
+  const pixels = () => page.evaluate(() => window.budgetGen.generate({ prompt: 'a lighthouse', steps: 1, seed: 9, width: 64, height: 64 })
+    .then((o) => Array.from(o.pixels)));
+  const before = await pixels();
+  const flow = await openCounting('tiny-flow', { warmUp: false, reuse: sd });
+  const flowFirst = await flow.gen(1, 1);
+  const sdAgain = await openCounting('tiny-sd', { warmUp: false, reuse: flow });
+  const c0 = await sdAgain.counts();
+  const after = await pixels();
+  const c1 = await sdAgain.counts();
+  console.log(`  reuse: tiny-flow into tiny-sd's worker compiled ${flowFirst.total.pipelines} pipelines at its first image `
+    + `(load ${flow.loadMs} ms); tiny-sd back: load ${sdAgain.loadMs} ms, ${c1.pipelines - c0.pipelines} pipelines at its first image`);
+  assert.ok(flowFirst.total.pipelines > 0, 'tiny-flow compiled nothing of its own: the count would not show a recompile');
+  assert.equal(c1.pipelines - c0.pipelines, 0, 'tiny-sd in the reused worker compiled pipelines again');
+  assert.equal(maxAbs(after, before), 0, 'the reloaded model gave other pixels');
+
+  const r = await page.evaluate(async ({ url, bad }) => {
+    const msg = (p) => p.then(() => 'resolved', (e) => e.message);
+    const g = window.budgetGen;
+    const next = await window.inkstone.load(url, { reuse: g, warmUp: false });
+    const replacedCall = await msg(g.generate({ prompt: 'x', steps: 1, width: 64, height: 64 }));
+    const replacedLoras = await msg(g.setLoras([]));
+    g.dispose(); // does nothing: the worker is `next`'s
+    const running = next.generate({ prompt: 'x', steps: 2, seed: 1, width: 64, height: 64 });
+    const busy = await msg(window.inkstone.load(url, { reuse: next, warmUp: false }));
+    const ran = await msg(running);
+    const twice = await msg(window.inkstone.load(url, { reuse: g }));
+    const failed = await msg(window.inkstone.load(bad, { reuse: next, warmUp: false }));
+    // setLoras([]) needs the model loaded: it reloads it first (on a new worker, from the cache).
+    const recovered = await msg(next.setLoras([]));
+    window.budgetGen = next;
+    return { replacedCall, replacedLoras, busy, ran, twice, failed, recovered, recoveries: next.info.recoveries, model: next.info.model };
+  }, { url: `${srv.origin}/models/tiny-sd/`, bad: `${srv.origin}/models/no-such-model/` });
+  console.log(`  reuse: ${JSON.stringify(r)}`);
+  assert.match(r.replacedCall, /replaced by load\(\{ reuse \}\)/);
+  assert.match(r.replacedLoras, /replaced by load\(\{ reuse \}\)/);
+  assert.match(r.busy, /busy/);
+  assert.equal(r.ran, 'resolved', 'the generation in flight finished after the refused reuse');
+  assert.match(r.twice, /already replaced/);
+  assert.match(r.failed, /no-such-model/);
+  assert.equal(r.recovered, 'resolved', 'the generator whose replacement failed did not come back');
+  assert.equal(r.recoveries, 1, 'it reloaded its model on a new worker');
+  assert.match(r.model, /tiny-sd/);
+  tinySd = null; // its page now holds `next`, on a new worker: closed with the context
 });
