@@ -41,8 +41,11 @@ PREP_LOG=$(mktemp)
 PREP_PID=$!
 
 echo "== native tests (cargo test, CPU backend)"
-# Includes tests/fuzz_smoke.rs: the fuzz oracles of fuzz/ on 53k seeded mutations (seconds).
-cargo test --locked --lib --bins --tests -- --nocapture 2>&1
+# Three test binaries: tests/suite.rs (every parity and error test file as a module),
+# tests/fuzz_smoke.rs (the fuzz oracles of fuzz/ on 53k seeded mutations, seconds) and
+# tests/limits.rs. `--timings`: the build's per-crate times land in
+# $CARGO_TARGET_DIR/cargo-timings/ (what a cold run spends where).
+cargo test --locked --timings --lib --bins --tests -- --nocapture 2>&1
 stage_done "native tests (build + run)"
 # Opt-in libFuzzer run of every target (fuzz/run.sh; builds its own instrumented target dir).
 if [ -n "${INKSTONE_FUZZ_RUNS:-}" ]; then

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ModelIndex, VaeClass, from_json};
 use crate::error::{Error, Result};
-use crate::source::ModelSource;
+use crate::source::{in_folder, ModelSource};
 use crate::weights::Header;
 
 /// Pipelines whose `model_index.json` we load.
@@ -350,7 +350,7 @@ fn both<A, B>(a: Result<A>, b: Result<B>) -> Result<(A, B)> {
 fn file(src: &dyn ModelSource, path: &str, component: &str, kind: FileKind) -> Result<PlannedFile> {
     let size = src.probe(&[path.to_string()])?[0];
     if size.is_none() {
-        return Err(Error::MissingFile { path: format!("{}/{path}", src.describe()), hint: None });
+        return Err(Error::MissingFile { path: in_folder(&src.describe(), path), hint: None });
     }
     Ok(PlannedFile { path: path.into(), component: component.into(), kind, size })
 }
@@ -421,7 +421,7 @@ impl ModelSource for KnownFiles {
             return Ok(Arc::from(text.as_bytes()));
         }
         match self.sizes.get(path) {
-            Some(None) => Err(Error::MissingFile { path: format!("{}/{path}", self.name), hint: None }),
+            Some(None) => Err(Error::MissingFile { path: in_folder(&self.name, path), hint: None }),
             _ => Err(Error::NotYetKnown { paths: vec![path.to_string()] }),
         }
     }
@@ -438,7 +438,7 @@ impl ModelSource for KnownFiles {
         match (self.texts.get(path), self.sizes.get(path)) {
             (Some(t), _) => Ok(t.len() as u64),
             (_, Some(Some(n))) => Ok(*n),
-            (_, Some(None)) => Err(Error::MissingFile { path: format!("{}/{path}", self.name), hint: None }),
+            (_, Some(None)) => Err(Error::MissingFile { path: in_folder(&self.name, path), hint: None }),
             _ => Err(Error::NotYetKnown { paths: vec![path.to_string()] }),
         }
     }

@@ -138,10 +138,15 @@ impl MemorySource {
     }
 }
 
+/// `path` inside the folder or URL `folder` as errors name it (a URL folder ends in `/`).
+pub fn in_folder(folder: &str, path: &str) -> String {
+    format!("{}/{path}", folder.trim_end_matches('/'))
+}
+
 impl ModelSource for MemorySource {
     fn read(&self, path: &str) -> Result<Arc<[u8]>> {
         self.files.get(path).cloned().ok_or_else(|| Error::MissingFile {
-            path: format!("{}/{path}", self.name),
+            path: in_folder(&self.name, path),
             hint: None,
         })
     }
@@ -181,4 +186,18 @@ pub fn load_weights_in<S: ModelSource + ?Sized>(src: &S, component: &str, device
         .map(|path| SafetensorsFile::from_bytes(path.clone(), src.read(&path)?))
         .collect::<Result<Vec<_>>>()?;
     Ok(Weights::new(files, device)?.with_dtype(dtype))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worker names a URL model by its folder URL, which ends in `/`.
+    #[test]
+    fn a_missing_file_is_named_with_one_slash() {
+        let src = MemorySource { name: "https://host/models/m/".into(), files: BTreeMap::new() };
+        let err = src.read("model_index.json").unwrap_err().to_string();
+        assert_eq!(err, "https://host/models/m/model_index.json: not found");
+        assert_eq!(in_folder("/models/m", "unet/config.json"), "/models/m/unet/config.json");
+    }
 }

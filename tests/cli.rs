@@ -1,6 +1,6 @@
 //! The CLI contract: flags, outputs, exit codes and one-line errors.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,7 +1,7 @@
 //! `inkstone generate --init-image FILE --strength S`: diffusers' img2img image from a PNG,
 //! JPEG decoding, the documented PNG conversions, and one-line errors for bad input.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

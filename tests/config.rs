@@ -1,7 +1,7 @@
 //! Config parsing as published on the hub: int-or-list fields, unknown fields ignored, and a
 //! value we cannot honour rejected with an error naming the field and the value.
 
-mod common;
+use crate::common;
 
 use common::err_of;
 use inkstone::config::{

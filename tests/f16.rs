@@ -5,7 +5,7 @@
 //! tolerances are a stated multiple of the output's magnitude rather than 1e-4; each test
 //! also checks the model really held F16 weights, so an f32 run cannot pass for it.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{DType, Tensor};
 use common::{case_options, device, err_of, fixture, load_unet, map_f32, max_abs_diff, memory, patterned, reference, tiny_sd};

@@ -2,10 +2,10 @@
 //! family uses: flash attention at head dims 40/64/80/160 over 4,096 self-attention tokens and
 //! 77 cross-attention tokens; GroupNorm (+SiLU) on NCHW and channels-last inputs, f32 and f16.
 //! Needs a GPU build and device: `INKSTONE_DEVICE=wgpu cargo test --features wgpu --test
-//! gpu_kernels` (lavapipe on a machine without a GPU); skipped, saying so, on the CPU.
+//! suite gpu_kernels::` (lavapipe on a machine without a GPU); not compiled on the CPU build.
 #![cfg(feature = "wgpu")]
 
-mod common;
+use crate::common;
 
 use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 use inkstone::limits::DeviceLimits;

@@ -2,7 +2,7 @@
 //! rules (`inkstone::folder`) pick exactly the files the pipeline runs, natively and through the
 //! browser's round-by-round plan, and the images match diffusers' from the same folder.
 
-mod common;
+use crate::common;
 
 use std::cell::RefCell;
 use std::sync::Arc;

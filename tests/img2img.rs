@@ -3,7 +3,7 @@
 //! on the [0, 1] image. Both encoders: tiny-sd's AutoencoderKL (posterior mode), tiny-flow's
 //! AutoencoderTiny, and an original-layout `taesd_encoder.safetensors`.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, device, fixture, reference};
 use inkstone::img2img::InitImage;

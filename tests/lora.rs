@@ -2,7 +2,7 @@
 //! (tools/reference/lora.py): random-weight adapters in each layout, end to end ≤ 1e-3 at f32;
 //! re-fusing after a change of set or scale; bad files; the base model usable after any error.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

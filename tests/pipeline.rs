@@ -1,7 +1,7 @@
 //! End to end against diffusers' own `StableDiffusionPipeline.__call__` (tools/reference/
 //! pipelines.py), from the same initial latents: tolerance 1e-3 on the [0, 1] image.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, case_options, device, fixture, reference};
 use inkstone::Error;

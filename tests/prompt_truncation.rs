@@ -2,7 +2,7 @@
 //! end token kept), and `Encoded::truncated` says how many prompt tokens were dropped so the
 //! caller can warn.
 
-mod common;
+use crate::common;
 
 use inkstone::source::DirSource;
 use inkstone::text::PromptTokenizer;

@@ -2,7 +2,7 @@
 //! through our schedulers, the schedule arithmetic over many step counts, and config/argument
 //! errors.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Tensor, TensorData};
 use common::{RefTensors, assert_close, device, err_of, fixture, max_abs_diff, reference};

@@ -1,7 +1,7 @@
 //! Parity of the text side with transformers (tools/reference/text.py): token ids of both
 //! tokenizer kinds from both folder layouts, and CLIP / BERT encoder outputs.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

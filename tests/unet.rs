@@ -4,7 +4,7 @@
 //! block, two transformer layers, only_cross_attention) and the one-resnet `UNetMidBlock2D`
 //! mid block, plus config and weight errors.
 
-mod common;
+use crate::common;
 #[path = "../benches/random_weights.rs"]
 mod random_weights;
 

@@ -2,7 +2,7 @@
 //! the diffusers layout (default and non-default configs) and the original TAESD key layout, and
 //! `AutoencoderKL` (the tiny SD pipeline's VAE and a variant without quant convs or attention).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! safetensors parsing and loading: dtypes, sharding, and every way a file can be wrong.
 //! Each error test asserts on the message: the user must learn which file and which tensor.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

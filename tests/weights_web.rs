@@ -1,7 +1,7 @@
 //! `Weights::from_tensors`: the browser backing (tensors pre-uploaded to the device one by one)
 //! must behave exactly like the file backing: same values, same errors.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -36,6 +36,9 @@ export function logConsole(page) {
  *  WebGPU; the page's console errors and warnings go to the test log. */
 export async function openApp(context, origin) {
   const page = logConsole(context.pages()[0] ?? (await context.newPage()));
+  // In front of any page a test keeps open beside it: a file picker (setInputFiles on a
+  // folder input) only opens in the active tab.
+  await page.bringToFront();
   await page.goto(`${origin}/index.html`);
   await page.waitForFunction(() => ['ready', 'no-webgpu'].includes(document.body.dataset.state), null, { timeout: 60_000 });
   return page;

@@ -69,15 +69,22 @@ function encodePng(planar, w, h) {
 
 const openPage = () => openApp(context, srv.origin);
 
-const loadIn = (page, url) => page.evaluate(async (url) => {
+/** load() in the page without the warm-up; with `reuse`, into the worker of the page's last
+ *  generator (its compiled pipelines kept: load({ reuse })). */
+const loadIn = (page, url, reuse = false) => page.evaluate(async ({ url, reuse }) => {
   try {
+    const into = reuse && window.lastGenerator ? { reuse: window.lastGenerator } : {};
+    const g = await window.inkstone.load(url, { warmUp: false, ...into });
     window.lastGenerator?.dispose();
-    window.lastGenerator = await window.inkstone.load(url, { warmUp: false });
+    window.lastGenerator = g;
     return { info: window.lastGenerator.info };
   } catch (e) {
     return { error: e.message };
   }
-}, url);
+}, { url, reuse });
+
+/** The page of the describe below, kept for the flow case (which loads into its worker). */
+let sdPage = null;
 
 /** One reference case: its PNG and noise files for the CLI, and the options. */
 function caseFiles(name) {
@@ -125,7 +132,7 @@ async function img2imgParity(page, name, model) {
 describe('tiny-sd, loaded once', () => {
   let page, loaded;
   before(async () => {
-    page = await openPage();
+    page = sdPage = await openPage();
     loaded = await loadIn(page, `${srv.origin}/models/tiny-sd/`);
   });
 
@@ -194,8 +201,9 @@ describe('tiny-sd, loaded once', () => {
 });
 
 test('img2img_flow: generate({ image: Blob, strength }) matches the native CLI and diffusers', async () => {
-  const page = await openPage();
-  const { error } = await loadIn(page, `${srv.origin}/models/tiny-flow-img2img/`);
+  // Into tiny-sd's worker: tiny-sd's pipelines are not compiled again.
+  const page = sdPage ?? await openPage();
+  const { error } = await loadIn(page, `${srv.origin}/models/tiny-flow-img2img/`, true);
   assert.equal(error, undefined, error);
   await img2imgParity(page, 'img2img_flow', 'tiny-flow-img2img');
 });

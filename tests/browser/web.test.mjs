@@ -89,17 +89,29 @@ const withoutWarmUp = (page) => page.evaluate(() => {
 /** Runs load() in the page; returns { info, progress } or { error }. Without the warm-up
  *  generations by default (they would add ~1 min per load on SwiftShader; gpu.test.mjs and the
  *  page's own loads cover them). */
-const loadIn = (page, url, chunkSize = CHUNK, dtype = undefined, warmUp = false) => page.evaluate(async ({ url, chunkSize, dtype, warmUp }) => {
+const loadIn = (page, url, chunkSize = CHUNK, dtype = undefined, warmUp = false, reuse = false) => page.evaluate(async ({ url, chunkSize, dtype, warmUp, reuse }) => {
   const progress = [];
   try {
-    const g = await window.inkstone.load(url, { chunkSize, dtype, warmUp, onProgress: (p) => progress.push(p) });
+    const into = reuse && window.lastGenerator ? { reuse: window.lastGenerator } : {};
+    const g = await window.inkstone.load(url, { chunkSize, dtype, warmUp, ...into, onProgress: (p) => progress.push(p) });
     window.lastGenerator?.dispose();
     window.lastGenerator = g;
     return { info: g.info, progress };
   } catch (e) {
     return { error: e.message, progress };
   }
-}, { url, chunkSize, dtype, warmUp });
+}, { url, chunkSize, dtype, warmUp, reuse });
+
+/** The page of the tests that need a model loaded and generating, not a fresh page or
+ *  worker: each loads into the worker of the one before (`load({ reuse })`), so the GPU
+ *  pipelines are compiled once for all of them (a fresh worker spends ~40 s of SwiftShader
+ *  compiling tiny-sd's). */
+let modelsPage = null;
+const sharedModelsPage = async () => (modelsPage ??= sharedPage(browser));
+const loadShared = async (url, { warmUp = false } = {}) => {
+  const page = await sharedModelsPage();
+  return { page, ...(await loadIn(page, url, CHUNK, undefined, warmUp, true)) };
+};
 
 /** sha256 of the cached bytes of one file (read from IndexedDB in the page), with the chunk
  *  count, or null when the file is not (completely) cached. */
@@ -416,21 +428,18 @@ async function pipelineParity(page, model, refName) {
 // only needs the bundled model loaded (a fresh load costs most of a minute of pipeline
 // compilation on SwiftShader): loaded once with the page's own Load button, with its warm-up as
 // a user gets it, then driven through the API (`window.inkstone.generator`) and the form. The
-// lost-device test comes last: it ends the worker (the generator then runs on a new one).
+// lost-device test comes last: it ends the worker (the generator then runs on a new one). The
+// page stays for the tests after it that load other models into that worker (loadShared).
 describe('the bundled tiny-sd, loaded once in the page', () => {
   let page;
   before(async () => {
-    page = await sharedPage(browser);
+    page = await sharedModelsPage();
     // The sampler picker starts at the model's own.
     assert.equal(await page.inputValue('#scheduler'), '');
     await page.click('#load');
     await page.waitForFunction(() => ['loaded', 'load-error'].includes(document.body.dataset.state), null, { timeout: LOAD_TIMEOUT });
     assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', await page.textContent('#load-status'));
     await page.evaluate(() => { window.lastGenerator = window.inkstone.generator; });
-  });
-
-  after(async () => {
-    await page?.close();
   });
 
   test('generate() reports every step, makes zero requests, and cancels between steps', async () => {
@@ -602,8 +611,7 @@ describe('the bundled tiny-sd, loaded once in the page', () => {
 });
 
 test('tiny-flow: browser pixels match the native CLI (and diffusers) from the same latents', async () => {
-  const page = await openPage(browser);
-  const { error } = await loadIn(page, `${srv.origin}/models/tiny-flow/`);
+  const { page, error } = await loadShared(`${srv.origin}/models/tiny-flow/`);
   assert.equal(error, undefined, error);
   await pipelineParity(page, 'tiny-flow', 'pipeline_flow');
 });
@@ -622,13 +630,9 @@ describe('tiny-sd-pndm, loaded once', () => {
   let page, dir;
   before(async () => {
     dir = pndmModel();
-    page = await sharedPage(browser);
-    const { error } = await loadIn(page, `${srv.origin}/models/tiny-sd-pndm/`);
+    let error;
+    ({ page, error } = await loadShared(`${srv.origin}/models/tiny-sd-pndm/`));
     assert.equal(error, undefined, error);
-  });
-
-  after(async () => {
-    await page?.close();
   });
 
   // The SD-1.x repo layout (PNDM) as shipped, and DPM++ 2M Karras picked over it: browser, native
@@ -768,8 +772,7 @@ test('a tiny decoder in the original TAESD layout (no vae/config.json) loads and
     '--width', '64', '--height', '48', '--seed', '7', '--out-tensor', outTensor], { stdio: 'pipe' });
   const native = readSafetensors(outTensor).tensor('image').data;
 
-  const page = await openPage(browser);
-  const { info, error } = await loadIn(page, `${srv.origin}/models/tiny-flow-taesd/`);
+  const { page, info, error } = await loadShared(`${srv.origin}/models/tiny-flow-taesd/`);
   assert.equal(error, undefined, error);
   assert.deepEqual(info.files.filter((f) => f.path.startsWith('vae/')).map((f) => f.path),
     ['vae/taesd_decoder.safetensors', 'vae/taesd_encoder.safetensors']);
@@ -801,17 +804,13 @@ for (const model of [...new Set(HUB_CASES.map((h) => h.model))]) {
       const dir = join(WWW, 'models', model);
       rmSync(dir, { recursive: true, force: true });
       cpSync(join(ROOT, 'tests/fixtures', model), dir, { recursive: true });
-      page = await sharedPage(browser);
+      page = await sharedModelsPage();
       // A fresh download: the requests are what is checked.
       await page.evaluate((m) => window.inkstone.clearCache(m), `${srv.origin}/models/${model}/`);
       const before = srv.log.length;
-      loaded = await loadIn(page, `${srv.origin}/models/${model}/`);
+      loaded = await loadIn(page, `${srv.origin}/models/${model}/`, CHUNK, undefined, false, true);
       const prefix = `models/${model}/`;
       asked = srv.log.slice(before).filter((r) => r.path.startsWith(prefix)).map((r) => ({ ...r, path: r.path.slice(prefix.length) }));
-    });
-
-    after(async () => {
-      await page?.close();
     });
 
     for (const hub of HUB_CASES.filter((h) => h.model === model)) {
@@ -985,9 +984,8 @@ test('a U-Net that overflows gives an error naming it, not a NaN image', async (
   const entry = JSON.parse(bytes.subarray(8, 8 + n).toString())['conv_out.bias'];
   bytes.fill(0xff, 8 + n + entry.data_offsets[0], 8 + n + entry.data_offsets[1]); // all-ones: NaN in f32/f16/bf16
   writeFileSync(unet, bytes);
-  const page = await openPage(browser);
   // With the warm-up: its generation fails too, and the load must not.
-  const { error } = await loadIn(page, `${srv.origin}/models/tiny-sd-nan/`, CHUNK, undefined, true);
+  const { page, error } = await loadShared(`${srv.origin}/models/tiny-sd-nan/`, { warmUp: true });
   assert.equal(error, undefined, error);
   const msg = await page.evaluate(() => window.lastGenerator.generate({ prompt: 'x', steps: 2, width: 64, height: 64, seed: 1 })
     .then(() => 'no error', (e) => e.message));

@@ -277,6 +277,6 @@ def generate():
     lcm_kohya(load("tiny-bk").unet, g)
     for name in CASES:
         if name == "lcm" and not (REF / "lora_lcm_noise.safetensors").exists():
-            print("skipping lcm: run INKSTONE_WRITE_LCM_NOISE=1 cargo test --test lora lcm_noise_fixture first")
+            print("skipping lcm: run INKSTONE_WRITE_LCM_NOISE=1 cargo test --test suite lora::lcm_noise_fixture first")
             continue
         case_run(name)
