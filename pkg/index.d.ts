@@ -176,6 +176,9 @@ export interface GenerateOptions {
   guidance?: number;
   /** Random when omitted; returned in the output. */
   seed?: number;
+  /** Default: the model's own size, `unet` `sample_size` × the decoder's scale (512 for
+   *  SD-1.x-class and SDXS-512, 768 for a `sample_size` of 96), as diffusers and the CLI; with
+   *  `image`, the image's size rounded down to a multiple of the scale. */
   width?: number;
   height?: number;
   /** Initial latents, [1, C, height/8, width/8] (with `image`: the noise added to it). */

@@ -345,8 +345,12 @@ impl Inkstone {
     ) -> js_sys::Promise {
         let state = self.state.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let f = state.borrow().pipeline.as_ref().map_or(8, |l| l.0.vae.pixels_per_latent());
-            let opts = generate::options_from_js(&options, f).map_err(|e| JsValue::from(js_err(e)))?;
+            let (f, size) = state
+                .borrow()
+                .pipeline
+                .as_ref()
+                .map_or((8, (512, 512)), |l| (l.0.vae.pixels_per_latent(), l.0.default_size()));
+            let opts = generate::options_from_js(&options, f, size).map_err(|e| JsValue::from(js_err(e)))?;
             if opts.init_image.is_some() {
                 // Checked first: a call refused for its options uploads nothing.
                 if let Some(l) = state.borrow().pipeline.as_ref() {

@@ -86,7 +86,7 @@ test('generate() options in index.d.ts are the Rust list (generate::OPTIONS)', a
   assert.ok(JS_ONLY.every((k) => declared.includes(k)));
 });
 
-test('the seed default, dtype auto and the RGBA bytes come from wasm', async () => {
+test('the seed and size defaults, dtype auto and the RGBA bytes come from wasm', async () => {
   const page = await openPage();
 
   // dtype 'auto' (the default) runs in what wasm reports as its choice, which the page shows.
@@ -99,8 +99,9 @@ test('the seed default, dtype auto and the RGBA bytes come from wasm', async () 
     const base = { prompt: 'seed', steps: 1, width: 64, height: 64 };
     const a = await g.generate(base);
     const b = await g.generate({ ...base, seed: a.seed });
-    const c = await g.generate(base);
-    return { seeds: [a.seed, b.seed, c.seed], same: a.pixels.every((v, i) => v === b.pixels[i]),
+    // No size either: the model's own (unet sample_size 8 × 8 px per latent), as the CLI's.
+    const c = await g.generate({ prompt: 'seed', steps: 1 });
+    return { seeds: [a.seed, b.seed, c.seed], same: a.pixels.every((v, i) => v === b.pixels[i]), size: [c.width, c.height],
       pixels: Array.from(a.pixels), rgba: Array.from(a.rgba), rgbaType: a.rgba.constructor.name };
   });
   const [a, b, c] = r.seeds;
@@ -108,6 +109,7 @@ test('the seed default, dtype auto and the RGBA bytes come from wasm', async () 
   assert.equal(b, a);
   assert.ok(r.same, 'the returned seed gives the same image');
   assert.notEqual(c, a, 'two generations without a seed got the same one (p = 2^-32)');
+  assert.deepEqual(r.size, [64, 64], 'generate() without width/height: not the model\'s default size');
   // The RGBA bytes are [3, H, W] floats interleaved, rounded as diffusers' numpy_to_pil:
   // the product in float32 (a double product can sit just under a half the f32 one reaches),
   // halves to even (np.round).

@@ -178,14 +178,15 @@ fn image_from_js(image: &JsValue, width: Option<f64>, height: Option<f64>) -> st
 /// Parses and checks the options of `generate()` (see [`JsOptions`]); `f` is the loaded model's
 /// pixels per latent (an `ImageData` image without `width`/`height` sets the size, rounded down
 /// to a multiple of it, as diffusers' img2img).
-pub fn options_from_js(o: &JsValue, f: usize) -> std::result::Result<GenerateOptions, String> {
+pub fn options_from_js(o: &JsValue, f: usize, default_size: (usize, usize)) -> std::result::Result<GenerateOptions, String> {
     reject_unknown_options(o)?;
     // serde-wasm-bindgen's errors are JS `Error`s: their text carries `Error: ` prefixes.
     let js: JsOptions =
         serde_wasm_bindgen::from_value(o.clone()).map_err(|e| format!("generate(): {}", e.to_string().replace("Error: ", "")))?;
-    let size = |name: &str, v: Option<f64>| -> std::result::Result<usize, String> {
+    // Without a size: the model's own (`Pipeline::default_size`, as the CLI and diffusers).
+    let size = |name: &str, v: Option<f64>, default: usize| -> std::result::Result<usize, String> {
         // Multiples of the decoder's scale factor are checked by the pipeline, which knows it.
-        Ok(integer(name, v.unwrap_or(512.0), 1.0, 16384.0)? as usize)
+        Ok(integer(name, v.unwrap_or(default as f64), 1.0, 16384.0)? as usize)
     };
     let latents = if js.latents.is_undefined() || js.latents.is_null() {
         None
@@ -215,8 +216,8 @@ pub fn options_from_js(o: &JsValue, f: usize) -> std::result::Result<GenerateOpt
             Some(seed) => integer("seed", seed, 0.0, MAX_SAFE_INTEGER)? as u64,
             None => random_seed(),
         },
-        width: size("width", width)?,
-        height: size("height", height)?,
+        width: size("width", width, default_size.0)?,
+        height: size("height", height, default_size.1)?,
         latents,
         scheduler: js.scheduler,
         timesteps: finite_list("timesteps", js.timesteps)?,
