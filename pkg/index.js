@@ -292,9 +292,9 @@ export async function load(source, { onProgress, onDeviceLost, chunkSize, worker
     const { w, info } = await start(given);
     return new Generator(w, info, () => start(), msg);
   } catch (e) {
-    // The worker may hold half of the new model: it was ended, and `reuse` reloads its own.
-    if (given) reuse._takeBack();
-    else reuse._replaced = false;
+    // The worker may hold half of the new model: it was ended, and `reuse` reloads its own
+    // (as it would anyway after a lost device, when there was no worker to give).
+    reuse._takeBack();
     throw e;
   }
 }

@@ -808,7 +808,7 @@ for (const model of [...new Set(HUB_CASES.map((h) => h.model))]) {
       // A fresh download: the requests are what is checked.
       await page.evaluate((m) => window.inkstone.clearCache(m), `${srv.origin}/models/${model}/`);
       const before = srv.log.length;
-      loaded = await loadIn(page, `${srv.origin}/models/${model}/`, CHUNK, undefined, false, true);
+      loaded = await loadShared(`${srv.origin}/models/${model}/`);
       const prefix = `models/${model}/`;
       asked = srv.log.slice(before).filter((r) => r.path.startsWith(prefix)).map((r) => ({ ...r, path: r.path.slice(prefix.length) }));
     });
